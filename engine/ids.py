@@ -1,0 +1,66 @@
+"""Object ids: prefixed, unguessable, time-ordered, and carrying their partition.
+
+Layout of the 144 bits behind the prefix, most significant first:
+
+    48 bits  milliseconds since the Unix epoch   (orders ids by creation time)
+    16 bits  partition number                     (routes an id to its owner)
+    80 bits  random                               (makes ids unguessable)
+
+They are written in Crockford's base32 with a fixed width of 29 characters, so
+the text of two ids sorts the same way as their creation times. The core has
+no clock and no randomness of its own: callers pass both in.
+"""
+
+from __future__ import annotations
+
+PREFIXES = frozenset({"pi", "pm", "att", "evt", "re", "acct"})
+
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_DIGIT_VALUES = {character: value for value, character in enumerate(ALPHABET)}
+
+TIME_BITS = 48
+PARTITION_BITS = 16
+RANDOM_BITS = 80
+RANDOM_BYTES = RANDOM_BITS // 8
+BODY_CHARS = 29  # ceil(144 / 5)
+PARTITIONS_MAX = 1 << PARTITION_BITS
+
+
+def make_id(prefix: str, partition: int, now_ms: int, random_bytes: bytes) -> str:
+    """Build an id. `random_bytes` must be 10 fresh bytes from a CSPRNG."""
+    assert prefix in PREFIXES, prefix
+    assert 0 <= partition < PARTITIONS_MAX, partition
+    assert 0 <= now_ms < (1 << TIME_BITS), now_ms
+    assert len(random_bytes) == RANDOM_BYTES
+    value = (now_ms << (PARTITION_BITS + RANDOM_BITS)) | (partition << RANDOM_BITS)
+    value |= int.from_bytes(random_bytes, "big")
+    characters = []
+    for _ in range(BODY_CHARS):
+        characters.append(ALPHABET[value & 31])
+        value >>= 5
+    return prefix + "_" + "".join(reversed(characters))
+
+
+def parse_id(text: str, prefix: str) -> tuple[int, int] | None:
+    """Return (created_ms, partition) of a well-formed id with this prefix, else None.
+
+    Never raises: ids come from clients, and a malformed one is just "not found".
+    """
+    head, separator, body = text.partition("_")
+    if separator != "_" or head != prefix or len(body) != BODY_CHARS:
+        return None
+    value = 0
+    for character in body:
+        digit = _DIGIT_VALUES.get(character)
+        if digit is None:
+            return None
+        value = (value << 5) | digit
+    if value >> (TIME_BITS + PARTITION_BITS + RANDOM_BITS):
+        return None
+    partition = (value >> RANDOM_BITS) & (PARTITIONS_MAX - 1)
+    return value >> (PARTITION_BITS + RANDOM_BITS), partition
+
+
+def partition_of(text: str, prefix: str) -> int | None:
+    parsed = parse_id(text, prefix)
+    return None if parsed is None else parsed[1]

@@ -1,0 +1,61 @@
+"""What the engine sends a card network and what it gets back.
+
+Plain data shared by the shell that calls a network (shards/) and the
+networks themselves (simulators/, later real acquirers), so neither has to
+import the other.
+"""
+
+import msgspec
+
+from engine import cards
+
+
+class AuthorizationRequest(msgspec.Struct, frozen=True):
+    """One authorization, as the engine sends it to the network.
+
+    `reference` is our attempt id and doubles as the network's idempotency
+    key. `capture` True authorizes and captures in one step; False only
+    authorizes.
+    """
+
+    reference: str
+    card_number: str
+    exp_month: int
+    exp_year: int
+    amount_minor: int
+    currency: str
+    capture: bool
+
+    # The default repr of a Struct lists every field, card number included,
+    # and reprs end up in logs, tracebacks and pytest failure output.
+    def __repr__(self) -> str:
+        return (
+            f"AuthorizationRequest(reference={self.reference!r}, "
+            f"card={cards.brand_of(self.card_number)} ****{self._last4_or_blank()}, "
+            f"exp_month={self.exp_month!r}, exp_year={self.exp_year!r}, "
+            f"amount_minor={self.amount_minor!r}, currency={self.currency!r}, "
+            f"capture={self.capture!r})"
+        )
+
+    # rich and some debuggers prefer this hook over __repr__; msgspec's
+    # default one would yield the card number.
+    def __rich_repr__(self):
+        yield "reference", self.reference
+        yield "card", f"{cards.brand_of(self.card_number)} ****{self._last4_or_blank()}"
+        yield "amount_minor", self.amount_minor
+        yield "currency", self.currency
+        yield "capture", self.capture
+
+    def _last4_or_blank(self) -> str:
+        # A repr must not raise, even for a malformed request.
+        if len(self.card_number) < 4:
+            return ""
+        return cards.last4(self.card_number)
+
+
+class NetworkAnswer(msgspec.Struct, frozen=True):
+    reference: str
+    approved: bool
+    code: str | None
+    decline_code: str | None
+    network: str

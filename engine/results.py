@@ -1,0 +1,26 @@
+"""Result codes: every way a command can be refused by the core.
+
+A refusal is something a client can cause, so it is a value, never an
+exception. The gateway maps each code to a Stripe error (status, type, code);
+nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Result(enum.StrEnum):
+    ok = "ok"
+    # shape: the command itself is malformed
+    amount_out_of_range = "amount_out_of_range"
+    currency_unknown = "currency_unknown"
+    metadata_invalid = "metadata_invalid"
+    # lookups: the command names something that is not there for this caller
+    intent_missing = "intent_missing"
+    intent_exists = "intent_exists"
+    # state: the intent is not in a status that allows the command
+    intent_unexpected_state = "intent_unexpected_state"
+    payment_method_required = "payment_method_required"
+    # network answers that no longer match an open attempt
+    attempt_not_pending = "attempt_not_pending"

@@ -1,0 +1,273 @@
+"""The HTTP gateway: Stripe-compatible routes on quart-trio.
+
+A handler authenticates, decodes and validates its body, builds one engine
+command, hands it to the node and renders what comes back. It holds no state
+of its own. Every response carries a `Request-Id`; every error is
+Stripe-shaped; nothing a client sends can produce a stack trace in a response.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+import time
+from typing import Any
+
+import msgspec
+import structlog
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from engine import cards
+from engine import intent as machine
+from engine.results import Result
+from gateway import errors, objects, params
+from gateway.errors import ApiError
+from gateway.forms import BodyError, decode_form, decode_json
+from shards.actor import Outcome
+from shards.node import Node, Overloaded
+from shards.store import ApiKeyRow, PaymentMethodRow, StoreUnavailable
+
+log = structlog.get_logger("gateway")
+
+BODY_BYTES_MAX = 64 * 1024
+API_KEY_CHARS_MAX = 256
+ID_CHARS_MAX = 255
+# Test payment methods get this many years of validity from today.
+TEST_CARD_YEARS = 3
+
+_json = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(_json.encode(body), status=status, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def create_app(node: Node) -> QuartTrio:
+    app = QuartTrio("payments")
+    app.config["MAX_CONTENT_LENGTH"] = BODY_BYTES_MAX
+    app.config["BODY_TIMEOUT"] = 30
+
+    @app.after_request
+    async def add_request_id(response: Response) -> Response:
+        response.headers["Request-Id"] = "req_" + secrets.token_urlsafe(12)
+        return response
+
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError) -> Response:
+        return json_response(error.body(), error.status, error.headers)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 404:
+            message = f"Unrecognized request URL ({request.method}: {request.path[:200]})."
+        elif status == 405:
+            message = f"The method {request.method} is not allowed for {request.path[:200]}."
+        elif status == 413:
+            # The issue asks for a 400 naming the problem for oversized bodies.
+            message = f"The request body is larger than {BODY_BYTES_MAX} bytes."
+            return json_response(errors.invalid_request(message, code="request_too_large").body(), 400)
+        else:
+            message = error.description or "The request could not be handled."
+        error_type = "invalid_request_error" if status < 500 else "api_error"
+        return json_response({"error": {"type": error_type, "message": message}}, status)
+
+    @app.errorhandler(StoreUnavailable)
+    async def store_unavailable(error: StoreUnavailable) -> Response:
+        api = errors.unavailable("The service is temporarily unable to record changes. Retry shortly.")
+        return json_response(api.body(), api.status, api.headers)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        # A bug. Log it (exception text and type only go to our own log), never the client.
+        log.exception("request_failed", path=request.path[:200], method=request.method)
+        body = {"error": {"type": "api_error", "message": "An unexpected error occurred on our side."}}
+        return json_response(body, 500)
+
+    # ------------------------------------------------------------- helpers
+
+    async def authenticate(*, publishable_allowed: bool = False) -> ApiKeyRow:
+        header = request.headers.get("Authorization", "")
+        secret = ""
+        if header.startswith("Bearer "):
+            secret = header[len("Bearer ") :].strip()
+        elif header.startswith("Basic "):
+            try:
+                secret = base64.b64decode(header[len("Basic ") :], validate=True).decode().split(":", 1)[0]
+            except (binascii.Error, UnicodeDecodeError):
+                secret = ""
+        if not secret:
+            raise ApiError(
+                401,
+                "invalid_request_error",
+                "You did not provide an API key. Provide it as 'Authorization: Bearer YOUR_SECRET_KEY'.",
+            )
+        row = None
+        if len(secret) <= API_KEY_CHARS_MAX and secret.isascii():
+            row = await node.authenticate(secret)
+        if row is None:
+            raise ApiError(401, "invalid_request_error", f"Invalid API Key provided: {mask(secret)}", code="api_key_invalid")
+        if row.kind == "publishable" and not publishable_allowed:
+            raise ApiError(401, "invalid_request_error", "This API call cannot be made with a publishable API key.")
+        return row
+
+    async def read_body() -> dict[str, Any]:
+        if request.content_length is not None and request.content_length > BODY_BYTES_MAX:
+            raise errors.invalid_request(
+                f"The request body is larger than {BODY_BYTES_MAX} bytes.", code="request_too_large"
+            )
+        body = await request.get_data(cache=False, as_text=False)
+        content_type = (request.mimetype or "").lower()
+        try:
+            if content_type == "application/json":
+                return decode_json(body)
+            return decode_form(body)
+        except BodyError as error:
+            raise errors.invalid_request(error.message, param=error.param, code=error.code) from None
+
+    async def owned_payment_method(payment_method_id: str, key: ApiKeyRow) -> PaymentMethodRow:
+        """Resolve a payment method the caller may use; test aliases become real ones."""
+        number = cards.TEST_PAYMENT_METHODS.get(payment_method_id)
+        if number is not None and not key.livemode:
+            return await node.create_payment_method(
+                key.merchant_id, False, number, 12, time.gmtime().tm_year + TEST_CARD_YEARS, cards.brand_of(number)
+            )
+        row = None
+        if len(payment_method_id) <= ID_CHARS_MAX:
+            row = await node.payment_method(payment_method_id)
+        if row is None or row.merchant_id != key.merchant_id or row.livemode != key.livemode:
+            raise errors.invalid_request(
+                f"No such PaymentMethod: '{payment_method_id[:64]}'", param="payment_method", code="resource_missing"
+            )
+        return row
+
+    def owned_intent(intent_id: str, key: ApiKeyRow) -> machine.PaymentIntent:
+        intent = node.intent(intent_id) if len(intent_id) <= ID_CHARS_MAX else None
+        if intent is None or intent.merchant_id != key.merchant_id or intent.livemode != key.livemode:
+            raise errors.not_found("payment_intent", intent_id, "intent")
+        return intent
+
+    async def submit(command: machine.Command) -> Outcome:
+        try:
+            return await node.submit(command)
+        except Overloaded:
+            raise errors.unavailable("Too many requests are in flight for this payment. Retry shortly.") from None
+
+    def intent_response(outcome: Outcome, amount: object = None) -> Response:
+        intent = outcome.intent
+        if outcome.result is not Result.ok:
+            status = None if intent is None else str(intent.status)
+            error = errors.from_result(outcome.result, outcome.param, amount=amount, status=status)
+            if intent is not None and error.status != 404:
+                error.extra["payment_intent"] = objects.payment_intent(intent)
+            raise error
+        assert intent is not None
+        attempt = next((a for a in intent.attempts if a.id == outcome.attempt_id), None)
+        if attempt is not None and attempt.status is machine.AttemptStatus.failed:
+            failure = intent.last_payment_error
+            assert failure is not None
+            error = errors.card_error(failure.code, failure.message, decline_code=failure.decline_code)
+            error.extra["payment_intent"] = objects.payment_intent(intent)
+            raise error
+        return json_response(objects.payment_intent(intent))
+
+    # -------------------------------------------------------------- routes
+
+    @app.post("/v1/payment_methods")
+    async def create_payment_method() -> Response:
+        key = await authenticate(publishable_allowed=True)
+        values = params.convert(await read_body(), params.CreatePaymentMethod)
+        card = values.card
+        number = card.number.replace(" ", "")
+        if not cards.luhn_valid(number):
+            raise errors.card_error("incorrect_number", "Your card number is incorrect.", param="card[number]")
+        if not 1 <= card.exp_month <= 12:
+            raise errors.card_error("invalid_expiry_month", "Your card's expiration month is invalid.", param="card[exp_month]")
+        exp_year = card.exp_year + 2000 if 0 <= card.exp_year < 100 else card.exp_year
+        today = time.gmtime()
+        if not today.tm_year <= exp_year <= today.tm_year + 50:
+            raise errors.card_error("invalid_expiry_year", "Your card's expiration year is invalid.", param="card[exp_year]")
+        if exp_year == today.tm_year and card.exp_month < today.tm_mon:
+            raise errors.card_error("invalid_expiry_month", "Your card's expiration month is invalid.", param="card[exp_month]")
+        if card.cvc is not None and not (card.cvc.isdigit() and 3 <= len(card.cvc) <= 4):
+            raise errors.card_error("invalid_cvc", "Your card's security code is invalid.", param="card[cvc]")
+        row = await node.create_payment_method(
+            key.merchant_id, key.livemode, number, card.exp_month, exp_year, cards.brand_of(number)
+        )
+        log.info("payment_method_created", payment_method_id=row.id, brand=row.brand, last4=row.last4)
+        return json_response(objects.payment_method(row))
+
+    @app.get("/v1/payment_methods/<payment_method_id>")
+    async def retrieve_payment_method(payment_method_id: str) -> Response:
+        key = await authenticate()
+        row = await node.payment_method(payment_method_id) if len(payment_method_id) <= ID_CHARS_MAX else None
+        if row is None or row.merchant_id != key.merchant_id or row.livemode != key.livemode:
+            raise errors.not_found("payment_method", payment_method_id, "payment_method")
+        return json_response(objects.payment_method(row))
+
+    @app.post("/v1/payment_intents")
+    async def create_payment_intent() -> Response:
+        key = await authenticate()
+        values = params.convert(await read_body(), params.CreatePaymentIntent)
+        payment_method_id = None
+        if values.payment_method is not None:
+            payment_method_id = (await owned_payment_method(values.payment_method, key)).id
+        intent_id = node.new_id("pi")
+        partition = node.partition_of_intent(intent_id)
+        command = machine.CreateIntent(
+            intent_id=intent_id,
+            merchant_id=key.merchant_id,
+            livemode=key.livemode,
+            amount=values.amount,
+            currency=values.currency.lower(),
+            capture_method=machine.CaptureMethod(values.capture_method),
+            client_secret=node.client_secret(intent_id),
+            at_s=int(time.time()),
+            attempt_id=node.new_id("att", partition),
+            payment_method_id=payment_method_id,
+            confirm=values.confirm,
+            description=values.description,
+            metadata=values.metadata,
+        )
+        return intent_response(await submit(command), amount=values.amount)
+
+    @app.get("/v1/payment_intents/<intent_id>")
+    async def retrieve_payment_intent(intent_id: str) -> Response:
+        key = await authenticate()
+        return json_response(objects.payment_intent(owned_intent(intent_id, key)))
+
+    @app.post("/v1/payment_intents/<intent_id>/confirm")
+    async def confirm_payment_intent(intent_id: str) -> Response:
+        key = await authenticate()
+        owned_intent(intent_id, key)
+        values = params.convert(await read_body(), params.ConfirmPaymentIntent)
+        payment_method_id = None
+        if values.payment_method is not None:
+            payment_method_id = (await owned_payment_method(values.payment_method, key)).id
+        command = machine.ConfirmIntent(
+            intent_id=intent_id,
+            merchant_id=key.merchant_id,
+            livemode=key.livemode,
+            attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+            at_s=int(time.time()),
+            payment_method_id=payment_method_id,
+        )
+        return intent_response(await submit(command))
+
+    @app.get("/healthz")
+    async def health() -> Response:
+        return json_response({"status": "ok"})
+
+    return app
+
+
+def mask(secret: str) -> str:
+    """Show a key the way Stripe does: its kind and last four characters."""
+    head = secret[:8] if secret[:3] in ("sk_", "pk_") else ""
+    return f"{head}{'*' * 8}{secret[-4:] if len(secret) > 12 else ''}"

@@ -1,0 +1,192 @@
+"""The `payments` command."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import structlog
+import trio
+import trio_asyncio
+
+DEFAULT_DATA_DIR = Path(".payments")
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr. Tracebacks are plain text with no local variables,
+    so a card number held in a local can never be printed."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def database_url(data_dir: Path) -> str:
+    url = os.environ.get("PAYMENTS_DATABASE_URL")
+    if url:
+        return url
+    from gateway import embedded
+
+    return embedded.database_url(data_dir)
+
+
+@contextlib.contextmanager
+def redis_url(data_dir: Path) -> Iterator[str]:
+    url = os.environ.get("PAYMENTS_REDIS_URL")
+    if url:
+        yield url
+        return
+    from gateway import embedded
+
+    with embedded.valkey(data_dir) as url:
+        yield url
+
+
+def latency_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("..")
+    try:
+        pair = (int(low), int(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected MIN..MAX in milliseconds, e.g. 1..5") from None
+    if not 0 <= pair[0] <= pair[1] <= 60_000:
+        raise argparse.ArgumentTypeError("expected 0 <= MIN <= MAX <= 60000")
+    return pair
+
+
+def partitions_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError("partitions must be between 1 and 1024")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="payments",
+        description="An actor-style payment engine with a Stripe-compatible API.",
+        epilog="Without PAYMENTS_DATABASE_URL / PAYMENTS_REDIS_URL, an embedded PostgreSQL"
+        " and Valkey are started under the data directory.",
+    )
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_dir_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where embedded servers, keys and the card key live (default ./.payments)"
+        )
+
+    up = commands.add_parser("up", help="run a node: gateway, shard actors and card-network simulator")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
+    data_dir_option(up)
+    up.add_argument("--partitions", type=partitions_count, default=16, help="partitions, fixed when the database is created (default 16)")
+    up.add_argument("--seed", type=int, default=0, help="seed of the simulator's randomness (default 0)")
+    up.add_argument("--network-latency-ms", type=latency_range, default=(1, 5), metavar="MIN..MAX", help="simulated card-network latency (default 1..5)")
+    up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    migrate = commands.add_parser("migrate", help="create or check the database schema")
+    data_dir_option(migrate)
+    migrate.add_argument("--partitions", type=partitions_count, default=16, help="partitions for a new database (default 16)")
+
+    merchant = commands.add_parser("merchant", help="manage merchants")
+    merchant_commands = merchant.add_subparsers(dest="merchant_command", required=True, metavar="SUBCOMMAND")
+    create = merchant_commands.add_parser("create", help="create a merchant and print its keys (shown once)")
+    create.add_argument("--name", required=True, help="the merchant's name (1 to 200 characters)")
+    create.add_argument("--live", action="store_true", help="make live-mode keys instead of test-mode keys")
+    create.add_argument("--json", action="store_true", help='print {"id", "secret_key", "publishable_key"} as JSON')
+    data_dir_option(create)
+    return main
+
+
+async def _with_store(data_dir: Path, action):  # type: ignore[no-untyped-def]
+    from shards.store import Store
+
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database_url(data_dir), connections_max=2)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+
+def command_migrate(arguments: argparse.Namespace) -> int:
+    async def action(store):  # type: ignore[no-untyped-def]
+        return await store.migrate(arguments.partitions)
+
+    partitions = trio.run(_with_store, arguments.data_dir, action)
+    print(f"schema ready; {partitions} partitions")
+    return 0
+
+
+def command_merchant_create(arguments: argparse.Namespace) -> int:
+    from shards.merchants import create_merchant
+
+    name = arguments.name.strip()
+    if not 1 <= len(name) <= 200:
+        print("error: --name must be 1 to 200 characters", file=sys.stderr)
+        return 2
+
+    async def action(store):  # type: ignore[no-untyped-def]
+        await store.migrate(16)
+        return await create_merchant(store, name, livemode=arguments.live)
+
+    keys = trio.run(_with_store, arguments.data_dir, action)
+    if arguments.json:
+        print(msgspec.json.encode(keys).decode())
+    else:
+        print(f"merchant:        {keys.id}\nsecret key:      {keys.secret_key}\npublishable key: {keys.publishable_key}")
+    return 0
+
+
+def command_up(arguments: argparse.Namespace) -> int:
+    from gateway.server import UpSettings, run_up
+
+    arguments.data_dir.mkdir(parents=True, exist_ok=True)
+    with redis_url(arguments.data_dir) as redis:
+        settings = UpSettings(
+            host=arguments.host,
+            port=arguments.port,
+            data_dir=arguments.data_dir,
+            partitions=arguments.partitions,
+            database_url=database_url(arguments.data_dir),
+            redis_url=redis,
+            seed=arguments.seed,
+            network_latency_ms=arguments.network_latency_ms,
+        )
+        trio.run(run_up, settings)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser().parse_args(argv)
+    configure_logging(getattr(arguments, "log_level", "warning"))
+    from shards.store import StoreError
+
+    handlers = {"up": command_up, "migrate": command_migrate, "merchant": command_merchant_create}
+    status = 0
+    try:
+        status = handlers[arguments.command](arguments)
+    except* StoreError as group:
+        # Infrastructure trouble is reported in one line, never as a traceback.
+        for error in group.exceptions:
+            print(f"error: {error}", file=sys.stderr)
+        status = 2
+    except* KeyboardInterrupt:
+        status = 130
+    return status
+
+if __name__ == "__main__":
+    sys.exit(main())

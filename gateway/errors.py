@@ -1,0 +1,95 @@
+"""Stripe-shaped errors.
+
+Every error response is `{"error": {"type", "code", "message", "param", ...}}`
+with Stripe's status codes. Messages never contain a card number: they are
+built from parameter names and fixed text, never from submitted values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.results import Result
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        decline_code: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.message = message
+        self.code = code
+        self.param = param
+        self.decline_code = decline_code
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"type": self.type, "message": self.message}
+        for name in ("code", "param", "decline_code"):
+            value = getattr(self, name)
+            if value is not None:
+                error[name] = value
+        error.update(self.extra)
+        return {"error": error}
+
+
+def invalid_request(message: str, *, param: str | None = None, code: str | None = None, status: int = 400) -> ApiError:
+    return ApiError(status, "invalid_request_error", message, code=code, param=param)
+
+
+def not_found(kind: str, object_id: str, param: str) -> ApiError:
+    # Bounded: ids in messages are cut short so a huge id cannot echo back.
+    return invalid_request(f"No such {kind}: '{object_id[:64]}'", param=param, code="resource_missing", status=404)
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, "api_error", message, code="service_unavailable", headers={"Retry-After": "1"})
+
+
+def card_error(code: str, message: str, *, param: str | None = None, decline_code: str | None = None) -> ApiError:
+    return ApiError(402, "card_error", message, code=code, param=param, decline_code=decline_code)
+
+
+def from_result(result: Result, param: str | None, *, amount: object = None, status: str | None = None) -> ApiError:
+    """Map an engine refusal to the Stripe error a client expects."""
+    if result is Result.amount_out_of_range:
+        if isinstance(amount, int) and amount > 99_999_999:
+            return invalid_request("Amount must be no more than 99,999,999.", param="amount", code="amount_too_large")
+        return invalid_request(
+            "This value must be greater than or equal to 1.", param="amount", code="parameter_invalid_integer"
+        )
+    if result is Result.currency_unknown:
+        return invalid_request("Invalid currency: not an ISO 4217 currency code.", param="currency", code="parameter_invalid")
+    if result is Result.metadata_invalid:
+        return invalid_request(
+            "Metadata may have up to 50 keys, each at most 40 characters, with values of at most 500 characters;"
+            " descriptions at most 1000 characters.",
+            param=param,
+            code="parameter_invalid",
+        )
+    if result is Result.payment_method_required:
+        return invalid_request(
+            "You cannot confirm this PaymentIntent because it's missing a payment method.",
+            param="payment_method",
+            code="payment_intent_unexpected_state",
+        )
+    if result is Result.intent_unexpected_state:
+        return invalid_request(
+            f"This PaymentIntent's status is {status}, which does not allow this action.",
+            code="payment_intent_unexpected_state",
+        )
+    if result is Result.intent_missing:
+        return invalid_request("No such payment_intent.", param="intent", code="resource_missing", status=404)
+    raise AssertionError(f"no client-facing mapping for {result}")

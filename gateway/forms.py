@@ -1,0 +1,108 @@
+"""Request bodies: form-encoded with bracket nesting (what Stripe SDKs send) or JSON.
+
+`card[number]=4242&metadata[order]=7&expand[]=x` becomes
+`{"card": {"number": "4242"}, "metadata": {"order": "7"}, "expand": ["x"]}`.
+Form values stay strings; typed conversion happens later against a schema.
+Every bound is checked here so a hostile body costs little.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+
+FIELDS_MAX = 256
+DEPTH_MAX = 4
+KEY_CHARS_MAX = 200
+ARRAY_ITEMS_MAX = 100
+
+_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_PART = re.compile(r"\[([^\[\]]*)\]")
+
+
+class BodyError(Exception):
+    """The body cannot be read. `param` names the offending parameter if known."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "parameter_invalid") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError as error:
+        raise BodyError("Invalid JSON body: the request body could not be parsed.", code="body_invalid") from error
+    if not isinstance(value, dict):
+        raise BodyError("Invalid JSON body: expected an object at the top level.", code="body_invalid")
+    _check_depth(value, 1)
+    return value
+
+
+def _check_depth(value: Any, depth: int) -> None:
+    if depth > DEPTH_MAX:
+        raise BodyError("The request body is nested too deeply.", code="body_invalid")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        _check_depth(child, depth + 1)
+
+
+def decode_form(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BodyError("The request body is not valid UTF-8.", code="body_invalid") from error
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=FIELDS_MAX)
+    except ValueError as error:
+        raise BodyError(f"Too many parameters: at most {FIELDS_MAX} are allowed.", code="body_invalid") from error
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        _insert(result, key, value)
+    return result
+
+
+def _insert(result: dict[str, Any], key: str, value: str) -> None:
+    match = _KEY.match(key) if len(key) <= KEY_CHARS_MAX else None
+    if match is None:
+        raise BodyError(f"Invalid parameter name: {key[:KEY_CHARS_MAX]!r}.", param=key[:KEY_CHARS_MAX])
+    path = [match.group(1), *_PART.findall(match.group(2))]
+    if len(path) > DEPTH_MAX:
+        raise BodyError("The parameter is nested too deeply.", param=key)
+    node: Any = result
+    for index, part in enumerate(path):
+        if not isinstance(node, dict | list):
+            raise BodyError(f"The parameter {key!r} mixes a value and a nested object.", param=path[0])
+        last = index == len(path) - 1
+        following = None if last else path[index + 1]
+        child_default: Any = value if last else ([] if following == "" or (following or "").isdigit() else {})
+        if isinstance(node, list):
+            if part != "" and not part.isdigit():
+                raise BodyError(f"Invalid array index in {key!r}.", param=path[0])
+            position = len(node) if part == "" else int(part)
+            if position > len(node) or len(node) >= ARRAY_ITEMS_MAX and position == len(node):
+                raise BodyError(f"Invalid array index in {key!r}.", param=path[0])
+            if position == len(node):
+                node.append(child_default)
+            elif last:
+                node[position] = value
+            node = node[position]
+        else:
+            if part == "":
+                raise BodyError(f"Invalid parameter name: {key!r}.", param=path[0])
+            if last:
+                if part in node:
+                    raise BodyError(f"The parameter {key!r} is given more than once.", param=key)
+                node[part] = value
+            else:
+                existing = node.setdefault(part, child_default)
+                if not isinstance(existing, dict | list) or type(existing) is not type(child_default):
+                    raise BodyError(f"The parameter {key!r} mixes a value and a nested object.", param=path[0])
+                node = existing

@@ -1,0 +1,95 @@
+"""Typed request parameters, converted from decoded bodies with msgspec.
+
+Form bodies carry only strings, so conversion is lax (`"1000"` -> 1000,
+`"true"` -> True); JSON bodies convert the same way. Unknown parameters are
+refused, as Stripe does. Conversion errors become Stripe errors that name the
+parameter in Stripe's bracket notation (`card[number]`) and never echo the
+submitted value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from gateway.errors import ApiError, invalid_request
+
+T = TypeVar("T")
+
+
+class CardParams(msgspec.Struct, forbid_unknown_fields=True):
+    number: str
+    exp_month: int
+    exp_year: int
+    cvc: str | None = None
+
+
+class CreatePaymentMethod(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["card"]
+    card: CardParams
+
+
+class CreatePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
+    amount: int
+    currency: str
+    payment_method: str | None = None
+    confirm: bool = False
+    capture_method: Literal["automatic", "manual"] = "automatic"
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    payment_method_types: list[Literal["card"]] = msgspec.field(default_factory=lambda: ["card"])
+
+
+class ConfirmPaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
+    payment_method: str | None = None
+
+
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`(?: - at `\$(.*)`)?$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`(?: - at `\$(.*)`)?$")
+_AT = re.compile(r" - at `\$(.*)`$")
+_EXPECTED = re.compile(r"^Expected `([^`]+)`")
+
+
+def bracket_path(path: str, field: str | None = None) -> str:
+    """`.card.number` -> `card[number]`; `.items[0]` -> `items[0]`."""
+    parts = [part for part in re.split(r"\.|\[(\d+)\]", path) if part]
+    if field is not None:
+        parts.append(field)
+    if not parts:
+        return ""
+    return parts[0] + "".join(f"[{part}]" for part in parts[1:])
+
+
+def convert(values: dict[str, Any], schema: type[T]) -> T:
+    try:
+        return msgspec.convert(values, schema, strict=False)
+    except msgspec.ValidationError as error:
+        raise _to_api_error(str(error)) from None
+
+
+def _to_api_error(text: str) -> ApiError:
+    match = _MISSING.match(text)
+    if match:
+        param = bracket_path(match.group(2) or "", match.group(1))
+        return invalid_request(f"Missing required param: {param}.", param=param, code="parameter_missing")
+    match = _UNKNOWN.match(text)
+    if match:
+        param = bracket_path(match.group(2) or "", match.group(1))
+        return invalid_request(f"Received unknown parameter: {param[:100]}", param=param[:100], code="parameter_unknown")
+    at = _AT.search(text)
+    param = bracket_path(at.group(1)) if at else None
+    expected = _EXPECTED.match(text)
+    if expected and expected.group(1) == "int":
+        return invalid_request(f"Invalid integer for parameter {param}.", param=param, code="parameter_invalid_integer")
+    if expected and expected.group(1) == "bool":
+        return invalid_request(f"Invalid boolean for parameter {param}.", param=param, code="parameter_invalid")
+    if expected and expected.group(1).startswith("str"):
+        return invalid_request(f"Invalid string for parameter {param}.", param=param, code="parameter_invalid")
+    if expected and expected.group(1) == "object":
+        return invalid_request(f"Invalid object for parameter {param}.", param=param, code="parameter_invalid")
+    if expected and expected.group(1) == "array":
+        return invalid_request(f"Invalid array for parameter {param}.", param=param, code="parameter_invalid")
+    # Literal choices and anything else: name the param, keep msgspec's words out.
+    return invalid_request(f"Invalid value for parameter {param}.", param=param, code="parameter_invalid")

@@ -1,0 +1,105 @@
+"""The node process: one trio run holding the gateway, the shard actors and
+the simulator, with trio-asyncio bridging to asyncpg and redis.
+
+Shutdown on SIGINT or SIGTERM is in order: stop taking connections and let
+requests in flight finish (hypercorn's graceful shutdown), then close the
+mailboxes so each actor drains what is queued and journals the answers of
+its open network calls, then close the database pool.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+import trio_asyncio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from gateway.app import create_app
+from shards import redis_link
+from shards.merchants import MerchantKeys, create_merchant
+from shards.node import Node, NodeConfig, hash_key, run_node
+from shards.store import Store
+from shards.vault import Vault
+from simulators.card_network import CardNetwork
+
+log = structlog.get_logger("gateway.server")
+
+TEST_MERCHANT_FILE = "test_merchant.json"
+
+
+class UpSettings(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+    data_dir: Path
+    partitions: int
+    database_url: str
+    redis_url: str
+    seed: int = 0
+    network_latency_ms: tuple[int, int] = (1, 5)
+
+
+async def test_merchant(store: Store, data_dir: Path) -> MerchantKeys:
+    """The local test merchant: made once, its keys kept (mode 0600) in the data dir."""
+    path = data_dir / TEST_MERCHANT_FILE
+    if path.exists():
+        keys = msgspec.json.decode(path.read_bytes(), type=MerchantKeys)
+        if await store.find_api_key(hash_key(keys.secret_key)) is not None:
+            return keys
+    keys = await create_merchant(store, "Test merchant")
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(msgspec.json.encode(keys))
+    return keys
+
+
+async def _serve_http(app: Any, config: HypercornConfig, stop: trio.Event, node: Node, *, task_status: Any) -> None:
+    try:
+        await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+    finally:
+        node.stop_accepting()
+
+
+async def run_up(settings: UpSettings) -> None:
+    async with trio_asyncio.open_loop():
+        store = await Store.open(settings.database_url)
+        try:
+            partitions = await store.migrate(settings.partitions)
+            if partitions != settings.partitions:
+                log.warning("partitions_fixed_by_database", requested=settings.partitions, partitions=partitions)
+            await redis_link.ping(settings.redis_url)
+            keys = await test_merchant(store, settings.data_dir)
+            vault = Vault.from_config(settings.data_dir)
+            network = CardNetwork(seed=settings.seed, latency_ms=settings.network_latency_ms)
+            async with trio.open_nursery() as nursery:
+                node = await nursery.start(run_node, store, vault, network, NodeConfig(partitions=partitions))
+                config = HypercornConfig()
+                config.bind = [f"{settings.host}:{settings.port}"]
+                config.accesslog = None
+                config.errorlog = None
+                config.graceful_timeout = 10
+                config.keep_alive_timeout = 75
+                stop = trio.Event()
+                binds = await nursery.start(_serve_http, create_app(node), config, stop, node)
+                announce(binds[0], keys)
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for received in signals:
+                        log.info("shutdown_requested", signal=signal.Signals(received).name)
+                        break
+                stop.set()
+        finally:
+            await store.close()
+
+
+def announce(url: str, keys: MerchantKeys) -> None:
+    print(f"payments up: listening on {url}", flush=True)
+    print(f"test merchant: {keys.id}", flush=True)
+    print(f"secret key:    {keys.secret_key}", flush=True)
+    print(f"publishable:   {keys.publishable_key}", flush=True)
+    print("Ctrl-C drains the mailboxes and stops.", flush=True)

@@ -1,0 +1,259 @@
+"""The shard actor: the only writer of one partition.
+
+It owns the in-memory state of its partition and applies commands one at a
+time from a bounded mailbox, so there are no locks. Each turn of its loop:
+
+1. drains the mailbox into a batch (up to `batch_commands_max`);
+2. decides every command of the batch against a working copy (the engine is
+   pure, so this is all in memory and cannot fail for infrastructure reasons);
+3. writes the batch's events to the journal in one transaction;
+4. only then applies the working copy, replies, and starts effects.
+
+A failed commit throws the working copy away: memory never runs ahead of the
+disk. Clients then get `StoreUnavailable`; network answers are kept and
+committed again on the next turn, because losing one would leave an intent
+stuck in `processing` with nobody calling.
+
+Network calls run as child tasks. Their answers come back through the same
+mailbox as commands, so deciding them is serialized like everything else.
+A confirm's reply is held until the answer to its attempt is durable, which
+is what lets a synchronous API report `succeeded` or a decline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from engine import intent as machine
+from engine.intent import AuthorizeAttempt, Command, PaymentIntent
+from engine.results import Result
+from shards.store import JournalRow, StoreUnavailable
+
+log = structlog.get_logger("shards.actor")
+
+ANSWER_TYPES = (machine.RecordApproval, machine.RecordDecline, machine.RecordUnknownOutcome)
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What a caller learns: a result, the intent as journaled, and the
+    attempt its command opened (if any)."""
+
+    result: Result
+    intent: PaymentIntent | None = None
+    param: str | None = None
+    attempt_id: str | None = None
+
+
+class Reply:
+    """A one-shot slot a caller waits on; cheaper than a channel per request."""
+
+    __slots__ = ("_done", "value")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self.value: Outcome | StoreUnavailable | None = None
+
+    def set(self, value: Outcome | StoreUnavailable) -> None:
+        assert not self._done.is_set()
+        self.value = value
+        self._done.set()
+
+    async def wait(self) -> Outcome | StoreUnavailable:
+        await self._done.wait()
+        assert self.value is not None
+        return self.value
+
+
+class Message(msgspec.Struct):
+    command: Command
+    reply: Reply | None
+
+
+class ShardConfig(msgspec.Struct, frozen=True):
+    mailbox_commands_max: int = 4096
+    batch_commands_max: int = 512
+    network_calls_max: int = 512
+    commit_retry_s: float = 0.2
+
+
+class ShardState:
+    """The committed state of one partition. Read freely; written only by its actor."""
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.intents: dict[str, PaymentIntent] = {}
+        self.next_seq = 1
+        self.accepting = False
+
+    def replay(self, rows: list[JournalRow]) -> None:
+        for row in rows:
+            assert row.seq == self.next_seq, (self.partition, row.seq, self.next_seq)
+            event = machine.event_decoder.decode(row.body)
+            entity_id = event.intent.id if isinstance(event, machine.IntentCreated) else event.intent_id
+            self.intents[entity_id] = machine.evolve(self.intents.get(entity_id), event)
+            self.next_seq += 1
+
+
+Performer = Callable[[AuthorizeAttempt], Awaitable[Command]]
+Journal = Callable[[int, list[JournalRow]], Awaitable[None]]
+
+
+class ShardActor:
+    def __init__(
+        self,
+        state: ShardState,
+        append: Journal,
+        perform: Performer,
+        config: ShardConfig,
+    ) -> None:
+        self.state = state
+        self.config = config
+        self._append = append
+        self._perform = perform
+        self.mailbox_send, self._mailbox_receive = trio.open_memory_channel[Message](config.mailbox_commands_max)
+        self._awaiting_answer: dict[str, Reply] = {}
+        self._network_limiter = trio.CapacityLimiter(config.network_calls_max)
+        self._retry: list[Message] = []
+        self.commits_total = 0
+        self.commands_total = 0
+
+    def submit_nowait(self, command: Command) -> Reply:
+        """Queue a client command. Raises trio.WouldBlock when the mailbox is full
+        or the actor is not accepting (starting up or shutting down)."""
+        if not self.state.accepting:
+            raise trio.WouldBlock
+        reply = Reply()
+        self.mailbox_send.send_nowait(Message(command, reply))
+        return reply
+
+    def close(self) -> None:
+        """Stop taking client commands; `run` drains what is queued and returns."""
+        self.state.accepting = False
+        self.mailbox_send.close()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until the mailbox is closed, then finish open network calls,
+        journal their answers and return."""
+        async with trio.open_nursery() as calls:
+            self._calls = calls
+            self._recover_open_attempts()
+            self.state.accepting = True
+            task_status.started()
+            await self._serve()
+            # Shutting down: wait for the answers of calls in flight.
+            while self._retry or calls.child_tasks:
+                await self._serve_answers_after_close()
+
+    def _recover_open_attempts(self) -> None:
+        """A pending attempt found at start has no call behind it any more:
+        record its outcome as unknown (DESIGN section 5, step 5)."""
+        for intent in self.state.intents.values():
+            attempt = intent.open_attempt()
+            if attempt is not None and attempt.status is machine.AttemptStatus.pending:
+                command = machine.RecordUnknownOutcome(intent_id=intent.id, attempt_id=attempt.id, at_s=int(time.time()))
+                self._retry.append(Message(command, None))
+
+    async def _serve(self) -> None:
+        receive = self._mailbox_receive
+        while True:
+            if self._retry:
+                batch, self._retry = self._retry, []
+            else:
+                try:
+                    batch = [await receive.receive()]
+                except trio.EndOfChannel:
+                    return
+            while len(batch) < self.config.batch_commands_max:
+                try:
+                    batch.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await self._turn(batch)
+
+    async def _serve_answers_after_close(self) -> None:
+        if not self._retry:
+            # Answers of calls still in flight arrive through _report, which
+            # appends to _retry once the mailbox is closed.
+            await trio.sleep(0.01)
+            return
+        batch, self._retry = self._retry, []
+        await self._turn(batch)
+
+    async def _turn(self, batch: list[Message]) -> None:
+        """Decide, commit, then apply, reply and start effects."""
+        working: dict[str, PaymentIntent] = {}
+        intents = self.state.intents
+        rows: list[JournalRow] = []
+        seq = self.state.next_seq
+        outcomes: list[tuple[Message, machine.Decision, PaymentIntent | None]] = []
+        for message in batch:
+            command = message.command
+            intent_id = command.intent_id
+            current = working.get(intent_id) or intents.get(intent_id)
+            decision = machine.decide(current, command)
+            for event in decision.events:
+                current = machine.evolve(current, event)
+                rows.append(JournalRow(seq, intent_id, type(event).__name__, machine.event_encoder.encode(event)))
+                seq += 1
+            if decision.events:
+                assert current is not None
+                working[intent_id] = current
+            outcomes.append((message, decision, current))
+        if rows:
+            try:
+                await self._append(self.state.partition, rows)
+            except StoreUnavailable as error:
+                self._fail_batch(outcomes, error)
+                await trio.sleep(self.config.commit_retry_s)
+                return
+            self.state.next_seq = seq
+            intents.update(working)
+            self.commits_total += 1
+        self.commands_total += len(batch)
+        for message, decision, current in outcomes:
+            self._settle(message, decision, current)
+
+    def _fail_batch(self, outcomes: list[tuple[Message, machine.Decision, PaymentIntent | None]], error: StoreUnavailable) -> None:
+        log.warning("journal_commit_failed", partition=self.state.partition, error=str(error), commands=len(outcomes))
+        for message, _, _ in outcomes:
+            if message.reply is not None:
+                message.reply.set(error)
+            elif isinstance(message.command, ANSWER_TYPES):
+                self._retry.append(message)
+
+    def _settle(self, message: Message, decision: machine.Decision, current: PaymentIntent | None) -> None:
+        command = message.command
+        if decision.result is not Result.ok:
+            if message.reply is not None:
+                message.reply.set(Outcome(decision.result, current, decision.param))
+            elif decision.result is not Result.attempt_not_pending:
+                log.error("answer_refused", partition=self.state.partition, result=decision.result, command=type(command).__name__)
+            return
+        for effect in decision.effects:
+            if message.reply is not None:
+                self._awaiting_answer[effect.attempt_id] = message.reply
+            self._calls.start_soon(self._call_network, effect)
+        if isinstance(command, ANSWER_TYPES):
+            assert current is not None
+            log.info("attempt_answered", partition=self.state.partition, intent_id=current.id, attempt_id=command.attempt_id, status=current.status)
+            waiting = self._awaiting_answer.pop(command.attempt_id, None)
+            if waiting is not None:
+                waiting.set(Outcome(Result.ok, current, attempt_id=command.attempt_id))
+        elif not decision.effects and message.reply is not None:
+            message.reply.set(Outcome(Result.ok, current))
+
+    async def _call_network(self, effect: AuthorizeAttempt) -> None:
+        async with self._network_limiter:
+            answer = await self._perform(effect)
+        message = Message(answer, None)
+        try:
+            await self.mailbox_send.send(message)
+        except trio.ClosedResourceError:
+            # The mailbox closed for shutdown; the run loop journals these.
+            self._retry.append(message)

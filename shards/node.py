@@ -1,0 +1,259 @@
+"""A node: the shard actors of the partitions this process owns, and the
+router from an id to the actor that owns it.
+
+The node is also the shell that performs the engine's effects: it resolves a
+payment method, opens its sealed card number, and calls the card network with
+the attempt id as the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+import trio
+
+from engine import ids
+from engine import intent as machine
+from engine.intent import AuthorizeAttempt, Command, PaymentIntent
+from shards.actor import Outcome, ShardActor, ShardConfig, ShardState
+from shards.store import ApiKeyRow, PaymentMethodRow, Store, StoreUnavailable
+from shards.vault import Vault
+from engine.network import AuthorizationRequest, NetworkAnswer
+
+log = structlog.get_logger("shards.node")
+
+DECLINE_MESSAGES = {
+    "card_declined": "Your card was declined.",
+    "insufficient_funds": "Your card has insufficient funds.",
+    "expired_card": "Your card has expired.",
+    "incorrect_cvc": "Your card's security code is incorrect.",
+    "incorrect_number": "Your card number is incorrect.",
+    "processing_error": "An error occurred while processing your card. Try again in a little bit.",
+}
+
+
+class CardNetwork(Protocol):
+    async def authorize(self, request: AuthorizationRequest) -> NetworkAnswer: ...
+
+
+class Overloaded(Exception):
+    """The owning actor's mailbox is full, or it is not serving: try again later."""
+
+
+class NodeConfig(msgspec.Struct, frozen=True):
+    partitions: int = 16
+    shard: ShardConfig = ShardConfig()
+    network_timeout_s: float = 10.0
+    reply_timeout_s: float = 30.0
+    cache_entries_max: int = 100_000
+
+
+class BoundedCache(OrderedDict):
+    """A dict that forgets its oldest entries past a size bound."""
+
+    def __init__(self, entries_max: int) -> None:
+        super().__init__()
+        self.entries_max = entries_max
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.entries_max:
+            self.popitem(last=False)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def hash_key(secret: str) -> bytes:
+    """API keys carry 190+ random bits, so one SHA-256 is enough to store them."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class Node:
+    def __init__(self, store: Store, vault: Vault, network: CardNetwork, config: NodeConfig) -> None:
+        self.store = store
+        self.vault = vault
+        self.network = network
+        self.config = config
+        self.shards: dict[int, ShardActor] = {}
+        self._next_partition = itertools.cycle(range(config.partitions))
+        self._payment_methods = BoundedCache(config.cache_entries_max)
+        self._api_keys = BoundedCache(config.cache_entries_max)
+
+    # ---------------------------------------------------------------- ids
+
+    def new_id(self, prefix: str, partition: int | None = None) -> str:
+        if partition is None:
+            partition = next(self._next_partition)
+        return ids.make_id(prefix, partition, now_ms(), os.urandom(ids.RANDOM_BYTES))
+
+    @staticmethod
+    def partition_of_intent(intent_id: str) -> int:
+        partition = ids.partition_of(intent_id, "pi")
+        assert partition is not None, intent_id
+        return partition
+
+    @staticmethod
+    def client_secret(intent_id: str) -> str:
+        return f"{intent_id}_secret_{secrets.token_urlsafe(18)}"
+
+    # -------------------------------------------------------------- intents
+
+    def intent(self, intent_id: str) -> PaymentIntent | None:
+        """The committed state of an intent, or None for an id that is not ours."""
+        partition = ids.partition_of(intent_id, "pi")
+        shard = None if partition is None else self.shards.get(partition)
+        return None if shard is None else shard.state.intents.get(intent_id)
+
+    async def submit(self, command: Command) -> Outcome:
+        """Run a command on the owning actor and wait until it is journaled.
+
+        Raises Overloaded (mailbox full) or StoreUnavailable (not journaled).
+        A confirm whose network answer does not come back within
+        `reply_timeout_s` returns the intent as it is journaled now.
+        """
+        partition = ids.partition_of(command.intent_id, "pi")
+        shard = None if partition is None else self.shards.get(partition)
+        if shard is None:
+            raise Overloaded(f"partition {partition} is not served by this node")
+        try:
+            reply = shard.submit_nowait(command)
+        except (trio.WouldBlock, trio.ClosedResourceError) as error:
+            raise Overloaded(f"partition {partition} is busy") from error
+        with trio.move_on_after(self.config.reply_timeout_s):
+            value = await reply.wait()
+            if isinstance(value, StoreUnavailable):
+                raise value
+            return value
+        current = self.intent(command.intent_id)
+        return Outcome(machine.Result.ok, current)
+
+    # ------------------------------------------------------ payment methods
+
+    async def create_payment_method(
+        self, merchant_id: str, livemode: bool, number: str, exp_month: int, exp_year: int, brand: str
+    ) -> PaymentMethodRow:
+        payment_method_id = self.new_id("pm")
+        row = PaymentMethodRow(
+            id=payment_method_id,
+            merchant_id=merchant_id,
+            livemode=livemode,
+            brand=brand,
+            last4=number[-4:],
+            exp_month=exp_month,
+            exp_year=exp_year,
+            fingerprint=self.vault.fingerprint(number),
+            sealed_number=self.vault.seal(number, payment_method_id),
+            created_s=int(time.time()),
+        )
+        await self.store.insert_payment_method(row)
+        self._payment_methods.put(row.id, row)
+        return row
+
+    async def payment_method(self, payment_method_id: str) -> PaymentMethodRow | None:
+        row = self._payment_methods.get(payment_method_id)
+        if row is None:
+            if ids.parse_id(payment_method_id, "pm") is None:
+                return None
+            row = await self.store.get_payment_method(payment_method_id)
+            if row is not None:
+                self._payment_methods.put(row.id, row)
+        return row
+
+    # ------------------------------------------------------------------ keys
+
+    async def authenticate(self, secret: str) -> ApiKeyRow | None:
+        key_hash = hash_key(secret)
+        row = self._api_keys.get(key_hash)
+        if row is None:
+            row = await self.store.find_api_key(key_hash)
+            if row is not None:
+                self._api_keys.put(key_hash, row)
+        return row
+
+    # -------------------------------------------------------------- effects
+
+    async def perform(self, effect: AuthorizeAttempt) -> Command:
+        """Call the card network for one attempt and turn its answer into a command."""
+        at_s = int(time.time())
+        try:
+            method = await self.payment_method(effect.payment_method_id)
+        except StoreUnavailable:
+            method = None
+        if method is None:
+            # The network was never called, so the attempt failed for certain.
+            return machine.RecordDecline(
+                intent_id=effect.intent_id,
+                attempt_id=effect.attempt_id,
+                at_s=at_s,
+                code="processing_error",
+                decline_code="processing_error",
+                message=DECLINE_MESSAGES["processing_error"],
+            )
+        request = AuthorizationRequest(
+            reference=effect.attempt_id,
+            card_number=self.vault.unseal(method.sealed_number, method.id),
+            exp_month=method.exp_month,
+            exp_year=method.exp_year,
+            amount_minor=effect.amount,
+            currency=effect.currency,
+            capture=effect.capture,
+        )
+        answer: NetworkAnswer | None = None
+        with trio.move_on_after(self.config.network_timeout_s):
+            answer = await self.network.authorize(request)
+        at_s = int(time.time())
+        if answer is None:
+            log.warning("network_timed_out", intent_id=effect.intent_id, attempt_id=effect.attempt_id)
+            return machine.RecordUnknownOutcome(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
+        if answer.approved:
+            return machine.RecordApproval(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
+        code = answer.code or "card_declined"
+        return machine.RecordDecline(
+            intent_id=effect.intent_id,
+            attempt_id=effect.attempt_id,
+            at_s=at_s,
+            code=code,
+            decline_code=answer.decline_code,
+            message=DECLINE_MESSAGES.get(code, DECLINE_MESSAGES["card_declined"]),
+        )
+
+    # ------------------------------------------------------------- lifecycle
+
+    def stop_accepting(self) -> None:
+        """Begin a clean shutdown: actors drain their mailboxes and finish
+        their network calls, then `run_node` returns."""
+        for shard in self.shards.values():
+            shard.close()
+
+
+async def run_node(
+    store: Store,
+    vault: Vault,
+    network: CardNetwork,
+    config: NodeConfig,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Recover every partition from the journal, then serve until `stop_accepting`."""
+    node = Node(store, vault, network, config)
+    async with trio.open_nursery() as nursery:
+        for partition in range(config.partitions):
+            state = ShardState(partition)
+            state.replay(await store.load_journal(partition))
+            shard = ShardActor(state, store.append, node.perform, config.shard)
+            node.shards[partition] = shard
+            await nursery.start(shard.run)
+        log.info("node_started", partitions=config.partitions, intents=sum(len(s.state.intents) for s in node.shards.values()))
+        task_status.started(node)
+    log.info("node_stopped")

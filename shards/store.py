@@ -1,0 +1,273 @@
+"""The journal store: the one module that knows asyncpg (and so asyncio) exists.
+
+Everything here is called from trio. Each public method makes exactly one
+bridged call through trio-asyncio, doing all of its database round trips on
+the asyncio side, because a bridged call costs far more than a native await
+(DESIGN section 3: bridge per batch, not per row).
+
+Library errors are translated at this edge into `StoreUnavailable` (the
+database cannot be reached or refused the transaction; the caller may retry
+and must not acknowledge anything) or `JournalConflict` (someone else wrote
+the same journal position: a second writer for a partition, which is a bug).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+import trio_asyncio
+
+SCHEMA_VERSION = 1
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS settings (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS merchants (
+    id text PRIMARY KEY,
+    name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash bytea PRIMARY KEY,
+    merchant_id text NOT NULL REFERENCES merchants (id),
+    kind text NOT NULL CHECK (kind IN ('secret', 'publishable')),
+    livemode boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS payment_methods (
+    id text PRIMARY KEY,
+    merchant_id text NOT NULL REFERENCES merchants (id),
+    livemode boolean NOT NULL,
+    brand text NOT NULL,
+    last4 char(4) NOT NULL,
+    exp_month smallint NOT NULL,
+    exp_year smallint NOT NULL,
+    fingerprint text NOT NULL,
+    sealed_number bytea NOT NULL,
+    created_s bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    partition smallint NOT NULL,
+    seq bigint NOT NULL,
+    entity_id text NOT NULL,
+    kind text NOT NULL,
+    body jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (partition, seq)
+);
+CREATE INDEX IF NOT EXISTS journal_entity ON journal (entity_id);
+"""
+
+
+class StoreError(Exception):
+    """Base of the store's own exceptions."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached or did not commit. Nothing was acknowledged."""
+
+
+class JournalConflict(StoreError):
+    """A journal position was already taken: two writers for one partition."""
+
+
+class SchemaMismatch(StoreError):
+    """The database was created with settings this node cannot serve."""
+
+
+class PaymentMethodRow(msgspec.Struct, frozen=True):
+    id: str
+    merchant_id: str
+    livemode: bool
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    fingerprint: str
+    sealed_number: bytes
+    created_s: int
+
+
+class ApiKeyRow(msgspec.Struct, frozen=True):
+    merchant_id: str
+    kind: str
+    livemode: bool
+
+
+class JournalRow(msgspec.Struct, frozen=True):
+    seq: int
+    entity_id: str
+    kind: str
+    body: bytes
+
+
+T = TypeVar("T")
+
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
+class Store:
+    """A pool of connections to one database, used from trio."""
+
+    def __init__(self, pool: asyncpg.Pool, loop: Any) -> None:
+        self._pool = pool
+        self._loop = loop
+
+    @classmethod
+    async def open(cls, dsn: str, *, connections_max: int = 20) -> Store:
+        """Connect. Must be called inside `trio_asyncio.open_loop()`."""
+        loop = trio_asyncio.current_loop.get()
+        if loop is None:
+            raise RuntimeError("Store.open needs a running trio_asyncio loop")
+        create = functools.partial(
+            asyncpg.create_pool,
+            dsn,
+            min_size=1,
+            max_size=connections_max,
+            command_timeout=30,
+            # The server-side statement cache is per connection; keep it.
+            statement_cache_size=256,
+        )
+        try:
+            pool = await trio_asyncio.aio_as_trio(create, loop=loop)()
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable(f"cannot connect to the database: {type(error).__name__}") from error
+        return cls(pool, loop)
+
+    async def close(self) -> None:
+        await self._call(self._pool.close)
+
+    async def _call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return await trio_asyncio.aio_as_trio(function, loop=self._loop)(*args)
+        except asyncpg.exceptions.UniqueViolationError as error:
+            if error.table_name == "journal":
+                raise JournalConflict(str(error)) from error
+            raise
+        except _UNAVAILABLE as error:
+            raise StoreUnavailable(f"database unavailable: {type(error).__name__}") from error
+
+    # ------------------------------------------------------------ schema
+
+    async def migrate(self, partitions: int) -> int:
+        """Create the schema; fix the partition count on first use.
+
+        Returns the partition count the database was created with, which wins
+        over `partitions` (ids already issued encode it).
+        """
+
+        async def run() -> int:
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock(727274)")
+                await connection.execute(SCHEMA_SQL)
+                await connection.execute(
+                    "INSERT INTO settings (key, value) VALUES ('schema_version', $1),"
+                    " ('partitions', $2) ON CONFLICT (key) DO NOTHING",
+                    str(SCHEMA_VERSION),
+                    str(partitions),
+                )
+                rows = await connection.fetch("SELECT key, value FROM settings")
+            settings = {row["key"]: row["value"] for row in rows}
+            if int(settings["schema_version"]) != SCHEMA_VERSION:
+                raise SchemaMismatch(f"database schema version {settings['schema_version']}, code {SCHEMA_VERSION}")
+            return int(settings["partitions"])
+
+        return await self._call(run)
+
+    # ----------------------------------------------------------- journal
+
+    async def append(self, partition: int, rows: Sequence[JournalRow]) -> None:
+        """Write one batch of journal rows in one transaction (one fsync)."""
+        records = [(partition, row.seq, row.entity_id, row.kind, row.body.decode()) for row in rows]
+
+        async def run() -> None:
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.copy_records_to_table(
+                    "journal",
+                    records=records,
+                    columns=("partition", "seq", "entity_id", "kind", "body"),
+                )
+
+        await self._call(run)
+
+    async def load_journal(self, partition: int) -> list[JournalRow]:
+        async def run() -> list[JournalRow]:
+            async with self._pool.acquire() as connection:
+                rows = await connection.fetch(
+                    "SELECT seq, entity_id, kind, body::text AS body FROM journal"
+                    " WHERE partition = $1 ORDER BY seq",
+                    partition,
+                )
+            return [JournalRow(row["seq"], row["entity_id"], row["kind"], row["body"].encode()) for row in rows]
+
+        return await self._call(run)
+
+    # ------------------------------------------------ merchants and keys
+
+    async def create_merchant(self, merchant_id: str, name: str, keys: Sequence[tuple[bytes, str, bool]]) -> None:
+        """Insert a merchant and its keys, given as (key_hash, kind, livemode)."""
+
+        async def run() -> None:
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute("INSERT INTO merchants (id, name) VALUES ($1, $2)", merchant_id, name)
+                await connection.executemany(
+                    "INSERT INTO api_keys (key_hash, merchant_id, kind, livemode) VALUES ($1, $2, $3, $4)",
+                    [(key_hash, merchant_id, kind, livemode) for key_hash, kind, livemode in keys],
+                )
+
+        await self._call(run)
+
+    async def find_api_key(self, key_hash: bytes) -> ApiKeyRow | None:
+        async def run() -> ApiKeyRow | None:
+            async with self._pool.acquire() as connection:
+                row = await connection.fetchrow(
+                    "SELECT merchant_id, kind, livemode FROM api_keys"
+                    " WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > now())",
+                    key_hash,
+                )
+            return None if row is None else ApiKeyRow(row["merchant_id"], row["kind"], row["livemode"])
+
+        return await self._call(run)
+
+    # --------------------------------------------------- payment methods
+
+    async def insert_payment_method(self, row: PaymentMethodRow) -> None:
+        async def run() -> None:
+            async with self._pool.acquire() as connection:
+                await connection.execute(
+                    "INSERT INTO payment_methods (id, merchant_id, livemode, brand, last4, exp_month,"
+                    " exp_year, fingerprint, sealed_number, created_s)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    *msgspec.structs.astuple(row),
+                )
+
+        await self._call(run)
+
+    async def get_payment_method(self, payment_method_id: str) -> PaymentMethodRow | None:
+        async def run() -> PaymentMethodRow | None:
+            async with self._pool.acquire() as connection:
+                row = await connection.fetchrow(
+                    "SELECT id, merchant_id, livemode, brand, last4, exp_month, exp_year, fingerprint,"
+                    " sealed_number, created_s FROM payment_methods WHERE id = $1",
+                    payment_method_id,
+                )
+            return None if row is None else PaymentMethodRow(**dict(row))
+
+        return await self._call(run)
