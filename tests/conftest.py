@@ -1,0 +1,168 @@
+"""Shared fixtures: a fresh PostgreSQL database per use, and real node processes.
+
+Tests talk to the PostgreSQL and Redis servers named by
+PAYMENTS_TEST_ADMIN_URL (default: the machine's PostgreSQL on 127.0.0.1:5432)
+and PAYMENTS_TEST_REDIS_URL (default redis://127.0.0.1:6379/0). Every test
+database gets a random name and is dropped afterwards, so runs never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import trio_asyncio
+
+ADMIN_URL = os.environ.get("PAYMENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("PAYMENTS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+NODE_START_TIMEOUT_S = 60
+
+
+def _admin(sql: str) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(ADMIN_URL)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+def database_url_for(name: str) -> str:
+    return urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def make_database() -> Iterator[Callable[[], str]]:
+    """Create empty databases on demand; drop them all at the end of the session."""
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"payments_test_{os.getpid()}_{secrets.token_hex(4)}"
+        _admin(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return database_url_for(name)
+
+    yield make
+    for name in names:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(make_database: Callable[[], str]) -> str:
+    return make_database()
+
+
+@pytest.fixture
+async def store(database_url: str):
+    """A migrated store on a fresh database, with 4 partitions."""
+    from shards.store import Store
+
+    async with trio_asyncio.open_loop():
+        opened = await Store.open(database_url, connections_max=8)
+        await opened.migrate(4)
+        try:
+            yield opened
+        finally:
+            await opened.close()
+
+
+@dataclass
+class NodeProcess:
+    """A `payments up` child process."""
+
+    database_url: str
+    data_dir: Path
+    extra_args: list[str] = field(default_factory=list)
+    url: str = ""
+    secret_key: str = ""
+    process: subprocess.Popen | None = None
+
+    def start(self) -> NodeProcess:
+        environ = dict(os.environ, PAYMENTS_DATABASE_URL=self.database_url, PAYMENTS_REDIS_URL=REDIS_URL)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "up", "--port", "0", "--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args],
+            stdout=subprocess.PIPE,
+            stderr=open(self.data_dir / "node.log", "ab"),
+            env=environ,
+            text=True,
+        )
+        deadline = time.monotonic() + NODE_START_TIMEOUT_S
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            if match := re.match(r"payments up: listening on (\S+)", line):
+                self.url = match.group(1)
+            if match := re.match(r"secret key:\s+(\S+)", line):
+                self.secret_key = match.group(1)
+            if self.url and self.secret_key:
+                return self
+        self.kill()
+        log = (self.data_dir / "node.log").read_text()[-3000:]
+        raise AssertionError(f"node did not start; its log ends with:\n{log}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM, then wait for the clean shutdown; returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+@pytest.fixture(scope="session")
+def node(make_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One running node for the HTTP tests of a session."""
+    started = NodeProcess(make_database(), tmp_path_factory.mktemp("node")).start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def new_node(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Start nodes of one's own (for crash tests); all are killed at the end."""
+    started: list[NodeProcess] = []
+
+    def start(database_url: str | None = None, data_dir: Path | None = None) -> NodeProcess:
+        process = NodeProcess(database_url or make_database(), data_dir or tmp_path).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture(scope="session")
+def merchant_keys(node: NodeProcess):
+    """Keys of a second merchant on the session node's database, via the CLI."""
+    import json
+
+    environ = dict(os.environ, PAYMENTS_DATABASE_URL=node.database_url)
+    output = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "merchant", "create", "--name", "Other shop", "--json", "--data-dir", str(node.data_dir)],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(output.stdout)

@@ -1,0 +1,102 @@
+"""Every acknowledged intent survives a SIGKILL of the node (invariant I4)."""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+import trio
+
+from tests.conftest import NodeProcess
+
+# A later status never goes back to an earlier one in this issue's lifecycle.
+STATUS_RANK = {
+    "requires_payment_method": 0,
+    "requires_confirmation": 1,
+    "processing": 2,
+    "requires_capture": 3,
+    "succeeded": 4,
+}
+
+WORKERS = 24
+LOAD_S = 2.5
+REQUESTS_PER_WORKER_MAX = 400
+
+
+def _later_or_same(acknowledged: str, now: str) -> bool:
+    if acknowledged == "requires_payment_method" and now in ("processing", "succeeded", "requires_capture"):
+        return True
+    return STATUS_RANK[now] >= STATUS_RANK[acknowledged]
+
+
+async def _load(node: NodeProcess, acknowledged: dict[str, dict], seed: int) -> None:
+    """Create intents from several workers until the node dies under them."""
+    rng = random.Random(seed)
+    choices = [
+        {"payment_method": "pm_card_visa", "confirm": "true"},
+        {"payment_method": "pm_card_visa", "confirm": "true", "capture_method": "manual"},
+        {"payment_method": "pm_card_mastercard"},
+        {"payment_method": "pm_card_chargeDeclined", "confirm": "true"},
+        {},
+    ]
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for _ in range(REQUESTS_PER_WORKER_MAX):
+            body = {"amount": str(rng.randint(1, 99_999_999)), "currency": "usd", **rng.choice(choices)}
+            try:
+                response = await client.post("/v1/payment_intents", data=body)
+            except httpx.HTTPError:
+                return  # the node is gone; in-flight requests were never acknowledged
+            payload = response.json()
+            if response.status_code == 200:
+                acknowledged[payload["id"]] = payload
+            elif response.status_code == 402:
+                intent = payload["error"]["payment_intent"]
+                acknowledged[intent["id"]] = intent
+            else:
+                assert response.status_code == 503, payload
+
+    async with httpx.AsyncClient(base_url=node.url, auth=(node.secret_key, ""), timeout=10) as client:
+        async with trio.open_nursery() as nursery:
+            for _ in range(WORKERS):
+                nursery.start_soon(worker, client)
+            await trio.sleep(LOAD_S)
+            node.kill()
+
+
+async def test_sigkill_loses_no_acknowledged_intent(new_node, database_url, tmp_path) -> None:
+    first = new_node(database_url, tmp_path)
+    acknowledged: dict[str, dict] = {}
+    await _load(first, acknowledged, seed=7)
+    assert len(acknowledged) >= 50, "the load produced too few acknowledged intents to mean anything"
+
+    second = new_node(database_url, tmp_path)
+    assert second.secret_key == first.secret_key
+    async with httpx.AsyncClient(base_url=second.url, auth=(second.secret_key, ""), timeout=10) as client:
+        for intent_id, before in acknowledged.items():
+            response = await client.get(f"/v1/payment_intents/{intent_id}")
+            assert response.status_code == 200, (intent_id, response.text)
+            after = response.json()
+            assert _later_or_same(before["status"], after["status"]), (before, after)
+            if before["status"] in ("succeeded", "requires_capture"):
+                assert after == before
+            assert (after["amount"], after["currency"], after["created"]) == (before["amount"], before["currency"], before["created"])
+
+
+async def test_clean_shutdown_then_restart_keeps_everything(new_node, database_url, tmp_path) -> None:
+    first = new_node(database_url, tmp_path)
+    async with httpx.AsyncClient(base_url=first.url, auth=(first.secret_key, ""), timeout=10) as client:
+        created = []
+        for capture_method in ("automatic", "manual"):
+            response = await client.post(
+                "/v1/payment_intents",
+                data={"amount": "1234", "currency": "gbp", "payment_method": "pm_card_visa", "confirm": "true", "capture_method": capture_method},
+            )
+            assert response.status_code == 200
+            created.append(response.json())
+    assert first.stop() == 0
+    second = new_node(database_url, tmp_path)
+    async with httpx.AsyncClient(base_url=second.url, auth=(second.secret_key, ""), timeout=10) as client:
+        for before in created:
+            after = (await client.get(f"/v1/payment_intents/{before['id']}")).json()
+            assert after == before
