@@ -13,8 +13,10 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +30,34 @@ import trio_asyncio
 ADMIN_URL = os.environ.get("PAYMENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PAYMENTS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NODE_START_TIMEOUT_S = 60
+
+
+def _answers(url: str, port_default: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or port_default), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Use the machine's PostgreSQL and Redis; on a machine without them, start
+    the embedded ones (the same servers `payments up` uses) for this run."""
+    global ADMIN_URL, REDIS_URL
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="payments-tests-"))
+    if not _answers(ADMIN_URL, 5432):
+        from gateway import embedded
+
+        ADMIN_URL = embedded.database_url(scratch)
+    if not _answers(REDIS_URL, 6379):
+        from gateway import embedded
+
+        valkey = embedded.valkey(scratch)
+        REDIS_URL = valkey.__enter__()
+        config.add_cleanup(lambda: valkey.__exit__(None, None, None))
 
 
 def _admin(sql: str) -> None:
