@@ -38,6 +38,14 @@ from shards.store import JournalRow, StoreUnavailable
 log = structlog.get_logger("shards.actor")
 
 ANSWER_TYPES = (machine.RecordApproval, machine.RecordDecline, machine.RecordUnknownOutcome)
+# One log event per journaled transition, named in snake_case past tense.
+LOG_EVENT_NAMES = {
+    machine.IntentCreated: "intent_created",
+    machine.AttemptStarted: "attempt_started",
+    machine.AttemptApproved: "attempt_approved",
+    machine.AttemptDeclined: "attempt_declined",
+    machine.AttemptOutcomeUnknown: "attempt_outcome_unknown",
+}
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -235,13 +243,15 @@ class ShardActor:
             elif decision.result is not Result.attempt_not_pending:
                 log.error("answer_refused", partition=self.state.partition, result=decision.result, command=type(command).__name__)
             return
+        assert current is not None
+        for event in decision.events:
+            status = event.intent.status if isinstance(event, machine.IntentCreated) else event.status
+            log.info(LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status))
         for effect in decision.effects:
             if message.reply is not None:
                 self._awaiting_answer[effect.attempt_id] = message.reply
             self._calls.start_soon(self._call_network, effect)
         if isinstance(command, ANSWER_TYPES):
-            assert current is not None
-            log.info("attempt_answered", partition=self.state.partition, intent_id=current.id, attempt_id=command.attempt_id, status=current.status)
             waiting = self._awaiting_answer.pop(command.attempt_id, None)
             if waiting is not None:
                 waiting.set(Outcome(Result.ok, current, attempt_id=command.attempt_id))
