@@ -23,7 +23,8 @@ Special cases (kept here, next to the table):
 - an approval leads to `succeeded` for automatic capture, but to
   `requires_capture` for manual capture (the network only authorized);
 - confirming from `requires_payment_method` needs a payment method, either
-  already on the intent or given with the confirm.
+  already on the intent or given with the confirm; a decline takes the
+  declined method off the intent, so a retry has to name one.
 """
 
 from __future__ import annotations
@@ -422,9 +423,12 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             attempts=_with_attempt_status(intent, event.attempt_id, AttemptStatus.succeeded),
         )
     if isinstance(event, AttemptDeclined):
+        # As Stripe does, a declined payment method leaves the intent: it is
+        # kept only on last_payment_error, so a retry must name a method.
         return replace(
             intent,
             status=event.status,
+            payment_method_id=None,
             last_payment_error=event.error,
             attempts=_with_attempt_status(intent, event.attempt_id, AttemptStatus.failed),
         )

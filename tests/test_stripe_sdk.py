@@ -66,6 +66,11 @@ def test_insufficient_funds_then_retry_with_another_card(client: stripe.StripeCl
     with pytest.raises(stripe.CardError) as raised:
         client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_chargeDeclinedInsufficientFunds"})
     assert raised.value.error is not None and raised.value.error.decline_code == "insufficient_funds"
+    declined = client.v1.payment_intents.retrieve(intent.id)
+    assert declined.payment_method is None  # the declined card is kept only on last_payment_error
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.payment_intents.confirm(intent.id)
+    assert missing.value.error is not None and missing.value.error.param == "payment_method"
     retried = client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_mastercard"})
     assert retried.status == "succeeded"
     assert retried.last_payment_error is None
