@@ -83,7 +83,10 @@ async def run_up(settings: UpSettings) -> None:
                 config.bind = [f"{settings.host}:{settings.port}"]
                 config.accesslog = None
                 config.errorlog = None
-                config.graceful_timeout = 10
+                # Idle keep-alive connections hold a graceful shutdown open until
+                # this runs out; requests still running after it are cut off
+                # unacknowledged, and the actors still journal what they started.
+                config.graceful_timeout = 3
                 config.keep_alive_timeout = 75
                 stop = trio.Event()
                 binds = await nursery.start(_serve_http, create_app(node), config, stop, node)
