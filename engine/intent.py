@@ -253,9 +253,17 @@ def check_metadata(metadata: dict[str, str]) -> bool:
     if len(metadata) > METADATA_KEYS_MAX:
         return False
     return all(
-        0 < len(key) <= METADATA_KEY_CHARS_MAX and len(value) <= METADATA_VALUE_CHARS_MAX
+        0 < len(key) <= METADATA_KEY_CHARS_MAX
+        and len(value) <= METADATA_VALUE_CHARS_MAX
+        and "\x00" not in key
+        and "\x00" not in value
         for key, value in metadata.items()
     )
+
+
+def check_text(text: str | None, chars_max: int) -> bool:
+    # The journal is PostgreSQL text, which cannot hold NUL.
+    return text is None or (len(text) <= chars_max and "\x00" not in text)
 
 
 def decide(intent: PaymentIntent | None, command: Command) -> Decision:
@@ -280,7 +288,7 @@ def _decide_create(existing: PaymentIntent | None, command: CreateIntent) -> Dec
         return refuse(Result.currency_unknown, "currency")
     if not check_metadata(command.metadata):
         return refuse(Result.metadata_invalid, "metadata")
-    if command.description is not None and len(command.description) > DESCRIPTION_CHARS_MAX:
+    if not check_text(command.description, DESCRIPTION_CHARS_MAX):
         return refuse(Result.metadata_invalid, "description")
     if existing is not None:
         # Ids carry 80 random bits, so this is a bug in the shell, but a

@@ -33,6 +33,8 @@ from shards.store import ApiKeyRow, PaymentMethodRow, StoreUnavailable
 log = structlog.get_logger("gateway")
 
 BODY_BYTES_MAX = 64 * 1024
+# A body without a content type is read as a form, as curl -d sends it.
+FORM_CONTENT_TYPES = ("", "application/x-www-form-urlencoded", "application/json")
 API_KEY_CHARS_MAX = 256
 ID_CHARS_MAX = 255
 # Test payment methods get this many years of validity from today.
@@ -124,6 +126,10 @@ def create_app(node: Node) -> QuartTrio:
             )
         body = await request.get_data(cache=False, as_text=False)
         content_type = (request.mimetype or "").lower()
+        if body and content_type not in FORM_CONTENT_TYPES:
+            raise errors.invalid_request(
+                "Send the body as application/x-www-form-urlencoded or application/json.", code="body_invalid"
+            )
         try:
             if content_type == "application/json":
                 return decode_json(body)

@@ -7,9 +7,19 @@ built from parameter names and fixed text, never from submitted values.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from engine.results import Result
+
+# Anything that could be a card number (12 to 19 digits, maybe spaced or
+# dashed) is cut out of every message and param, whatever the code above
+# put there: a belt to the braces of never formatting submitted values.
+_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){11,18}")
+
+
+def redact(text: str) -> str:
+    return _DIGIT_RUN.sub("[redacted]", text)
 
 
 class ApiError(Exception):
@@ -25,12 +35,13 @@ class ApiError(Exception):
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.status = status
         self.type = type_
         self.message = message
         self.code = code
-        self.param = param
+        self.param = None if param is None else redact(param)
         self.decline_code = decline_code
         self.headers = headers or {}
         self.extra = extra or {}

@@ -14,6 +14,8 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from gateway.errors import redact
+
 FIELDS_MAX = 256
 DEPTH_MAX = 4
 KEY_CHARS_MAX = 200
@@ -27,9 +29,10 @@ class BodyError(Exception):
     """The body cannot be read. `param` names the offending parameter if known."""
 
     def __init__(self, message: str, param: str | None = None, code: str = "parameter_invalid") -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.param = param
+        self.param = None if param is None else redact(param)
         self.code = code
 
 
@@ -38,8 +41,10 @@ def decode_json(body: bytes) -> dict[str, Any]:
         return {}
     try:
         value = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        raise BodyError("Invalid JSON body: the request body could not be parsed.", code="body_invalid") from error
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a few KB of brackets nest deeper than the decoder's
+        # stack; it is hostile input like any other malformed body.
+        raise BodyError("Invalid JSON body: the request body could not be parsed.", code="body_invalid") from None
     if not isinstance(value, dict):
         raise BodyError("Invalid JSON body: expected an object at the top level.", code="body_invalid")
     _check_depth(value, 1)
@@ -47,10 +52,13 @@ def decode_json(body: bytes) -> dict[str, Any]:
 
 
 def _check_depth(value: Any, depth: int) -> None:
+    """Containers count as levels, leaves do not: `{"a": {"b": 1}}` is 2 deep,
+    like the form name `a[b]`."""
+    if not isinstance(value, dict | list):
+        return
     if depth > DEPTH_MAX:
         raise BodyError("The request body is nested too deeply.", code="body_invalid")
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    for child in children:
+    for child in value.values() if isinstance(value, dict) else value:
         _check_depth(child, depth + 1)
 
 
@@ -60,9 +68,11 @@ def decode_form(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise BodyError("The request body is not valid UTF-8.", code="body_invalid") from error
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=FIELDS_MAX)
-    except ValueError as error:
-        raise BodyError(f"Too many parameters: at most {FIELDS_MAX} are allowed.", code="body_invalid") from error
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=FIELDS_MAX, errors="strict")
+    except UnicodeDecodeError:
+        raise BodyError("The request body is not valid UTF-8 once percent-decoded.", code="body_invalid") from None
+    except ValueError:
+        raise BodyError(f"Too many parameters: at most {FIELDS_MAX} are allowed.", code="body_invalid") from None
     result: dict[str, Any] = {}
     for key, value in pairs:
         _insert(result, key, value)
@@ -87,12 +97,16 @@ def _insert(result: dict[str, Any], key: str, value: str) -> None:
             if part != "" and not part.isdigit():
                 raise BodyError(f"Invalid array index in {key!r}.", param=path[0])
             position = len(node) if part == "" else int(part)
-            if position > len(node) or len(node) >= ARRAY_ITEMS_MAX and position == len(node):
+            if position > len(node) or position >= ARRAY_ITEMS_MAX:
                 raise BodyError(f"Invalid array index in {key!r}.", param=path[0])
             if position == len(node):
                 node.append(child_default)
-            elif last:
-                node[position] = value
+            elif last and isinstance(node[position], str):
+                raise BodyError(f"The parameter {key!r} is given more than once.", param=path[0])
+            elif last or not isinstance(node[position], dict | list):
+                raise BodyError(f"The parameter {key!r} mixes a value and a nested object.", param=path[0])
+            elif type(node[position]) is not type(child_default):
+                raise BodyError(f"Invalid array index in {key!r}.", param=path[0])
             node = node[position]
         else:
             if part == "":

@@ -53,8 +53,9 @@ _EXPECTED = re.compile(r"^Expected `([^`]+)`")
 
 
 def bracket_path(path: str, field: str | None = None) -> str:
-    """`.card.number` -> `card[number]`; `.items[0]` -> `items[0]`."""
-    parts = [part for part in re.split(r"\.|\[(\d+)\]", path) if part]
+    """`.card.number` -> `card[number]`; `.items[0]` -> `items[0]`;
+    `.metadata[...]` (a value of a dict) -> `metadata`."""
+    parts = [part for part in re.split(r"\.|\[(\d+)\]|\[\.\.\.\]", path) if part]
     if field is not None:
         parts.append(field)
     if not parts:
@@ -62,7 +63,28 @@ def bracket_path(path: str, field: str | None = None) -> str:
     return parts[0] + "".join(f"[{part}]" for part in parts[1:])
 
 
+def find_nul(value: Any, path: str = "") -> str | None:
+    """The bracket name of the first key or string holding a NUL character.
+
+    PostgreSQL cannot store NUL in text, and no Stripe parameter needs one.
+    """
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        name = f"{path}[{key}]" if path else str(key)
+        if "\x00" in str(key):
+            return path or "body"
+        found = find_nul(child, name)
+        if found is not None:
+            return found
+    return None
+
+
 def convert(values: dict[str, Any], schema: type[T]) -> T:
+    nul = find_nul(values)
+    if nul is not None:
+        raise invalid_request(f"Invalid string for parameter {nul}: NUL characters are not allowed.", param=nul, code="parameter_invalid")
     try:
         return msgspec.convert(values, schema, strict=False)
     except msgspec.ValidationError as error:

@@ -19,7 +19,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
+import structlog
 import trio_asyncio
+
+log = structlog.get_logger("shards.store")
 
 SCHEMA_VERSION = 1
 
@@ -123,6 +126,16 @@ _UNAVAILABLE = (
 )
 
 
+def _log_unretrieved_error(loop: Any, context: dict[str, Any]) -> None:
+    error = context.get("exception")
+    log.error(
+        "asyncio_error_unhandled",
+        message=str(context.get("message", ""))[:500],
+        error=type(error).__name__ if error is not None else None,
+        detail=str(error)[:500] if error is not None else None,
+    )
+
+
 class Store:
     """A pool of connections to one database, used from trio."""
 
@@ -136,10 +149,16 @@ class Store:
         loop = trio_asyncio.current_loop.get()
         if loop is None:
             raise RuntimeError("Store.open needs a running trio_asyncio loop")
+        # An exception on a future nobody awaited (asyncpg's connection set-up
+        # leaves some behind) reaches the loop's exception handler, which
+        # trio-asyncio makes fatal to the whole process. Log those instead.
+        loop.set_exception_handler(_log_unretrieved_error)
         create = functools.partial(
             asyncpg.create_pool,
             dsn,
-            min_size=1,
+            # Open every connection up front: actors commit concurrently, and
+            # opening connections under load only adds latency.
+            min_size=connections_max,
             max_size=connections_max,
             command_timeout=30,
             # The server-side statement cache is per connection; keep it.
