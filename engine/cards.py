@@ -120,6 +120,13 @@ TEST_CARD_OUTCOMES: dict[str, CardOutcome] = {
 }
 
 
+# Stripe's test card whose authorizations and refunds are approved, but whose
+# refunds then fail asynchronously (Stripe docs, "Testing": refunds). It is
+# not in TEST_CARD_OUTCOMES because its authorization is an ordinary approval;
+# only the card network needs to know, at refund time.
+REFUND_FAILS_LATER = "4000000000005126"
+
+
 def outcome_for(
     number: str, exp_month: int, exp_year: int, today_year: int, today_month: int
 ) -> CardOutcome:

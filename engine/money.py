@@ -95,3 +95,19 @@ def amount_in_range(amount_minor: int) -> bool:
     if type(amount_minor) is not int:
         return False
     return AMOUNT_MIN_MINOR <= amount_minor <= AMOUNT_MAX_MINOR
+
+
+# Stripe's published minimum charge amounts, in minor units, for the
+# currencies it lists (roughly 0.50 USD each). Other currencies have no
+# published figure here and accept any amount from one minor unit up.
+MINIMUM_CHARGE_MINOR = {
+    "usd": 50, "aed": 200, "aud": 50, "bgn": 100, "brl": 50, "cad": 50, "chf": 50,
+    "czk": 1500, "dkk": 250, "eur": 50, "gbp": 30, "hkd": 400, "huf": 17500,
+    "inr": 50, "jpy": 50, "mxn": 1000, "myr": 200, "nok": 300, "nzd": 50,
+    "pln": 200, "ron": 200, "sek": 300, "sgd": 50, "thb": 1000,
+}
+
+
+def minimum_charge_minor(currency: str) -> int:
+    """The smallest amount that may be charged in `currency`."""
+    return MINIMUM_CHARGE_MINOR.get(currency, AMOUNT_MIN_MINOR)

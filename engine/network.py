@@ -59,3 +59,50 @@ class NetworkAnswer(msgspec.Struct, frozen=True):
     code: str | None
     decline_code: str | None
     network: str
+
+
+class CaptureRequest(msgspec.Struct, frozen=True):
+    """Capture part or all of an authorization made with capture=False.
+
+    `reference` is the capture's own idempotency key, distinct from the
+    authorization's.
+    """
+
+    reference: str
+    authorization_reference: str
+    amount_minor: int
+    currency: str
+
+
+class VoidRequest(msgspec.Struct, frozen=True):
+    """Release an uncaptured authorization; no money moves."""
+
+    reference: str
+    authorization_reference: str
+
+
+class RefundRequest(msgspec.Struct, frozen=True):
+    """Return part or all of a captured charge.
+
+    `charge_reference` is always the reference of the authorization the
+    charge began with, whether it was captured at once or by a later capture,
+    so that one rule finds the charge.
+    """
+
+    reference: str
+    charge_reference: str
+    amount_minor: int
+    currency: str
+
+
+class NetworkNotice(msgspec.Struct, frozen=True):
+    """Something the network tells us later, unasked.
+
+    `reference` is the operation it concerns. The only `kind` so far is
+    "refund_failed": a refund approved at the time has since failed and its
+    money stayed with the merchant.
+    """
+
+    reference: str
+    kind: str
+    code: str | None = None

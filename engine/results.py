@@ -14,6 +14,9 @@ class Result(enum.StrEnum):
     ok = "ok"
     # shape: the command itself is malformed
     amount_out_of_range = "amount_out_of_range"
+    amount_too_small = "amount_too_small"
+    cancellation_reason_invalid = "cancellation_reason_invalid"
+    refund_reason_invalid = "refund_reason_invalid"
     currency_unknown = "currency_unknown"
     metadata_invalid = "metadata_invalid"
     # lookups: the command names something that is not there for this caller
@@ -22,5 +25,11 @@ class Result(enum.StrEnum):
     # state: the intent is not in a status that allows the command
     intent_unexpected_state = "intent_unexpected_state"
     payment_method_required = "payment_method_required"
+    intent_not_refundable = "intent_not_refundable"
+    # amounts: checked last, against the intent's current figures
+    amount_exceeds_capturable = "amount_exceeds_capturable"
+    amount_exceeds_refundable = "amount_exceeds_refundable"
+    intent_fully_refunded = "intent_fully_refunded"
+    refunds_too_many = "refunds_too_many"
     # network answers that no longer match an open attempt
     attempt_not_pending = "attempt_not_pending"

@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from engine import cards
 from engine import intent as machine
 from engine.results import Result
-from gateway import errors, objects, params
+from gateway import errors, objects, pages, params
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
 from shards.actor import Outcome
@@ -159,6 +159,13 @@ def create_app(node: Node) -> QuartTrio:
             raise errors.not_found("payment_intent", intent_id, "intent")
         return intent
 
+    def list_params() -> params.ListParams:
+        try:
+            values = decode_form(request.query_string)
+        except BodyError as error:
+            raise errors.invalid_request(error.message, param=error.param, code=error.code) from None
+        return params.convert(values, params.ListParams)
+
     async def submit(command: machine.Command) -> Outcome:
         try:
             return await node.submit(command)
@@ -177,8 +184,10 @@ def create_app(node: Node) -> QuartTrio:
         attempt = next((a for a in intent.attempts if a.id == outcome.attempt_id), None)
         if attempt is not None and attempt.status is machine.AttemptStatus.failed:
             failure = intent.last_payment_error
-            assert failure is not None
-            error = errors.card_error(failure.code, failure.message, decline_code=failure.decline_code)
+            if attempt.kind is machine.AttemptKind.capture or failure is None:
+                error = errors.card_error("card_declined", "The card network declined the capture.")
+            else:
+                error = errors.card_error(failure.code, failure.message, decline_code=failure.decline_code)
             error.extra["payment_intent"] = objects.payment_intent(intent)
             raise error
         return json_response(objects.payment_intent(intent))
@@ -240,6 +249,9 @@ def create_app(node: Node) -> QuartTrio:
             confirm=values.confirm,
             description=values.description,
             metadata=values.metadata,
+            fee_basis_points=node.config.fee_basis_points,
+            fee_fixed_minor=node.config.fee_fixed_minor,
+            settlement_delay_s=node.config.settlement_delay_s,
         )
         return intent_response(await submit(command), amount=values.amount)
 
@@ -265,6 +277,119 @@ def create_app(node: Node) -> QuartTrio:
             payment_method_id=payment_method_id,
         )
         return intent_response(await submit(command))
+
+    @app.get("/v1/payment_intents")
+    async def list_payment_intents() -> Response:
+        key = await authenticate()
+        values = list_params()
+        intents = node.merchant_intents(key.merchant_id, key.livemode)
+        return json_response(
+            pages.page(intents, values, url="/v1/payment_intents", kind="payment_intent", key=lambda i: (i.created_s, i.id), render=objects.payment_intent)
+        )
+
+    @app.post("/v1/payment_intents/<intent_id>/capture")
+    async def capture_payment_intent(intent_id: str) -> Response:
+        key = await authenticate()
+        owned_intent(intent_id, key)
+        values = params.convert(await read_body(), params.CaptureParams)
+        command = machine.CaptureIntent(
+            intent_id=intent_id,
+            merchant_id=key.merchant_id,
+            livemode=key.livemode,
+            attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+            at_s=int(time.time()),
+            amount_to_capture=values.amount_to_capture,
+        )
+        return intent_response(await submit(command))
+
+    @app.post("/v1/payment_intents/<intent_id>/cancel")
+    async def cancel_payment_intent(intent_id: str) -> Response:
+        key = await authenticate()
+        owned_intent(intent_id, key)
+        values = params.convert(await read_body(), params.CancelParams)
+        command = machine.CancelIntent(
+            intent_id=intent_id,
+            merchant_id=key.merchant_id,
+            livemode=key.livemode,
+            attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+            at_s=int(time.time()),
+            cancellation_reason=values.cancellation_reason,
+        )
+        return intent_response(await submit(command))
+
+    @app.post("/v1/refunds")
+    async def create_refund() -> Response:
+        key = await authenticate()
+        values = params.convert(await read_body(), params.CreateRefund)
+        intent_id = values.payment_intent
+        try:
+            owned_intent(intent_id, key)
+        except ApiError:
+            raise errors.invalid_request(f"No such payment_intent: '{intent_id[:64]}'", param="payment_intent", code="resource_missing") from None
+        refund_id = node.new_id("re", node.partition_of_intent(intent_id))
+        command = machine.CreateRefund(
+            intent_id=intent_id,
+            merchant_id=key.merchant_id,
+            livemode=key.livemode,
+            refund_id=refund_id,
+            at_s=int(time.time()),
+            amount=values.amount,
+            reason=values.reason,
+            metadata=values.metadata,
+        )
+        outcome = await submit(command)
+        if outcome.result is not Result.ok:
+            raise errors.from_result(outcome.result, outcome.param)
+        assert outcome.intent is not None
+        refund = outcome.intent.refund(refund_id)
+        assert refund is not None
+        return json_response(objects.refund(outcome.intent, refund))
+
+    @app.get("/v1/refunds/<refund_id>")
+    async def retrieve_refund(refund_id: str) -> Response:
+        key = await authenticate()
+        found = node.refund(refund_id) if len(refund_id) <= ID_CHARS_MAX else None
+        if found is None or found[0].merchant_id != key.merchant_id or found[0].livemode != key.livemode:
+            raise errors.not_found("refund", refund_id, "refund")
+        return json_response(objects.refund(*found))
+
+    @app.get("/v1/refunds")
+    async def list_refunds() -> Response:
+        key = await authenticate()
+        values = list_params()
+        intents = node.merchant_intents(key.merchant_id, key.livemode)
+        if values.payment_intent is not None:
+            intents = [intent for intent in intents if intent.id == values.payment_intent]
+        refunds = [(intent, refund) for intent in intents for refund in intent.refunds]
+        return json_response(
+            pages.page(refunds, values, url="/v1/refunds", kind="refund", key=lambda pair: (pair[1].created_s, pair[1].id), render=lambda pair: objects.refund(*pair))
+        )
+
+    @app.get("/v1/balance")
+    async def retrieve_balance() -> Response:
+        key = await authenticate()
+        return json_response(objects.balance(node.merchant_funds(key.merchant_id, int(time.time())), key.livemode))
+
+    @app.get("/v1/balance_transactions")
+    async def list_balance_transactions() -> Response:
+        key = await authenticate()
+        values = list_params()
+        now_s = int(time.time())
+        transfers = node.merchant_transfers(key.merchant_id)
+        if values.payment_intent is not None:
+            transfers = [transfer for transfer in transfers if transfer.intent_id == values.payment_intent]
+        if values.type is not None:
+            transfers = [t for t in transfers if objects.BALANCE_TRANSACTION_TYPES.get(t.code, "adjustment") == values.type]
+        return json_response(
+            pages.page(
+                transfers,
+                values,
+                url="/v1/balance_transactions",
+                kind="balance_transaction",
+                key=lambda t: (t.created_s, objects.balance_transaction_id(t)),
+                render=lambda t: objects.balance_transaction(t, key.merchant_id, now_s),
+            )
+        )
 
     @app.get("/healthz")
     async def health() -> Response:

@@ -101,6 +101,28 @@ def from_result(result: Result, param: str | None, *, amount: object = None, sta
             f"This PaymentIntent's status is {status}, which does not allow this action.",
             code="payment_intent_unexpected_state",
         )
+    if result is Result.amount_too_small:
+        return invalid_request("Amount must be at least the minimum charge amount for this currency.", param="amount", code="amount_too_small")
+    if result in (Result.cancellation_reason_invalid, Result.refund_reason_invalid):
+        return invalid_request(f"Invalid value for parameter {param}.", param=param, code="parameter_invalid")
+    if result is Result.amount_exceeds_capturable:
+        return invalid_request(
+            "The amount to capture must be at least 1 and no more than the amount capturable.",
+            param="amount_to_capture",
+            code="amount_too_large",
+        )
+    if result is Result.intent_not_refundable:
+        return invalid_request(
+            "This PaymentIntent does not have a successful charge to refund.", param="payment_intent", code="charge_not_refundable"
+        )
+    if result is Result.intent_fully_refunded:
+        return invalid_request("This charge has already been refunded in full.", param="payment_intent", code="charge_already_refunded")
+    if result is Result.amount_exceeds_refundable:
+        return invalid_request(
+            "The refund amount must be at least 1 and no more than the amount not yet refunded.", param="amount", code="amount_too_large"
+        )
+    if result is Result.refunds_too_many:
+        return invalid_request("This charge has reached the limit of refunds.", param="payment_intent", code="refund_limit_reached")
     if result is Result.intent_missing:
         return invalid_request("No such payment_intent.", param="intent", code="resource_missing", status=404)
     raise AssertionError(f"no client-facing mapping for {result}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.intent import PaymentIntent
+from engine import ledger
+from engine.intent import PaymentIntent, Refund
+from engine.ledger import Transfer
 from shards.store import PaymentMethodRow
 
 
@@ -29,6 +31,7 @@ def payment_method(row: PaymentMethodRow) -> dict[str, Any]:
 
 def payment_intent(intent: PaymentIntent) -> dict[str, Any]:
     error = intent.last_payment_error
+    authorization = intent.authorization()
     last_payment_error = None
     if error is not None:
         last_payment_error = {
@@ -51,13 +54,76 @@ def payment_intent(intent: PaymentIntent) -> dict[str, Any]:
         "currency": intent.currency,
         "description": intent.description,
         "last_payment_error": last_payment_error,
-        "latest_charge": None,
+        "latest_charge": None if authorization is None else authorization.id,
         "livemode": intent.livemode,
         "metadata": intent.metadata,
         "next_action": None,
         "payment_method": intent.payment_method_id,
         "payment_method_types": ["card"],
         "status": str(intent.status),
-        "cancellation_reason": None,
-        "canceled_at": None,
+        "cancellation_reason": intent.cancellation_reason,
+        "canceled_at": intent.canceled_at_s,
+    }
+
+
+def refund(intent: PaymentIntent, item: Refund) -> dict[str, Any]:
+    authorization = intent.authorization()
+    return {
+        "id": item.id,
+        "object": "refund",
+        "amount": item.amount,
+        "currency": intent.currency,
+        "payment_intent": intent.id,
+        "charge": None if authorization is None else authorization.id,
+        "created": item.created_s,
+        "reason": item.reason,
+        "status": str(item.status),
+        "failure_reason": item.failure_reason,
+        "metadata": item.metadata,
+    }
+
+
+def balance(funds: dict[str, tuple[int, int]], livemode: bool) -> dict[str, Any]:
+    currencies = sorted(funds)
+    return {
+        "object": "balance",
+        "livemode": livemode,
+        "available": [{"amount": funds[c][0], "currency": c, "source_types": {"card": funds[c][0]}} for c in currencies],
+        "pending": [{"amount": funds[c][1], "currency": c, "source_types": {"card": funds[c][1]}} for c in currencies],
+    }
+
+
+BALANCE_TRANSACTION_TYPES = {
+    "charge": "charge",
+    "fee": "stripe_fee",
+    "refund": "refund",
+    "refund_failure": "refund_failure",
+    "dispute": "adjustment",
+    "dispute_fee": "stripe_fee",
+    "dispute_won": "adjustment",
+}
+
+
+def balance_transaction_id(transfer: Transfer) -> str:
+    return "txn_" + transfer.id.replace(":", "_")
+
+
+def balance_transaction(transfer: Transfer, merchant_id: str, now_s: int) -> dict[str, Any]:
+    """A posted movement of the merchant's balance, from the merchant's side."""
+    into_merchant = transfer.credit_account_id == ledger.account_id(merchant_id, ledger.MERCHANT_BALANCE)
+    amount = transfer.amount if into_merchant else -transfer.amount
+    available_on = transfer.available_on_s if transfer.available_on_s is not None else transfer.created_s
+    return {
+        "id": balance_transaction_id(transfer),
+        "object": "balance_transaction",
+        "amount": amount,
+        "fee": 0,
+        "net": amount,
+        "currency": transfer.currency,
+        "type": BALANCE_TRANSACTION_TYPES.get(transfer.code, "adjustment"),
+        "source": transfer.intent_id,
+        "created": transfer.created_s,
+        "available_on": available_on,
+        "status": "available" if available_on <= now_s else "pending",
+        "reporting_category": transfer.code,
     }

@@ -10,7 +10,7 @@ submitted value.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -115,3 +115,35 @@ def _to_api_error(text: str) -> ApiError:
         return invalid_request(f"Invalid array for parameter {param}.", param=param, code="parameter_invalid")
     # Literal choices and anything else: name the param, keep msgspec's words out.
     return invalid_request(f"Invalid value for parameter {param}.", param=param, code="parameter_invalid")
+
+
+class CaptureParams(msgspec.Struct, forbid_unknown_fields=True):
+    amount_to_capture: int | None = None
+
+
+class CancelParams(msgspec.Struct, forbid_unknown_fields=True):
+    cancellation_reason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"] | None = None
+
+
+class CreateRefund(msgspec.Struct, forbid_unknown_fields=True):
+    payment_intent: str
+    amount: int | None = None
+    reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
+    metadata: dict[str, str] = {}
+
+
+class CreatedFilter(msgspec.Struct, forbid_unknown_fields=True):
+    gt: int | None = None
+    gte: int | None = None
+    lt: int | None = None
+    lte: int | None = None
+
+
+class ListParams(msgspec.Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    starting_after: str | None = None
+    ending_before: str | None = None
+    created: int | CreatedFilter | None = None
+    # Only on /v1/refunds and /v1/balance_transactions: narrows to one intent.
+    payment_intent: str | None = None
+    type: str | None = None

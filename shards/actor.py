@@ -22,6 +22,7 @@ is what lets a synchronous API report `succeeded` or a decline.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,14 +31,16 @@ import msgspec
 import structlog
 import trio
 
+from engine import ids
 from engine import intent as machine
-from engine.intent import AuthorizeAttempt, Command, PaymentIntent
+from engine.intent import Command, NetworkCall, PaymentIntent
+from engine.ledger import Ledger
 from engine.results import Result
 from shards.store import JournalRow, StoreUnavailable
 
 log = structlog.get_logger("shards.actor")
 
-ANSWER_TYPES = (machine.RecordApproval, machine.RecordDecline, machine.RecordUnknownOutcome)
+ANSWER_TYPES = machine.ANSWERS
 # One log event per journaled transition, named in snake_case past tense.
 LOG_EVENT_NAMES = {
     machine.IntentCreated: "intent_created",
@@ -45,6 +48,9 @@ LOG_EVENT_NAMES = {
     machine.AttemptApproved: "attempt_approved",
     machine.AttemptDeclined: "attempt_declined",
     machine.AttemptOutcomeUnknown: "attempt_outcome_unknown",
+    machine.IntentCanceled: "intent_canceled",
+    machine.RefundCreated: "refund_created",
+    machine.RefundUpdated: "refund_updated",
 }
 
 
@@ -88,6 +94,10 @@ class ShardConfig(msgspec.Struct, frozen=True):
     batch_commands_max: int = 512
     network_calls_max: int = 512
     commit_retry_s: float = 0.2
+    # Uncaptured authorizations are canceled (and their holds released) at
+    # this age; Stripe's figure for cards is 7 days.
+    authorization_expiry_s: int = 7 * 86_400
+    expiry_check_s: float = 1.0
 
 
 class ShardState:
@@ -96,19 +106,32 @@ class ShardState:
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self.intents: dict[str, PaymentIntent] = {}
+        self.refund_intents: dict[str, str] = {}  # refund id -> intent id
+        self.ledger = Ledger()
         self.next_seq = 1
         self.accepting = False
+
+    def apply(self, event: machine.Event) -> None:
+        """Apply one committed event to memory: the intent, then the rest."""
+        entity_id = machine.entity_id_of(event)
+        self.intents[entity_id] = machine.evolve(self.intents.get(entity_id), event)
+        self.index(event)
+
+    def index(self, event: machine.Event) -> None:
+        """Apply what an event changes besides its intent: the refund index and the ledger."""
+        if isinstance(event, machine.RefundCreated):
+            self.refund_intents[event.refund.id] = event.intent_id
+        for transfer in machine.transfers_of(event):
+            self.ledger.apply(transfer)
 
     def replay(self, rows: list[JournalRow]) -> None:
         for row in rows:
             assert row.seq == self.next_seq, (self.partition, row.seq, self.next_seq)
-            event = machine.event_decoder.decode(row.body)
-            entity_id = event.intent.id if isinstance(event, machine.IntentCreated) else event.intent_id
-            self.intents[entity_id] = machine.evolve(self.intents.get(entity_id), event)
+            self.apply(machine.event_decoder.decode(row.body))
             self.next_seq += 1
 
 
-Performer = Callable[[AuthorizeAttempt], Awaitable[Command]]
+Performer = Callable[[NetworkCall], Awaitable[Command]]
 Journal = Callable[[int, list[JournalRow]], Awaitable[None]]
 
 
@@ -153,19 +176,49 @@ class ShardActor:
             self._recover_open_attempts()
             self.state.accepting = True
             task_status.started()
+            calls.start_soon(self._expire_authorizations)
             await self._serve()
             # Shutting down: wait for the answers of calls in flight.
             while self._retry or calls.child_tasks:
                 await self._serve_answers_after_close()
 
     def _recover_open_attempts(self) -> None:
-        """A pending attempt found at start has no call behind it any more:
-        record its outcome as unknown (DESIGN section 5, step 5)."""
+        """A pending attempt or refund found at start has no call behind it any
+        more: record its outcome as unknown (DESIGN section 5, step 5)."""
+        now_s = int(time.time())
         for intent in self.state.intents.values():
-            attempt = intent.open_attempt()
-            if attempt is not None and attempt.status is machine.AttemptStatus.pending:
-                command = machine.RecordUnknownOutcome(intent_id=intent.id, attempt_id=attempt.id, at_s=int(time.time()))
+            pending = [attempt.id for attempt in intent.attempts if attempt.status is machine.AttemptStatus.pending]
+            pending += [
+                refund.id
+                for refund in intent.refunds
+                if refund.status is machine.RefundStatus.pending and not refund.outcome_unknown
+            ]
+            for reference in pending:
+                command = machine.RecordUnknownOutcome(intent_id=intent.id, attempt_id=reference, at_s=now_s)
                 self._retry.append(Message(command, None))
+
+    async def _expire_authorizations(self) -> None:
+        """Cancel authorizations left uncaptured past their age limit."""
+        while self.state.accepting:
+            now_s = int(time.time())
+            due = [
+                intent.id
+                for intent in self.state.intents.values()
+                if intent.status is machine.Status.requires_capture
+                and (authorization := intent.authorization()) is not None
+                and authorization.created_s + self.config.authorization_expiry_s <= now_s
+            ]
+            for intent_id in due:
+                command = machine.ExpireAuthorization(
+                    intent_id=intent_id,
+                    attempt_id=ids.make_id("att", self.state.partition, time.time_ns() // 1_000_000, os.urandom(ids.RANDOM_BYTES)),
+                    at_s=now_s,
+                )
+                try:
+                    await self.mailbox_send.send(Message(command, None))
+                except trio.ClosedResourceError:
+                    return
+            await trio.sleep(self.config.expiry_check_s)
 
     async def _serve(self) -> None:
         receive = self._mailbox_receive
@@ -198,6 +251,7 @@ class ShardActor:
         working: dict[str, PaymentIntent] = {}
         intents = self.state.intents
         rows: list[JournalRow] = []
+        events: list[machine.Event] = []
         seq = self.state.next_seq
         outcomes: list[tuple[Message, machine.Decision, PaymentIntent | None]] = []
         for message in batch:
@@ -207,7 +261,8 @@ class ShardActor:
             decision = machine.decide(current, command)
             for event in decision.events:
                 current = machine.evolve(current, event)
-                rows.append(JournalRow(seq, intent_id, type(event).__name__, machine.event_encoder.encode(event)))
+                rows.append(JournalRow(seq, intent_id, type(event).__name__, machine.event_encoder.encode(event), machine.transfers_of(event)))
+                events.append(event)
                 seq += 1
             if decision.events:
                 assert current is not None
@@ -222,6 +277,8 @@ class ShardActor:
                 return
             self.state.next_seq = seq
             intents.update(working)
+            for event in events:
+                self.state.index(event)
             self.commits_total += 1
         self.commands_total += len(batch)
         for message, decision, current in outcomes:
@@ -232,7 +289,8 @@ class ShardActor:
         for message, _, _ in outcomes:
             if message.reply is not None:
                 message.reply.set(error)
-            elif isinstance(message.command, ANSWER_TYPES):
+            else:
+                # Network answers and notices exist nowhere else: keep them.
                 self._retry.append(message)
 
     def _settle(self, message: Message, decision: machine.Decision, current: PaymentIntent | None) -> None:
@@ -240,25 +298,30 @@ class ShardActor:
         if decision.result is not Result.ok:
             if message.reply is not None:
                 message.reply.set(Outcome(decision.result, current, decision.param))
-            elif decision.result is not Result.attempt_not_pending:
-                log.error("answer_refused", partition=self.state.partition, result=decision.result, command=type(command).__name__)
+            else:
+                # Late or repeated internal commands (an answer after a crash
+                # marked it unknown, an expiry after a capture) change nothing.
+                log.info("internal_command_refused", partition=self.state.partition, result=str(decision.result), command=type(command).__name__, intent_id=command.intent_id)
             return
         assert current is not None
         for event in decision.events:
             status = event.intent.status if isinstance(event, machine.IntentCreated) else event.status
             log.info(LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status))
+        waits = False
         for effect in decision.effects:
-            if message.reply is not None:
+            # A cancel answers at once; its void only tidies up at the network.
+            if message.reply is not None and effect.kind != "void":
                 self._awaiting_answer[effect.attempt_id] = message.reply
+                waits = True
             self._calls.start_soon(self._call_network, effect)
         if isinstance(command, ANSWER_TYPES):
             waiting = self._awaiting_answer.pop(command.attempt_id, None)
             if waiting is not None:
                 waiting.set(Outcome(Result.ok, current, attempt_id=command.attempt_id))
-        elif not decision.effects and message.reply is not None:
+        elif not waits and message.reply is not None:
             message.reply.set(Outcome(Result.ok, current))
 
-    async def _call_network(self, effect: AuthorizeAttempt) -> None:
+    async def _call_network(self, effect: NetworkCall) -> None:
         async with self._network_limiter:
             answer = await self._perform(effect)
         message = Message(answer, None)

@@ -20,10 +20,12 @@ import msgspec
 import structlog
 import trio
 
-from engine import ids
+from engine import ids, ledger
+from engine.ledger import Transfer, TransferKind
 from engine import intent as machine
-from engine.intent import AuthorizeAttempt, Command, PaymentIntent
-from shards.actor import Outcome, ShardActor, ShardConfig, ShardState
+from engine.intent import Command, NetworkCall, PaymentIntent, Refund
+from engine.network import CaptureRequest, NetworkNotice, RefundRequest, VoidRequest
+from shards.actor import Message, Outcome, ShardActor, ShardConfig, ShardState
 from shards.store import ApiKeyRow, PaymentMethodRow, Store, StoreUnavailable
 from shards.vault import Vault
 from engine.network import AuthorizationRequest, NetworkAnswer
@@ -42,6 +44,10 @@ DECLINE_MESSAGES = {
 
 class CardNetwork(Protocol):
     async def authorize(self, request: AuthorizationRequest) -> NetworkAnswer: ...
+    async def capture(self, request: CaptureRequest) -> NetworkAnswer: ...
+    async def void(self, request: VoidRequest) -> NetworkAnswer: ...
+    async def refund(self, request: RefundRequest) -> NetworkAnswer: ...
+    async def next_notice(self) -> NetworkNotice: ...
 
 
 class Overloaded(Exception):
@@ -54,6 +60,10 @@ class NodeConfig(msgspec.Struct, frozen=True):
     network_timeout_s: float = 10.0
     reply_timeout_s: float = 30.0
     cache_entries_max: int = 100_000
+    # Terms given to new intents (per-merchant terms are a later change).
+    fee_basis_points: int = 290
+    fee_fixed_minor: int = 30
+    settlement_delay_s: int = 2 * 86_400
 
 
 class BoundedCache(OrderedDict):
@@ -89,6 +99,7 @@ class Node:
         self._next_partition = itertools.cycle(range(config.partitions))
         self._payment_methods = BoundedCache(config.cache_entries_max)
         self._api_keys = BoundedCache(config.cache_entries_max)
+        self.stop_relay: Any = lambda: None
 
     # ---------------------------------------------------------------- ids
 
@@ -114,6 +125,47 @@ class Node:
         partition = ids.partition_of(intent_id, "pi")
         shard = None if partition is None else self.shards.get(partition)
         return None if shard is None else shard.state.intents.get(intent_id)
+
+    def refund(self, refund_id: str) -> tuple[PaymentIntent, Refund] | None:
+        partition = ids.partition_of(refund_id, "re")
+        shard = None if partition is None else self.shards.get(partition)
+        intent_id = None if shard is None else shard.state.refund_intents.get(refund_id)
+        if intent_id is None:
+            return None
+        intent = self.intent(intent_id)
+        refund = None if intent is None else intent.refund(refund_id)
+        return None if intent is None or refund is None else (intent, refund)
+
+    def merchant_intents(self, merchant_id: str, livemode: bool) -> list[PaymentIntent]:
+        """Every intent of a merchant in memory. A scan: fine while everything
+        is in memory; an index comes with eviction."""
+        return [
+            intent
+            for shard in self.shards.values()
+            for intent in shard.state.intents.values()
+            if intent.merchant_id == merchant_id and intent.livemode == livemode
+        ]
+
+    def merchant_funds(self, merchant_id: str, now_s: int) -> dict[str, tuple[int, int]]:
+        """(available, pending) per currency, summed over this node's partitions."""
+        funds: dict[str, tuple[int, int]] = {}
+        for shard in self.shards.values():
+            for currency in shard.state.ledger.currencies(merchant_id):
+                available, pending = shard.state.ledger.merchant_funds(merchant_id, currency, now_s)
+                before = funds.get(currency, (0, 0))
+                funds[currency] = (before[0] + available, before[1] + pending)
+        return funds
+
+    def merchant_transfers(self, merchant_id: str) -> list[Transfer]:
+        """Posted movements of a merchant's balance (holds are not movements)."""
+        balance = ledger.account_id(merchant_id, ledger.MERCHANT_BALANCE)
+        return [
+            transfer
+            for shard in self.shards.values()
+            for transfer in shard.state.ledger.transfers()
+            if balance in (transfer.debit_account_id, transfer.credit_account_id)
+            and transfer.kind in (TransferKind.single, TransferKind.post_pending)
+        ]
 
     async def submit(self, command: Command) -> Outcome:
         """Run a command on the owning actor and wait until it is journaled.
@@ -183,56 +235,94 @@ class Node:
 
     # -------------------------------------------------------------- effects
 
-    async def perform(self, effect: AuthorizeAttempt) -> Command:
-        """Call the card network for one attempt and turn its answer into a command."""
+    async def perform(self, effect: NetworkCall) -> Command:
+        """Call the card network once and turn its answer into a command."""
+        answer: NetworkAnswer | None = None
+        if effect.kind in ("authorize", "charge"):
+            request = await self._authorization_request(effect)
+            if request is None:
+                # The network was never called, so the attempt failed for certain.
+                return self._decline(effect, "processing_error", "processing_error")
+            with trio.move_on_after(self.config.network_timeout_s):
+                answer = await self.network.authorize(request)
+        else:
+            assert effect.parent_id is not None, effect
+            with trio.move_on_after(self.config.network_timeout_s):
+                if effect.kind == "capture":
+                    answer = await self.network.capture(
+                        CaptureRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency)
+                    )
+                elif effect.kind == "void":
+                    answer = await self.network.void(VoidRequest(effect.attempt_id, effect.parent_id))
+                else:
+                    assert effect.kind == "refund", effect
+                    answer = await self.network.refund(
+                        RefundRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency)
+                    )
         at_s = int(time.time())
+        if answer is None:
+            log.warning("network_timed_out", intent_id=effect.intent_id, attempt_id=effect.attempt_id, kind=effect.kind)
+            return machine.RecordUnknownOutcome(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
+        if answer.approved:
+            return machine.RecordApproval(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
+        return self._decline(effect, answer.code or "card_declined", answer.decline_code)
+
+    async def _authorization_request(self, effect: NetworkCall) -> AuthorizationRequest | None:
         try:
             method = await self.payment_method(effect.payment_method_id)
         except StoreUnavailable:
-            method = None
+            return None
         if method is None:
-            # The network was never called, so the attempt failed for certain.
-            return machine.RecordDecline(
-                intent_id=effect.intent_id,
-                attempt_id=effect.attempt_id,
-                at_s=at_s,
-                code="processing_error",
-                decline_code="processing_error",
-                message=DECLINE_MESSAGES["processing_error"],
-            )
-        request = AuthorizationRequest(
+            return None
+        return AuthorizationRequest(
             reference=effect.attempt_id,
             card_number=self.vault.unseal(method.sealed_number, method.id),
             exp_month=method.exp_month,
             exp_year=method.exp_year,
             amount_minor=effect.amount,
             currency=effect.currency,
-            capture=effect.capture,
+            capture=effect.kind == "charge",
         )
-        answer: NetworkAnswer | None = None
-        with trio.move_on_after(self.config.network_timeout_s):
-            answer = await self.network.authorize(request)
-        at_s = int(time.time())
-        if answer is None:
-            log.warning("network_timed_out", intent_id=effect.intent_id, attempt_id=effect.attempt_id)
-            return machine.RecordUnknownOutcome(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
-        if answer.approved:
-            return machine.RecordApproval(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
-        code = answer.code or "card_declined"
+
+    @staticmethod
+    def _decline(effect: NetworkCall, code: str, decline_code: str | None) -> Command:
         return machine.RecordDecline(
             intent_id=effect.intent_id,
             attempt_id=effect.attempt_id,
-            at_s=at_s,
+            at_s=int(time.time()),
             code=code,
-            decline_code=answer.decline_code,
+            decline_code=decline_code,
             message=DECLINE_MESSAGES.get(code, DECLINE_MESSAGES["card_declined"]),
         )
+
+    async def relay_notices(self) -> None:
+        """Turn the network's later reports (a refund that failed after it was
+        accepted) into commands for the owning actors."""
+        next_notice = getattr(self.network, "next_notice", None)
+        if next_notice is None:
+            return
+        while True:
+            notice = await next_notice()
+            found = self.refund(notice.reference) if notice.kind == "refund_failed" else None
+            if found is None:
+                log.error("network_notice_unmatched", reference=notice.reference, kind=notice.kind)
+                continue
+            intent, _ = found
+            command = machine.RecordRefundFailure(
+                intent_id=intent.id, refund_id=notice.reference, at_s=int(time.time()), failure_reason=notice.code or "unknown"
+            )
+            shard = self.shards[self.partition_of_intent(intent.id)]
+            try:
+                await shard.mailbox_send.send(Message(command, None))
+            except trio.ClosedResourceError:
+                return
 
     # ------------------------------------------------------------- lifecycle
 
     def stop_accepting(self) -> None:
         """Begin a clean shutdown: actors drain their mailboxes and finish
         their network calls, then `run_node` returns."""
+        self.stop_relay()
         for shard in self.shards.values():
             shard.close()
 
@@ -254,6 +344,14 @@ async def run_node(
             shard = ShardActor(state, store.append, node.perform, config.shard)
             node.shards[partition] = shard
             await nursery.start(shard.run)
+        notices = trio.CancelScope()
+
+        async def relay() -> None:
+            with notices:
+                await node.relay_notices()
+
+        nursery.start_soon(relay)
+        node.stop_relay = notices.cancel
         log.info("node_started", partitions=config.partitions, intents=sum(len(s.state.intents) for s in node.shards.values()))
         task_status.started(node)
     log.info("node_stopped")

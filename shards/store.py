@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
+
+from engine.ledger import Transfer
 import structlog
 import trio_asyncio
 
@@ -66,7 +68,28 @@ CREATE TABLE IF NOT EXISTS journal (
     PRIMARY KEY (partition, seq)
 );
 CREATE INDEX IF NOT EXISTS journal_entity ON journal (entity_id);
+CREATE TABLE IF NOT EXISTS postings (
+    id text PRIMARY KEY,
+    partition smallint NOT NULL,
+    journal_seq bigint NOT NULL,
+    intent_id text NOT NULL,
+    debit_account_id text NOT NULL,
+    credit_account_id text NOT NULL,
+    amount bigint NOT NULL CHECK (amount >= 0),
+    currency text NOT NULL,
+    kind text NOT NULL,
+    code text NOT NULL,
+    pending_id text,
+    created_s bigint NOT NULL,
+    available_on_s bigint
+);
 """
+
+
+POSTING_COLUMNS = (
+    "id", "partition", "journal_seq", "intent_id", "debit_account_id", "credit_account_id", "amount",
+    "currency", "kind", "code", "pending_id", "created_s", "available_on_s",
+)
 
 
 class StoreError(Exception):
@@ -109,6 +132,9 @@ class JournalRow(msgspec.Struct, frozen=True):
     entity_id: str
     kind: str
     body: bytes
+    # Ledger transfers the event makes; written to `postings` in the same
+    # transaction so SQL can check the books without decoding events.
+    transfers: tuple[Transfer, ...] = ()
 
 
 T = TypeVar("T")
@@ -177,7 +203,7 @@ class Store:
         try:
             return await trio_asyncio.aio_as_trio(function, loop=self._loop)(*args)
         except asyncpg.exceptions.UniqueViolationError as error:
-            if error.table_name == "journal":
+            if error.table_name in ("journal", "postings"):
                 raise JournalConflict(str(error)) from error
             raise
         except _UNAVAILABLE as error:
@@ -215,6 +241,15 @@ class Store:
     async def append(self, partition: int, rows: Sequence[JournalRow]) -> None:
         """Write one batch of journal rows in one transaction (one fsync)."""
         records = [(partition, row.seq, row.entity_id, row.kind, row.body.decode()) for row in rows]
+        postings = [
+            (
+                transfer.id, partition, row.seq, transfer.intent_id, transfer.debit_account_id,
+                transfer.credit_account_id, transfer.amount, transfer.currency, str(transfer.kind),
+                transfer.code, transfer.pending_id, transfer.created_s, transfer.available_on_s,
+            )
+            for row in rows
+            for transfer in row.transfers
+        ]
 
         async def run() -> None:
             async with self._pool.acquire() as connection, connection.transaction():
@@ -223,6 +258,8 @@ class Store:
                     records=records,
                     columns=("partition", "seq", "entity_id", "kind", "body"),
                 )
+                if postings:
+                    await connection.copy_records_to_table("postings", records=postings, columns=POSTING_COLUMNS)
 
         await self._call(run)
 

@@ -1,18 +1,44 @@
-"""An in-process card network: answers authorizations after a seeded delay.
+"""An in-process card network: authorizes, captures, voids and refunds after a seeded delay.
 
-The network is the party that actually moves money, so it must never charge
-twice for one reference, whatever the engine does (retry after a timeout,
-two shards racing). It therefore decides and records an authorization the
+The network is the party that actually moves money, so it must never move
+it twice for one reference, whatever the engine does (retry after a timeout,
+two shards racing). It therefore decides and records every operation the
 moment the call arrives, before any await: a second call with the same
 reference, whether later or overlapping, finds the record and gets the
 first answer back. A caller cancelled during the delay has still been
-charged, which is exactly the lost-reply case the engine must survive.
+charged, captured or refunded, which is exactly the lost-reply case the
+engine must survive.
+
+For the same reason the network enforces the money rules itself rather than
+trusting the engine: a capture needs a live uncaptured authorization, a void
+needs one too, and refunds never exceed what was captured. Each call runs an
+ordered ladder of checks and the first that fails names the decline code:
+
+1. idempotency: a known reference returns its first answer (the network's
+   promise comes before everything, even shape);
+2. shape: amounts are at least one minor unit;
+3. lookup: the authorization exists and was approved;
+4. state: captured, voided, not yet captured;
+5. currency, then limits (the authorized or still refundable amount).
+
+Refunds of a charge made with `cards.REFUND_FAILS_LATER` are approved, then
+fail after a seeded delay. The failure takes effect at its due time: from
+then on the refund's amount is refundable again and its Operation carries
+`failed_later=True`. A `NetworkNotice` says so through `next_notice()`.
+Nothing runs in the background; due failures are applied whenever the
+network is next consulted inside a trio run, which is indistinguishable to
+a caller because every observation goes through such a call.
 
 Every distinct operation is kept so that tests can check invariants against
 what the network believes happened. The store grows without bound; this is
 a test double, and a run holds at most a benchmark's worth of payments.
+Card numbers are not kept: an authorization leaves behind only its brand,
+last four digits and whether its refunds fail later.
 """
 
+import collections
+import heapq
+import math
 import random
 import time
 from collections.abc import Callable
@@ -21,15 +47,56 @@ import msgspec
 import trio
 
 from engine import cards
-from engine.network import AuthorizationRequest, NetworkAnswer
+from engine.network import (
+    AuthorizationRequest,
+    CaptureRequest,
+    NetworkAnswer,
+    NetworkNotice,
+    RefundRequest,
+    VoidRequest,
+)
 
-__all__ = ["AuthorizationRequest", "CardNetwork", "NetworkAnswer", "Operation"]
+__all__ = [
+    "AuthorizationRequest",
+    "CaptureRequest",
+    "CardNetwork",
+    "NetworkAnswer",
+    "NetworkNotice",
+    "Operation",
+    "RefundRequest",
+    "VoidRequest",
+]
+
+# Decline codes the network itself gives, as opposed to the issuer's codes
+# from cards.outcome_for. They are Stripe's error codes where one fits.
+RESOURCE_MISSING = "resource_missing"
+CHARGE_ALREADY_CAPTURED = "charge_already_captured"
+CHARGE_EXPIRED_FOR_CAPTURE = "charge_expired_for_capture"
+CHARGE_NOT_CAPTURED = "charge_not_captured"
+AUTHORIZATION_ALREADY_VOIDED = "authorization_already_voided"
+AMOUNT_TOO_SMALL = "amount_too_small"
+AMOUNT_TOO_LARGE = "amount_too_large"
+CURRENCY_MISMATCH = "currency_mismatch"
+# A reference already used by an operation of another kind. Answering with
+# that operation's first answer would tell a capture caller that an
+# authorization's approval was its own, so the call is refused instead.
+REFERENCE_IN_USE = "reference_in_use"
+REFUND_FAILED = "refund_failed"
+
+_NETWORK_UNKNOWN = "unknown"
 
 
 class Operation(msgspec.Struct, frozen=True):
-    """The network's own record of one distinct authorization.
+    """The network's own record of one distinct operation.
 
-    `sequence` counts first arrivals from 0; repeats do not advance it.
+    `sequence` counts first arrivals from 0 across all kinds; repeats do not
+    advance it. `kind` is "authorize", "capture", "void" or "refund";
+    `parent_reference` is the authorization a capture, void or refund names
+    (None for an authorization). `capture` is whether an authorization also
+    captured; it is False for the other kinds. A void moves no money and
+    records `amount_minor=0`. `failed_later` marks a refund that was approved
+    and later failed; `approved` keeps the first answer. An operation that
+    names an unknown authorization records network "unknown" and last4 "".
     """
 
     reference: str
@@ -42,11 +109,39 @@ class Operation(msgspec.Struct, frozen=True):
     code: str | None
     decline_code: str | None
     sequence: int
+    kind: str = "authorize"
+    parent_reference: str | None = None
+    failed_later: bool = False
+
+
+class _Charge(msgspec.Struct):
+    """Mutable money state of one approved authorization; internal only.
+
+    `refunded_minor` sums the approved refunds that have not failed later,
+    so it is what counts against `captured_minor`.
+    """
+
+    authorization: Operation
+    refund_fails_later: bool
+    captured_minor: int = 0
+    capture_reference: str | None = None
+    void_reference: str | None = None
+    refunded_minor: int = 0
+
+    @property
+    def captured(self) -> bool:
+        return self.captured_minor > 0
 
 
 def _today_utc() -> tuple[int, int]:
     now = time.gmtime()
     return now.tm_year, now.tm_mon
+
+
+def _assert_amount_is_int(amount_minor: int) -> None:
+    # Money is integer minor units; a float or bool here is a bug in the
+    # caller, not something a client could send through the gateway.
+    assert type(amount_minor) is int, "amount_minor must be an int"
 
 
 class CardNetwork:
@@ -56,34 +151,144 @@ class CardNetwork:
         seed: int = 0,
         latency_ms: tuple[int, int] = (1, 5),
         today: Callable[[], tuple[int, int]] | None = None,
+        refund_failure_delay_ms: tuple[int, int] = (20, 50),
     ) -> None:
         latency_ms_min, latency_ms_max = latency_ms
         assert 0 <= latency_ms_min <= latency_ms_max
+        delay_ms_min, delay_ms_max = refund_failure_delay_ms
+        assert 0 <= delay_ms_min <= delay_ms_max
         self._latency_us_range = (latency_ms_min * 1000, latency_ms_max * 1000)
+        self._refund_failure_delay_us_range = (delay_ms_min * 1000, delay_ms_max * 1000)
         self._random = random.Random(seed)
+        # A stream of its own, so that a failing refund does not shift every
+        # later latency; str seeds are hashed stably across runs.
+        self._refund_failure_random = random.Random(f"{seed}:refund_failure")
         self._today = today if today is not None else _today_utc
         self._operations: dict[str, Operation] = {}
+        self._charges: dict[str, _Charge] = {}
+        # (due time, sequence of the refund, refund reference); the sequence
+        # breaks ties in scheduling order.
+        self._failures_pending: list[tuple[float, int, str]] = []
+        self._notices_due: collections.deque[NetworkNotice] = collections.deque()
+        self._notice_scheduled = trio.Event()
         self._calls_total = 0
+
+    # -- calls ---------------------------------------------------------------
 
     async def authorize(self, request: AuthorizationRequest) -> NetworkAnswer:
         """Answer after a seeded delay; a known reference gets its first answer."""
+        return await self._call("authorize", request.reference, lambda: self._authorize(request))
+
+    async def capture(self, request: CaptureRequest) -> NetworkAnswer:
+        """Capture an uncaptured authorization, at most once and at most its amount.
+
+        Declines: resource_missing (unknown or declined authorization),
+        amount_too_small, charge_already_captured, charge_expired_for_capture
+        (voided), currency_mismatch, amount_too_large.
+        """
+        _assert_amount_is_int(request.amount_minor)
+        return await self._call("capture", request.reference, lambda: self._capture(request))
+
+    async def void(self, request: VoidRequest) -> NetworkAnswer:
+        """Release an uncaptured authorization.
+
+        Declines: resource_missing, charge_already_captured,
+        authorization_already_voided (by another reference).
+        """
+        return await self._call("void", request.reference, lambda: self._void(request))
+
+    async def refund(self, request: RefundRequest) -> NetworkAnswer:
+        """Refund part of a captured charge, never more than is still refundable.
+
+        Declines: amount_too_small, resource_missing, charge_not_captured,
+        currency_mismatch, amount_too_large. On a REFUND_FAILS_LATER card an
+        approved refund fails after a seeded delay; see next_notice().
+        """
+        _assert_amount_is_int(request.amount_minor)
+        return await self._call("refund", request.reference, lambda: self._refund(request))
+
+    async def next_notice(self) -> NetworkNotice:
+        """Wait until a scheduled notice is due and return it.
+
+        Each notice is returned once, to one caller, in order of due time
+        (ties in the order the refunds were approved). A caller cancelled
+        while waiting loses nothing: the notice stays for the next call.
+        """
+        # A checkpoint first, and none after taking a notice, so that a
+        # cancellation can never drop a notice already taken off the queue.
+        await trio.lowlevel.checkpoint()
+        while not self._notices_due:
+            self._apply_due_failures()
+            if self._notices_due:
+                break
+            deadline = self._failures_pending[0][0] if self._failures_pending else math.inf
+            # A refund approved meanwhile may fall due before `deadline`, so
+            # its scheduling wakes us to look again.
+            with trio.move_on_at(deadline):
+                await self._notice_scheduled.wait()
+        return self._notices_due.popleft()
+
+    # -- inspection ----------------------------------------------------------
+
+    def operations(self) -> list[Operation]:
+        """Every distinct operation, in order of first arrival."""
+        self._apply_due_failures()
+        # dicts keep insertion order, which is arrival order here; a refund
+        # marked failed later is replaced in place and keeps its position.
+        return list(self._operations.values())
+
+    def lookup(self, reference: str) -> Operation | None:
+        self._apply_due_failures()
+        return self._operations.get(reference)
+
+    def settlement_report(self) -> list[Operation]:
+        """Approved money movements, in order of first arrival.
+
+        Authorizations that captured at once, approved captures and approved
+        refunds, including refunds that failed later (marked `failed_later`):
+        what reconciliation compares the engine's ledger against.
+        """
+        self._apply_due_failures()
+        return [operation for operation in self._operations.values() if _moves_money(operation)]
+
+    def calls_total(self) -> int:
+        """Number of calls of every kind, repeats included."""
+        return self._calls_total
+
+    # -- the shared shell of every call --------------------------------------
+
+    async def _call(
+        self, kind: str, reference: str, decide: Callable[[], Operation]
+    ) -> NetworkAnswer:
+        # Everything up to the sleep is synchronous: that is what makes
+        # overlapping calls with one reference see a single decision.
         self._calls_total += 1
-        operation = self._operations.get(request.reference)
+        self._apply_due_failures()
+        operation = self._operations.get(reference)
         if operation is None:
-            operation = self._record(request)
+            operation = decide()
+            assert operation.reference == reference and operation.kind == kind
+            self._operations[reference] = operation
+            answer = _answer_of(operation)
+        elif operation.kind != kind:
+            answer = NetworkAnswer(
+                reference=reference,
+                approved=False,
+                code=REFERENCE_IN_USE,
+                decline_code=REFERENCE_IN_USE,
+                network=_NETWORK_UNKNOWN,
+            )
+        else:
+            answer = _answer_of(operation)
         # Drawn on every call, repeats included, so that the sequence of
         # delays depends only on the seed and the order of calls.
         latency_us = self._random.randint(*self._latency_us_range)
         await trio.sleep(latency_us / 1_000_000)
-        return NetworkAnswer(
-            reference=operation.reference,
-            approved=operation.approved,
-            code=operation.code,
-            decline_code=operation.decline_code,
-            network=operation.network,
-        )
+        return answer
 
-    def _record(self, request: AuthorizationRequest) -> Operation:
+    # -- decisions: pure apart from the final mutation of a charge ------------
+
+    def _authorize(self, request: AuthorizationRequest) -> Operation:
         today_year, today_month = self._today()
         outcome = cards.outcome_for(
             request.card_number, request.exp_month, request.exp_year, today_year, today_month
@@ -100,17 +305,168 @@ class CardNetwork:
             decline_code=outcome.decline_code,
             sequence=len(self._operations),
         )
-        self._operations[request.reference] = operation
+        if operation.approved:
+            self._charges[request.reference] = _Charge(
+                authorization=operation,
+                refund_fails_later=request.card_number == cards.REFUND_FAILS_LATER,
+                captured_minor=request.amount_minor if request.capture else 0,
+            )
         return operation
 
-    def operations(self) -> list[Operation]:
-        """Every distinct operation, in order of first arrival."""
-        # dicts keep insertion order, which is arrival order here.
-        return list(self._operations.values())
+    def _capture(self, request: CaptureRequest) -> Operation:
+        charge = self._charges.get(request.authorization_reference)
+        code = _first_failing(
+            (request.amount_minor < 1, AMOUNT_TOO_SMALL),
+            (charge is None, RESOURCE_MISSING),
+            (charge is not None and charge.captured, CHARGE_ALREADY_CAPTURED),
+            (charge is not None and charge.void_reference is not None, CHARGE_EXPIRED_FOR_CAPTURE),
+            (charge is not None and request.currency != charge.authorization.currency, CURRENCY_MISMATCH),
+            (charge is not None and request.amount_minor > charge.authorization.amount_minor, AMOUNT_TOO_LARGE),
+        )
+        if code is None:
+            assert charge is not None
+            charge.captured_minor = request.amount_minor
+            charge.capture_reference = request.reference
+        return self._operation_on(
+            charge,
+            kind="capture",
+            reference=request.reference,
+            parent_reference=request.authorization_reference,
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            code=code,
+        )
 
-    def lookup(self, reference: str) -> Operation | None:
-        return self._operations.get(reference)
+    def _void(self, request: VoidRequest) -> Operation:
+        charge = self._charges.get(request.authorization_reference)
+        code = _first_failing(
+            (charge is None, RESOURCE_MISSING),
+            (charge is not None and charge.captured, CHARGE_ALREADY_CAPTURED),
+            (charge is not None and charge.void_reference is not None, AUTHORIZATION_ALREADY_VOIDED),
+        )
+        if code is None:
+            assert charge is not None
+            charge.void_reference = request.reference
+        return self._operation_on(
+            charge,
+            kind="void",
+            reference=request.reference,
+            parent_reference=request.authorization_reference,
+            amount_minor=0,
+            currency=charge.authorization.currency if charge is not None else "",
+            code=code,
+        )
 
-    def calls_total(self) -> int:
-        """Number of authorize() calls, repeats included."""
-        return self._calls_total
+    def _refund(self, request: RefundRequest) -> Operation:
+        charge = self._charges.get(request.charge_reference)
+        refundable_minor = (
+            charge.captured_minor - charge.refunded_minor if charge is not None else 0
+        )
+        code = _first_failing(
+            (request.amount_minor < 1, AMOUNT_TOO_SMALL),
+            (charge is None, RESOURCE_MISSING),
+            (charge is not None and not charge.captured, CHARGE_NOT_CAPTURED),
+            (charge is not None and request.currency != charge.authorization.currency, CURRENCY_MISMATCH),
+            (request.amount_minor > refundable_minor, AMOUNT_TOO_LARGE),
+        )
+        operation = self._operation_on(
+            charge,
+            kind="refund",
+            reference=request.reference,
+            parent_reference=request.charge_reference,
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            code=code,
+        )
+        if code is None:
+            assert charge is not None
+            charge.refunded_minor += request.amount_minor
+            assert 0 <= charge.refunded_minor <= charge.captured_minor
+            if charge.refund_fails_later:
+                self._schedule_refund_failure(operation)
+        return operation
+
+    def _operation_on(
+        self,
+        charge: _Charge | None,
+        *,
+        kind: str,
+        reference: str,
+        parent_reference: str,
+        amount_minor: int,
+        currency: str,
+        code: str | None,
+    ) -> Operation:
+        return Operation(
+            reference=reference,
+            network=charge.authorization.network if charge is not None else _NETWORK_UNKNOWN,
+            last4=charge.authorization.last4 if charge is not None else "",
+            amount_minor=amount_minor,
+            currency=currency,
+            capture=False,
+            approved=code is None,
+            code=code,
+            decline_code=code,
+            sequence=len(self._operations),
+            kind=kind,
+            parent_reference=parent_reference,
+        )
+
+    # -- refunds that fail later ---------------------------------------------
+
+    def _schedule_refund_failure(self, refund: Operation) -> None:
+        delay_us = self._refund_failure_random.randint(*self._refund_failure_delay_us_range)
+        due = trio.current_time() + delay_us / 1_000_000
+        heapq.heappush(self._failures_pending, (due, refund.sequence, refund.reference))
+        # Wake every waiter in next_notice(): this one may be due sooner than
+        # what they are sleeping towards.
+        self._notice_scheduled.set()
+        self._notice_scheduled = trio.Event()
+
+    def _apply_due_failures(self) -> None:
+        """Fail every refund whose failure is due, in due order, and queue its notice."""
+        if not self._failures_pending:
+            return
+        try:
+            now = trio.current_time()
+        except RuntimeError:
+            # Outside a trio run there is no clock to say what has come due;
+            # the record stands as of the last call made inside one.
+            return
+        while self._failures_pending and self._failures_pending[0][0] <= now:
+            _, _, reference = heapq.heappop(self._failures_pending)
+            refund = self._operations[reference]
+            assert refund.kind == "refund" and refund.approved and not refund.failed_later
+            charge = self._charges[refund.parent_reference]
+            charge.refunded_minor -= refund.amount_minor
+            assert charge.refunded_minor >= 0
+            self._operations[reference] = msgspec.structs.replace(refund, failed_later=True)
+            self._notices_due.append(
+                NetworkNotice(reference=reference, kind="refund_failed", code=REFUND_FAILED)
+            )
+
+
+def _first_failing(*checks: tuple[bool, str]) -> str | None:
+    """The code of the first check that fails, in the order given; None if all pass."""
+    for failed, code in checks:
+        if failed:
+            return code
+    return None
+
+
+def _answer_of(operation: Operation) -> NetworkAnswer:
+    return NetworkAnswer(
+        reference=operation.reference,
+        approved=operation.approved,
+        code=operation.code,
+        decline_code=operation.decline_code,
+        network=operation.network,
+    )
+
+
+def _moves_money(operation: Operation) -> bool:
+    if not operation.approved:
+        return False
+    if operation.kind == "authorize":
+        return operation.capture
+    return operation.kind in ("capture", "refund")

@@ -220,12 +220,22 @@ def test_json_metadata_value_that_is_not_a_string_names_metadata(client):
 
 
 @pytest.mark.parametrize("encoding", ["form", "json"])
-@pytest.mark.parametrize("amount", [1, 99_999_999])
-def test_amount_at_the_bounds_is_accepted(client, encoding, amount):
-    response = send(client, "/v1/payment_intents", encoding, {**INTENT, "amount": amount})
+@pytest.mark.parametrize(
+    ("amount", "currency"),
+    # 1 minor unit is below the USD minimum; KWD has no published minimum.
+    [(50, "usd"), (99_999_999, "usd"), (1, "kwd"), (50, "jpy")],
+)
+def test_amount_at_the_bounds_is_accepted(client, encoding, amount, currency):
+    response = send(client, "/v1/payment_intents", encoding, {**INTENT, "amount": amount, "currency": currency})
     assert response.status_code == 200, response.text
     assert_well_formed(response)
-    assert response.json()["amount"] == amount
+    assert (response.json()["amount"], response.json()["currency"]) == (amount, currency)
+
+
+@pytest.mark.parametrize(("amount", "currency"), [(49, "usd"), (1, "usd"), (29, "gbp"), (49, "jpy")])
+def test_amount_below_the_currency_minimum_is_too_small(client, amount, currency):
+    response = client.post("/v1/payment_intents", data={**INTENT, "amount": amount, "currency": currency})
+    assert_error(response, 400, param="amount", code="amount_too_small")
 
 
 @pytest.mark.parametrize("encoding", ["form", "json"])

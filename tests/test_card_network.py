@@ -1,6 +1,19 @@
+import msgspec
+import pytest
 import trio
+import trio.testing
 
-from simulators.card_network import AuthorizationRequest, CardNetwork, NetworkAnswer, Operation
+from engine import cards
+from simulators.card_network import (
+    AuthorizationRequest,
+    CaptureRequest,
+    CardNetwork,
+    NetworkAnswer,
+    NetworkNotice,
+    Operation,
+    RefundRequest,
+    VoidRequest,
+)
 
 
 def _today():
@@ -136,3 +149,515 @@ async def test_seeded_latency_is_reproducible(autojump_clock):
     assert first != other
     assert all(0.001 <= latency <= 0.005 for latency in first + other)
     assert len(set(first)) > 1  # actually drawn, not a constant
+
+
+# -- capture, void, refund -----------------------------------------------------
+
+
+def _declined(reference, code, network="visa"):
+    return NetworkAnswer(reference, False, code, code, network)
+
+
+def _approved(reference, network="visa"):
+    return NetworkAnswer(reference, True, None, None, network)
+
+
+async def _authorized(network, reference="att_1", amount_minor=1000, capture=False, **overrides):
+    return await network.authorize(
+        _request(reference, amount_minor=amount_minor, capture=capture, **overrides)
+    )
+
+
+def _capture(reference="cap_1", authorization_reference="att_1", amount_minor=1000, currency="usd"):
+    return CaptureRequest(reference, authorization_reference, amount_minor, currency)
+
+
+def _void(reference="void_1", authorization_reference="att_1"):
+    return VoidRequest(reference, authorization_reference)
+
+
+def _refund(reference="re_1", charge_reference="att_1", amount_minor=1000, currency="usd"):
+    return RefundRequest(reference, charge_reference, amount_minor, currency)
+
+
+async def test_capture_of_an_authorization_is_recorded_against_it():
+    network = CardNetwork(today=_today)
+    assert (await _authorized(network, amount_minor=1000)).approved
+    answer = await network.capture(_capture(amount_minor=600))
+    assert answer == _approved("cap_1")
+    assert network.lookup("cap_1") == Operation(
+        reference="cap_1",
+        network="visa",
+        last4="4242",
+        amount_minor=600,
+        currency="usd",
+        capture=False,
+        approved=True,
+        code=None,
+        decline_code=None,
+        sequence=1,
+        kind="capture",
+        parent_reference="att_1",
+    )
+    assert network.lookup("att_1").kind == "authorize"
+    assert network.lookup("att_1").parent_reference is None
+
+
+@pytest.mark.parametrize("amount_minor", [1, 999, 1000])
+async def test_capture_accepts_any_amount_from_one_to_the_authorized(amount_minor):
+    network = CardNetwork(today=_today)
+    await _authorized(network, amount_minor=1000)
+    assert (await network.capture(_capture(amount_minor=amount_minor))).approved
+
+
+async def test_capture_declines():
+    network = CardNetwork(today=_today)
+    await _authorized(network, "att_open", amount_minor=1000)
+    await _authorized(network, "att_declined", card_number="4000000000000002")
+    await _authorized(network, "att_captured_at_once", capture=True)
+    await _authorized(network, "att_captured_later")
+    assert (await network.capture(_capture("cap_first", "att_captured_later"))).approved
+    await _authorized(network, "att_voided")
+    assert (await network.void(_void("void_1", "att_voided"))).approved
+
+    cases = [
+        (_capture("cap_a", "att_unknown"), "resource_missing", "unknown"),
+        (_capture("cap_b", "att_declined"), "resource_missing", "unknown"),
+        (_capture("cap_c", "att_captured_at_once"), "charge_already_captured", "visa"),
+        (_capture("cap_d", "att_captured_later"), "charge_already_captured", "visa"),
+        (_capture("cap_e", "att_voided"), "charge_expired_for_capture", "visa"),
+        (_capture("cap_f", "att_open", amount_minor=1001), "amount_too_large", "visa"),
+        (_capture("cap_g", "att_open", amount_minor=0), "amount_too_small", "visa"),
+        (_capture("cap_h", "att_open", amount_minor=-5), "amount_too_small", "visa"),
+        (_capture("cap_i", "att_open", currency="eur"), "currency_mismatch", "visa"),
+    ]
+    for request, code, brand in cases:
+        answer = await network.capture(request)
+        assert answer == _declined(request.reference, code, brand), request.reference
+        operation = network.lookup(request.reference)
+        assert (operation.kind, operation.approved, operation.code) == ("capture", False, code)
+    # None of the declines touched the open authorization.
+    assert (await network.capture(_capture("cap_ok", "att_open", amount_minor=1000))).approved
+
+
+async def test_capture_after_void_is_declined():
+    network = CardNetwork(today=_today)
+    await _authorized(network)
+    assert await network.void(_void()) == _approved("void_1")
+    answer = await network.capture(_capture())
+    assert answer == _declined("cap_1", "charge_expired_for_capture")
+    assert network.settlement_report() == []
+
+
+async def test_void_after_capture_is_declined():
+    network = CardNetwork(today=_today)
+    await _authorized(network)
+    assert (await network.capture(_capture())).approved
+    assert await network.void(_void()) == _declined("void_1", "charge_already_captured")
+    assert [operation.reference for operation in network.settlement_report()] == ["cap_1"]
+
+
+async def test_void_declines():
+    network = CardNetwork(today=_today)
+    await _authorized(network, "att_open")
+    await _authorized(network, "att_declined", card_number="4000000000000002")
+    await _authorized(network, "att_captured_at_once", capture=True)
+    assert await network.void(_void("void_first", "att_open")) == _approved("void_first")
+    cases = [
+        (_void("void_a", "att_unknown"), "resource_missing", "unknown"),
+        (_void("void_b", "att_declined"), "resource_missing", "unknown"),
+        (_void("void_c", "att_captured_at_once"), "charge_already_captured", "visa"),
+        (_void("void_d", "att_open"), "authorization_already_voided", "visa"),
+    ]
+    for request, code, brand in cases:
+        assert await network.void(request) == _declined(request.reference, code, brand)
+    void = network.lookup("void_first")
+    assert (void.kind, void.parent_reference, void.amount_minor, void.currency) == (
+        "void",
+        "att_open",
+        0,
+        "usd",
+    )
+
+
+async def test_refund_of_a_charge_captured_at_once():
+    network = CardNetwork(today=_today)
+    await _authorized(network, amount_minor=1000, capture=True)
+    assert await network.refund(_refund(amount_minor=400)) == _approved("re_1")
+    refund = network.lookup("re_1")
+    assert (refund.kind, refund.parent_reference, refund.amount_minor, refund.failed_later) == (
+        "refund",
+        "att_1",
+        400,
+        False,
+    )
+
+
+async def test_refund_is_bounded_by_the_captured_not_the_authorized_amount():
+    network = CardNetwork(today=_today)
+    await _authorized(network, amount_minor=1000)
+    assert (await network.capture(_capture(amount_minor=600))).approved
+    assert await network.refund(_refund("re_1", amount_minor=601)) == _declined(
+        "re_1", "amount_too_large"
+    )
+    assert (await network.refund(_refund("re_2", amount_minor=600))).approved
+
+
+async def test_over_refund_across_several_refunds_is_declined():
+    network = CardNetwork(today=_today)
+    await _authorized(network, amount_minor=1000, capture=True)
+    assert (await network.refund(_refund("re_1", amount_minor=700))).approved
+    assert await network.refund(_refund("re_2", amount_minor=301)) == _declined(
+        "re_2", "amount_too_large"
+    )
+    assert (await network.refund(_refund("re_3", amount_minor=300))).approved
+    assert await network.refund(_refund("re_4", amount_minor=1)) == _declined(
+        "re_4", "amount_too_large"
+    )
+    refunded = [op.amount_minor for op in network.settlement_report() if op.kind == "refund"]
+    assert refunded == [700, 300]
+
+
+async def test_refund_declines():
+    network = CardNetwork(today=_today)
+    await _authorized(network, "att_captured", capture=True)
+    await _authorized(network, "att_uncaptured")
+    await _authorized(network, "att_voided")
+    await network.void(_void("void_1", "att_voided"))
+    await _authorized(network, "att_declined", card_number="4000000000000002", capture=True)
+    assert (await network.capture(_capture("cap_1", "att_uncaptured", amount_minor=1000))).approved
+    cases = [
+        (_refund("re_a", "att_unknown"), "resource_missing", "unknown"),
+        (_refund("re_b", "att_declined"), "resource_missing", "unknown"),
+        # The engine names a charge by its authorization, never by a capture.
+        (_refund("re_c", "cap_1"), "resource_missing", "unknown"),
+        (_refund("re_d", "att_voided"), "charge_not_captured", "visa"),
+        (_refund("re_e", "att_captured", currency="eur"), "currency_mismatch", "visa"),
+        (_refund("re_f", "att_captured", amount_minor=0), "amount_too_small", "visa"),
+        (_refund("re_g", "att_captured", amount_minor=1001), "amount_too_large", "visa"),
+    ]
+    for request, code, brand in cases:
+        assert await network.refund(request) == _declined(request.reference, code, brand)
+    await _authorized(network, "att_open")
+    assert await network.refund(_refund("re_h", "att_open")) == _declined(
+        "re_h", "charge_not_captured"
+    )
+
+
+async def test_amount_must_be_integer_minor_units():
+    network = CardNetwork(today=_today)
+    await _authorized(network, capture=True)
+    with pytest.raises(AssertionError, match=r"^amount_minor must be an int$"):
+        await network.refund(_refund(amount_minor=10.0))
+    assert network.lookup("re_1") is None
+
+
+# -- idempotency of every kind --------------------------------------------------
+
+
+async def test_repeated_reference_returns_first_answer_for_every_kind():
+    network = CardNetwork(today=_today)
+    await _authorized(network, "att_1", amount_minor=1000)
+    await _authorized(network, "att_2", amount_minor=1000)
+    first_capture = await network.capture(_capture("cap_1", "att_1", amount_minor=500))
+    # Would be declined as too large if decided afresh.
+    assert await network.capture(_capture("cap_1", "att_1", amount_minor=5000)) == first_capture
+    first_refund = await network.refund(_refund("re_1", "att_1", amount_minor=500))
+    # Would be declined as too large if decided afresh.
+    assert await network.refund(_refund("re_1", "att_1", amount_minor=1)) == first_refund
+    first_void = await network.void(_void("void_1", "att_2"))
+    assert await network.void(_void("void_1", "att_2")) == first_void
+    # A first answer that was a decline is kept too, even once it would pass.
+    declined = await network.capture(_capture("cap_x", "att_3"))
+    await _authorized(network, "att_3")
+    assert await network.capture(_capture("cap_x", "att_3")) == declined
+    assert not declined.approved
+
+    assert [answer.approved for answer in (first_capture, first_refund, first_void)] == [True] * 3
+    assert [operation.reference for operation in network.operations()] == [
+        "att_1",
+        "att_2",
+        "cap_1",
+        "re_1",
+        "void_1",
+        "cap_x",
+        "att_3",
+    ]
+    assert network.lookup("cap_1").amount_minor == 500
+    assert network.lookup("re_1").amount_minor == 500
+    assert network.calls_total() == 11
+
+
+async def test_reference_of_another_kind_is_refused_and_records_nothing():
+    network = CardNetwork(today=_today)
+    await _authorized(network, "att_1", capture=False)
+    answer = await network.capture(_capture("att_1", "att_1"))
+    assert answer == _declined("att_1", "reference_in_use", "unknown")
+    assert await network.refund(_refund("att_1", "att_1")) == answer
+    assert await network.void(_void("att_1", "att_1")) == answer
+    assert (await network.authorize(_request("att_1"))).approved
+    assert network.operations() == [network.lookup("att_1")]
+    assert network.lookup("att_1").kind == "authorize"
+    # The authorization is still open: nothing above captured or voided it.
+    assert (await network.capture(_capture("cap_1", "att_1"))).approved
+
+
+async def _overlap(call, requests):
+    answers = []
+
+    async def one(request):
+        answers.append(await call(request))
+
+    async with trio.open_nursery() as nursery:
+        for request in requests:
+            nursery.start_soon(one, request)
+    return answers
+
+
+async def test_overlapping_captures_with_one_reference_capture_once():
+    network = CardNetwork(today=_today)
+    await _authorized(network, amount_minor=1000)
+    # Alternate an amount that fits and one that does not: separate
+    # decisions would disagree.
+    requests = [_capture(amount_minor=500 if i % 2 == 0 else 5000) for i in range(20)]
+    answers = await _overlap(network.capture, requests)
+    assert len(answers) == 20
+    assert all(answer == answers[0] for answer in answers)
+    assert [op.kind for op in network.operations()] == ["authorize", "capture"]
+    assert network.calls_total() == 21
+
+
+async def test_overlapping_voids_with_one_reference_void_once():
+    network = CardNetwork(today=_today)
+    await _authorized(network)
+    # Decided one by one, every void after the first would meet a voided
+    # authorization and be declined.
+    answers = await _overlap(network.void, [_void() for _ in range(20)])
+    assert answers == [_approved("void_1")] * 20
+    assert [op.kind for op in network.operations()] == ["authorize", "void"]
+    assert network.calls_total() == 21
+
+
+async def test_overlapping_refunds_with_one_reference_refund_once():
+    network = CardNetwork(today=_today)
+    await _authorized(network, amount_minor=1000, capture=True)
+    answers = await _overlap(network.refund, [_refund(amount_minor=100) for _ in range(20)])
+    assert answers == [_approved("re_1")] * 20
+    assert [op.kind for op in network.operations()] == ["authorize", "refund"]
+    # The rest of the charge is still refundable: only 100 went out.
+    assert (await network.refund(_refund("re_2", amount_minor=900))).approved
+    assert network.calls_total() == 22
+
+
+async def test_cancelled_capture_caller_is_still_captured_once(autojump_clock):
+    network = CardNetwork(latency_ms=(5, 5), today=_today)
+    await _authorized(network)
+    started = trio.current_time()
+    with trio.move_on_after(0.001):
+        await network.capture(_capture())
+    assert network.lookup("cap_1").approved
+    assert (await network.capture(_capture(amount_minor=1))).approved
+    assert len(network.operations()) == 2
+    # Every kind sleeps the seeded latency: 1 ms cancelled, then 5 ms.
+    assert trio.current_time() - started == pytest.approx(0.006)
+
+
+async def test_every_kind_sleeps_the_seeded_latency(autojump_clock):
+    async def latencies(seed):
+        network = CardNetwork(seed=seed, latency_ms=(1, 5), today=_today)
+        calls = [
+            (network.authorize, _request("att_1", capture=False, amount_minor=1000)),
+            (network.authorize, _request("att_2", capture=False)),
+            (network.capture, _capture("cap_1", "att_1", amount_minor=1000)),
+            (network.refund, _refund("re_1", "att_1", amount_minor=10)),
+            (network.void, _void("void_1", "att_2")),
+            (network.refund, _refund("re_1", "att_1", amount_minor=10)),
+        ]
+        result = []
+        for call, request in calls:
+            started = trio.current_time()
+            assert (await call(request)).approved
+            result.append(round(trio.current_time() - started, 6))
+        return result
+
+    first = await latencies(7)
+    assert first == await latencies(7)
+    assert first != await latencies(8)
+    assert all(0.001 <= latency <= 0.005 for latency in first)
+    assert len(set(first)) > 1
+
+
+# -- settlement report ----------------------------------------------------------
+
+
+async def test_settlement_report_lists_approved_money_movements_only():
+    network = CardNetwork(today=_today)
+    await _authorized(network, "att_at_once", capture=True, amount_minor=1000)
+    await _authorized(network, "att_later", capture=False, amount_minor=800)
+    await _authorized(network, "att_declined", card_number="4000000000000002", capture=True)
+    await _authorized(network, "att_voided", capture=False)
+    await network.capture(_capture("cap_too_large", "att_later", amount_minor=900))
+    await network.capture(_capture("cap_1", "att_later", amount_minor=700))
+    await network.void(_void("void_1", "att_voided"))
+    await network.refund(_refund("re_1", "att_at_once", amount_minor=250))
+    await network.refund(_refund("re_too_large", "att_later", amount_minor=701))
+    report = network.settlement_report()
+    assert [(op.reference, op.kind, op.amount_minor) for op in report] == [
+        ("att_at_once", "authorize", 1000),
+        ("cap_1", "capture", 700),
+        ("re_1", "refund", 250),
+    ]
+    assert all(op.approved for op in report)
+    assert len(network.operations()) == 9
+
+
+# -- refunds that fail later ----------------------------------------------------
+
+
+async def test_refund_fails_later_card_is_an_ordinary_approval():
+    network = CardNetwork(today=_today)
+    answer = await network.authorize(_request(card_number=cards.REFUND_FAILS_LATER))
+    assert answer == _approved("att_1")
+    assert network.lookup("att_1").last4 == "5126"
+
+
+async def test_refund_on_refund_fails_later_card_fails_with_a_notice_when_due(autojump_clock):
+    network = CardNetwork(today=_today, refund_failure_delay_ms=(20, 50))
+    await _authorized(network, card_number=cards.REFUND_FAILS_LATER, capture=True, amount_minor=1000)
+    started = trio.current_time()
+    assert await network.refund(_refund("re_1", amount_minor=1000)) == _approved("re_1")
+    assert network.lookup("re_1").failed_later is False
+    # Approved and not yet failed: the whole charge is refunded for now.
+    assert await network.refund(_refund("re_2", amount_minor=1)) == _declined(
+        "re_2", "amount_too_large"
+    )
+
+    with trio.move_on_at(started + 0.020 - 0.000001):
+        await network.next_notice()
+        pytest.fail("a notice came out before its earliest due time")
+    notice = await network.next_notice()
+    failed_at = trio.current_time() - started
+    assert notice == NetworkNotice(reference="re_1", kind="refund_failed", code="refund_failed")
+    assert 0.020 <= failed_at <= 0.050
+
+    refund = network.lookup("re_1")
+    assert (refund.approved, refund.failed_later, refund.sequence) == (True, True, 1)
+    assert [(op.reference, op.failed_later) for op in network.settlement_report()] == [
+        ("att_1", False),
+        ("re_1", True),
+    ]
+    # Repeating the failed refund's reference does not refund again.
+    assert await network.refund(_refund("re_1", amount_minor=1000)) == _approved("re_1")
+    assert network.lookup("re_1").failed_later is True
+    # Once failed, its amount is refundable again.
+    assert (await network.refund(_refund("re_3", amount_minor=1000))).approved
+    assert await network.refund(_refund("re_4", amount_minor=1)) == _declined(
+        "re_4", "amount_too_large"
+    )
+
+
+async def test_failure_takes_effect_when_due_even_before_the_notice_is_read(autojump_clock):
+    network = CardNetwork(today=_today, refund_failure_delay_ms=(30, 30))
+    await _authorized(network, card_number=cards.REFUND_FAILS_LATER, capture=True, amount_minor=1000)
+    assert (await network.refund(_refund("re_1", amount_minor=1000))).approved
+    await trio.sleep(0.030)
+    assert network.lookup("re_1").failed_later
+    assert (await network.refund(_refund("re_2", amount_minor=1000))).approved
+    # The notice is still there for whoever reads it, once.
+    assert (await network.next_notice()).reference == "re_1"
+    second = await network.next_notice()
+    assert second.reference == "re_2"
+
+
+async def test_notices_come_out_in_due_order_at_their_due_times(autojump_clock):
+    network = CardNetwork(seed=4, today=_today, refund_failure_delay_ms=(20, 50))
+    await _authorized(network, card_number=cards.REFUND_FAILS_LATER, capture=True, amount_minor=1000)
+    references = [f"re_{index}" for index in range(8)]
+    received = []
+    approved_at = {}
+
+    async def read_notices():
+        # A reader that is never woken would hang the test rather than fail it.
+        with trio.fail_after(1):
+            for _ in references:
+                notice = await network.next_notice()
+                received.append((trio.current_time(), notice))
+
+    # The reader starts first, so it is already waiting when each refund is
+    # scheduled, and must be woken for one that falls due sooner.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_notices)
+        await trio.testing.wait_all_tasks_blocked()
+        for reference in references:
+            approved_at[reference] = trio.current_time()
+            assert (await network.refund(_refund(reference, amount_minor=100))).approved
+
+    times = [at for at, _ in received]
+    order = [notice.reference for _, notice in received]
+    assert times == sorted(times)
+    assert sorted(order) == references
+    assert order != references  # later refunds overtook earlier ones
+    assert all(notice.kind == "refund_failed" for _, notice in received)
+    for at, notice in received:
+        assert 0.020 <= at - approved_at[notice.reference] <= 0.050
+    assert all(network.lookup(reference).failed_later for reference in references)
+    with trio.move_on_after(1):
+        await network.next_notice()
+        pytest.fail("a notice came out twice")
+
+
+async def test_cancelled_notice_reader_loses_nothing(autojump_clock):
+    network = CardNetwork(today=_today, refund_failure_delay_ms=(20, 20))
+    await _authorized(network, card_number=cards.REFUND_FAILS_LATER, capture=True)
+    assert (await network.refund(_refund(amount_minor=10))).approved
+    with trio.move_on_after(0.010):
+        await network.next_notice()
+    await trio.sleep(0.050)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await network.next_notice()
+    assert scope.cancelled_caught
+    assert (await network.next_notice()).reference == "re_1"
+
+
+async def test_only_approved_refunds_on_that_card_fail_later(autojump_clock):
+    network = CardNetwork(today=_today)
+    await _authorized(network, "att_ordinary", capture=True, amount_minor=1000)
+    await _authorized(
+        network, "att_fails", card_number=cards.REFUND_FAILS_LATER, capture=True, amount_minor=1000
+    )
+    assert (await network.refund(_refund("re_ordinary", "att_ordinary"))).approved
+    assert not (await network.refund(_refund("re_too_large", "att_fails", amount_minor=1001))).approved
+    with trio.move_on_after(1):
+        await network.next_notice()
+        pytest.fail("a notice for a refund that cannot fail later")
+    assert not network.lookup("re_ordinary").failed_later
+    assert not network.lookup("re_too_large").failed_later
+
+
+# -- card numbers ------------------------------------------------------------------
+
+
+async def test_no_operation_repr_or_state_holds_a_card_number(autojump_clock):
+    network = CardNetwork(today=_today)
+    numbers = ["4242424242424242", cards.REFUND_FAILS_LATER, "4000000000000002", "378282246310005"]
+    for index, number in enumerate(numbers):
+        reference = f"att_{index}"
+        await network.authorize(_request(reference, card_number=number, capture=False))
+        await network.capture(_capture(f"cap_{index}", reference, amount_minor=1000))
+        await network.refund(_refund(f"re_{index}", reference, amount_minor=10))
+        await network.void(_void(f"void_{index}", reference))
+    await trio.sleep(0.1)  # the refund on REFUND_FAILS_LATER has failed by now
+    assert network.lookup("re_1").failed_later
+    texts = [repr(network.operations()), repr(network.settlement_report())]
+    texts += [str(operation) for operation in network.operations()]
+    texts.append(msgspec.json.encode(network.operations()).decode())
+    # Nor anywhere in what the network keeps, notices and charges included.
+    texts.append(repr(vars(network)))
+    for number in numbers:
+        for text in texts:
+            assert number not in text
+            assert number[:12] not in text
+    assert [op.last4 for op in network.operations() if op.kind == "authorize"] == [
+        number[-4:] for number in numbers
+    ]

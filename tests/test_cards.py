@@ -140,3 +140,14 @@ def test_card_number_never_in_request_repr(number):
 def test_request_repr_shows_brand_and_last4():
     request = AuthorizationRequest("att_1", "4242424242421234", 12, 2034, 1999, "usd", False)
     assert "visa ****1234" in repr(request)
+
+
+def test_refund_fails_later_card_is_a_valid_visa_that_approves():
+    number = cards.REFUND_FAILS_LATER
+    assert number == "4000000000005126"
+    assert cards.luhn_valid(number)
+    assert cards.brand_of(number) == "visa"
+    # Its failure comes only at refund time, from the network; the issuer
+    # approves it like any good card.
+    assert number not in cards.TEST_CARD_OUTCOMES
+    assert cards.outcome_for(number, 12, 2034, *TODAY) == CardOutcome(True, None, None)

@@ -42,7 +42,7 @@ async def _load(node: NodeProcess, acknowledged: dict[str, dict], seed: int) -> 
 
     async def worker(client: httpx.AsyncClient) -> None:
         for _ in range(REQUESTS_PER_WORKER_MAX):
-            body = {"amount": str(rng.randint(1, 99_999_999)), "currency": "usd", **rng.choice(choices)}
+            body = {"amount": str(rng.randint(50, 99_999_999)), "currency": "usd", **rng.choice(choices)}
             try:
                 response = await client.post("/v1/payment_intents", data=body)
             except httpx.HTTPError:
