@@ -861,8 +861,10 @@ def ledger_single(intent: PaymentIntent, transfer_id: str, code: str, amount: in
         code=code,
         intent_id=intent.id,
         created_s=at_s,
-        # Money coming in settles later; money going out leaves at once.
-        available_on_s=at_s + intent.settlement_delay_s if to_merchant and code == "charge" else at_s,
+        # Every movement of a payment settles on the same schedule as its
+        # charge, so a refund nets against the charge's pending funds rather
+        # than overdrawing the available balance.
+        available_on_s=at_s + intent.settlement_delay_s,
     )
 
 

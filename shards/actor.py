@@ -305,7 +305,12 @@ class ShardActor:
             return
         assert current is not None
         for event in decision.events:
-            status = event.intent.status if isinstance(event, machine.IntentCreated) else event.status
+            if isinstance(event, machine.IntentCreated):
+                status = event.intent.status
+            elif isinstance(event, machine.RefundCreated):
+                status = event.refund.status
+            else:
+                status = event.status
             log.info(LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status))
         waits = False
         for effect in decision.effects:

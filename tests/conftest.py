@@ -9,6 +9,7 @@ database gets a random name and is dropped afterwards, so runs never collide.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -181,14 +182,11 @@ def new_node(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Calla
         process.kill()
 
 
-@pytest.fixture(scope="session")
-def merchant_keys(node: NodeProcess):
-    """Keys of a second merchant on the session node's database, via the CLI."""
-    import json
-
+def create_merchant_keys(node: NodeProcess, name: str) -> dict:
+    """A new merchant on a node's database, made with the CLI as an operator would."""
     environ = dict(os.environ, PAYMENTS_DATABASE_URL=node.database_url)
     output = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "merchant", "create", "--name", "Other shop", "--json", "--data-dir", str(node.data_dir)],
+        [sys.executable, "-m", "gateway.cli", "merchant", "create", "--name", name, "--json", "--data-dir", str(node.data_dir)],
         capture_output=True,
         text=True,
         env=environ,
@@ -196,3 +194,15 @@ def merchant_keys(node: NodeProcess):
         check=True,
     )
     return json.loads(output.stdout)
+
+
+@pytest.fixture(scope="session")
+def merchant_keys(node: NodeProcess) -> dict:
+    """Keys of a second merchant on the session node's database."""
+    return create_merchant_keys(node, "Other shop")
+
+
+@pytest.fixture
+def fresh_merchant(node: NodeProcess) -> dict:
+    """A merchant of the test's own, so balances start from zero."""
+    return create_merchant_keys(node, "Fresh shop")

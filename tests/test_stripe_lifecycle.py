@@ -1,0 +1,183 @@
+"""The payment lifecycle after creation, driven with the official `stripe` SDK:
+capture, cancel, refunds, lists and the balance."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import stripe
+
+from engine import ledger
+from tests.conftest import NodeProcess
+
+REFUND_FAILS_LATER = "4000000000005126"
+
+
+def sdk(node: NodeProcess, secret_key: str) -> stripe.StripeClient:
+    return stripe.StripeClient(secret_key, base_addresses={"api": node.url}, max_network_retries=0)
+
+
+@pytest.fixture
+def client(node: NodeProcess) -> stripe.StripeClient:
+    return sdk(node, node.secret_key)
+
+
+def authorize(client: stripe.StripeClient, amount: int, currency: str = "usd", payment_method: str = "pm_card_visa"):
+    intent = client.v1.payment_intents.create(
+        params={"amount": amount, "currency": currency, "payment_method": payment_method, "confirm": True, "capture_method": "manual"}
+    )
+    assert intent.status == "requires_capture"
+    return intent
+
+
+def test_partial_capture_releases_the_rest(client: stripe.StripeClient) -> None:
+    intent = authorize(client, 5000)
+    captured = client.v1.payment_intents.capture(intent.id, params={"amount_to_capture": 3200})
+    assert captured.status == "succeeded"
+    assert (captured.amount_received, captured.amount_capturable) == (3200, 0)
+    assert captured.latest_charge is not None
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.payment_intents.capture(intent.id)
+    assert raised.value.code == "payment_intent_unexpected_state"
+
+
+def test_capture_more_than_capturable_is_refused(client: stripe.StripeClient) -> None:
+    intent = authorize(client, 1000)
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.payment_intents.capture(intent.id, params={"amount_to_capture": 1001})
+    assert (raised.value.http_status, raised.value.code, raised.value.param) == (400, "amount_too_large", "amount_to_capture")
+    assert client.v1.payment_intents.retrieve(intent.id).status == "requires_capture"
+
+
+def test_cancel_an_authorization(client: stripe.StripeClient) -> None:
+    intent = authorize(client, 2500)
+    canceled = client.v1.payment_intents.cancel(intent.id, params={"cancellation_reason": "requested_by_customer"})
+    assert canceled.status == "canceled"
+    assert canceled.cancellation_reason == "requested_by_customer"
+    assert canceled.canceled_at is not None and abs(canceled.canceled_at - time.time()) < 60
+    assert canceled.amount_capturable == 0
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.payment_intents.capture(intent.id)
+    assert raised.value.code == "payment_intent_unexpected_state"
+
+
+def test_cancel_is_refused_after_success_and_after_cancel(client: stripe.StripeClient) -> None:
+    done = client.v1.payment_intents.create(params={"amount": 900, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.payment_intents.cancel(done.id)
+    assert (raised.value.http_status, raised.value.code) == (400, "payment_intent_unexpected_state")
+    fresh = client.v1.payment_intents.create(params={"amount": 900, "currency": "usd"})
+    assert client.v1.payment_intents.cancel(fresh.id, params={"cancellation_reason": "abandoned"}).status == "canceled"
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.payment_intents.cancel(fresh.id)
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.payment_intents.cancel(authorize(client, 700).id, params={"cancellation_reason": "bored"})
+    assert raised.value.param == "cancellation_reason"
+
+
+def test_two_partial_refunds_then_an_over_refund_is_refused(client: stripe.StripeClient) -> None:
+    intent = client.v1.payment_intents.create(params={"amount": 10_000, "currency": "eur", "payment_method": "pm_card_visa", "confirm": True})
+    first = client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 3000, "reason": "requested_by_customer"})
+    second = client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 5000, "metadata": {"ticket": "77"}})
+    assert (first.status, second.status) == ("succeeded", "succeeded")
+    assert (first.amount, second.amount, second.metadata["ticket"]) == (3000, 5000, "77")
+    assert first.payment_intent == intent.id and first.charge == intent.latest_charge
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 2001})
+    assert (raised.value.code, raised.value.param) == ("amount_too_large", "amount")
+    rest = client.v1.refunds.create(params={"payment_intent": intent.id})
+    assert rest.amount == 2000
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 1})
+    assert raised.value.code == "charge_already_refunded"
+    assert client.v1.refunds.retrieve(first.id).to_dict() == first.to_dict()
+    listed = client.v1.refunds.list(params={"payment_intent": intent.id})
+    assert [refund.id for refund in listed.data] == [rest.id, second.id, first.id]
+
+
+def test_refund_of_an_uncaptured_payment_is_refused(client: stripe.StripeClient) -> None:
+    intent = authorize(client, 1200)
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.refunds.create(params={"payment_intent": intent.id})
+    assert raised.value.code == "charge_not_refundable"
+
+
+def test_a_refund_that_fails_later_returns_the_money(node: NodeProcess, fresh_merchant: dict) -> None:
+    client = sdk(node, fresh_merchant["secret_key"])
+    method = client.v1.payment_methods.create(
+        params={"type": "card", "card": {"number": REFUND_FAILS_LATER, "exp_month": 3, "exp_year": 2039}}
+    )
+    intent = client.v1.payment_intents.create(params={"amount": 4000, "currency": "usd", "payment_method": method.id, "confirm": True})
+    refund = client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 1500})
+    assert refund.status == "succeeded"
+    deadline = time.monotonic() + 10
+    while client.v1.refunds.retrieve(refund.id).status != "failed":
+        assert time.monotonic() < deadline, "the late refund failure never arrived"
+        time.sleep(0.05)
+    failed = client.v1.refunds.retrieve(refund.id)
+    assert failed.failure_reason == "refund_failed"
+    # The full amount is refundable again.
+    again = client.v1.refunds.create(params={"payment_intent": intent.id})
+    assert again.amount == 4000
+
+
+def test_jpy_has_no_minor_unit(client: stripe.StripeClient) -> None:
+    intent = client.v1.payment_intents.create(params={"amount": 1500, "currency": "JPY", "payment_method": "pm_card_visa", "confirm": True})
+    assert (intent.currency, intent.amount_received) == ("jpy", 1500)
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.payment_intents.create(params={"amount": 49, "currency": "jpy"})
+    assert raised.value.code == "amount_too_small"
+
+
+def test_list_pages_with_starting_after_and_ending_before(node: NodeProcess, fresh_merchant: dict) -> None:
+    client = sdk(node, fresh_merchant["secret_key"])
+    created = [client.v1.payment_intents.create(params={"amount": 100 + index, "currency": "usd"}).id for index in range(7)]
+    newest_first = list(reversed(created))
+    first = client.v1.payment_intents.list(params={"limit": 3})
+    assert [intent.id for intent in first.data] == newest_first[:3] and first.has_more
+    second = client.v1.payment_intents.list(params={"limit": 3, "starting_after": first.data[-1].id})
+    assert [intent.id for intent in second.data] == newest_first[3:6] and second.has_more
+    third = client.v1.payment_intents.list(params={"limit": 3, "starting_after": second.data[-1].id})
+    assert [intent.id for intent in third.data] == newest_first[6:] and not third.has_more
+    back = client.v1.payment_intents.list(params={"limit": 2, "ending_before": second.data[0].id})
+    assert [intent.id for intent in back.data] == newest_first[1:3] and back.has_more
+    walked = [intent.id for intent in client.v1.payment_intents.list(params={"limit": 2}).auto_paging_iter()]
+    assert walked == newest_first
+    assert client.v1.payment_intents.list(params={"created": {"gt": int(time.time()) + 60}}).data == []
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.payment_intents.list(params={"limit": 101})
+    assert raised.value.param == "limit"
+
+
+def test_decline_then_retry_with_a_good_card(client: stripe.StripeClient) -> None:
+    intent = client.v1.payment_intents.create(params={"amount": 3300, "currency": "usd"})
+    with pytest.raises(stripe.CardError):
+        client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_chargeDeclined"})
+    retried = client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_visa"})
+    assert retried.status == "succeeded" and retried.amount_received == 3300
+
+
+def test_balance_after_a_mix_equals_the_hand_computed_figure(node: NodeProcess, fresh_merchant: dict) -> None:
+    client = sdk(node, fresh_merchant["secret_key"])
+    # charged 10,000 then refunded 2,500; authorized 4,000 and captured 3,000;
+    # authorized 2,000 then canceled; declined 1,000; charged 777 JPY.
+    charged = client.v1.payment_intents.create(params={"amount": 10_000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    client.v1.refunds.create(params={"payment_intent": charged.id, "amount": 2500})
+    held = authorize(client, 4000)
+    client.v1.payment_intents.capture(held.id, params={"amount_to_capture": 3000})
+    client.v1.payment_intents.cancel(authorize(client, 2000).id)
+    with pytest.raises(stripe.CardError):
+        client.v1.payment_intents.create(params={"amount": 1000, "currency": "usd", "payment_method": "pm_card_chargeDeclined", "confirm": True})
+    client.v1.payment_intents.create(params={"amount": 777, "currency": "jpy", "payment_method": "pm_card_visa", "confirm": True})
+
+    usd = 10_000 - ledger.fee_minor(10_000) - 2500 + 3000 - ledger.fee_minor(3000)
+    jpy = 777 - ledger.fee_minor(777)
+    assert usd == 10_000 - 320 - 2500 + 3000 - 117
+    balance = client.v1.balance.retrieve()
+    # Funds settle two days after the charge, so everything is still pending.
+    assert {entry.currency: entry.amount for entry in balance.pending} == {"usd": usd, "jpy": jpy}
+    assert {entry.currency: entry.amount for entry in balance.available} == {"usd": 0, "jpy": 0}
+    transactions = list(client.v1.balance_transactions.list(params={"limit": 100}).auto_paging_iter())
+    assert sum(t.amount for t in transactions if t.currency == "usd") == usd
+    assert sorted(t.type for t in transactions if t.currency == "usd") == ["charge", "charge", "refund", "stripe_fee", "stripe_fee"]
