@@ -80,6 +80,7 @@ TEST_PAYMENT_METHODS: dict[str, str] = {
     "pm_card_amex": "378282246310005",
     "pm_card_chargeDeclined": "4000000000000002",
     "pm_card_chargeDeclinedInsufficientFunds": "4000000000009995",
+    "pm_card_threeDSecure2Required": "4000000000003220",
 }
 
 
@@ -125,6 +126,10 @@ TEST_CARD_OUTCOMES: dict[str, CardOutcome] = {
 # not in TEST_CARD_OUTCOMES because its authorization is an ordinary approval;
 # only the card network needs to know, at refund time.
 REFUND_FAILS_LATER = "4000000000005126"
+
+# Cards whose authorization needs the cardholder to pass a 3-D Secure
+# challenge first (Stripe's test cards for "authentication required").
+THREE_D_SECURE_REQUIRED = frozenset({"4000002500003155", "4000000000003220"})
 
 
 def outcome_for(

@@ -29,6 +29,10 @@ Special cases (kept here, next to the table):
 - cancel from `requires_capture` (and expiry) releases the hold in the
   ledger at once and asks the network to void it; the void's answer changes
   nothing on the intent, which is final;
+- an authorization that needs 3-D Secure leaves its attempt open while the
+  intent is `requires_action`; the network's final answer for that same
+  attempt comes after the cardholder's challenge. A cancel meanwhile
+  abandons the attempt and asks the network to void it;
 - refunds do not move the intent, which stays `succeeded`. Each refund is its
   own network operation (its id is the reference) with a small table of its
   own, `REFUND_TRANSITIONS`. Several may be in flight at once; together they
@@ -49,6 +53,7 @@ METADATA_KEYS_MAX = 50
 METADATA_KEY_CHARS_MAX = 40
 METADATA_VALUE_CHARS_MAX = 500
 DESCRIPTION_CHARS_MAX = 1000
+RETURN_URL_CHARS_MAX = 2048
 REFUNDS_PER_INTENT_MAX = 100
 
 CANCELLATION_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer", "abandoned"})
@@ -149,6 +154,10 @@ class PaymentIntent(msgspec.Struct, frozen=True):
     refunds: tuple[Refund, ...] = ()
     cancellation_reason: str | None = None
     canceled_at_s: int | None = None
+    # 3-D Secure: where the cardholder goes to authenticate, and where they
+    # are sent back afterwards.
+    next_action_url: str | None = None
+    return_url: str | None = None
     # Fixed at creation from the merchant's terms, so replay never depends on
     # today's settings.
     fee_basis_points: int = 290
@@ -207,6 +216,7 @@ class CreateIntent(msgspec.Struct, frozen=True, tag=True):
     confirm: bool = False
     description: str | None = None
     metadata: dict[str, str] = {}
+    return_url: str | None = None
     fee_basis_points: int = 290
     fee_fixed_minor: int = 30
     settlement_delay_s: int = 2 * 86_400
@@ -219,6 +229,7 @@ class ConfirmIntent(msgspec.Struct, frozen=True, tag=True):
     attempt_id: str
     at_s: int
     payment_method_id: str | None = None
+    return_url: str | None = None
 
 
 class CaptureIntent(msgspec.Struct, frozen=True, tag=True):
@@ -273,6 +284,16 @@ class RecordDecline(msgspec.Struct, frozen=True, tag=True):
     message: str
 
 
+class RecordActionRequired(msgspec.Struct, frozen=True, tag=True):
+    """The network wants the cardholder to authenticate (3-D Secure) at `url`
+    before it answers; its final answer comes later for the same attempt."""
+
+    intent_id: str
+    attempt_id: str
+    at_s: int
+    url: str
+
+
 class RecordUnknownOutcome(msgspec.Struct, frozen=True, tag=True):
     """No answer came (timeout, reset, or our own crash while pending)."""
 
@@ -299,10 +320,11 @@ Command = (
     | CreateRefund
     | RecordApproval
     | RecordDecline
+    | RecordActionRequired
     | RecordUnknownOutcome
     | RecordRefundFailure
 )
-ANSWERS = (RecordApproval, RecordDecline, RecordUnknownOutcome)
+ANSWERS = (RecordApproval, RecordDecline, RecordActionRequired, RecordUnknownOutcome)
 
 # ------------------------------------------------------------------ events
 
@@ -315,6 +337,7 @@ class AttemptStarted(msgspec.Struct, frozen=True, tag=True):
     intent_id: str
     attempt: Attempt
     status: Status
+    return_url: str | None = None
 
 
 class AttemptApproved(msgspec.Struct, frozen=True, tag=True):
@@ -333,6 +356,13 @@ class AttemptDeclined(msgspec.Struct, frozen=True, tag=True):
     error: PaymentError | None  # None for captures and voids: nothing for the customer to fix
 
 
+class AttemptActionRequired(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    attempt_id: str
+    status: Status
+    url: str
+
+
 class AttemptOutcomeUnknown(msgspec.Struct, frozen=True, tag=True):
     intent_id: str
     attempt_id: str
@@ -346,6 +376,8 @@ class IntentCanceled(msgspec.Struct, frozen=True, tag=True):
     canceled_at_s: int
     void: Attempt | None = None
     transfers: tuple[Transfer, ...] = ()
+    # An authorization still waiting for 3-D Secure when the intent was canceled.
+    abandoned_attempt_id: str | None = None
 
 
 class RefundCreated(msgspec.Struct, frozen=True, tag=True):
@@ -368,6 +400,7 @@ Event = (
     | AttemptStarted
     | AttemptApproved
     | AttemptDeclined
+    | AttemptActionRequired
     | AttemptOutcomeUnknown
     | IntentCanceled
     | RefundCreated
@@ -408,10 +441,15 @@ class Decision(msgspec.Struct, frozen=True):
 TRANSITIONS: dict[Status, dict[type, Status]] = {
     Status.requires_payment_method: {ConfirmIntent: Status.processing, CancelIntent: Status.canceled},
     Status.requires_confirmation: {ConfirmIntent: Status.processing, CancelIntent: Status.canceled},
-    Status.requires_action: {CancelIntent: Status.canceled},
+    Status.requires_action: {
+        RecordApproval: Status.succeeded,  # or requires_capture, as from processing
+        RecordDecline: Status.requires_payment_method,
+        CancelIntent: Status.canceled,
+    },
     Status.processing: {
         RecordApproval: Status.succeeded,  # or requires_capture: see the docstring
         RecordDecline: Status.requires_payment_method,  # or requires_capture for a capture
+        RecordActionRequired: Status.requires_action,
         RecordUnknownOutcome: Status.processing,
     },
     Status.requires_capture: {
@@ -534,13 +572,14 @@ def _decide_create(existing: PaymentIntent | None, command: CreateIntent) -> Dec
         livemode=command.livemode,
         attempt_id=command.attempt_id,
         at_s=command.at_s,
+        return_url=command.return_url,
     )
     confirmed = _decide_confirm(intent, confirm)
     assert confirmed.result is Result.ok, confirmed
     return Decision(result=Result.ok, events=(created, *confirmed.events), effects=confirmed.effects)
 
 
-def _start(intent: PaymentIntent, attempt: Attempt, target: Status) -> Decision:
+def _start(intent: PaymentIntent, attempt: Attempt, target: Status, return_url: str | None = None) -> Decision:
     effect = NetworkCall(
         intent_id=intent.id,
         attempt_id=attempt.id,
@@ -550,7 +589,7 @@ def _start(intent: PaymentIntent, attempt: Attempt, target: Status) -> Decision:
         currency=intent.currency,
         parent_id=attempt.parent_id,
     )
-    started = AttemptStarted(intent_id=intent.id, attempt=attempt, status=target)
+    started = AttemptStarted(intent_id=intent.id, attempt=attempt, status=target, return_url=return_url)
     return Decision(result=Result.ok, events=(started,), effects=(effect,))
 
 
@@ -571,7 +610,9 @@ def _decide_confirm(intent: PaymentIntent, command: ConfirmIntent) -> Decision:
         status=AttemptStatus.pending,
         created_s=command.at_s,
     )
-    return _start(intent, attempt, target)
+    if not check_text(command.return_url, RETURN_URL_CHARS_MAX):
+        return refuse(Result.metadata_invalid, "return_url")
+    return _start(intent, attempt, target, command.return_url)
 
 
 def _decide_capture(intent: PaymentIntent, command: CaptureIntent) -> Decision:
@@ -623,6 +664,30 @@ def _cancel(intent: PaymentIntent, target: Status, reason: str | None, attempt_i
                 parent_id=authorization.id,
             ),
         )
+    abandoned = intent.open_attempt() if intent.status is Status.requires_action else None
+    if abandoned is not None:
+        # Nothing is held yet, but the network must not finish this
+        # authorization if the cardholder answers the challenge later.
+        void = Attempt(
+            id=attempt_id,
+            kind=AttemptKind.void,
+            payment_method_id=abandoned.payment_method_id,
+            amount=0,
+            status=AttemptStatus.pending,
+            created_s=at_s,
+            parent_id=abandoned.id,
+        )
+        effects = (
+            NetworkCall(
+                intent_id=intent.id,
+                attempt_id=void.id,
+                kind=str(AttemptKind.void),
+                payment_method_id=void.payment_method_id,
+                amount=0,
+                currency=intent.currency,
+                parent_id=abandoned.id,
+            ),
+        )
     event = IntentCanceled(
         intent_id=intent.id,
         status=target,
@@ -630,6 +695,7 @@ def _cancel(intent: PaymentIntent, target: Status, reason: str | None, attempt_i
         canceled_at_s=at_s,
         void=void,
         transfers=transfers,
+        abandoned_attempt_id=None if abandoned is None else abandoned.id,
     )
     return Decision(result=Result.ok, events=(event,), effects=effects)
 
@@ -759,6 +825,8 @@ def _decide_answer(intent: PaymentIntent, command: RecordApproval | RecordDeclin
                 payment_method_id=attempt.payment_method_id,
             )
             event = AttemptDeclined(intent_id=intent.id, attempt_id=attempt.id, status=target, error=error)
+    elif isinstance(command, RecordActionRequired):
+        event = AttemptActionRequired(intent_id=intent.id, attempt_id=attempt.id, status=target, url=command.url)
     else:
         event = AttemptOutcomeUnknown(intent_id=intent.id, attempt_id=attempt.id, status=target)
     return Decision(result=Result.ok, events=(event,))
@@ -911,6 +979,7 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             status=event.status,
             payment_method_id=payment_method_id,
             attempts=(*intent.attempts, event.attempt),
+            return_url=event.return_url if event.return_url is not None else intent.return_url,
         )
     if isinstance(event, AttemptApproved):
         return replace(
@@ -920,6 +989,7 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             amount_received=event.amount_received,
             last_payment_error=None if event.status is not Status.canceled else intent.last_payment_error,
             attempts=_with_attempt_status(intent, event.attempt_id, AttemptStatus.succeeded),
+            next_action_url=None,
         )
     if isinstance(event, AttemptDeclined):
         attempts = _with_attempt_status(intent, event.attempt_id, AttemptStatus.failed)
@@ -933,7 +1003,10 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             payment_method_id=None,
             last_payment_error=event.error,
             attempts=attempts,
+            next_action_url=None,
         )
+    if isinstance(event, AttemptActionRequired):
+        return replace(intent, status=event.status, next_action_url=event.url)
     if isinstance(event, AttemptOutcomeUnknown):
         return replace(
             intent,
@@ -941,9 +1014,14 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             attempts=_with_attempt_status(intent, event.attempt_id, AttemptStatus.unknown),
         )
     if isinstance(event, IntentCanceled):
-        attempts = intent.attempts if event.void is None else (*intent.attempts, event.void)
+        attempts = intent.attempts
+        if event.abandoned_attempt_id is not None:
+            attempts = _with_attempt_status(intent, event.abandoned_attempt_id, AttemptStatus.failed)
+        if event.void is not None:
+            attempts = (*attempts, event.void)
         return replace(
             intent,
+            next_action_url=None,
             status=event.status,
             cancellation_reason=event.cancellation_reason,
             canceled_at_s=event.canceled_at_s,

@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 from engine import cards
 from engine import intent as machine
 from engine.results import Result
-from gateway import errors, objects, pages, params
+from gateway import challenge, errors, objects, pages, params
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
 from shards.actor import Outcome
@@ -249,6 +249,7 @@ def create_app(node: Node) -> QuartTrio:
             confirm=values.confirm,
             description=values.description,
             metadata=values.metadata,
+            return_url=values.return_url,
             fee_basis_points=node.config.fee_basis_points,
             fee_fixed_minor=node.config.fee_fixed_minor,
             settlement_delay_s=node.config.settlement_delay_s,
@@ -275,6 +276,7 @@ def create_app(node: Node) -> QuartTrio:
             attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
             at_s=int(time.time()),
             payment_method_id=payment_method_id,
+            return_url=values.return_url,
         )
         return intent_response(await submit(command))
 
@@ -390,6 +392,8 @@ def create_app(node: Node) -> QuartTrio:
                 render=lambda t: objects.balance_transaction(t, key.merchant_id, now_s),
             )
         )
+
+    challenge.register(app, node)
 
     @app.get("/healthz")
     async def health() -> Response:

@@ -57,7 +57,9 @@ def payment_intent(intent: PaymentIntent) -> dict[str, Any]:
         "latest_charge": None if authorization is None else authorization.id,
         "livemode": intent.livemode,
         "metadata": intent.metadata,
-        "next_action": None,
+        "next_action": None
+        if intent.next_action_url is None
+        else {"type": "redirect_to_url", "redirect_to_url": {"url": intent.next_action_url, "return_url": intent.return_url}},
         "payment_method": intent.payment_method_id,
         "payment_method_types": ["card"],
         "status": str(intent.status),

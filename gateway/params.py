@@ -39,11 +39,13 @@ class CreatePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     capture_method: Literal["automatic", "manual"] = "automatic"
     description: str | None = None
     metadata: dict[str, str] = {}
+    return_url: str | None = None
     payment_method_types: list[Literal["card"]] = msgspec.field(default_factory=lambda: ["card"])
 
 
 class ConfirmPaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     payment_method: str | None = None
+    return_url: str | None = None
 
 
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`(?: - at `\$(.*)`)?$")

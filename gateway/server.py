@@ -90,6 +90,7 @@ async def run_up(settings: UpSettings) -> None:
                 config.keep_alive_timeout = 75
                 stop = trio.Event()
                 binds = await nursery.start(_serve_http, create_app(node), config, stop, node)
+                node.public_url = binds[0]
                 announce(binds[0], keys)
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for received in signals:

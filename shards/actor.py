@@ -48,6 +48,7 @@ LOG_EVENT_NAMES = {
     machine.AttemptApproved: "attempt_approved",
     machine.AttemptDeclined: "attempt_declined",
     machine.AttemptOutcomeUnknown: "attempt_outcome_unknown",
+    machine.AttemptActionRequired: "attempt_action_required",
     machine.IntentCanceled: "intent_canceled",
     machine.RefundCreated: "refund_created",
     machine.RefundUpdated: "refund_updated",
@@ -106,7 +107,9 @@ class ShardState:
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self.intents: dict[str, PaymentIntent] = {}
-        self.refund_intents: dict[str, str] = {}  # refund id -> intent id
+        # Network reference (attempt or refund id) -> intent id, so that what
+        # the network reports later finds its intent.
+        self.references: dict[str, str] = {}
         self.ledger = Ledger()
         self.next_seq = 1
         self.accepting = False
@@ -118,9 +121,11 @@ class ShardState:
         self.index(event)
 
     def index(self, event: machine.Event) -> None:
-        """Apply what an event changes besides its intent: the refund index and the ledger."""
+        """Apply what an event changes besides its intent: the reference index and the ledger."""
         if isinstance(event, machine.RefundCreated):
-            self.refund_intents[event.refund.id] = event.intent_id
+            self.references[event.refund.id] = event.intent_id
+        elif isinstance(event, machine.AttemptStarted):
+            self.references[event.attempt.id] = event.intent_id
         for transfer in machine.transfers_of(event):
             self.ledger.apply(transfer)
 

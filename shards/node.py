@@ -33,6 +33,7 @@ from engine.network import AuthorizationRequest, NetworkAnswer
 log = structlog.get_logger("shards.node")
 
 DECLINE_MESSAGES = {
+    "payment_intent_authentication_failure": "We are unable to authenticate your payment method. Please choose a different payment method and try again.",
     "card_declined": "Your card was declined.",
     "insufficient_funds": "Your card has insufficient funds.",
     "expired_card": "Your card has expired.",
@@ -100,6 +101,9 @@ class Node:
         self._payment_methods = BoundedCache(config.cache_entries_max)
         self._api_keys = BoundedCache(config.cache_entries_max)
         self.stop_relay: Any = lambda: None
+        # The address cardholders reach this node at (for 3-D Secure pages);
+        # set once the HTTP server is listening.
+        self.public_url = "http://127.0.0.1"
 
     # ---------------------------------------------------------------- ids
 
@@ -129,7 +133,7 @@ class Node:
     def refund(self, refund_id: str) -> tuple[PaymentIntent, Refund] | None:
         partition = ids.partition_of(refund_id, "re")
         shard = None if partition is None else self.shards.get(partition)
-        intent_id = None if shard is None else shard.state.refund_intents.get(refund_id)
+        intent_id = None if shard is None else shard.state.references.get(refund_id)
         if intent_id is None:
             return None
         intent = self.intent(intent_id)
@@ -265,6 +269,9 @@ class Node:
             return machine.RecordUnknownOutcome(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
         if answer.approved:
             return machine.RecordApproval(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
+        if answer.code == "authentication_required":
+            url = f"{self.public_url}/simulator/3ds/{effect.attempt_id}"
+            return machine.RecordActionRequired(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s, url=url)
         return self._decline(effect, answer.code or "card_declined", answer.decline_code)
 
     async def _authorization_request(self, effect: NetworkCall) -> AuthorizationRequest | None:
@@ -296,26 +303,50 @@ class Node:
         )
 
     async def relay_notices(self) -> None:
-        """Turn the network's later reports (a refund that failed after it was
-        accepted) into commands for the owning actors."""
+        """Turn the network's later reports into commands for the owning actors:
+        a refund that failed after it was accepted, or the final answer to an
+        authorization that waited for the cardholder's 3-D Secure challenge."""
         next_notice = getattr(self.network, "next_notice", None)
         if next_notice is None:
             return
         while True:
             notice = await next_notice()
-            found = self.refund(notice.reference) if notice.kind == "refund_failed" else None
-            if found is None:
+            intent_id = self.intent_of_reference(notice.reference)
+            if intent_id is None:
                 log.error("network_notice_unmatched", reference=notice.reference, kind=notice.kind)
                 continue
-            intent, _ = found
-            command = machine.RecordRefundFailure(
-                intent_id=intent.id, refund_id=notice.reference, at_s=int(time.time()), failure_reason=notice.code or "unknown"
-            )
-            shard = self.shards[self.partition_of_intent(intent.id)]
+            at_s = int(time.time())
+            command: Command
+            if notice.kind == "refund_failed":
+                command = machine.RecordRefundFailure(
+                    intent_id=intent_id, refund_id=notice.reference, at_s=at_s, failure_reason=notice.code or "unknown"
+                )
+            elif notice.kind == "authorization_completed" and notice.code is None:
+                command = machine.RecordApproval(intent_id=intent_id, attempt_id=notice.reference, at_s=at_s)
+            elif notice.kind == "authorization_completed":
+                command = machine.RecordDecline(
+                    intent_id=intent_id,
+                    attempt_id=notice.reference,
+                    at_s=at_s,
+                    code=notice.code,
+                    decline_code=None,
+                    message=DECLINE_MESSAGES.get(notice.code, DECLINE_MESSAGES["card_declined"]),
+                )
+            else:
+                log.error("network_notice_unknown", reference=notice.reference, kind=notice.kind)
+                continue
+            shard = self.shards[self.partition_of_intent(intent_id)]
             try:
                 await shard.mailbox_send.send(Message(command, None))
             except trio.ClosedResourceError:
                 return
+
+    def intent_of_reference(self, reference: str) -> str | None:
+        """The intent an attempt or refund id belongs to, if this node has it."""
+        prefix = reference.partition("_")[0]
+        partition = ids.partition_of(reference, prefix) if prefix in ("att", "re") else None
+        shard = None if partition is None else self.shards.get(partition)
+        return None if shard is None else shard.state.references.get(reference)
 
     # ------------------------------------------------------------- lifecycle
 

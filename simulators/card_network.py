@@ -82,6 +82,8 @@ CURRENCY_MISMATCH = "currency_mismatch"
 # authorization's approval was its own, so the call is refused instead.
 REFERENCE_IN_USE = "reference_in_use"
 REFUND_FAILED = "refund_failed"
+AUTHENTICATION_REQUIRED = "authentication_required"
+AUTHENTICATION_FAILED = "payment_intent_authentication_failure"
 
 _NETWORK_UNKNOWN = "unknown"
 
@@ -172,6 +174,9 @@ class CardNetwork:
         self._notices_due: collections.deque[NetworkNotice] = collections.deque()
         self._notice_scheduled = trio.Event()
         self._calls_total = 0
+        # Authorizations waiting for the cardholder's 3-D Secure challenge,
+        # by reference; completed or abandoned ones are removed.
+        self._challenges: dict[str, tuple[Operation, bool]] = {}
 
     # -- calls ---------------------------------------------------------------
 
@@ -227,6 +232,36 @@ class CardNetwork:
             with trio.move_on_at(deadline):
                 await self._notice_scheduled.wait()
         return self._notices_due.popleft()
+
+    def challenge_pending(self, reference: str) -> bool:
+        return reference in self._challenges
+
+    def complete_challenge(self, reference: str, passed: bool) -> bool:
+        """The cardholder answered the 3-D Secure challenge of `reference`.
+
+        Passed: the authorization is approved now (and captured, if it was a
+        charge). Failed: it is declined. Either way the final answer reaches
+        the engine as an "authorization_completed" notice. Returns False when
+        no challenge is pending under that reference (unknown, answered, or
+        abandoned by a void).
+        """
+        challenge = self._challenges.pop(reference, None)
+        if challenge is None:
+            return False
+        waiting, refund_fails_later = challenge
+        code = None if passed else AUTHENTICATION_FAILED
+        operation = msgspec.structs.replace(waiting, approved=passed, code=code, decline_code=code)
+        self._operations[reference] = operation
+        if passed:
+            self._charges[reference] = _Charge(
+                authorization=operation,
+                refund_fails_later=refund_fails_later,
+                captured_minor=operation.amount_minor if operation.capture else 0,
+            )
+        self._notices_due.append(NetworkNotice(reference=reference, kind="authorization_completed", code=code))
+        self._notice_scheduled.set()
+        self._notice_scheduled = trio.Event()
+        return True
 
     # -- inspection ----------------------------------------------------------
 
@@ -293,6 +328,10 @@ class CardNetwork:
         outcome = cards.outcome_for(
             request.card_number, request.exp_month, request.exp_year, today_year, today_month
         )
+        if outcome.approved and request.card_number in cards.THREE_D_SECURE_REQUIRED:
+            # Nothing is held until the cardholder passes the challenge; the
+            # final answer comes later as a notice (see complete_challenge).
+            outcome = cards.CardOutcome(approved=False, code=AUTHENTICATION_REQUIRED, decline_code=None)
         operation = Operation(
             reference=request.reference,
             network=cards.brand_of(request.card_number),
@@ -305,6 +344,8 @@ class CardNetwork:
             decline_code=outcome.decline_code,
             sequence=len(self._operations),
         )
+        if outcome.code == AUTHENTICATION_REQUIRED:
+            self._challenges[request.reference] = (operation, request.card_number == cards.REFUND_FAILS_LATER)
         if operation.approved:
             self._charges[request.reference] = _Charge(
                 authorization=operation,
@@ -338,6 +379,24 @@ class CardNetwork:
         )
 
     def _void(self, request: VoidRequest) -> Operation:
+        challenge = self._challenges.pop(request.authorization_reference, None)
+        if challenge is not None:
+            # Abandoned before the cardholder answered: nothing was held, and
+            # a late answer to the challenge must not authorize anything.
+            return Operation(
+                reference=request.reference,
+                network=challenge[0].network,
+                last4=challenge[0].last4,
+                amount_minor=0,
+                currency=challenge[0].currency,
+                capture=False,
+                approved=True,
+                code=None,
+                decline_code=None,
+                sequence=len(self._operations),
+                kind="void",
+                parent_reference=request.authorization_reference,
+            )
         charge = self._charges.get(request.authorization_reference)
         code = _first_failing(
             (charge is None, RESOURCE_MISSING),

@@ -70,6 +70,7 @@ def test_test_payment_methods_map_to_their_brands():
         "pm_card_amex": "amex",
         "pm_card_chargeDeclined": "visa",
         "pm_card_chargeDeclinedInsufficientFunds": "visa",
+        "pm_card_threeDSecure2Required": "visa",
     }
 
 

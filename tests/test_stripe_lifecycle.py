@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 import stripe
 
@@ -181,3 +182,60 @@ def test_balance_after_a_mix_equals_the_hand_computed_figure(node: NodeProcess, 
     transactions = list(client.v1.balance_transactions.list(params={"limit": 100}).auto_paging_iter())
     assert sum(t.amount for t in transactions if t.currency == "usd") == usd
     assert sorted(t.type for t in transactions if t.currency == "usd") == ["charge", "charge", "refund", "stripe_fee", "stripe_fee"]
+
+
+def wait_for_status(client: stripe.StripeClient, intent_id: str, status: str):
+    deadline = time.monotonic() + 10
+    while (intent := client.v1.payment_intents.retrieve(intent_id)).status != status:
+        assert time.monotonic() < deadline, f"{intent_id} stayed {intent.status}, expected {status}"
+        time.sleep(0.02)
+    return intent
+
+
+@pytest.mark.parametrize("payment_method", ["pm_card_threeDSecure2Required", "4000002500003155"])
+def test_three_d_secure_flow_to_succeeded(client: stripe.StripeClient, payment_method: str) -> None:
+    if payment_method.isdigit():
+        payment_method = client.v1.payment_methods.create(
+            params={"type": "card", "card": {"number": payment_method, "exp_month": 6, "exp_year": 2036}}
+        ).id
+    intent = client.v1.payment_intents.create(
+        params={"amount": 6400, "currency": "usd", "payment_method": payment_method, "confirm": True, "return_url": "https://shop.test/done"}
+    )
+    assert intent.status == "requires_action"
+    assert intent.next_action is not None and intent.next_action.type == "redirect_to_url"
+    url = intent.next_action.redirect_to_url.url
+    assert intent.next_action.redirect_to_url.return_url == "https://shop.test/done"
+    page = httpx.get(url)
+    assert page.status_code == 200 and "Complete authentication" in page.text
+    answered = httpx.post(url, data={"result": "pass"})
+    assert answered.status_code == 303
+    assert answered.headers["location"] == f"https://shop.test/done?payment_intent={intent.id}"
+    done = wait_for_status(client, intent.id, "succeeded")
+    assert done.amount_received == 6400 and done.next_action is None
+    assert httpx.post(url, data={"result": "pass"}).status_code == 404  # answered once
+
+
+def test_three_d_secure_failed_challenge_needs_a_new_payment_method(client: stripe.StripeClient) -> None:
+    intent = client.v1.payment_intents.create(
+        params={"amount": 800, "currency": "usd", "payment_method": "pm_card_threeDSecure2Required", "confirm": True, "capture_method": "manual"}
+    )
+    assert intent.status == "requires_action"
+    assert httpx.post(intent.next_action.redirect_to_url.url, data={"result": "fail"}).status_code == 200
+    failed = wait_for_status(client, intent.id, "requires_payment_method")
+    assert failed.last_payment_error.code == "payment_intent_authentication_failure"
+    retried = client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_visa"})
+    assert retried.status == "requires_capture"
+
+
+def test_cancel_while_waiting_for_three_d_secure(client: stripe.StripeClient) -> None:
+    intent = client.v1.payment_intents.create(
+        params={"amount": 900, "currency": "usd", "payment_method": "pm_card_threeDSecure2Required", "confirm": True}
+    )
+    canceled = client.v1.payment_intents.cancel(intent.id, params={"cancellation_reason": "abandoned"})
+    assert canceled.status == "canceled" and canceled.next_action is None
+    # The challenge is gone: a late answer authorizes nothing.
+    deadline = time.monotonic() + 5
+    while httpx.post(intent.next_action.redirect_to_url.url, data={"result": "pass"}).status_code != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert client.v1.payment_intents.retrieve(intent.id).status == "canceled"
