@@ -33,6 +33,8 @@ Special cases (kept here, next to the table):
   intent is `requires_action`; the network's final answer for that same
   attempt comes after the cardholder's challenge. A cancel meanwhile
   abandons the attempt and asks the network to void it;
+- disputes, like refunds, do not move the intent; each has its own table,
+  `DISPUTE_TRANSITIONS`;
 - refunds do not move the intent, which stays `succeeded`. Each refund is its
   own network operation (its id is the reference) with a small table of its
   own, `REFUND_TRANSITIONS`. Several may be in flight at once; together they
@@ -89,6 +91,12 @@ class AttemptStatus(enum.StrEnum):
     unknown = "unknown"
 
 
+class DisputeStatus(enum.StrEnum):
+    needs_response = "needs_response"
+    won = "won"
+    lost = "lost"
+
+
 class RefundStatus(enum.StrEnum):
     pending = "pending"
     succeeded = "succeeded"
@@ -134,6 +142,16 @@ class Refund(msgspec.Struct, frozen=True):
     outcome_unknown: bool = False
 
 
+class Dispute(msgspec.Struct, frozen=True):
+    """A cardholder's dispute of the charge; its id is the network's reference."""
+
+    id: str
+    intent_id: str
+    amount: int
+    status: DisputeStatus
+    created_s: int
+
+
 class PaymentIntent(msgspec.Struct, frozen=True):
     id: str
     merchant_id: str
@@ -152,6 +170,7 @@ class PaymentIntent(msgspec.Struct, frozen=True):
     last_payment_error: PaymentError | None = None
     attempts: tuple[Attempt, ...] = ()
     refunds: tuple[Refund, ...] = ()
+    disputes: tuple[Dispute, ...] = ()
     cancellation_reason: str | None = None
     canceled_at_s: int | None = None
     # 3-D Secure: where the cardholder goes to authenticate, and where they
@@ -163,6 +182,7 @@ class PaymentIntent(msgspec.Struct, frozen=True):
     fee_basis_points: int = 290
     fee_fixed_minor: int = 30
     settlement_delay_s: int = 2 * 86_400
+    dispute_fee_minor: int = 1500
 
     def open_attempt(self) -> Attempt | None:
         """The money-moving attempt not yet known to be final, if any."""
@@ -175,6 +195,12 @@ class PaymentIntent(msgspec.Struct, frozen=True):
         for attempt in self.attempts:
             if attempt.id == attempt_id:
                 return attempt
+        return None
+
+    def dispute(self, dispute_id: str) -> Dispute | None:
+        for dispute in self.disputes:
+            if dispute.id == dispute_id:
+                return dispute
         return None
 
     def refund(self, refund_id: str) -> Refund | None:
@@ -220,6 +246,7 @@ class CreateIntent(msgspec.Struct, frozen=True, tag=True):
     fee_basis_points: int = 290
     fee_fixed_minor: int = 30
     settlement_delay_s: int = 2 * 86_400
+    dispute_fee_minor: int = 1500
 
 
 class ConfirmIntent(msgspec.Struct, frozen=True, tag=True):
@@ -311,6 +338,22 @@ class RecordRefundFailure(msgspec.Struct, frozen=True, tag=True):
     failure_reason: str
 
 
+class RecordDisputeOpened(msgspec.Struct, frozen=True, tag=True):
+    """The network reports that the cardholder disputes the charge."""
+
+    intent_id: str
+    dispute_id: str
+    amount: int
+    at_s: int
+
+
+class RecordDisputeClosed(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    dispute_id: str
+    won: bool
+    at_s: int
+
+
 Command = (
     CreateIntent
     | ConfirmIntent
@@ -323,6 +366,8 @@ Command = (
     | RecordActionRequired
     | RecordUnknownOutcome
     | RecordRefundFailure
+    | RecordDisputeOpened
+    | RecordDisputeClosed
 )
 ANSWERS = (RecordApproval, RecordDecline, RecordActionRequired, RecordUnknownOutcome)
 
@@ -395,6 +440,19 @@ class RefundUpdated(msgspec.Struct, frozen=True, tag=True):
     transfers: tuple[Transfer, ...] = ()
 
 
+class DisputeOpened(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    dispute: Dispute
+    transfers: tuple[Transfer, ...] = ()
+
+
+class DisputeClosed(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    dispute_id: str
+    status: DisputeStatus
+    transfers: tuple[Transfer, ...] = ()
+
+
 Event = (
     IntentCreated
     | AttemptStarted
@@ -405,6 +463,8 @@ Event = (
     | IntentCanceled
     | RefundCreated
     | RefundUpdated
+    | DisputeOpened
+    | DisputeClosed
 )
 
 # ----------------------------------------------------------------- effects
@@ -458,7 +518,17 @@ TRANSITIONS: dict[Status, dict[type, Status]] = {
         ExpireAuthorization: Status.canceled,
     },
     Status.canceled: {},
-    Status.succeeded: {CreateRefund: Status.succeeded},
+    Status.succeeded: {
+        CreateRefund: Status.succeeded,
+        RecordDisputeOpened: Status.succeeded,
+    },
+}
+
+# A dispute's own moves: the issuer decides it once.
+DISPUTE_TRANSITIONS: dict[DisputeStatus, dict[type, tuple[DisputeStatus, ...]]] = {
+    DisputeStatus.needs_response: {RecordDisputeClosed: (DisputeStatus.won, DisputeStatus.lost)},
+    DisputeStatus.won: {},
+    DisputeStatus.lost: {},
 }
 
 # A refund's own moves: the answer to its network call, then possibly a late
@@ -509,6 +579,10 @@ def decide(intent: PaymentIntent | None, command: Command) -> Decision:
         return _decide_refund_answer(intent, command)
     if isinstance(command, RecordRefundFailure):
         return _decide_refund_failure(intent, command)
+    if isinstance(command, RecordDisputeOpened):
+        return _decide_dispute_opened(intent, command)
+    if isinstance(command, RecordDisputeClosed):
+        return _decide_dispute_closed(intent, command)
     if isinstance(command, ANSWERS):
         return _decide_answer(intent, command)
     if isinstance(command, ExpireAuthorization):
@@ -562,6 +636,7 @@ def _decide_create(existing: PaymentIntent | None, command: CreateIntent) -> Dec
         fee_basis_points=command.fee_basis_points,
         fee_fixed_minor=command.fee_fixed_minor,
         settlement_delay_s=command.settlement_delay_s,
+        dispute_fee_minor=command.dispute_fee_minor,
     )
     created = IntentCreated(intent=intent)
     if not command.confirm:
@@ -800,6 +875,56 @@ def _decide_refund_failure(intent: PaymentIntent, command: RecordRefundFailure) 
     return Decision(result=Result.ok, events=(event,))
 
 
+def _decide_dispute_opened(intent: PaymentIntent, command: RecordDisputeOpened) -> Decision:
+    """The disputed amount leaves the merchant's balance at once, with the
+    dispute fee; winning returns the amount, never the fee."""
+    if intent.dispute(command.dispute_id) is not None:
+        return refuse(Result.attempt_not_pending, "dispute")
+    if TRANSITIONS[intent.status].get(RecordDisputeOpened) is None:
+        return refuse(Result.intent_unexpected_state)
+    disputable = intent.amount_received - intent.amount_refunded
+    if not 1 <= command.amount <= disputable:
+        # The network's figure disagrees with ours: refuse and let
+        # reconciliation report it rather than move money we cannot explain.
+        return refuse(Result.amount_exceeds_refundable, "amount")
+    dispute = Dispute(
+        id=command.dispute_id,
+        intent_id=intent.id,
+        amount=command.amount,
+        status=DisputeStatus.needs_response,
+        created_s=command.at_s,
+    )
+    transfers = [ledger_single(intent, f"{dispute.id}:dispute", "dispute", command.amount, command.at_s, to_merchant=False)]
+    fee = intent.dispute_fee_minor
+    if fee > 0:
+        transfers.append(
+            Transfer(
+                id=f"{dispute.id}:dispute_fee",
+                debit_account_id=ledger.account_id(intent.merchant_id, ledger.MERCHANT_BALANCE),
+                credit_account_id=ledger.account_id(intent.merchant_id, ledger.FEES_REVENUE),
+                amount=fee,
+                currency=intent.currency,
+                kind=TransferKind.single,
+                code="dispute_fee",
+                intent_id=intent.id,
+                created_s=command.at_s,
+                available_on_s=command.at_s + intent.settlement_delay_s,
+            )
+        )
+    return Decision(result=Result.ok, events=(DisputeOpened(intent.id, dispute, tuple(transfers)),))
+
+
+def _decide_dispute_closed(intent: PaymentIntent, command: RecordDisputeClosed) -> Decision:
+    dispute = intent.dispute(command.dispute_id)
+    if dispute is None or RecordDisputeClosed not in DISPUTE_TRANSITIONS[dispute.status]:
+        return refuse(Result.attempt_not_pending, "dispute")
+    status = DisputeStatus.won if command.won else DisputeStatus.lost
+    transfers: tuple[Transfer, ...] = ()
+    if command.won:
+        transfers = (ledger_single(intent, f"{dispute.id}:dispute_won", "dispute_won", dispute.amount, command.at_s),)
+    return Decision(result=Result.ok, events=(DisputeClosed(intent.id, dispute.id, status, transfers),))
+
+
 def _decide_answer(intent: PaymentIntent, command: RecordApproval | RecordDecline | RecordUnknownOutcome) -> Decision:
     attempt = intent.attempt(command.attempt_id)
     if attempt is None or attempt.status not in OPEN_ATTEMPT:
@@ -1030,6 +1155,13 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
         )
     if isinstance(event, RefundCreated):
         return replace(intent, refunds=(*intent.refunds, event.refund))
+    if isinstance(event, DisputeOpened):
+        return replace(intent, disputes=(*intent.disputes, event.dispute))
+    if isinstance(event, DisputeClosed):
+        disputes = tuple(
+            replace(dispute, status=event.status) if dispute.id == event.dispute_id else dispute for dispute in intent.disputes
+        )
+        return replace(intent, disputes=disputes)
     assert isinstance(event, RefundUpdated), event
     refunds = tuple(
         replace(refund, status=event.status, outcome_unknown=event.outcome_unknown, failure_reason=event.failure_reason)

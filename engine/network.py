@@ -98,11 +98,18 @@ class RefundRequest(msgspec.Struct, frozen=True):
 class NetworkNotice(msgspec.Struct, frozen=True):
     """Something the network tells us later, unasked.
 
-    `reference` is the operation it concerns. The only `kind` so far is
-    "refund_failed": a refund approved at the time has since failed and its
-    money stayed with the merchant.
+    `reference` is the operation it concerns. Kinds: "refund_failed" (a
+    refund approved at the time has since failed and its money stayed with
+    the merchant); "authorization_completed" (the final answer to an
+    authorization that waited for 3-D Secure; `code` None means approved);
+    "dispute_opened" and "dispute_closed" (a cardholder disputes the charge
+    `parent_reference`; the dispute's reference is `reference`).
     """
 
     reference: str
     kind: str
     code: str | None = None
+    # For disputes: the charge disputed, the amount, and whether it was won.
+    parent_reference: str | None = None
+    amount_minor: int = 0
+    won: bool | None = None

@@ -253,6 +253,7 @@ def create_app(node: Node) -> QuartTrio:
             fee_basis_points=node.config.fee_basis_points,
             fee_fixed_minor=node.config.fee_fixed_minor,
             settlement_delay_s=node.config.settlement_delay_s,
+            dispute_fee_minor=node.config.dispute_fee_minor,
         )
         return intent_response(await submit(command), amount=values.amount)
 
@@ -392,6 +393,55 @@ def create_app(node: Node) -> QuartTrio:
                 render=lambda t: objects.balance_transaction(t, key.merchant_id, now_s),
             )
         )
+
+    @app.get("/v1/disputes/<dispute_id>")
+    async def retrieve_dispute(dispute_id: str) -> Response:
+        key = await authenticate()
+        found = node.dispute(dispute_id) if len(dispute_id) <= ID_CHARS_MAX else None
+        if found is None or found[0].merchant_id != key.merchant_id or found[0].livemode != key.livemode:
+            raise errors.not_found("dispute", dispute_id, "dispute")
+        return json_response(objects.dispute(*found))
+
+    @app.get("/v1/disputes")
+    async def list_disputes() -> Response:
+        key = await authenticate()
+        values = list_params()
+        intents = node.merchant_intents(key.merchant_id, key.livemode)
+        if values.payment_intent is not None:
+            intents = [intent for intent in intents if intent.id == values.payment_intent]
+        disputes = [(intent, dispute) for intent in intents for dispute in intent.disputes]
+        return json_response(
+            pages.page(disputes, values, url="/v1/disputes", kind="dispute", key=lambda pair: (pair[1].created_s, pair[1].id), render=lambda pair: objects.dispute(*pair))
+        )
+
+    # The simulator's admin side (test mode only): what a cardholder and an
+    # issuer would do, so disputes can be exercised end to end.
+    @app.post("/simulator/disputes")
+    async def simulate_dispute() -> Response:
+        key = await authenticate()
+        values = params.convert(await read_body(), params.SimulateDispute)
+        intent = owned_intent(values.payment_intent, key)
+        authorization = intent.authorization()
+        open_dispute = getattr(node.network, "open_dispute", None)
+        if key.livemode or open_dispute is None:
+            raise errors.invalid_request("Disputes can only be simulated in test mode against the simulator.")
+        reference = None if authorization is None else open_dispute(authorization.id)
+        if reference is None:
+            raise errors.invalid_request(
+                "This PaymentIntent has no captured, undisputed charge to dispute.", param="payment_intent", code="charge_not_disputable"
+            )
+        return json_response({"object": "simulated_dispute", "id": reference, "payment_intent": intent.id})
+
+    @app.post("/simulator/disputes/<dispute_id>/close")
+    async def simulate_dispute_decision(dispute_id: str) -> Response:
+        key = await authenticate()
+        values = params.convert(await read_body(), params.CloseDispute)
+        found = node.dispute(dispute_id) if len(dispute_id) <= ID_CHARS_MAX else None
+        if found is None or found[0].merchant_id != key.merchant_id or key.livemode:
+            raise errors.not_found("dispute", dispute_id, "dispute")
+        if not node.network.close_dispute(dispute_id, values.outcome == "won"):
+            raise errors.invalid_request("This dispute is already closed.", code="dispute_already_closed")
+        return json_response({"object": "simulated_dispute", "id": dispute_id, "outcome": values.outcome})
 
     challenge.register(app, node)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import ledger
-from engine.intent import PaymentIntent, Refund
+from engine.intent import Dispute, PaymentIntent, Refund
 from engine.ledger import Transfer
 from shards.store import PaymentMethodRow
 
@@ -82,6 +82,21 @@ def refund(intent: PaymentIntent, item: Refund) -> dict[str, Any]:
         "status": str(item.status),
         "failure_reason": item.failure_reason,
         "metadata": item.metadata,
+    }
+
+
+def dispute(intent: PaymentIntent, item: Dispute) -> dict[str, Any]:
+    authorization = intent.authorization()
+    return {
+        "id": item.id,
+        "object": "dispute",
+        "amount": item.amount,
+        "currency": intent.currency,
+        "payment_intent": intent.id,
+        "charge": None if authorization is None else authorization.id,
+        "created": item.created_s,
+        "status": str(item.status),
+        "livemode": intent.livemode,
     }
 
 

@@ -149,3 +149,11 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     # Only on /v1/refunds and /v1/balance_transactions: narrows to one intent.
     payment_intent: str | None = None
     type: str | None = None
+
+
+class SimulateDispute(msgspec.Struct, forbid_unknown_fields=True):
+    payment_intent: str
+
+
+class CloseDispute(msgspec.Struct, forbid_unknown_fields=True):
+    outcome: Literal["won", "lost"]

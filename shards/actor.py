@@ -52,6 +52,8 @@ LOG_EVENT_NAMES = {
     machine.IntentCanceled: "intent_canceled",
     machine.RefundCreated: "refund_created",
     machine.RefundUpdated: "refund_updated",
+    machine.DisputeOpened: "dispute_opened",
+    machine.DisputeClosed: "dispute_closed",
 }
 
 
@@ -126,6 +128,8 @@ class ShardState:
             self.references[event.refund.id] = event.intent_id
         elif isinstance(event, machine.AttemptStarted):
             self.references[event.attempt.id] = event.intent_id
+        elif isinstance(event, machine.DisputeOpened):
+            self.references[event.dispute.id] = event.intent_id
         for transfer in machine.transfers_of(event):
             self.ledger.apply(transfer)
 
@@ -314,6 +318,8 @@ class ShardActor:
                 status = event.intent.status
             elif isinstance(event, machine.RefundCreated):
                 status = event.refund.status
+            elif isinstance(event, machine.DisputeOpened):
+                status = event.dispute.status
             else:
                 status = event.status
             log.info(LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status))

@@ -23,7 +23,7 @@ import trio
 from engine import ids, ledger
 from engine.ledger import Transfer, TransferKind
 from engine import intent as machine
-from engine.intent import Command, NetworkCall, PaymentIntent, Refund
+from engine.intent import Command, Dispute, NetworkCall, PaymentIntent, Refund
 from engine.network import CaptureRequest, NetworkNotice, RefundRequest, VoidRequest
 from shards.actor import Message, Outcome, ShardActor, ShardConfig, ShardState
 from shards.store import ApiKeyRow, PaymentMethodRow, Store, StoreUnavailable
@@ -65,6 +65,7 @@ class NodeConfig(msgspec.Struct, frozen=True):
     fee_basis_points: int = 290
     fee_fixed_minor: int = 30
     settlement_delay_s: int = 2 * 86_400
+    dispute_fee_minor: int = 1500
 
 
 class BoundedCache(OrderedDict):
@@ -139,6 +140,18 @@ class Node:
         intent = self.intent(intent_id)
         refund = None if intent is None else intent.refund(refund_id)
         return None if intent is None or refund is None else (intent, refund)
+
+    def dispute(self, dispute_id: str) -> tuple[PaymentIntent, Dispute] | None:
+        """A dispute by id. Dispute ids come from the network and carry no
+        partition, so every shard's index is asked."""
+        for shard in self.shards.values():
+            intent_id = shard.state.references.get(dispute_id)
+            if intent_id is not None:
+                intent = shard.state.intents[intent_id]
+                dispute = intent.dispute(dispute_id)
+                if dispute is not None:
+                    return intent, dispute
+        return None
 
     def merchant_intents(self, merchant_id: str, livemode: bool) -> list[PaymentIntent]:
         """Every intent of a merchant in memory. A scan: fine while everything
@@ -311,13 +324,23 @@ class Node:
             return
         while True:
             notice = await next_notice()
-            intent_id = self.intent_of_reference(notice.reference)
+            # A dispute is new to us: it finds its intent by the charge it names.
+            named = notice.parent_reference if notice.kind.startswith("dispute_") else notice.reference
+            intent_id = None if named is None else self.intent_of_reference(named)
             if intent_id is None:
                 log.error("network_notice_unmatched", reference=notice.reference, kind=notice.kind)
                 continue
             at_s = int(time.time())
             command: Command
-            if notice.kind == "refund_failed":
+            if notice.kind == "dispute_opened":
+                command = machine.RecordDisputeOpened(
+                    intent_id=intent_id, dispute_id=notice.reference, amount=notice.amount_minor, at_s=at_s
+                )
+            elif notice.kind == "dispute_closed":
+                command = machine.RecordDisputeClosed(
+                    intent_id=intent_id, dispute_id=notice.reference, won=bool(notice.won), at_s=at_s
+                )
+            elif notice.kind == "refund_failed":
                 command = machine.RecordRefundFailure(
                     intent_id=intent_id, refund_id=notice.reference, at_s=at_s, failure_reason=notice.code or "unknown"
                 )

@@ -177,6 +177,9 @@ class CardNetwork:
         # Authorizations waiting for the cardholder's 3-D Secure challenge,
         # by reference; completed or abandoned ones are removed.
         self._challenges: dict[str, tuple[Operation, bool]] = {}
+        # Disputes by reference: (charge reference, amount, closed?).
+        self._disputes: dict[str, tuple[str, int, bool]] = {}
+        self._dispute_random = random.Random(f"{seed}:dispute")
 
     # -- calls ---------------------------------------------------------------
 
@@ -233,6 +236,40 @@ class CardNetwork:
                 await self._notice_scheduled.wait()
         return self._notices_due.popleft()
 
+    def open_dispute(self, charge_reference: str) -> str | None:
+        """The cardholder disputes a captured charge. Returns the dispute's
+        reference, or None when there is no captured charge to dispute (or
+        it is disputed already). The engine hears of it by a notice."""
+        charge = self._charges.get(charge_reference)
+        if charge is None or not charge.captured:
+            return None
+        if any(parent == charge_reference for parent, _, _ in self._disputes.values()):
+            return None
+        amount = charge.captured_minor - charge.refunded_minor
+        if amount <= 0:
+            return None
+        reference = "dp_" + "".join(self._dispute_random.choices("0123456789abcdef", k=24))
+        self._disputes[reference] = (charge_reference, amount, False)
+        self._notify(NetworkNotice(reference=reference, kind="dispute_opened", parent_reference=charge_reference, amount_minor=amount))
+        return reference
+
+    def close_dispute(self, reference: str, won: bool) -> bool:
+        """The issuer decides an open dispute. False if there is none open."""
+        dispute = self._disputes.get(reference)
+        if dispute is None or dispute[2]:
+            return False
+        charge_reference, amount, _ = dispute
+        self._disputes[reference] = (charge_reference, amount, True)
+        self._notify(
+            NetworkNotice(reference=reference, kind="dispute_closed", parent_reference=charge_reference, amount_minor=amount, won=won)
+        )
+        return True
+
+    def _notify(self, notice: NetworkNotice) -> None:
+        self._notices_due.append(notice)
+        self._notice_scheduled.set()
+        self._notice_scheduled = trio.Event()
+
     def challenge_pending(self, reference: str) -> bool:
         return reference in self._challenges
 
@@ -258,9 +295,7 @@ class CardNetwork:
                 refund_fails_later=refund_fails_later,
                 captured_minor=operation.amount_minor if operation.capture else 0,
             )
-        self._notices_due.append(NetworkNotice(reference=reference, kind="authorization_completed", code=code))
-        self._notice_scheduled.set()
-        self._notice_scheduled = trio.Event()
+        self._notify(NetworkNotice(reference=reference, kind="authorization_completed", code=code))
         return True
 
     # -- inspection ----------------------------------------------------------

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from engine import intent as machine
+from engine import ledger
 from engine.results import Result
 from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, Overloaded, run_node
@@ -275,3 +276,33 @@ async def test_shutdown_drains_mailboxes_and_journals_answers(store) -> None:
     assert all(outcome.intent.status == machine.Status.succeeded for outcome in outcomes)
     for outcome in outcomes:
         assert await journal_kinds(store, node, outcome.intent.id) == ["IntentCreated", "AttemptStarted", "AttemptApproved"]
+
+
+async def test_uncaptured_authorization_expires_and_releases_the_hold(store) -> None:
+    await seed_merchant(store)
+    network = CardNetwork(seed=13, latency_ms=(1, 2))
+    shard = ShardConfig(authorization_expiry_s=1, expiry_check_s=0.05)
+    async with running_node(store, network, shard=shard) as node:
+        method = await new_payment_method(node)
+        held = await node.submit(create_command(node, payment_method_id=method, confirm=True, capture_method=machine.CaptureMethod.manual))
+        assert held.intent.status == machine.Status.requires_capture
+        intent_id = held.intent.id
+        shard_ledger = node.shards[node.partition_of_intent(intent_id)].state.ledger
+        receivable = ledger.account_id("acct_test", ledger.NETWORK_RECEIVABLE)
+        assert shard_ledger.balance(receivable, "usd").debits_pending == 1000
+        with trio.fail_after(10):
+            while node.intent(intent_id).status != machine.Status.canceled:
+                await trio.sleep(0.05)
+            expired = node.intent(intent_id)
+            while expired.attempts[-1].status is machine.AttemptStatus.pending:
+                await trio.sleep(0.01)
+                expired = node.intent(intent_id)
+        assert expired.cancellation_reason == "automatic"
+        assert expired.amount_capturable == 0
+        assert shard_ledger.balance(receivable, "usd").debits_pending == 0
+        assert shard_ledger.verify() == []
+        void = expired.attempts[-1]
+        assert void.kind is machine.AttemptKind.void and void.status is machine.AttemptStatus.succeeded
+        assert network.lookup(void.id).kind == "void" and network.lookup(void.id).approved
+    kinds = await journal_kinds(store, node, intent_id)
+    assert kinds == ["IntentCreated", "AttemptStarted", "AttemptApproved", "IntentCanceled", "AttemptApproved"]

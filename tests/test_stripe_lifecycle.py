@@ -239,3 +239,32 @@ def test_cancel_while_waiting_for_three_d_secure(client: stripe.StripeClient) ->
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert client.v1.payment_intents.retrieve(intent.id).status == "canceled"
+
+
+def test_dispute_lost_and_won_move_the_funds_and_the_fee(node: NodeProcess, fresh_merchant: dict) -> None:
+    client = sdk(node, fresh_merchant["secret_key"])
+    admin = httpx.Client(base_url=node.url, auth=(fresh_merchant["secret_key"], ""))
+    disputed = []
+    for amount in (5000, 7000):
+        intent = client.v1.payment_intents.create(params={"amount": amount, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+        opened = admin.post("/simulator/disputes", data={"payment_intent": intent.id})
+        assert opened.status_code == 200, opened.text
+        disputed.append(opened.json()["id"])
+    deadline = time.monotonic() + 10
+    while len(client.v1.disputes.list().data) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for dispute_id in disputed:
+        dispute = client.v1.disputes.retrieve(dispute_id)
+        assert dispute.status == "needs_response"
+    assert admin.post(f"/simulator/disputes/{disputed[0]}/close", data={"outcome": "lost"}).status_code == 200
+    assert admin.post(f"/simulator/disputes/{disputed[1]}/close", data={"outcome": "won"}).status_code == 200
+    assert admin.post(f"/simulator/disputes/{disputed[1]}/close", data={"outcome": "won"}).status_code == 400
+    while {client.v1.disputes.retrieve(d).status for d in disputed} != {"lost", "won"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert client.v1.disputes.retrieve(disputed[0]).status == "lost"
+    # Lost: 5000 gone plus the fee. Won: 7000 back, the fee is not.
+    expected = 5000 - ledger.fee_minor(5000) - 5000 - 1500 + 7000 - ledger.fee_minor(7000) - 1500
+    balance = client.v1.balance.retrieve()
+    assert {entry.currency: entry.amount for entry in balance.pending} == {"usd": expected}
