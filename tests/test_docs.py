@@ -1,0 +1,19 @@
+"""Generated documents stay in step with the code they are made from."""
+
+from pathlib import Path
+
+from engine import diagram, intent
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_state_diagram_matches_the_tables() -> None:
+    written = (ROOT / "docs" / "state-machine.md").read_text()
+    assert written == diagram.document(), "run: python -m engine.diagram > docs/state-machine.md"
+
+
+def test_state_diagram_draws_every_allowed_move() -> None:
+    text = diagram.document()
+    for status, moves in intent.TRANSITIONS.items():
+        for command, target in moves.items():
+            assert f"    {status} --> {target}: {command.__name__}" in text
