@@ -250,8 +250,8 @@ def create_app(node: Node) -> QuartTrio:
             description=values.description,
             metadata=values.metadata,
             return_url=values.return_url,
-            fee_basis_points=node.config.fee_basis_points,
-            fee_fixed_minor=node.config.fee_fixed_minor,
+            fee_basis_points=key.fee_basis_points,
+            fee_fixed_minor=key.fee_fixed_minor,
             settlement_delay_s=node.config.settlement_delay_s,
             dispute_fee_minor=node.config.dispute_fee_minor,
         )

@@ -67,11 +67,17 @@ def latency_range(text: str) -> tuple[int, int]:
     return pair
 
 
-def partitions_count(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError("partitions must be between 1 and 1024")
-    return value
+def bounded_int(low: int, high: int):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,14 +98,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
     data_dir_option(up)
-    up.add_argument("--partitions", type=partitions_count, default=16, help="partitions, fixed when the database is created (default 16)")
+    up.add_argument("--partitions", type=bounded_int(1, 1024), default=16, help="partitions, fixed when the database is created (default 16)")
     up.add_argument("--seed", type=int, default=0, help="seed of the simulator's randomness (default 0)")
     up.add_argument("--network-latency-ms", type=latency_range, default=(1, 5), metavar="MIN..MAX", help="simulated card-network latency (default 1..5)")
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     migrate = commands.add_parser("migrate", help="create or check the database schema")
     data_dir_option(migrate)
-    migrate.add_argument("--partitions", type=partitions_count, default=16, help="partitions for a new database (default 16)")
+    migrate.add_argument("--partitions", type=bounded_int(1, 1024), default=16, help="partitions for a new database (default 16)")
 
     merchant = commands.add_parser("merchant", help="manage merchants")
     merchant_commands = merchant.add_subparsers(dest="merchant_command", required=True, metavar="SUBCOMMAND")
@@ -107,6 +113,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True, help="the merchant's name (1 to 200 characters)")
     create.add_argument("--live", action="store_true", help="make live-mode keys instead of test-mode keys")
     create.add_argument("--json", action="store_true", help='print {"id", "secret_key", "publishable_key"} as JSON')
+    create.add_argument("--fee-basis-points", type=bounded_int(0, 10_000), default=290, help="percentage fee in basis points (default 290 = 2.9%%)")
+    create.add_argument("--fee-fixed-minor", type=bounded_int(0, 100_000), default=30, help="fixed fee per charge in minor units (default 30)")
     data_dir_option(create)
     return main
 
@@ -141,7 +149,13 @@ def command_merchant_create(arguments: argparse.Namespace) -> int:
 
     async def action(store):  # type: ignore[no-untyped-def]
         await store.migrate(16)
-        return await create_merchant(store, name, livemode=arguments.live)
+        return await create_merchant(
+            store,
+            name,
+            livemode=arguments.live,
+            fee_basis_points=arguments.fee_basis_points,
+            fee_fixed_minor=arguments.fee_fixed_minor,
+        )
 
     keys = trio.run(_with_store, arguments.data_dir, action)
     if arguments.json:

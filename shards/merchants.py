@@ -30,7 +30,9 @@ def _key(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(KEY_RANDOM_CHARS)[:KEY_RANDOM_CHARS].replace("-", "x").replace("_", "y")
 
 
-async def create_merchant(store: Store, name: str, *, livemode: bool = False) -> MerchantKeys:
+async def create_merchant(
+    store: Store, name: str, *, livemode: bool = False, fee_basis_points: int = 290, fee_fixed_minor: int = 30
+) -> MerchantKeys:
     mode = "live" if livemode else "test"
     merchant_id = ids.make_id("acct", 0, time.time_ns() // 1_000_000, os.urandom(ids.RANDOM_BYTES))
     keys = MerchantKeys(merchant_id, _key(f"sk_{mode}_"), _key(f"pk_{mode}_"))
@@ -38,5 +40,7 @@ async def create_merchant(store: Store, name: str, *, livemode: bool = False) ->
         merchant_id,
         name,
         [(hash_key(keys.secret_key), "secret", livemode), (hash_key(keys.publishable_key), "publishable", livemode)],
+        fee_basis_points=fee_basis_points,
+        fee_fixed_minor=fee_fixed_minor,
     )
     return keys

@@ -61,9 +61,7 @@ class NodeConfig(msgspec.Struct, frozen=True):
     network_timeout_s: float = 10.0
     reply_timeout_s: float = 30.0
     cache_entries_max: int = 100_000
-    # Terms given to new intents (per-merchant terms are a later change).
-    fee_basis_points: int = 290
-    fee_fixed_minor: int = 30
+    # Terms given to new intents; fees come from each merchant's row.
     settlement_delay_s: int = 2 * 86_400
     dispute_fee_minor: int = 1500
 

@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS merchants (
     name text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- Fee terms per merchant: a percentage in basis points plus a fixed part.
+ALTER TABLE merchants ADD COLUMN IF NOT EXISTS fee_basis_points integer NOT NULL DEFAULT 290
+    CHECK (fee_basis_points BETWEEN 0 AND 10000);
+ALTER TABLE merchants ADD COLUMN IF NOT EXISTS fee_fixed_minor integer NOT NULL DEFAULT 30
+    CHECK (fee_fixed_minor BETWEEN 0 AND 100000);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash bytea PRIMARY KEY,
     merchant_id text NOT NULL REFERENCES merchants (id),
@@ -125,6 +130,8 @@ class ApiKeyRow(msgspec.Struct, frozen=True):
     merchant_id: str
     kind: str
     livemode: bool
+    fee_basis_points: int = 290
+    fee_fixed_minor: int = 30
 
 
 class JournalRow(msgspec.Struct, frozen=True):
@@ -277,12 +284,26 @@ class Store:
 
     # ------------------------------------------------ merchants and keys
 
-    async def create_merchant(self, merchant_id: str, name: str, keys: Sequence[tuple[bytes, str, bool]]) -> None:
+    async def create_merchant(
+        self,
+        merchant_id: str,
+        name: str,
+        keys: Sequence[tuple[bytes, str, bool]],
+        *,
+        fee_basis_points: int = 290,
+        fee_fixed_minor: int = 30,
+    ) -> None:
         """Insert a merchant and its keys, given as (key_hash, kind, livemode)."""
 
         async def run() -> None:
             async with self._pool.acquire() as connection, connection.transaction():
-                await connection.execute("INSERT INTO merchants (id, name) VALUES ($1, $2)", merchant_id, name)
+                await connection.execute(
+                    "INSERT INTO merchants (id, name, fee_basis_points, fee_fixed_minor) VALUES ($1, $2, $3, $4)",
+                    merchant_id,
+                    name,
+                    fee_basis_points,
+                    fee_fixed_minor,
+                )
                 await connection.executemany(
                     "INSERT INTO api_keys (key_hash, merchant_id, kind, livemode) VALUES ($1, $2, $3, $4)",
                     [(key_hash, merchant_id, kind, livemode) for key_hash, kind, livemode in keys],
@@ -294,11 +315,12 @@ class Store:
         async def run() -> ApiKeyRow | None:
             async with self._pool.acquire() as connection:
                 row = await connection.fetchrow(
-                    "SELECT merchant_id, kind, livemode FROM api_keys"
-                    " WHERE key_hash = $1 AND (expires_at IS NULL OR expires_at > now())",
+                    "SELECT k.merchant_id, k.kind, k.livemode, m.fee_basis_points, m.fee_fixed_minor"
+                    " FROM api_keys k JOIN merchants m ON m.id = k.merchant_id"
+                    " WHERE k.key_hash = $1 AND (k.expires_at IS NULL OR k.expires_at > now())",
                     key_hash,
                 )
-            return None if row is None else ApiKeyRow(row["merchant_id"], row["kind"], row["livemode"])
+            return None if row is None else ApiKeyRow(**dict(row))
 
         return await self._call(run)
 

@@ -182,11 +182,11 @@ def new_node(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Calla
         process.kill()
 
 
-def create_merchant_keys(node: NodeProcess, name: str) -> dict:
+def create_merchant_keys(node: NodeProcess, name: str, *options: str) -> dict:
     """A new merchant on a node's database, made with the CLI as an operator would."""
     environ = dict(os.environ, PAYMENTS_DATABASE_URL=node.database_url)
     output = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "merchant", "create", "--name", name, "--json", "--data-dir", str(node.data_dir)],
+        [sys.executable, "-m", "gateway.cli", "merchant", "create", "--name", name, "--json", "--data-dir", str(node.data_dir), *options],
         capture_output=True,
         text=True,
         env=environ,

@@ -781,7 +781,6 @@ def test_action_required_for_a_capture_cannot_strand_the_hold():
     journey.do(cancel(attempt_id="att_void"))
     assert journey.intent.status is S.canceled
     assert journey.merchant_balance().credits_pending == journey.intent.amount_capturable == 0
-    assert decision.effects == () and journey.intent.attempts[-1].parent_id == OPEN_ATTEMPT_ID
 
 
 @pytest.mark.parametrize("answer", [approval, decline, unknown])

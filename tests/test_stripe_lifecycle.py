@@ -268,3 +268,14 @@ def test_dispute_lost_and_won_move_the_funds_and_the_fee(node: NodeProcess, fres
     expected = 5000 - ledger.fee_minor(5000) - 5000 - 1500 + 7000 - ledger.fee_minor(7000) - 1500
     balance = client.v1.balance.retrieve()
     assert {entry.currency: entry.amount for entry in balance.pending} == {"usd": expected}
+
+
+def test_fees_follow_the_merchants_own_terms(node: NodeProcess) -> None:
+    from tests.conftest import create_merchant_keys
+
+    keys = create_merchant_keys(node, "Low fee shop", "--fee-basis-points", "100", "--fee-fixed-minor", "0")
+    client = sdk(node, keys["secret_key"])
+    client.v1.payment_intents.create(params={"amount": 10_050, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    balance = client.v1.balance.retrieve()
+    # 1% of 10,050 is 100.5, rounded half up to 101.
+    assert {entry.currency: entry.amount for entry in balance.pending} == {"usd": 10_050 - 101}
