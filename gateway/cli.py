@@ -101,6 +101,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--partitions", type=bounded_int(1, 1024), default=16, help="partitions, fixed when the database is created (default 16)")
     up.add_argument("--seed", type=int, default=0, help="seed of the simulator's randomness (default 0)")
     up.add_argument("--network-latency-ms", type=latency_range, default=(1, 5), metavar="MIN..MAX", help="simulated card-network latency (default 1..5)")
+    up.add_argument(
+        "--authorization-expiry-s", type=bounded_int(1, 30 * 86_400), default=7 * 86_400, metavar="SECONDS",
+        help="cancel uncaptured authorizations after this long (default 604800, 7 days)",
+    )
+    up.add_argument(
+        "--settlement-delay-s", type=bounded_int(0, 30 * 86_400), default=2 * 86_400, metavar="SECONDS",
+        help="how long captured funds stay pending before they are available (default 172800, 2 days)",
+    )
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     migrate = commands.add_parser("migrate", help="create or check the database schema")
@@ -179,6 +187,8 @@ def command_up(arguments: argparse.Namespace) -> int:
             redis_url=redis,
             seed=arguments.seed,
             network_latency_ms=arguments.network_latency_ms,
+            authorization_expiry_s=arguments.authorization_expiry_s,
+            settlement_delay_s=arguments.settlement_delay_s,
         )
         trio.run(run_up, settings)
     return 0

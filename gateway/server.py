@@ -24,6 +24,7 @@ from hypercorn.trio import serve
 from gateway.app import create_app
 from shards import redis_link
 from shards.merchants import MerchantKeys, create_merchant
+from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, hash_key, run_node
 from shards.store import Store
 from shards.vault import Vault
@@ -43,6 +44,8 @@ class UpSettings(msgspec.Struct, frozen=True):
     redis_url: str
     seed: int = 0
     network_latency_ms: tuple[int, int] = (1, 5)
+    authorization_expiry_s: int = 7 * 86_400
+    settlement_delay_s: int = 2 * 86_400
 
 
 async def test_merchant(store: Store, data_dir: Path) -> MerchantKeys:
@@ -78,7 +81,12 @@ async def run_up(settings: UpSettings) -> None:
             vault = Vault.from_config(settings.data_dir)
             network = CardNetwork(seed=settings.seed, latency_ms=settings.network_latency_ms)
             async with trio.open_nursery() as nursery:
-                node = await nursery.start(run_node, store, vault, network, NodeConfig(partitions=partitions))
+                node_config = NodeConfig(
+                    partitions=partitions,
+                    shard=ShardConfig(authorization_expiry_s=settings.authorization_expiry_s),
+                    settlement_delay_s=settings.settlement_delay_s,
+                )
+                node = await nursery.start(run_node, store, vault, network, node_config)
                 config = HypercornConfig()
                 config.bind = [f"{settings.host}:{settings.port}"]
                 config.accesslog = None

@@ -172,8 +172,8 @@ def new_node(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Calla
     """Start nodes of one's own (for crash tests); all are killed at the end."""
     started: list[NodeProcess] = []
 
-    def start(database_url: str | None = None, data_dir: Path | None = None) -> NodeProcess:
-        process = NodeProcess(database_url or make_database(), data_dir or tmp_path).start()
+    def start(database_url: str | None = None, data_dir: Path | None = None, *extra_args: str) -> NodeProcess:
+        process = NodeProcess(database_url or make_database(), data_dir or tmp_path, list(extra_args)).start()
         started.append(process)
         return process
 

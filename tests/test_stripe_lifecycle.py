@@ -279,3 +279,15 @@ def test_fees_follow_the_merchants_own_terms(node: NodeProcess) -> None:
     balance = client.v1.balance.retrieve()
     # 1% of 10,050 is 100.5, rounded half up to 101.
     assert {entry.currency: entry.amount for entry in balance.pending} == {"usd": 10_050 - 101}
+
+
+def test_expiry_and_settlement_follow_the_nodes_settings(new_node) -> None:
+    node = new_node(None, None, "--authorization-expiry-s", "1", "--settlement-delay-s", "0")
+    client = sdk(node, node.secret_key)
+    charged = client.v1.payment_intents.create(params={"amount": 2000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
+    held = authorize(client, 3000)
+    balance = client.v1.balance.retrieve()
+    assert {entry.currency: entry.amount for entry in balance.available} == {"usd": 2000 - ledger.fee_minor(2000)}
+    expired = wait_for_status(client, held.id, "canceled")
+    assert expired.cancellation_reason == "automatic"
+    assert client.v1.payment_intents.retrieve(charged.id).status == "succeeded"
