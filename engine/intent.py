@@ -220,6 +220,13 @@ class PaymentIntent(msgspec.Struct, frozen=True):
     def amount_refunded(self) -> int:
         return sum(refund.amount for refund in self.refunds if refund.status is not RefundStatus.failed)
 
+    @property
+    def amount_returnable(self) -> int:
+        """What may still go back to the cardholder: received, less refunds
+        that have not failed and disputes that were not won."""
+        disputed = sum(dispute.amount for dispute in self.disputes if dispute.status is not DisputeStatus.won)
+        return self.amount_received - self.amount_refunded - disputed
+
 
 # ---------------------------------------------------------------- commands
 # The shell supplies every id and the time: the core has neither a clock nor
@@ -504,6 +511,9 @@ TRANSITIONS: dict[Status, dict[type, Status]] = {
     Status.requires_action: {
         RecordApproval: Status.succeeded,  # or requires_capture, as from processing
         RecordDecline: Status.requires_payment_method,
+        # After a restart nobody is waiting on the challenge's answer any
+        # more: the attempt becomes unknown for reconciliation to resolve.
+        RecordUnknownOutcome: Status.requires_action,
         CancelIntent: Status.canceled,
     },
     Status.processing: {
@@ -799,7 +809,10 @@ def _decide_refund(intent: PaymentIntent, command: CreateRefund) -> Decision:
         return refuse(Result.metadata_invalid, "metadata")
     if TRANSITIONS[intent.status].get(CreateRefund) is None:
         return refuse(Result.intent_not_refundable, "payment_intent")
-    remaining = intent.amount_received - intent.amount_refunded
+    if any(dispute.status is DisputeStatus.needs_response for dispute in intent.disputes):
+        # As Stripe does: while the issuer decides, the dispute holds the money.
+        return refuse(Result.intent_disputed, "payment_intent")
+    remaining = intent.amount_returnable
     if remaining <= 0:
         return refuse(Result.intent_fully_refunded, "payment_intent")
     amount = remaining if command.amount is None else command.amount
@@ -882,8 +895,9 @@ def _decide_dispute_opened(intent: PaymentIntent, command: RecordDisputeOpened) 
         return refuse(Result.attempt_not_pending, "dispute")
     if TRANSITIONS[intent.status].get(RecordDisputeOpened) is None:
         return refuse(Result.intent_unexpected_state)
-    disputable = intent.amount_received - intent.amount_refunded
-    if not 1 <= command.amount <= disputable:
+    if any(dispute.status is DisputeStatus.needs_response for dispute in intent.disputes):
+        return refuse(Result.intent_disputed, "dispute")
+    if not 1 <= command.amount <= intent.amount_returnable:
         # The network's figure disagrees with ours: refuse and let
         # reconciliation report it rather than move money we cannot explain.
         return refuse(Result.amount_exceeds_refundable, "amount")
@@ -930,6 +944,11 @@ def _decide_answer(intent: PaymentIntent, command: RecordApproval | RecordDeclin
     if attempt is None or attempt.status not in OPEN_ATTEMPT:
         return refuse(Result.attempt_not_pending, "attempt")
     if isinstance(command, RecordUnknownOutcome) and attempt.status is AttemptStatus.unknown:
+        return refuse(Result.attempt_not_pending, "attempt")
+    if isinstance(command, RecordActionRequired) and attempt.kind not in (AttemptKind.authorize, AttemptKind.charge):
+        # Only an authorization can wait for the cardholder; a capture or a
+        # void waiting on 3-D Secure is a confused network. Refusing keeps
+        # the attempt open for reconciliation instead of stranding a hold.
         return refuse(Result.attempt_not_pending, "attempt")
     if attempt.kind is AttemptKind.void:
         return _decide_void_answer(intent, attempt, command)

@@ -26,6 +26,7 @@ class Result(enum.StrEnum):
     intent_unexpected_state = "intent_unexpected_state"
     payment_method_required = "payment_method_required"
     intent_not_refundable = "intent_not_refundable"
+    intent_disputed = "intent_disputed"
     # amounts: checked last, against the intent's current figures
     amount_exceeds_capturable = "amount_exceeds_capturable"
     amount_exceeds_refundable = "amount_exceeds_refundable"

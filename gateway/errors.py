@@ -115,6 +115,8 @@ def from_result(result: Result, param: str | None, *, amount: object = None, sta
         return invalid_request(
             "This PaymentIntent does not have a successful charge to refund.", param="payment_intent", code="charge_not_refundable"
         )
+    if result is Result.intent_disputed:
+        return invalid_request("This charge is disputed; it cannot be refunded while the dispute is open.", param="payment_intent", code="charge_disputed")
     if result is Result.intent_fully_refunded:
         return invalid_request("This charge has already been refunded in full.", param="payment_intent", code="charge_already_refunded")
     if result is Result.amount_exceeds_refundable:

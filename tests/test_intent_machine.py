@@ -9,6 +9,7 @@ import pytest
 
 from engine import ledger
 from engine.intent import (
+    DISPUTE_TRANSITIONS,
     REFUND_TRANSITIONS,
     TRANSITIONS,
     Attempt,
@@ -24,6 +25,10 @@ from engine.intent import (
     ConfirmIntent,
     CreateIntent,
     CreateRefund,
+    Dispute,
+    DisputeClosed,
+    DisputeOpened,
+    DisputeStatus,
     ExpireAuthorization,
     IntentCanceled,
     IntentCreated,
@@ -34,6 +39,8 @@ from engine.intent import (
     RecordActionRequired,
     RecordApproval,
     RecordDecline,
+    RecordDisputeClosed,
+    RecordDisputeOpened,
     RecordRefundFailure,
     RecordUnknownOutcome,
     Refund,
@@ -61,6 +68,8 @@ VOID_ATTEMPT_ID = "att_void"
 NEW_ATTEMPT_ID = "att_02"  # whatever the command under test opens
 REFUND_ID = "re_01"
 NEW_REFUND_ID = "re_02"
+DISPUTE_ID = "dp_01"
+DISPUTE_FEE = 1_500
 PAYMENT_METHOD_ID = "pm_card_visa"
 OTHER_PAYMENT_METHOD_ID = "pm_card_mastercard"
 SETTLEMENT_DELAY_S = 2 * 86_400
@@ -259,6 +268,14 @@ def refund_failure(refund_id=REFUND_ID):
     return RecordRefundFailure(intent_id=INTENT_ID, refund_id=refund_id, at_s=CREATED_S + 5, failure_reason="lost_or_stolen_card")
 
 
+def dispute_opened(amount=AMOUNT, dispute_id=DISPUTE_ID):
+    return RecordDisputeOpened(intent_id=INTENT_ID, dispute_id=dispute_id, amount=amount, at_s=CREATED_S + 6)
+
+
+def dispute_closed(won=True, dispute_id=DISPUTE_ID):
+    return RecordDisputeClosed(intent_id=INTENT_ID, dispute_id=dispute_id, won=won, at_s=CREATED_S + 8)
+
+
 ANSWERS = {
     RecordApproval: approval,
     RecordDecline: decline,
@@ -370,6 +387,7 @@ def charged(**changes) -> Journey:
 U = Result.intent_unexpected_state
 N = Result.attempt_not_pending
 R = Result.intent_not_refundable
+D = "no such dispute"  # attempt_not_pending, naming the dispute
 NO_SUCH_STATE = None  # requires_capture does not exist under automatic capture
 
 COMMANDS = {
@@ -379,6 +397,8 @@ COMMANDS = {
     ExpireAuthorization: expire,
     CreateRefund: refund,
     **ANSWERS,
+    RecordDisputeOpened: dispute_opened,
+    RecordDisputeClosed: dispute_closed,
 }
 
 # The spec: for each status, what each command leads to under automatic and
@@ -395,6 +415,8 @@ EXPECTED = [
     (S.requires_payment_method, RecordDecline, N, N),
     (S.requires_payment_method, RecordActionRequired, N, N),
     (S.requires_payment_method, RecordUnknownOutcome, N, N),
+    (S.requires_payment_method, RecordDisputeOpened, U, U),
+    (S.requires_payment_method, RecordDisputeClosed, D, D),  # no such dispute
     (S.requires_confirmation, ConfirmIntent, S.processing, S.processing),
     (S.requires_confirmation, CaptureIntent, U, U),
     (S.requires_confirmation, CancelIntent, S.canceled, S.canceled),
@@ -404,6 +426,8 @@ EXPECTED = [
     (S.requires_confirmation, RecordDecline, N, N),
     (S.requires_confirmation, RecordActionRequired, N, N),
     (S.requires_confirmation, RecordUnknownOutcome, N, N),
+    (S.requires_confirmation, RecordDisputeOpened, U, U),
+    (S.requires_confirmation, RecordDisputeClosed, D, D),  # no such dispute
     (S.processing, ConfirmIntent, U, U),
     (S.processing, CaptureIntent, U, U),
     (S.processing, CancelIntent, U, U),
@@ -413,6 +437,8 @@ EXPECTED = [
     (S.processing, RecordDecline, S.requires_payment_method, S.requires_payment_method),
     (S.processing, RecordActionRequired, S.requires_action, S.requires_action),
     (S.processing, RecordUnknownOutcome, S.processing, S.processing),
+    (S.processing, RecordDisputeOpened, U, U),
+    (S.processing, RecordDisputeClosed, D, D),  # no such dispute
     # 3-D Secure: the attempt stays open while the cardholder is challenged.
     (S.requires_action, ConfirmIntent, U, U),
     (S.requires_action, CaptureIntent, U, U),
@@ -422,7 +448,9 @@ EXPECTED = [
     (S.requires_action, RecordApproval, S.succeeded, S.requires_capture),
     (S.requires_action, RecordDecline, S.requires_payment_method, S.requires_payment_method),
     (S.requires_action, RecordActionRequired, U, U),
-    (S.requires_action, RecordUnknownOutcome, U, U),
+    (S.requires_action, RecordUnknownOutcome, S.requires_action, S.requires_action),  # after a restart
+    (S.requires_action, RecordDisputeOpened, U, U),
+    (S.requires_action, RecordDisputeClosed, D, D),  # no such dispute
     (S.requires_capture, ConfirmIntent, NO_SUCH_STATE, U),
     (S.requires_capture, CaptureIntent, NO_SUCH_STATE, S.processing),
     (S.requires_capture, CancelIntent, NO_SUCH_STATE, S.canceled),  # special: voids the hold
@@ -432,6 +460,8 @@ EXPECTED = [
     (S.requires_capture, RecordDecline, NO_SUCH_STATE, N),
     (S.requires_capture, RecordActionRequired, NO_SUCH_STATE, N),
     (S.requires_capture, RecordUnknownOutcome, NO_SUCH_STATE, N),
+    (S.requires_capture, RecordDisputeOpened, NO_SUCH_STATE, U),
+    (S.requires_capture, RecordDisputeClosed, NO_SUCH_STATE, D),
     (S.canceled, ConfirmIntent, U, U),
     (S.canceled, CaptureIntent, U, U),
     (S.canceled, CancelIntent, U, U),
@@ -441,6 +471,8 @@ EXPECTED = [
     (S.canceled, RecordDecline, N, N),
     (S.canceled, RecordActionRequired, N, N),
     (S.canceled, RecordUnknownOutcome, N, N),
+    (S.canceled, RecordDisputeOpened, U, U),
+    (S.canceled, RecordDisputeClosed, D, D),  # no such dispute
     (S.succeeded, ConfirmIntent, U, U),
     (S.succeeded, CaptureIntent, U, U),
     (S.succeeded, CancelIntent, U, U),
@@ -450,6 +482,8 @@ EXPECTED = [
     (S.succeeded, RecordDecline, N, N),
     (S.succeeded, RecordActionRequired, N, N),
     (S.succeeded, RecordUnknownOutcome, N, N),
+    (S.succeeded, RecordDisputeOpened, S.succeeded, S.succeeded),  # disputes do not move the intent
+    (S.succeeded, RecordDisputeClosed, D, D),  # no such dispute
 ]
 
 # Manual capture, processing a capture of an approved authorization.
@@ -465,13 +499,11 @@ EXPECTED_WHILE_CAPTURING = [
     # 3-D Secure authenticates a cardholder's authorization; a capture has no
     # cardholder to challenge. See test_action_required_for_a_capture_cannot_strand_the_hold.
     (RecordActionRequired, N),
+    (RecordDisputeOpened, U),
+    (RecordDisputeClosed, D),
 ]
-ACTION_REQUIRED_FOR_A_CAPTURE_BUG = (
-    "engine/intent.py _decide_answer accepts RecordActionRequired for a capture attempt: the intent goes to "
-    "requires_action with the capture open, and a cancel then never releases the authorization hold"
-)
 
-REFUSAL_PARAMS = {U: None, N: "attempt", R: "payment_intent"}
+REFUSAL = {U: (U, None), N: (N, "attempt"), R: (R, "payment_intent"), D: (Result.attempt_not_pending, "dispute")}
 
 TABLE_CASES = [
     pytest.param(status, command_type, capture_method, False, expected, id=f"{status}-{command_type.__name__}-{capture_method}")
@@ -486,9 +518,6 @@ TABLE_CASES = [
         True,
         expected,
         id=f"processing-capture-{command_type.__name__}",
-        marks=[pytest.mark.xfail(strict=True, reason=ACTION_REQUIRED_FOR_A_CAPTURE_BUG)]
-        if command_type is RecordActionRequired
-        else [],
     )
     for command_type, expected in EXPECTED_WHILE_CAPTURING
 ]
@@ -515,6 +544,8 @@ def expected_transfers(intent: PaymentIntent, command_type: type) -> list[tuple[
         return [(TransferKind.void_pending, "authorization_release", 0)]
     if command_type is CreateRefund:
         return [(TransferKind.single, "refund", AMOUNT)]
+    if command_type is RecordDisputeOpened:
+        return [(TransferKind.single, "dispute", AMOUNT), (TransferKind.single, "dispute_fee", DISPUTE_FEE)]
     return []
 
 
@@ -562,8 +593,8 @@ def test_transitions_table_allows_exactly_the_accepted_pairs():
 def test_every_status_and_command(status, command_type, capture_method, capturing, expected):
     intent = make_intent(status, capture_method, capturing=capturing)
     command = command_for(intent, command_type)
-    if isinstance(expected, Result):
-        assert_refused(intent, command, expected, REFUSAL_PARAMS[expected])
+    if expected in REFUSAL:
+        assert_refused(intent, command, *REFUSAL[expected])
         assert intent == make_intent(status, capture_method, capturing=capturing)
         return
     before = snapshot(intent)
@@ -768,7 +799,6 @@ def test_3d_secure_failed_needs_a_new_payment_method():
     assert journey.intent.last_payment_error.payment_method_id == PAYMENT_METHOD_ID
 
 
-@pytest.mark.xfail(strict=True, reason=ACTION_REQUIRED_FOR_A_CAPTURE_BUG)
 def test_action_required_for_a_capture_cannot_strand_the_hold():
     # What the engine does with this answer is open (refuse it, or keep the
     # hold consistent); what must hold is that a canceled intent holds nothing.
@@ -1027,6 +1057,117 @@ def test_every_refund_status_and_answer(refund_status, outcome_unknown, command_
 
 def test_refund_failure_for_an_unknown_refund_is_refused():
     assert_refused(make_intent(S.succeeded), refund_failure("re_99"), N, "refund")
+
+
+# ---------------------------------------------------------------- disputes
+
+
+def with_dispute(intent: PaymentIntent, status: DisputeStatus, *, amount=1_200) -> PaymentIntent:
+    dispute = Dispute(id=DISPUTE_ID, intent_id=intent.id, amount=amount, status=status, created_s=CREATED_S + 6)
+    return msgspec.structs.replace(intent, disputes=(*intent.disputes, dispute))
+
+
+# The dispute's own table: the issuer decides it once; the network never
+# opens the same dispute twice.
+DISPUTE_EXPECTED = [
+    # dispute status               command                    expected
+    (DisputeStatus.needs_response, "closed-won", DisputeStatus.won),
+    (DisputeStatus.needs_response, "closed-lost", DisputeStatus.lost),
+    (DisputeStatus.needs_response, "opened-again", D),
+    (DisputeStatus.won, "closed-won", D),
+    (DisputeStatus.won, "closed-lost", D),
+    (DisputeStatus.won, "opened-again", D),
+    (DisputeStatus.lost, "closed-won", D),
+    (DisputeStatus.lost, "closed-lost", D),
+    (DisputeStatus.lost, "opened-again", D),
+]
+DISPUTE_COMMANDS = {
+    "closed-won": lambda: dispute_closed(won=True),
+    "closed-lost": lambda: dispute_closed(won=False),
+    "opened-again": lambda: dispute_opened(500),
+}
+
+
+def test_dispute_transitions_table_allows_exactly_the_accepted_pairs():
+    assert set(DISPUTE_TRANSITIONS) == set(DisputeStatus)
+    closable = {status for status, row in DISPUTE_TRANSITIONS.items() if RecordDisputeClosed in row}
+    assert closable == {status for status, command, expected in DISPUTE_EXPECTED if isinstance(expected, DisputeStatus)}
+    assert {command_type for row in DISPUTE_TRANSITIONS.values() for command_type in row} == {RecordDisputeClosed}
+    assert set(DISPUTE_TRANSITIONS[DisputeStatus.needs_response][RecordDisputeClosed]) == {DisputeStatus.won, DisputeStatus.lost}
+
+
+@pytest.mark.parametrize(("dispute_status", "command_name", "expected"), DISPUTE_EXPECTED, ids=lambda value: str(value))
+def test_every_dispute_status_and_command(dispute_status, command_name, expected):
+    intent = with_dispute(make_intent(S.succeeded), dispute_status)
+    command = DISPUTE_COMMANDS[command_name]()
+    if expected in REFUSAL:
+        assert_refused(intent, command, *REFUSAL[expected])
+        return
+    decision, after = accept(intent, command)
+    (event,) = decision.events
+    assert event == DisputeClosed(INTENT_ID, DISPUTE_ID, expected, event.transfers)
+    assert decision.effects == ()
+    assert after.dispute(DISPUTE_ID).status is expected
+    assert msgspec.structs.replace(after, disputes=intent.disputes) == intent
+    # Winning returns the disputed amount, never the dispute fee.
+    assert [(t.code, t.amount, t.credit_account_id) for t in event.transfers] == (
+        [("dispute_won", 1_200, MERCHANT_BALANCE)] if expected is DisputeStatus.won else []
+    )
+
+
+@pytest.mark.parametrize("won", [True, False])
+def test_a_dispute_takes_the_amount_and_a_fee_and_a_win_returns_the_amount(won):
+    journey = charged()
+    decision = journey.do(dispute_opened(1_200))
+    (event,) = decision.events
+    assert isinstance(event, DisputeOpened)
+    assert [(t.code, t.debit_account_id, t.credit_account_id, t.amount) for t in event.transfers] == [
+        ("dispute", MERCHANT_BALANCE, NETWORK_RECEIVABLE, 1_200),
+        ("dispute_fee", MERCHANT_BALANCE, FEES_REVENUE, DISPUTE_FEE),
+    ]
+    assert journey.intent.status is S.succeeded
+    assert journey.merchant_posted() == AMOUNT - fee(AMOUNT) - 1_200 - DISPUTE_FEE
+    journey.do(dispute_closed(won=won))
+    assert journey.merchant_posted() == AMOUNT - fee(AMOUNT) - DISPUTE_FEE - (0 if won else 1_200)
+    journey.refuse(dispute_closed(won=not won), Result.attempt_not_pending, "dispute")
+
+
+@pytest.mark.parametrize("amount", [0, -1, AMOUNT + 1])
+def test_a_dispute_for_more_than_was_kept_is_refused(amount):
+    journey = charged()
+    journey.refuse(dispute_opened(amount), Result.amount_exceeds_refundable, "amount")
+
+
+def test_a_dispute_counts_what_was_refunded_already():
+    journey = charged()
+    journey.do(refund(1_500, refund_id=REFUND_ID))
+    journey.refuse(dispute_opened(501), Result.amount_exceeds_refundable, "amount")
+    journey.do(dispute_opened(500))
+
+
+def test_a_dispute_on_a_missing_intent_is_refused():
+    assert_refused(None, dispute_opened(), Result.intent_missing, "intent")
+    assert_refused(None, dispute_closed(), Result.intent_missing, "intent")
+
+
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["dispute-open", "dispute-lost"])
+@pytest.mark.parametrize("then", ["refund", "second-dispute"])
+def test_refunds_and_disputes_together_never_give_back_more_than_was_received(lost, then):
+    journey = charged()
+    journey.do(dispute_opened(AMOUNT))
+    if lost:
+        journey.do(dispute_closed(won=False))
+    command = refund(refund_id=NEW_REFUND_ID) if then == "refund" else dispute_opened(AMOUNT, dispute_id="dp_02")
+    decision = decide(journey.intent, command)
+    if decision.result is Result.ok:
+        journey.do(command)
+    intent = journey.intent
+    given_back = intent.amount_refunded + sum(d.amount for d in intent.disputes if d.status is not DisputeStatus.won)
+    assert given_back <= intent.amount_received
+    receivable = journey.ledger.balance(NETWORK_RECEIVABLE, "usd")
+    assert receivable.debits_posted - receivable.credits_posted >= 0
 
 
 # ---------------------------------------------------------- invalid reasons

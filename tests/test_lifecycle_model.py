@@ -4,7 +4,8 @@ A hypothesis state machine drives one intent (automatic or manual capture)
 with every command a client, the shell and the network can send, in any
 order: confirms, captures (whole, partial, too large), cancels, expiries,
 refunds, and network answers that arrive late, twice, after an unknown
-outcome, for operations long closed, or for references never issued.
+outcome, for operations long closed, or for references never issued; and
+disputes opened, decided, and reported twice.
 
 Accepted events are applied with `evolve`, and every event's transfers with
 `Ledger.apply` after `Ledger.check` has accepted them, as the shard actor
@@ -13,7 +14,7 @@ does. After every step the DESIGN invariants hold:
 - I2: captured <= authorized <= amount, refunded <= captured;
 - I5: the ledger balances, and the merchant's posted balance is what the
   intent says it should be: received - fees - refunded (refunds that failed
-  give their money back);
+  give their money back) - disputed and not won - dispute fees;
 - at most one money-moving attempt is open (DESIGN section 5, step 4);
 - a refused command produces no events and no effects and changes nothing.
 """
@@ -34,11 +35,14 @@ from engine.intent import (
     ConfirmIntent,
     CreateIntent,
     CreateRefund,
+    DisputeStatus,
     ExpireAuthorization,
     NetworkCall,
     RecordActionRequired,
     RecordApproval,
     RecordDecline,
+    RecordDisputeClosed,
+    RecordDisputeOpened,
     RecordRefundFailure,
     RecordUnknownOutcome,
     RefundStatus,
@@ -85,10 +89,13 @@ class IntentLifecycle(RuleBasedStateMachine):
         amount=st.one_of(st.integers(min_value=50, max_value=5_000), st.sampled_from([50, 51, 99_999_999])),
         fee_basis_points=st.sampled_from([0, 290, 10_000]),
         fee_fixed_minor=st.sampled_from([0, 30, 200]),
+        dispute_fee_minor=st.sampled_from([0, 1_500]),
         with_payment_method=st.booleans(),
         confirm_at_create=st.booleans(),
     )
-    def create(self, capture_method, amount, fee_basis_points, fee_fixed_minor, with_payment_method, confirm_at_create):
+    def create(
+        self, capture_method, amount, fee_basis_points, fee_fixed_minor, dispute_fee_minor, with_payment_method, confirm_at_create
+    ):
         self.intent = None
         self.ledger = Ledger()
         self.journal = []
@@ -111,6 +118,7 @@ class IntentLifecycle(RuleBasedStateMachine):
             confirm=confirm_at_create and with_payment_method,
             fee_basis_points=fee_basis_points,
             fee_fixed_minor=fee_fixed_minor,
+            dispute_fee_minor=dispute_fee_minor,
         )
         decision = self.step(command)
         assert decision.result is Result.ok, decision
@@ -155,10 +163,6 @@ class IntentLifecycle(RuleBasedStateMachine):
 
     def client(self):
         return {"intent_id": INTENT_ID, "merchant_id": MERCHANT_ID, "livemode": False}
-
-    def is_open_capture(self, reference: str) -> bool:
-        attempt = self.intent.attempt(reference)
-        return attempt is not None and attempt.kind is AttemptKind.capture and attempt.status in OPEN_ATTEMPT
 
     # -------------------------------------------------------------- rules
 
@@ -218,15 +222,18 @@ class IntentLifecycle(RuleBasedStateMachine):
 
     @rule(percent=SHARES, reason=st.sampled_from(REFUND_REASONS))
     def refund(self, percent, reason):
-        remaining = self.intent.amount_received - self.intent.amount_refunded
+        remaining = self.intent.amount_returnable
         amount = share_of(remaining, percent)
         status = self.intent.status
+        dispute_open = self.dispute_open()
         command = CreateRefund(**self.client(), refund_id=self.new_reference("re"), at_s=self.now(), amount=amount, reason=reason)
         decision = self.step(command)
         if reason == "bored":
             assert (decision.result, decision.param) == (Result.refund_reason_invalid, "reason")
         elif status is not Status.succeeded:
             assert (decision.result, decision.param) == (Result.intent_not_refundable, "payment_intent")
+        elif dispute_open:
+            assert (decision.result, decision.param) == (Result.intent_disputed, "payment_intent")
         elif remaining == 0:
             assert (decision.result, decision.param) == (Result.intent_fully_refunded, "payment_intent")
         elif amount is not None and not 1 <= amount <= remaining:
@@ -276,10 +283,6 @@ class IntentLifecycle(RuleBasedStateMachine):
         open_references = [a.id for a in self.intent.attempts if a.status in OPEN_ATTEMPT]
         open_references += [r.id for r in self.intent.refunds if r.status is RefundStatus.pending]
         reference = open_references[-1] if open_references else STRANGER_ID
-        if answer_type is RecordActionRequired and self.is_open_capture(reference):
-            # Known bug, pinned by a strict xfail in test_intent_machine.py
-            # (test_action_required_for_a_capture_cannot_strand_the_hold).
-            answer_type = RecordUnknownOutcome
         self.answer(answer_type, reference)
 
     @rule(answer_type=st.sampled_from(ANSWER_TYPES), index=st.integers(min_value=0, max_value=1_000))
@@ -287,8 +290,6 @@ class IntentLifecycle(RuleBasedStateMachine):
         """Any answer for any reference ever issued, or for one never issued."""
         pool = [*self.references, STRANGER_ID]
         reference = pool[index % len(pool)]
-        if answer_type is RecordActionRequired and self.is_open_capture(reference):
-            answer_type = RecordUnknownOutcome  # see answer_the_open_operation
         self.answer(answer_type, reference)
 
     @precondition(lambda self: self.intent is not None and self.intent.refunds)
@@ -305,19 +306,73 @@ class IntentLifecycle(RuleBasedStateMachine):
         else:
             assert (decision.result, decision.param) == (Result.attempt_not_pending, "refund")
 
-    @rule(kind=st.sampled_from(["other_merchant", "livemode"]))
-    def another_caller(self, kind):
+    @rule(percent=SHARES, again=st.booleans())
+    def dispute_opens(self, percent, again):
+        """The network reports a dispute, or repeats one it reported."""
+        kept = self.intent.amount_returnable
+        amount = share_of(kept, 100 if percent is None else percent)
+        repeated = again and self.intent.disputes
+        dispute_id = self.intent.disputes[-1].id if repeated else self.new_reference("dp")
+        status = self.intent.status
+        dispute_open = self.dispute_open()
+        decision = self.step(RecordDisputeOpened(intent_id=INTENT_ID, dispute_id=dispute_id, amount=amount, at_s=self.now()))
+        if repeated:
+            assert (decision.result, decision.param) == (Result.attempt_not_pending, "dispute")
+        elif status is not Status.succeeded:
+            assert decision.result is Result.intent_unexpected_state
+        elif dispute_open:
+            assert (decision.result, decision.param) == (Result.intent_disputed, "dispute")
+        elif not 1 <= amount <= kept:
+            assert (decision.result, decision.param) == (Result.amount_exceeds_refundable, "amount")
+        else:
+            assert decision.result is Result.ok, decision
+
+    @rule(index=st.integers(min_value=0, max_value=1_000), won=st.booleans(), stranger=st.booleans())
+    def dispute_closes(self, index, won, stranger):
+        """The issuer decides a dispute, or the network repeats a decision."""
+        disputes = self.intent.disputes
+        dispute = None if stranger or not disputes else disputes[index % len(disputes)]
+        dispute_id = "dp_stranger" if dispute is None else dispute.id
+        decision = self.step(RecordDisputeClosed(intent_id=INTENT_ID, dispute_id=dispute_id, won=won, at_s=self.now()))
+        if dispute is not None and dispute.status is DisputeStatus.needs_response:
+            assert decision.result is Result.ok, decision
+        else:
+            assert (decision.result, decision.param) == (Result.attempt_not_pending, "dispute")
+
+    def dispute_open(self) -> bool:
+        return any(dispute.status is DisputeStatus.needs_response for dispute in self.intent.disputes)
+
+    @rule(approve=st.integers(min_value=0, max_value=3), percent=SHARES)
+    def advance(self, approve, percent):
+        """The next step of a payment that goes well (mostly): confirm, let
+        the network approve (or, one time in four, decline), capture, refund,
+        and let the network settle the refunds in flight."""
+        status = self.intent.status
+        pending_refunds = [r.id for r in self.intent.refunds if r.status is RefundStatus.pending]
+        if status in (Status.requires_payment_method, Status.requires_confirmation):
+            self.confirm(with_payment_method=True)
+        elif status in (Status.processing, Status.requires_action):
+            self.answer(RecordApproval if approve else RecordDecline, self.intent.open_attempt().id)
+        elif status is Status.requires_capture:
+            self.capture(percent)
+        elif status is Status.succeeded and pending_refunds and approve < 2:
+            self.answer(RecordApproval if approve else RecordDecline, pending_refunds[0])
+        elif status is Status.succeeded:
+            self.refund(percent, None)
+
+    @rule(kind=st.sampled_from(["other_merchant", "livemode"]), which=st.integers(min_value=0, max_value=3))
+    def another_caller(self, kind, which):
         """Another merchant, or the other mode, sees no intent at all."""
         merchant_id, livemode = ("acct_other", False) if kind == "other_merchant" else (MERCHANT_ID, True)
         caller = {"intent_id": INTENT_ID, "merchant_id": merchant_id, "livemode": livemode}
-        for command in (
+        command = (
             ConfirmIntent(**caller, attempt_id="att_x", at_s=self.now(), payment_method_id=PAYMENT_METHOD_ID),
             CaptureIntent(**caller, attempt_id="att_x", at_s=self.now()),
             CancelIntent(**caller, attempt_id="att_x", at_s=self.now()),
             CreateRefund(**caller, refund_id="re_x", at_s=self.now()),
-        ):
-            decision = self.step(command)
-            assert (decision.result, decision.param) == (Result.intent_missing, "intent")
+        )[which]
+        decision = self.step(command)
+        assert (decision.result, decision.param) == (Result.intent_missing, "intent")
 
     # --------------------------------------------------------- invariants
 
@@ -338,12 +393,17 @@ class IntentLifecycle(RuleBasedStateMachine):
         intent = self.intent
         received = intent.amount_received
         fee = ledger.fee_minor(received, intent.fee_basis_points, intent.fee_fixed_minor) if received else 0
+        # A dispute takes its amount back until it is won, and its fee for good.
+        charged_back = sum(dispute.amount for dispute in intent.disputes if dispute.status is not DisputeStatus.won)
+        dispute_fees = intent.dispute_fee_minor * len(intent.disputes)
         merchant = self.ledger.balance(MERCHANT_BALANCE, "usd")
-        assert merchant.credits_posted - merchant.debits_posted == received - fee - intent.amount_refunded, intent
+        assert merchant.credits_posted - merchant.debits_posted == (
+            received - fee - intent.amount_refunded - charged_back - dispute_fees
+        ), intent
         receivable = self.ledger.balance(NETWORK_RECEIVABLE, "usd")
-        assert receivable.debits_posted - receivable.credits_posted == received - intent.amount_refunded
+        assert receivable.debits_posted - receivable.credits_posted == received - intent.amount_refunded - charged_back
         fees = self.ledger.balance(FEES_REVENUE, "usd")
-        assert fees.credits_posted - fees.debits_posted == fee
+        assert fees.credits_posted - fees.debits_posted == fee + dispute_fees
         # An authorization hold is in the ledger exactly while it can be captured.
         assert merchant.credits_pending == receivable.debits_pending == intent.amount_capturable, (merchant, intent)
 
@@ -362,7 +422,8 @@ class IntentLifecycle(RuleBasedStateMachine):
 
     @invariant()
     def references_are_unique(self):
-        references = [a.id for a in self.intent.attempts] + [r.id for r in self.intent.refunds]
+        intent = self.intent
+        references = [a.id for a in intent.attempts] + [r.id for r in intent.refunds] + [d.id for d in intent.disputes]
         assert len(references) == len(set(references))
 
     def teardown(self):
