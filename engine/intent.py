@@ -610,17 +610,31 @@ def decide(intent: PaymentIntent | None, command: Command) -> Decision:
     return _decide_refund(intent, command)
 
 
-def _decide_create(existing: PaymentIntent | None, command: CreateIntent) -> Decision:
-    if not money.amount_in_range(command.amount):
+def check_create_shape(
+    amount: int, currency: str, metadata: dict[str, str], description: str | None, return_url: str | None = None
+) -> Decision | None:
+    """The shape checks of a create, which need no state: the gateway runs
+    them before a request counts as executed (so a refusal stores no
+    idempotency record), and decide runs them again."""
+    if not money.amount_in_range(amount):
         return refuse(Result.amount_out_of_range, "amount")
-    if not money.is_currency(command.currency):
+    if not money.is_currency(currency):
         return refuse(Result.currency_unknown, "currency")
-    if command.amount < money.minimum_charge_minor(command.currency):
+    if amount < money.minimum_charge_minor(currency):
         return refuse(Result.amount_too_small, "amount")
-    if not check_metadata(command.metadata):
+    if not check_metadata(metadata):
         return refuse(Result.metadata_invalid, "metadata")
-    if not check_text(command.description, DESCRIPTION_CHARS_MAX):
+    if not check_text(description, DESCRIPTION_CHARS_MAX):
         return refuse(Result.metadata_invalid, "description")
+    if not check_text(return_url, RETURN_URL_CHARS_MAX):
+        return refuse(Result.metadata_invalid, "return_url")
+    return None
+
+
+def _decide_create(existing: PaymentIntent | None, command: CreateIntent) -> Decision:
+    refusal = check_create_shape(command.amount, command.currency, command.metadata, command.description, command.return_url)
+    if refusal is not None:
+        return refusal
     if existing is not None:
         # Ids carry 80 random bits, so this is a bug in the shell, but a
         # refusal is cheaper than an assert that takes the partition down.

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import functools
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -27,6 +30,8 @@ from gateway import challenge, errors, objects, pages, params
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
 from shards.actor import Outcome
+from shards import idempotency
+from shards.idempotency import Claim, Render
 from shards.node import Node, Overloaded
 from shards.store import ApiKeyRow, PaymentMethodRow, StoreUnavailable
 
@@ -50,8 +55,77 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return response
 
 
+def intent_body(outcome: Outcome, amount: object = None) -> dict[str, Any]:
+    """The PaymentIntent a command's outcome shows; raises the ApiError it
+    stands for when it is a refusal or a failed attempt."""
+    intent = outcome.intent
+    if outcome.result is not Result.ok:
+        status = None if intent is None else str(intent.status)
+        error = errors.from_result(outcome.result, outcome.param, amount=amount, status=status)
+        if intent is not None and error.status != 404:
+            error.extra["payment_intent"] = objects.payment_intent(intent)
+        raise error
+    assert intent is not None
+    attempt = next((a for a in intent.attempts if a.id == outcome.attempt_id), None)
+    if attempt is not None and attempt.status is machine.AttemptStatus.failed:
+        failure = intent.last_payment_error
+        if attempt.kind is machine.AttemptKind.capture or failure is None:
+            error = errors.card_error("card_declined", "The card network declined the capture.")
+        else:
+            error = errors.card_error(failure.code, failure.message, decline_code=failure.decline_code)
+        error.extra["payment_intent"] = objects.payment_intent(intent)
+        raise error
+    return objects.payment_intent(intent)
+
+
+def render(body: Callable[[], dict[str, Any]]) -> tuple[int, bytes]:
+    """(status, JSON) of a response, errors included. The same bytes are
+    stored for idempotent replays."""
+    try:
+        return 200, _json.encode(body())
+    except ApiError as error:
+        return error.status, _json.encode(error.body())
+
+
+def render_intent(outcome: Outcome, amount: object = None) -> tuple[int, bytes]:
+    return render(lambda: intent_body(outcome, amount))
+
+
+def render_payment_method(row: PaymentMethodRow) -> tuple[int, bytes]:
+    return 200, _json.encode(objects.payment_method(row))
+
+
+def render_refund(refund_id: str) -> Callable[[Outcome], tuple[int, bytes]]:
+    def body_of(outcome: Outcome) -> dict[str, Any]:
+        if outcome.result is not Result.ok:
+            raise errors.from_result(outcome.result, outcome.param)
+        assert outcome.intent is not None
+        refund = outcome.intent.refund(refund_id)
+        assert refund is not None
+        return objects.refund(outcome.intent, refund)
+
+    return lambda outcome: render(lambda: body_of(outcome))
+
+
+class Replayed(Exception):
+    """The stored first response to a request with this idempotency key."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+def raw_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    response = Response(body, status=status, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
 def create_app(node: Node) -> QuartTrio:
     app = QuartTrio("payments")
+    records = node.idempotency
     app.config["MAX_CONTENT_LENGTH"] = BODY_BYTES_MAX
     app.config["BODY_TIMEOUT"] = 30
 
@@ -79,6 +153,10 @@ def create_app(node: Node) -> QuartTrio:
             message = error.description or "The request could not be handled."
         error_type = "invalid_request_error" if status < 500 else "api_error"
         return json_response({"error": {"type": error_type, "message": message}}, status)
+
+    @app.errorhandler(Replayed)
+    async def replayed(replay: Replayed) -> Response:
+        return raw_response(replay.status, replay.body, {"Idempotent-Replayed": "true"})
 
     @app.errorhandler(StoreUnavailable)
     async def store_unavailable(error: StoreUnavailable) -> Response:
@@ -166,38 +244,63 @@ def create_app(node: Node) -> QuartTrio:
             raise errors.invalid_request(error.message, param=error.param, code=error.code) from None
         return params.convert(values, params.ListParams)
 
-    async def submit(command: machine.Command) -> Outcome:
+    @contextlib.asynccontextmanager
+    async def idempotent(key: ApiKeyRow, values: dict[str, Any], render_outcome: Render) -> AsyncIterator[Claim | None]:
+        """Claim the request's Idempotency-Key for the block, or replay the
+        response stored under it (raises Replayed), or refuse it."""
+        header = request.headers.get("Idempotency-Key")
+        if header is None:
+            yield None
+            return
+        if not 1 <= len(header) <= idempotency.KEY_CHARS_MAX:
+            raise errors.invalid_request(
+                f"Idempotency keys are 1 to {idempotency.KEY_CHARS_MAX} characters long.", code="idempotency_key_invalid"
+            )
+        if not records.begin_nowait(key.merchant_id, header):
+            raise ApiError(
+                409,
+                "idempotency_error",
+                "There is currently another in-progress request using this idempotency key. Retry shortly.",
+                code="idempotency_key_in_use",
+            )
         try:
-            return await node.submit(command)
+            now_s = int(time.time())
+            found = await records.find(key.merchant_id, header, now_s)
+            request_fingerprint = idempotency.fingerprint(request.method, request.path, values)
+            if found is not None:
+                if found.fingerprint != request_fingerprint:
+                    raise ApiError(
+                        400,
+                        "idempotency_error",
+                        "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                        code="idempotency_key_reused",
+                    )
+                if found.status_code is not None and found.body is not None:
+                    raise Replayed(found.status_code, found.body)
+                # Started, never finished, and not running here: the node
+                # that ran it stopped. The object's state now is the answer.
+                intent = None if found.object_id is None else node.intent(found.object_id)
+                if intent is None:
+                    raise errors.unavailable("The first request with this idempotency key did not finish. Retry shortly.")
+                last = intent.attempts[-1].id if intent.attempts else None
+                raise Replayed(*render_outcome(Outcome(Result.ok, intent, attempt_id=last)))
+            yield Claim(key.merchant_id, header, request_fingerprint, render_outcome, now_s + records.ttl_s)
+        finally:
+            records.end(key.merchant_id, header)
+
+    async def submit(command: machine.Command, claim: Claim | None = None) -> Outcome:
+        try:
+            return await node.submit(command, claim)
         except Overloaded:
             raise errors.unavailable("Too many requests are in flight for this payment. Retry shortly.") from None
-
-    def intent_response(outcome: Outcome, amount: object = None) -> Response:
-        intent = outcome.intent
-        if outcome.result is not Result.ok:
-            status = None if intent is None else str(intent.status)
-            error = errors.from_result(outcome.result, outcome.param, amount=amount, status=status)
-            if intent is not None and error.status != 404:
-                error.extra["payment_intent"] = objects.payment_intent(intent)
-            raise error
-        assert intent is not None
-        attempt = next((a for a in intent.attempts if a.id == outcome.attempt_id), None)
-        if attempt is not None and attempt.status is machine.AttemptStatus.failed:
-            failure = intent.last_payment_error
-            if attempt.kind is machine.AttemptKind.capture or failure is None:
-                error = errors.card_error("card_declined", "The card network declined the capture.")
-            else:
-                error = errors.card_error(failure.code, failure.message, decline_code=failure.decline_code)
-            error.extra["payment_intent"] = objects.payment_intent(intent)
-            raise error
-        return json_response(objects.payment_intent(intent))
 
     # -------------------------------------------------------------- routes
 
     @app.post("/v1/payment_methods")
     async def create_payment_method() -> Response:
         key = await authenticate(publishable_allowed=True)
-        values = params.convert(await read_body(), params.CreatePaymentMethod)
+        body = await read_body()
+        values = params.convert(body, params.CreatePaymentMethod)
         card = values.card
         number = card.number.replace(" ", "")
         if not cards.luhn_valid(number):
@@ -212,11 +315,12 @@ def create_app(node: Node) -> QuartTrio:
             raise errors.card_error("invalid_expiry_month", "Your card's expiration month is invalid.", param="card[exp_month]")
         if card.cvc is not None and not (card.cvc.isdigit() and 3 <= len(card.cvc) <= 4):
             raise errors.card_error("invalid_cvc", "Your card's security code is invalid.", param="card[cvc]")
-        row = await node.create_payment_method(
-            key.merchant_id, key.livemode, number, card.exp_month, exp_year, cards.brand_of(number)
-        )
-        log.info("payment_method_created", payment_method_id=row.id, brand=row.brand, last4=row.last4)
-        return json_response(objects.payment_method(row))
+        async with idempotent(key, body, render_payment_method) as claim:
+            row = await node.create_payment_method(
+                key.merchant_id, key.livemode, number, card.exp_month, exp_year, cards.brand_of(number), claim
+            )
+            log.info("payment_method_created", payment_method_id=row.id, brand=row.brand, last4=row.last4)
+            return raw_response(*render_payment_method(row))
 
     @app.get("/v1/payment_methods/<payment_method_id>")
     async def retrieve_payment_method(payment_method_id: str) -> Response:
@@ -229,13 +333,22 @@ def create_app(node: Node) -> QuartTrio:
     @app.post("/v1/payment_intents")
     async def create_payment_intent() -> Response:
         key = await authenticate()
-        values = params.convert(await read_body(), params.CreatePaymentIntent)
+        body = await read_body()
+        values = params.convert(body, params.CreatePaymentIntent)
+        render_outcome = functools.partial(render_intent, amount=values.amount)
+        refusal = machine.check_create_shape(values.amount, values.currency.lower(), values.metadata, values.description, values.return_url)
+        if refusal is not None:
+            raise errors.from_result(refusal.result, refusal.param, amount=values.amount)
+        async with idempotent(key, body, render_outcome) as claim:
+            return raw_response(*render_outcome(await submit(await create_command(key, values), claim)))
+
+    async def create_command(key: ApiKeyRow, values: params.CreatePaymentIntent) -> machine.CreateIntent:
         payment_method_id = None
         if values.payment_method is not None:
             payment_method_id = (await owned_payment_method(values.payment_method, key)).id
         intent_id = node.new_id("pi")
         partition = node.partition_of_intent(intent_id)
-        command = machine.CreateIntent(
+        return machine.CreateIntent(
             intent_id=intent_id,
             merchant_id=key.merchant_id,
             livemode=key.livemode,
@@ -255,7 +368,6 @@ def create_app(node: Node) -> QuartTrio:
             settlement_delay_s=node.config.settlement_delay_s,
             dispute_fee_minor=node.config.dispute_fee_minor,
         )
-        return intent_response(await submit(command), amount=values.amount)
 
     @app.get("/v1/payment_intents/<intent_id>")
     async def retrieve_payment_intent(intent_id: str) -> Response:
@@ -266,20 +378,22 @@ def create_app(node: Node) -> QuartTrio:
     async def confirm_payment_intent(intent_id: str) -> Response:
         key = await authenticate()
         owned_intent(intent_id, key)
-        values = params.convert(await read_body(), params.ConfirmPaymentIntent)
-        payment_method_id = None
-        if values.payment_method is not None:
-            payment_method_id = (await owned_payment_method(values.payment_method, key)).id
-        command = machine.ConfirmIntent(
-            intent_id=intent_id,
-            merchant_id=key.merchant_id,
-            livemode=key.livemode,
-            attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
-            at_s=int(time.time()),
-            payment_method_id=payment_method_id,
-            return_url=values.return_url,
-        )
-        return intent_response(await submit(command))
+        body = await read_body()
+        values = params.convert(body, params.ConfirmPaymentIntent)
+        async with idempotent(key, body, render_intent) as claim:
+            payment_method_id = None
+            if values.payment_method is not None:
+                payment_method_id = (await owned_payment_method(values.payment_method, key)).id
+            command = machine.ConfirmIntent(
+                intent_id=intent_id,
+                merchant_id=key.merchant_id,
+                livemode=key.livemode,
+                attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+                at_s=int(time.time()),
+                payment_method_id=payment_method_id,
+                return_url=values.return_url,
+            )
+            return raw_response(*render_intent(await submit(command, claim)))
 
     @app.get("/v1/payment_intents")
     async def list_payment_intents() -> Response:
@@ -294,7 +408,8 @@ def create_app(node: Node) -> QuartTrio:
     async def capture_payment_intent(intent_id: str) -> Response:
         key = await authenticate()
         owned_intent(intent_id, key)
-        values = params.convert(await read_body(), params.CaptureParams)
+        body = await read_body()
+        values = params.convert(body, params.CaptureParams)
         command = machine.CaptureIntent(
             intent_id=intent_id,
             merchant_id=key.merchant_id,
@@ -303,13 +418,15 @@ def create_app(node: Node) -> QuartTrio:
             at_s=int(time.time()),
             amount_to_capture=values.amount_to_capture,
         )
-        return intent_response(await submit(command))
+        async with idempotent(key, body, render_intent) as claim:
+            return raw_response(*render_intent(await submit(command, claim)))
 
     @app.post("/v1/payment_intents/<intent_id>/cancel")
     async def cancel_payment_intent(intent_id: str) -> Response:
         key = await authenticate()
         owned_intent(intent_id, key)
-        values = params.convert(await read_body(), params.CancelParams)
+        body = await read_body()
+        values = params.convert(body, params.CancelParams)
         command = machine.CancelIntent(
             intent_id=intent_id,
             merchant_id=key.merchant_id,
@@ -318,12 +435,14 @@ def create_app(node: Node) -> QuartTrio:
             at_s=int(time.time()),
             cancellation_reason=values.cancellation_reason,
         )
-        return intent_response(await submit(command))
+        async with idempotent(key, body, render_intent) as claim:
+            return raw_response(*render_intent(await submit(command, claim)))
 
     @app.post("/v1/refunds")
     async def create_refund() -> Response:
         key = await authenticate()
-        values = params.convert(await read_body(), params.CreateRefund)
+        body = await read_body()
+        values = params.convert(body, params.CreateRefund)
         intent_id = values.payment_intent
         try:
             owned_intent(intent_id, key)
@@ -340,13 +459,9 @@ def create_app(node: Node) -> QuartTrio:
             reason=values.reason,
             metadata=values.metadata,
         )
-        outcome = await submit(command)
-        if outcome.result is not Result.ok:
-            raise errors.from_result(outcome.result, outcome.param)
-        assert outcome.intent is not None
-        refund = outcome.intent.refund(refund_id)
-        assert refund is not None
-        return json_response(objects.refund(outcome.intent, refund))
+        render_outcome = render_refund(refund_id)
+        async with idempotent(key, body, render_outcome) as claim:
+            return raw_response(*render_outcome(await submit(command, claim)))
 
     @app.get("/v1/refunds/<refund_id>")
     async def retrieve_refund(refund_id: str) -> Response:
@@ -442,6 +557,23 @@ def create_app(node: Node) -> QuartTrio:
         if not node.network.close_dispute(dispute_id, values.outcome == "won"):
             raise errors.invalid_request("This dispute is already closed.", code="dispute_already_closed")
         return json_response({"object": "simulated_dispute", "id": dispute_id, "outcome": values.outcome})
+
+    @app.get("/simulator/operations")
+    async def simulated_operations() -> Response:
+        """The card network's own record of this merchant's operations (test
+        mode), for checking that nothing was charged twice."""
+        key = await authenticate()
+        operations = getattr(node.network, "operations", None)
+        if key.livemode or operations is None:
+            raise errors.invalid_request("The simulator's record is only available in test mode against the simulator.")
+        mine = []
+        for operation in operations():
+            named = operation.parent_reference or operation.reference
+            intent_id = node.intent_of_reference(named)
+            intent = None if intent_id is None else node.intent(intent_id)
+            if intent is not None and intent.merchant_id == key.merchant_id:
+                mine.append({"payment_intent": intent.id, **msgspec.structs.asdict(operation)})
+        return json_response({"object": "list", "data": mine})
 
     challenge.register(app, node)
 

@@ -36,7 +36,8 @@ from engine import intent as machine
 from engine.intent import Command, NetworkCall, PaymentIntent
 from engine.ledger import Ledger
 from engine.results import Result
-from shards.store import JournalRow, StoreUnavailable
+from shards.idempotency import Claim
+from shards.store import IdempotencyRow, JournalRow, StoreUnavailable
 
 log = structlog.get_logger("shards.actor")
 
@@ -90,6 +91,21 @@ class Reply:
 class Message(msgspec.Struct):
     command: Command
     reply: Reply | None
+    claim: Claim | None = None  # the idempotency key the request came with
+
+
+def waits_on(decision: machine.Decision) -> str | None:
+    """The attempt whose answer a client's reply waits for, if any. A cancel
+    answers at once: its void only tidies up at the network."""
+    if decision.result is not Result.ok:
+        return None
+    return next((effect.attempt_id for effect in decision.effects if effect.kind != "void"), None)
+
+
+def immediate_outcome(decision: machine.Decision, current: PaymentIntent | None) -> Outcome:
+    if decision.result is not Result.ok:
+        return Outcome(decision.result, current, decision.param)
+    return Outcome(Result.ok, current)
 
 
 class ShardConfig(msgspec.Struct, frozen=True):
@@ -141,7 +157,7 @@ class ShardState:
 
 
 Performer = Callable[[NetworkCall], Awaitable[Command]]
-Journal = Callable[[int, list[JournalRow]], Awaitable[None]]
+Journal = Callable[[int, list[JournalRow], list[IdempotencyRow]], Awaitable[None]]
 
 
 class ShardActor:
@@ -157,19 +173,21 @@ class ShardActor:
         self._append = append
         self._perform = perform
         self.mailbox_send, self._mailbox_receive = trio.open_memory_channel[Message](config.mailbox_commands_max)
-        self._awaiting_answer: dict[str, Reply] = {}
+        # Client replies (and their idempotency claims) held until the answer
+        # to an attempt is journaled.
+        self._awaiting_answer: dict[str, tuple[Reply, Claim | None]] = {}
         self._network_limiter = trio.CapacityLimiter(config.network_calls_max)
         self._retry: list[Message] = []
         self.commits_total = 0
         self.commands_total = 0
 
-    def submit_nowait(self, command: Command) -> Reply:
+    def submit_nowait(self, command: Command, claim: Claim | None = None) -> Reply:
         """Queue a client command. Raises trio.WouldBlock when the mailbox is full
         or the actor is not accepting (starting up or shutting down)."""
         if not self.state.accepting:
             raise trio.WouldBlock
         reply = Reply()
-        self.mailbox_send.send_nowait(Message(command, reply))
+        self.mailbox_send.send_nowait(Message(command, reply, claim))
         return reply
 
     def close(self) -> None:
@@ -277,9 +295,10 @@ class ShardActor:
                 assert current is not None
                 working[intent_id] = current
             outcomes.append((message, decision, current))
-        if rows:
+        idempotency = self._idempotency_rows(outcomes)
+        if rows or idempotency:
             try:
-                await self._append(self.state.partition, rows)
+                await self._append(self.state.partition, rows, idempotency)
             except StoreUnavailable as error:
                 self._fail_batch(outcomes, error)
                 await trio.sleep(self.config.commit_retry_s)
@@ -292,6 +311,25 @@ class ShardActor:
         self.commands_total += len(batch)
         for message, decision, current in outcomes:
             self._settle(message, decision, current)
+
+    def _idempotency_rows(self, outcomes: list[tuple[Message, machine.Decision, PaymentIntent | None]]) -> list[IdempotencyRow]:
+        """The idempotency records this batch completes or starts, written in
+        its transaction."""
+        rows = []
+        for message, decision, current in outcomes:
+            if message.claim is not None:
+                object_id = None if current is None else current.id
+                if waits_on(decision) is not None:
+                    rows.append(message.claim.started(object_id))
+                else:
+                    rows.append(message.claim.completed(immediate_outcome(decision, current), object_id))
+            command = message.command
+            if isinstance(command, ANSWER_TYPES) and decision.result is Result.ok:
+                waiting = self._awaiting_answer.get(command.attempt_id)
+                if waiting is not None and waiting[1] is not None:
+                    outcome = Outcome(Result.ok, current, attempt_id=command.attempt_id)
+                    rows.append(waiting[1].completed(outcome, command.intent_id))
+        return rows
 
     def _fail_batch(self, outcomes: list[tuple[Message, machine.Decision, PaymentIntent | None]], error: StoreUnavailable) -> None:
         log.warning("journal_commit_failed", partition=self.state.partition, error=str(error), commands=len(outcomes))
@@ -323,18 +361,17 @@ class ShardActor:
             else:
                 status = event.status
             log.info(LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status))
-        waits = False
+        awaited = waits_on(decision) if message.reply is not None else None
+        if awaited is not None:
+            assert message.reply is not None
+            self._awaiting_answer[awaited] = (message.reply, message.claim)
         for effect in decision.effects:
-            # A cancel answers at once; its void only tidies up at the network.
-            if message.reply is not None and effect.kind != "void":
-                self._awaiting_answer[effect.attempt_id] = message.reply
-                waits = True
             self._calls.start_soon(self._call_network, effect)
         if isinstance(command, ANSWER_TYPES):
             waiting = self._awaiting_answer.pop(command.attempt_id, None)
             if waiting is not None:
-                waiting.set(Outcome(Result.ok, current, attempt_id=command.attempt_id))
-        elif not waits and message.reply is not None:
+                waiting[0].set(Outcome(Result.ok, current, attempt_id=command.attempt_id))
+        elif awaited is None and message.reply is not None:
             message.reply.set(Outcome(Result.ok, current))
 
     async def _call_network(self, effect: NetworkCall) -> None:

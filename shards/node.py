@@ -26,6 +26,7 @@ from engine import intent as machine
 from engine.intent import Command, Dispute, NetworkCall, PaymentIntent, Refund
 from engine.network import CaptureRequest, NetworkNotice, RefundRequest, VoidRequest
 from shards.actor import Message, Outcome, ShardActor, ShardConfig, ShardState
+from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
 from shards.store import ApiKeyRow, PaymentMethodRow, Store, StoreUnavailable
 from shards.vault import Vault
 from engine.network import AuthorizationRequest, NetworkAnswer
@@ -64,6 +65,7 @@ class NodeConfig(msgspec.Struct, frozen=True):
     # Terms given to new intents; fees come from each merchant's row.
     settlement_delay_s: int = 2 * 86_400
     dispute_fee_minor: int = 1500
+    idempotency_ttl_s: int = TTL_S_DEFAULT
 
 
 class BoundedCache(OrderedDict):
@@ -100,6 +102,7 @@ class Node:
         self._payment_methods = BoundedCache(config.cache_entries_max)
         self._api_keys = BoundedCache(config.cache_entries_max)
         self.stop_relay: Any = lambda: None
+        self.idempotency = IdempotencyRecords(store, ttl_s=config.idempotency_ttl_s)
         # The address cardholders reach this node at (for 3-D Secure pages);
         # set once the HTTP server is listening.
         self.public_url = "http://127.0.0.1"
@@ -182,7 +185,7 @@ class Node:
             and transfer.kind in (TransferKind.single, TransferKind.post_pending)
         ]
 
-    async def submit(self, command: Command) -> Outcome:
+    async def submit(self, command: Command, claim: Claim | None = None) -> Outcome:
         """Run a command on the owning actor and wait until it is journaled.
 
         Raises Overloaded (mailbox full) or StoreUnavailable (not journaled).
@@ -194,7 +197,7 @@ class Node:
         if shard is None:
             raise Overloaded(f"partition {partition} is not served by this node")
         try:
-            reply = shard.submit_nowait(command)
+            reply = shard.submit_nowait(command, claim)
         except (trio.WouldBlock, trio.ClosedResourceError) as error:
             raise Overloaded(f"partition {partition} is busy") from error
         with trio.move_on_after(self.config.reply_timeout_s):
@@ -208,7 +211,14 @@ class Node:
     # ------------------------------------------------------ payment methods
 
     async def create_payment_method(
-        self, merchant_id: str, livemode: bool, number: str, exp_month: int, exp_year: int, brand: str
+        self,
+        merchant_id: str,
+        livemode: bool,
+        number: str,
+        exp_month: int,
+        exp_year: int,
+        brand: str,
+        claim: Claim | None = None,
     ) -> PaymentMethodRow:
         payment_method_id = self.new_id("pm")
         row = PaymentMethodRow(
@@ -223,7 +233,7 @@ class Node:
             sealed_number=self.vault.seal(number, payment_method_id),
             created_s=int(time.time()),
         )
-        await self.store.insert_payment_method(row)
+        await self.store.insert_payment_method(row, None if claim is None else claim.completed(row, row.id))
         self._payment_methods.put(row.id, row)
         return row
 
@@ -362,6 +372,17 @@ class Node:
             except trio.ClosedResourceError:
                 return
 
+    async def purge_idempotency(self, every_s: float = 600) -> None:
+        """Forget idempotency records past their lifetime, now and then."""
+        while True:
+            try:
+                purged = await self.store.purge_idempotency(int(time.time()))
+            except StoreUnavailable:
+                purged = 0
+            if purged:
+                log.info("idempotency_keys_purged", count=purged)
+            await trio.sleep(every_s)
+
     def intent_of_reference(self, reference: str) -> str | None:
         """The intent an attempt or refund id belongs to, if this node has it."""
         prefix = reference.partition("_")[0]
@@ -398,11 +419,13 @@ async def run_node(
             await nursery.start(shard.run)
         notices = trio.CancelScope()
 
-        async def relay() -> None:
+        async def background() -> None:
             with notices:
-                await node.relay_notices()
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(node.relay_notices)
+                    tasks.start_soon(node.purge_idempotency)
 
-        nursery.start_soon(relay)
+        nursery.start_soon(background)
         node.stop_relay = notices.cancel
         log.info("node_started", partitions=config.partitions, intents=sum(len(s.state.intents) for s in node.shards.values()))
         task_status.started(node)

@@ -73,6 +73,17 @@ CREATE TABLE IF NOT EXISTS journal (
     PRIMARY KEY (partition, seq)
 );
 CREATE INDEX IF NOT EXISTS journal_entity ON journal (entity_id);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    merchant_id text NOT NULL,
+    key text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+    fingerprint bytea NOT NULL,
+    status_code smallint,          -- NULL while the first request is still running
+    body bytea,
+    object_id text,                -- what the request acts on, for a record left running by a crash
+    expires_at_s bigint NOT NULL,
+    PRIMARY KEY (merchant_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_at_s);
 CREATE TABLE IF NOT EXISTS postings (
     id text PRIMARY KEY,
     partition smallint NOT NULL,
@@ -90,6 +101,16 @@ CREATE TABLE IF NOT EXISTS postings (
 );
 """
 
+
+# A record is written once when its request starts and completed once; it is
+# never overwritten after that, whatever a confused caller sends.
+IDEMPOTENCY_UPSERT = """
+INSERT INTO idempotency_keys (merchant_id, key, fingerprint, status_code, body, object_id, expires_at_s)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (merchant_id, key) DO UPDATE
+    SET status_code = EXCLUDED.status_code, body = EXCLUDED.body
+    WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.fingerprint = EXCLUDED.fingerprint
+"""
 
 POSTING_COLUMNS = (
     "id", "partition", "journal_seq", "intent_id", "debit_account_id", "credit_account_id", "amount",
@@ -132,6 +153,19 @@ class ApiKeyRow(msgspec.Struct, frozen=True):
     livemode: bool
     fee_basis_points: int = 290
     fee_fixed_minor: int = 30
+
+
+class IdempotencyRow(msgspec.Struct, frozen=True):
+    """The first response to a request made with an idempotency key, or the
+    mark that it started (status_code None) while its answer is awaited."""
+
+    merchant_id: str
+    key: str
+    fingerprint: bytes
+    status_code: int | None
+    body: bytes | None
+    object_id: str | None
+    expires_at_s: int
 
 
 class JournalRow(msgspec.Struct, frozen=True):
@@ -245,8 +279,9 @@ class Store:
 
     # ----------------------------------------------------------- journal
 
-    async def append(self, partition: int, rows: Sequence[JournalRow]) -> None:
-        """Write one batch of journal rows in one transaction (one fsync)."""
+    async def append(self, partition: int, rows: Sequence[JournalRow], idempotency: Sequence[IdempotencyRow] = ()) -> None:
+        """Write one batch of journal rows, their postings and the idempotency
+        records of the requests behind them, in one transaction (one fsync)."""
         records = [(partition, row.seq, row.entity_id, row.kind, row.body.decode()) for row in rows]
         postings = [
             (
@@ -267,6 +302,8 @@ class Store:
                 )
                 if postings:
                     await connection.copy_records_to_table("postings", records=postings, columns=POSTING_COLUMNS)
+                if idempotency:
+                    await connection.executemany(IDEMPOTENCY_UPSERT, [msgspec.structs.astuple(row) for row in idempotency])
 
         await self._call(run)
 
@@ -326,9 +363,40 @@ class Store:
 
     # --------------------------------------------------- payment methods
 
-    async def insert_payment_method(self, row: PaymentMethodRow) -> None:
-        async def run() -> None:
+    async def find_idempotency(self, merchant_id: str, key: str, now_s: int) -> IdempotencyRow | None:
+        async def run() -> IdempotencyRow | None:
             async with self._pool.acquire() as connection:
+                row = await connection.fetchrow(
+                    "SELECT merchant_id, key, fingerprint, status_code, body, object_id, expires_at_s"
+                    " FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND expires_at_s > $3",
+                    merchant_id,
+                    key,
+                    now_s,
+                )
+            return None if row is None else IdempotencyRow(**dict(row))
+
+        return await self._call(run)
+
+    async def purge_idempotency(self, now_s: int, rows_max: int = 10_000) -> int:
+        """Forget expired idempotency records, a bounded number at a time."""
+
+        async def run() -> int:
+            async with self._pool.acquire() as connection:
+                result = await connection.execute(
+                    "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys"
+                    " WHERE expires_at_s <= $1 LIMIT $2)",
+                    now_s,
+                    rows_max,
+                )
+            return int(result.split()[-1])
+
+        return await self._call(run)
+
+    async def insert_payment_method(self, row: PaymentMethodRow, idempotency: IdempotencyRow | None = None) -> None:
+        async def run() -> None:
+            async with self._pool.acquire() as connection, connection.transaction():
+                if idempotency is not None:
+                    await connection.execute(IDEMPOTENCY_UPSERT, *msgspec.structs.astuple(idempotency))
                 await connection.execute(
                     "INSERT INTO payment_methods (id, merchant_id, livemode, brand, last4, exp_month,"
                     " exp_year, fingerprint, sealed_number, created_s)"
