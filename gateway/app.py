@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import hmac
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,20 +20,21 @@ from typing import Any
 
 import msgspec
 import structlog
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine import cards
 from engine import intent as machine
 from engine.results import Result
-from gateway import challenge, errors, objects, pages, params
+from gateway import challenge, errors, objects, pages, params, signing
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
 from shards.actor import Outcome
 from shards import idempotency
 from shards.idempotency import Claim, Render
-from shards.node import Node, Overloaded
+from shards.node import Node, Overloaded, hash_key
+from shards.redis_link import RedisUnavailable
 from shards.store import ApiKeyRow, PaymentMethodRow, StoreUnavailable
 
 log = structlog.get_logger("gateway")
@@ -132,6 +134,8 @@ def create_app(node: Node) -> QuartTrio:
     @app.after_request
     async def add_request_id(response: Response) -> Response:
         response.headers["Request-Id"] = "req_" + secrets.token_urlsafe(12)
+        for name, value in getattr(g, "rate_limit", {}).items():
+            response.headers[name] = value
         return response
 
     @app.errorhandler(ApiError)
@@ -173,6 +177,9 @@ def create_app(node: Node) -> QuartTrio:
     # ------------------------------------------------------------- helpers
 
     async def authenticate(*, publishable_allowed: bool = False) -> ApiKeyRow:
+        """The caller's key, after its rate limit and, where the merchant asks
+        for it, its request signature. Without a working key the caller's
+        address is rate-limited instead."""
         header = request.headers.get("Authorization", "")
         secret = ""
         if header.startswith("Bearer "):
@@ -182,27 +189,75 @@ def create_app(node: Node) -> QuartTrio:
                 secret = base64.b64decode(header[len("Basic ") :], validate=True).decode().split(":", 1)[0]
             except (binascii.Error, UnicodeDecodeError):
                 secret = ""
-        if not secret:
-            raise ApiError(
-                401,
-                "invalid_request_error",
-                "You did not provide an API key. Provide it as 'Authorization: Bearer YOUR_SECRET_KEY'.",
-            )
         row = None
-        if len(secret) <= API_KEY_CHARS_MAX and secret.isascii():
+        if secret and len(secret) <= API_KEY_CHARS_MAX and secret.isascii():
             row = await node.authenticate(secret)
         if row is None:
+            await limit(f"ip:{request.remote_addr}", node.config.anonymous_rate_per_s, node.config.anonymous_burst)
+            if not secret:
+                raise ApiError(
+                    401,
+                    "invalid_request_error",
+                    "You did not provide an API key. Provide it as 'Authorization: Bearer YOUR_SECRET_KEY'.",
+                )
             raise ApiError(401, "invalid_request_error", f"Invalid API Key provided: {mask(secret)}", code="api_key_invalid")
+        await limit("key:" + hash_key(secret).hex()[:32], row.rate_limit_per_s, row.rate_limit_burst)
+        if row.require_signed_requests:
+            await check_signature(row)
         if row.kind == "publishable" and not publishable_allowed:
             raise ApiError(401, "invalid_request_error", "This API call cannot be made with a publishable API key.")
         return row
+
+    async def limit(bucket_name: str, rate_per_s: int, burst: int) -> None:
+        """Take a token or answer 429. Fails open when Redis is down: rate
+        limits protect capacity, not money, and payments must go on."""
+        if node.redis is None:
+            return
+        try:
+            bucket = await node.redis.take_token(bucket_name, rate_per_s, burst)
+        except RedisUnavailable:
+            log.warning("rate_limit_skipped", reason="redis_unavailable")
+            return
+        g.rate_limit = {
+            "X-RateLimit-Limit": str(burst),
+            "X-RateLimit-Remaining": str(bucket.remaining),
+            "X-RateLimit-Reset": str(int(time.time()) + (bucket.full_in_ms + 999) // 1000),
+        }
+        if not bucket.allowed:
+            raise ApiError(
+                429,
+                "invalid_request_error",
+                "Too many requests hit the API too quickly. Retry after the time in Retry-After.",
+                code="rate_limit",
+                headers={"Retry-After": str(max(1, (bucket.retry_after_ms + 999) // 1000))},
+            )
+
+    async def check_signature(key: ApiKeyRow) -> None:
+        secret = node.signing_secret(key)
+        assert secret is not None, key.merchant_id
+        body = await request.get_data(cache=True, as_text=False)
+        path = request.path + ("?" + request.query_string.decode("latin-1") if request.query_string else "")
+        try:
+            nonce = signing.verify(secret, request.headers.get(signing.HEADER), request.method, path, body, int(time.time()))
+        except signing.SignatureError as error:
+            raise ApiError(401, "invalid_request_error", str(error), code="signature_invalid") from None
+        if node.redis is None:
+            # Without somewhere to remember nonces a replay cannot be told
+            # apart: refuse rather than accept signed requests blindly.
+            raise errors.unavailable("Signed requests cannot be checked right now. Retry shortly.")
+        try:
+            fresh = await node.redis.remember_once(f"nonce:{key.merchant_id}:{nonce}", 2 * signing.TOLERANCE_S)
+        except RedisUnavailable:
+            raise errors.unavailable("Signed requests cannot be checked right now. Retry shortly.") from None
+        if not fresh:
+            raise ApiError(401, "invalid_request_error", "This request's nonce was already used.", code="signature_replayed")
 
     async def read_body() -> dict[str, Any]:
         if request.content_length is not None and request.content_length > BODY_BYTES_MAX:
             raise errors.invalid_request(
                 f"The request body is larger than {BODY_BYTES_MAX} bytes.", code="request_too_large"
             )
-        body = await request.get_data(cache=False, as_text=False)
+        body = await request.get_data(cache=True, as_text=False)
         content_type = (request.mimetype or "").lower()
         if body and content_type not in FORM_CONTENT_TYPES:
             raise errors.invalid_request(
@@ -376,10 +431,16 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.post("/v1/payment_intents/<intent_id>/confirm")
     async def confirm_payment_intent(intent_id: str) -> Response:
-        key = await authenticate()
-        owned_intent(intent_id, key)
+        key = await authenticate(publishable_allowed=True)
+        intent = owned_intent(intent_id, key)
         body = await read_body()
         values = params.convert(body, params.ConfirmPaymentIntent)
+        if key.kind == "publishable" and not (
+            values.client_secret is not None and hmac.compare_digest(values.client_secret.encode(), intent.client_secret.encode())
+        ):
+            # A browser holding only the publishable key must also hold the
+            # intent's client secret; without it the intent is not its to see.
+            raise errors.not_found("payment_intent", intent_id, "intent")
         async with idempotent(key, body, render_intent) as claim:
             payment_method_id = None
             if values.payment_method is not None:

@@ -85,7 +85,8 @@ def parser() -> argparse.ArgumentParser:
         prog="payments",
         description="An actor-style payment engine with a Stripe-compatible API.",
         epilog="Without PAYMENTS_DATABASE_URL / PAYMENTS_REDIS_URL, an embedded PostgreSQL"
-        " and Valkey are started under the data directory.",
+        " and Valkey are started under the data directory. PAYMENTS_REDIS_PREFIX (default"
+        " 'payments:') namespaces this installation's keys in a shared Redis.",
     )
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -123,6 +124,18 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help='print {"id", "secret_key", "publishable_key"} as JSON')
     create.add_argument("--fee-basis-points", type=bounded_int(0, 10_000), default=290, help="percentage fee in basis points (default 290 = 2.9%%)")
     create.add_argument("--fee-fixed-minor", type=bounded_int(0, 100_000), default=30, help="fixed fee per charge in minor units (default 30)")
+    create.add_argument("--rate-limit-per-s", type=bounded_int(1, 100_000), default=100, help="requests per second per key (default 100)")
+    create.add_argument("--rate-limit-burst", type=bounded_int(1, 1_000_000), default=200, help="burst size of the rate limit (default 200)")
+    create.add_argument(
+        "--require-signed-requests", action="store_true",
+        help="refuse requests without a valid Payments-Signature; prints the signing secret once",
+    )
+
+    roll = merchant_commands.add_parser("roll-key", help="issue a new secret key; the old ones keep working for a grace period")
+    roll.add_argument("--merchant", required=True, help="the merchant's id (acct_...)")
+    roll.add_argument("--grace-s", type=bounded_int(0, 30 * 86_400), default=86_400, help="how long old secret keys keep working (default 86400)")
+    roll.add_argument("--json", action="store_true", help='print {"id", "secret_key"} as JSON')
+    data_dir_option(roll)
     data_dir_option(create)
     return main
 
@@ -149,27 +162,50 @@ def command_migrate(arguments: argparse.Namespace) -> int:
 
 def command_merchant_create(arguments: argparse.Namespace) -> int:
     from shards.merchants import create_merchant
+    from shards.store import MerchantTerms
+    from shards.vault import Vault
 
     name = arguments.name.strip()
     if not 1 <= len(name) <= 200:
         print("error: --name must be 1 to 200 characters", file=sys.stderr)
         return 2
 
+    terms = MerchantTerms(
+        fee_basis_points=arguments.fee_basis_points,
+        fee_fixed_minor=arguments.fee_fixed_minor,
+        rate_limit_per_s=arguments.rate_limit_per_s,
+        rate_limit_burst=arguments.rate_limit_burst,
+    )
+    vault = Vault.from_config(arguments.data_dir) if arguments.require_signed_requests else None
+
     async def action(store):  # type: ignore[no-untyped-def]
         await store.migrate(16)
-        return await create_merchant(
-            store,
-            name,
-            livemode=arguments.live,
-            fee_basis_points=arguments.fee_basis_points,
-            fee_fixed_minor=arguments.fee_fixed_minor,
-        )
+        return await create_merchant(store, name, livemode=arguments.live, terms=terms, signing_vault=vault)
 
     keys = trio.run(_with_store, arguments.data_dir, action)
     if arguments.json:
         print(msgspec.json.encode(keys).decode())
     else:
         print(f"merchant:        {keys.id}\nsecret key:      {keys.secret_key}\npublishable key: {keys.publishable_key}")
+        if keys.signing_secret:
+            print(f"signing secret:  {keys.signing_secret}")
+    return 0
+
+
+def command_merchant_roll_key(arguments: argparse.Namespace) -> int:
+    from shards.merchants import roll_key
+
+    async def action(store):  # type: ignore[no-untyped-def]
+        return await roll_key(store, arguments.merchant, grace_s=arguments.grace_s)
+
+    secret_key = trio.run(_with_store, arguments.data_dir, action)
+    if secret_key is None:
+        print(f"error: no merchant {arguments.merchant[:64]!r}", file=sys.stderr)
+        return 2
+    if arguments.json:
+        print(msgspec.json.encode({"id": arguments.merchant, "secret_key": secret_key}).decode())
+    else:
+        print(f"new secret key: {secret_key}\nold secret keys stop working in {arguments.grace_s} s")
     return 0
 
 
@@ -187,6 +223,7 @@ def command_up(arguments: argparse.Namespace) -> int:
             redis_url=redis,
             seed=arguments.seed,
             network_latency_ms=arguments.network_latency_ms,
+            redis_prefix=os.environ.get("PAYMENTS_REDIS_PREFIX", "payments:"),
             authorization_expiry_s=arguments.authorization_expiry_s,
             settlement_delay_s=arguments.settlement_delay_s,
         )
@@ -199,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(getattr(arguments, "log_level", "warning"))
     from shards.store import StoreError
 
-    handlers = {"up": command_up, "migrate": command_migrate, "merchant": command_merchant_create}
+    handlers = {"up": command_up, "migrate": command_migrate, "create": command_merchant_create, "roll-key": command_merchant_roll_key}
     status = 0
     try:
-        status = handlers[arguments.command](arguments)
+        status = handlers[getattr(arguments, "merchant_command", None) or arguments.command](arguments)
     except* StoreError as group:
         # Infrastructure trouble is reported in one line, never as a traceback.
         for error in group.exceptions:

@@ -46,6 +46,8 @@ class CreatePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
 class ConfirmPaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     payment_method: str | None = None
     return_url: str | None = None
+    # Required with a publishable key: it proves the browser was handed this intent.
+    client_secret: str | None = None
 
 
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`(?: - at `\$(.*)`)?$")

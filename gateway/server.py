@@ -22,7 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from gateway.app import create_app
-from shards import redis_link
+from shards.redis_link import RedisLink
 from shards.merchants import MerchantKeys, create_merchant
 from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, hash_key, run_node
@@ -44,6 +44,7 @@ class UpSettings(msgspec.Struct, frozen=True):
     redis_url: str
     seed: int = 0
     network_latency_ms: tuple[int, int] = (1, 5)
+    redis_prefix: str = "payments:"
     authorization_expiry_s: int = 7 * 86_400
     settlement_delay_s: int = 2 * 86_400
 
@@ -72,11 +73,12 @@ async def _serve_http(app: Any, config: HypercornConfig, stop: trio.Event, node:
 async def run_up(settings: UpSettings) -> None:
     async with trio_asyncio.open_loop():
         store = await Store.open(settings.database_url)
+        redis = await RedisLink.open(settings.redis_url, prefix=settings.redis_prefix)
         try:
             partitions = await store.migrate(settings.partitions)
             if partitions != settings.partitions:
                 log.warning("partitions_fixed_by_database", requested=settings.partitions, partitions=partitions)
-            await redis_link.ping(settings.redis_url)
+            await redis.ping()
             keys = await test_merchant(store, settings.data_dir)
             vault = Vault.from_config(settings.data_dir)
             network = CardNetwork(seed=settings.seed, latency_ms=settings.network_latency_ms)
@@ -87,6 +89,7 @@ async def run_up(settings: UpSettings) -> None:
                     settlement_delay_s=settings.settlement_delay_s,
                 )
                 node = await nursery.start(run_node, store, vault, network, node_config)
+                node.redis = redis
                 config = HypercornConfig()
                 config.bind = [f"{settings.host}:{settings.port}"]
                 config.accesslog = None
@@ -96,6 +99,9 @@ async def run_up(settings: UpSettings) -> None:
                 # unacknowledged, and the actors still journal what they started.
                 config.graceful_timeout = 3
                 config.keep_alive_timeout = 75
+                # Bounds on what a client may send before the app sees it.
+                config.h11_max_incomplete_size = 16 * 1024
+                config.h2_max_inbound_frame_size = 16 * 1024
                 stop = trio.Event()
                 binds = await nursery.start(_serve_http, create_app(node), config, stop, node)
                 node.public_url = binds[0]
@@ -107,6 +113,7 @@ async def run_up(settings: UpSettings) -> None:
                 stop.set()
         finally:
             await store.close()
+            await redis.close()
 
 
 def announce(url: str, keys: MerchantKeys) -> None:

@@ -27,6 +27,7 @@ from engine.intent import Command, Dispute, NetworkCall, PaymentIntent, Refund
 from engine.network import CaptureRequest, NetworkNotice, RefundRequest, VoidRequest
 from shards.actor import Message, Outcome, ShardActor, ShardConfig, ShardState
 from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
+from shards.redis_link import RedisLink
 from shards.store import ApiKeyRow, PaymentMethodRow, Store, StoreUnavailable
 from shards.vault import Vault
 from engine.network import AuthorizationRequest, NetworkAnswer
@@ -66,6 +67,10 @@ class NodeConfig(msgspec.Struct, frozen=True):
     settlement_delay_s: int = 2 * 86_400
     dispute_fee_minor: int = 1500
     idempotency_ttl_s: int = TTL_S_DEFAULT
+    key_cache_s: float = 5.0
+    # Requests without a working key are limited per client address.
+    anonymous_rate_per_s: int = 20
+    anonymous_burst: int = 40
 
 
 class BoundedCache(OrderedDict):
@@ -103,6 +108,8 @@ class Node:
         self._api_keys = BoundedCache(config.cache_entries_max)
         self.stop_relay: Any = lambda: None
         self.idempotency = IdempotencyRecords(store, ttl_s=config.idempotency_ttl_s)
+        # Rate-limit buckets and signature nonces; None runs without both.
+        self.redis: RedisLink | None = None
         # The address cardholders reach this node at (for 3-D Secure pages);
         # set once the HTTP server is listening.
         self.public_url = "http://127.0.0.1"
@@ -250,13 +257,26 @@ class Node:
     # ------------------------------------------------------------------ keys
 
     async def authenticate(self, secret: str) -> ApiKeyRow | None:
+        """The key's row, if the key works now. Rows are kept for a short
+        while, so a key rolled elsewhere stops working here soon after its
+        grace period ends, not only at restart."""
         key_hash = hash_key(secret)
-        row = self._api_keys.get(key_hash)
-        if row is None:
+        now_s = time.time()
+        cached = self._api_keys.get(key_hash)
+        if cached is not None and cached[1] > now_s:
+            row = cached[0]
+        else:
             row = await self.store.find_api_key(key_hash)
             if row is not None:
-                self._api_keys.put(key_hash, row)
+                self._api_keys.put(key_hash, (row, now_s + self.config.key_cache_s))
+        if row is not None and row.expires_at_s is not None and row.expires_at_s <= now_s:
+            return None
         return row
+
+    def signing_secret(self, key: ApiKeyRow) -> str | None:
+        if key.signing_secret_sealed is None:
+            return None
+        return self.vault.unseal(key.signing_secret_sealed, key.merchant_id)
 
     # -------------------------------------------------------------- effects
 

@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
-
-from engine.ledger import Transfer
 import structlog
 import trio_asyncio
+
+from engine.ledger import Transfer
 
 log = structlog.get_logger("shards.store")
 
@@ -43,6 +43,13 @@ ALTER TABLE merchants ADD COLUMN IF NOT EXISTS fee_basis_points integer NOT NULL
     CHECK (fee_basis_points BETWEEN 0 AND 10000);
 ALTER TABLE merchants ADD COLUMN IF NOT EXISTS fee_fixed_minor integer NOT NULL DEFAULT 30
     CHECK (fee_fixed_minor BETWEEN 0 AND 100000);
+-- Rate limits (a token bucket per key) and request signing, per merchant.
+ALTER TABLE merchants ADD COLUMN IF NOT EXISTS rate_limit_per_s integer NOT NULL DEFAULT 100
+    CHECK (rate_limit_per_s BETWEEN 1 AND 100000);
+ALTER TABLE merchants ADD COLUMN IF NOT EXISTS rate_limit_burst integer NOT NULL DEFAULT 200
+    CHECK (rate_limit_burst BETWEEN 1 AND 1000000);
+ALTER TABLE merchants ADD COLUMN IF NOT EXISTS signing_secret_sealed bytea;
+ALTER TABLE merchants ADD COLUMN IF NOT EXISTS require_signed_requests boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash bytea PRIMARY KEY,
     merchant_id text NOT NULL REFERENCES merchants (id),
@@ -153,6 +160,22 @@ class ApiKeyRow(msgspec.Struct, frozen=True):
     livemode: bool
     fee_basis_points: int = 290
     fee_fixed_minor: int = 30
+    rate_limit_per_s: int = 100
+    rate_limit_burst: int = 200
+    signing_secret_sealed: bytes | None = None
+    require_signed_requests: bool = False
+    expires_at_s: int | None = None
+
+
+class MerchantTerms(msgspec.Struct, frozen=True):
+    """What an operator sets for a merchant when creating it."""
+
+    fee_basis_points: int = 290
+    fee_fixed_minor: int = 30
+    rate_limit_per_s: int = 100
+    rate_limit_burst: int = 200
+    signing_secret_sealed: bytes | None = None
+    require_signed_requests: bool = False
 
 
 class IdempotencyRow(msgspec.Struct, frozen=True):
@@ -322,24 +345,19 @@ class Store:
     # ------------------------------------------------ merchants and keys
 
     async def create_merchant(
-        self,
-        merchant_id: str,
-        name: str,
-        keys: Sequence[tuple[bytes, str, bool]],
-        *,
-        fee_basis_points: int = 290,
-        fee_fixed_minor: int = 30,
+        self, merchant_id: str, name: str, keys: Sequence[tuple[bytes, str, bool]], terms: MerchantTerms = MerchantTerms()
     ) -> None:
         """Insert a merchant and its keys, given as (key_hash, kind, livemode)."""
 
         async def run() -> None:
             async with self._pool.acquire() as connection, connection.transaction():
                 await connection.execute(
-                    "INSERT INTO merchants (id, name, fee_basis_points, fee_fixed_minor) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO merchants (id, name, fee_basis_points, fee_fixed_minor, rate_limit_per_s,"
+                    " rate_limit_burst, signing_secret_sealed, require_signed_requests)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     merchant_id,
                     name,
-                    fee_basis_points,
-                    fee_fixed_minor,
+                    *msgspec.structs.astuple(terms),
                 )
                 await connection.executemany(
                     "INSERT INTO api_keys (key_hash, merchant_id, kind, livemode) VALUES ($1, $2, $3, $4)",
@@ -348,11 +366,48 @@ class Store:
 
         await self._call(run)
 
+    async def roll_secret_key(
+        self, merchant_id: str, grace_s: int, make_key: Callable[[bool], tuple[str, bytes]]
+    ) -> str | None:
+        """Add a new secret key, made by `make_key(livemode)` as (key, hash);
+        the merchant's other secret keys stop working after `grace_s` (sooner
+        if they were already due to). None when there is no such merchant."""
+
+        async def run() -> str | None:
+            async with self._pool.acquire() as connection, connection.transaction():
+                # Lock the merchant so two rolls at once cannot both keep
+                # their key alive past the other's grace period.
+                merchant = await connection.fetchrow(
+                    "SELECT m.id, (SELECT bool_or(k.livemode) FROM api_keys k WHERE k.merchant_id = m.id) AS livemode"
+                    " FROM merchants m WHERE m.id = $1 FOR UPDATE",
+                    merchant_id,
+                )
+                if merchant is None:
+                    return None
+                secret_key, key_hash = make_key(merchant["livemode"])
+                await connection.execute(
+                    "UPDATE api_keys SET expires_at = LEAST(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $2))"
+                    " WHERE merchant_id = $1 AND kind = 'secret'",
+                    merchant_id,
+                    grace_s,
+                )
+                await connection.execute(
+                    "INSERT INTO api_keys (key_hash, merchant_id, kind, livemode) VALUES ($1, $2, 'secret', $3)",
+                    key_hash,
+                    merchant_id,
+                    merchant["livemode"],
+                )
+            return secret_key
+
+        return await self._call(run)
+
     async def find_api_key(self, key_hash: bytes) -> ApiKeyRow | None:
         async def run() -> ApiKeyRow | None:
             async with self._pool.acquire() as connection:
                 row = await connection.fetchrow(
-                    "SELECT k.merchant_id, k.kind, k.livemode, m.fee_basis_points, m.fee_fixed_minor"
+                    "SELECT k.merchant_id, k.kind, k.livemode, m.fee_basis_points, m.fee_fixed_minor,"
+                    " m.rate_limit_per_s, m.rate_limit_burst, m.signing_secret_sealed, m.require_signed_requests,"
+                    " extract(epoch FROM k.expires_at)::bigint AS expires_at_s"
                     " FROM api_keys k JOIN merchants m ON m.id = k.merchant_id"
                     " WHERE k.key_hash = $1 AND (k.expires_at IS NULL OR k.expires_at > now())",
                     key_hash,

