@@ -27,7 +27,8 @@ from werkzeug.exceptions import HTTPException
 from engine import cards
 from engine import intent as machine
 from engine.results import Result
-from gateway import challenge, errors, objects, pages, params, signing
+from gateway import challenge, errors, objects, openapi, pages, params, signing
+from gateway.openapi import api
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
 from shards.actor import Outcome
@@ -127,7 +128,6 @@ def raw_response(status: int, body: bytes, headers: dict[str, str] | None = None
 
 def create_app(node: Node) -> QuartTrio:
     app = QuartTrio("payments")
-    records = node.idempotency
     app.config["MAX_CONTENT_LENGTH"] = BODY_BYTES_MAX
     app.config["BODY_TIMEOUT"] = 30
 
@@ -311,6 +311,7 @@ def create_app(node: Node) -> QuartTrio:
             raise errors.invalid_request(
                 f"Idempotency keys are 1 to {idempotency.KEY_CHARS_MAX} characters long.", code="idempotency_key_invalid"
             )
+        records = node.idempotency
         if not records.begin_nowait(key.merchant_id, header):
             raise ApiError(
                 409,
@@ -352,6 +353,7 @@ def create_app(node: Node) -> QuartTrio:
     # -------------------------------------------------------------- routes
 
     @app.post("/v1/payment_methods")
+    @api("Create a card payment method", objects.PaymentMethodObject, body=params.CreatePaymentMethod, publishable=True)
     async def create_payment_method() -> Response:
         key = await authenticate(publishable_allowed=True)
         body = await read_body()
@@ -378,6 +380,7 @@ def create_app(node: Node) -> QuartTrio:
             return raw_response(*render_payment_method(row))
 
     @app.get("/v1/payment_methods/<payment_method_id>")
+    @api("Retrieve a payment method", objects.PaymentMethodObject)
     async def retrieve_payment_method(payment_method_id: str) -> Response:
         key = await authenticate()
         row = await node.payment_method(payment_method_id) if len(payment_method_id) <= ID_CHARS_MAX else None
@@ -386,6 +389,7 @@ def create_app(node: Node) -> QuartTrio:
         return json_response(objects.payment_method(row))
 
     @app.post("/v1/payment_intents")
+    @api("Create a PaymentIntent, optionally confirming it", objects.PaymentIntentObject, body=params.CreatePaymentIntent)
     async def create_payment_intent() -> Response:
         key = await authenticate()
         body = await read_body()
@@ -425,11 +429,13 @@ def create_app(node: Node) -> QuartTrio:
         )
 
     @app.get("/v1/payment_intents/<intent_id>")
+    @api("Retrieve a PaymentIntent", objects.PaymentIntentObject)
     async def retrieve_payment_intent(intent_id: str) -> Response:
         key = await authenticate()
         return json_response(objects.payment_intent(owned_intent(intent_id, key)))
 
     @app.post("/v1/payment_intents/<intent_id>/confirm")
+    @api("Confirm a PaymentIntent", objects.PaymentIntentObject, body=params.ConfirmPaymentIntent, publishable=True)
     async def confirm_payment_intent(intent_id: str) -> Response:
         key = await authenticate(publishable_allowed=True)
         intent = owned_intent(intent_id, key)
@@ -457,6 +463,7 @@ def create_app(node: Node) -> QuartTrio:
             return raw_response(*render_intent(await submit(command, claim)))
 
     @app.get("/v1/payment_intents")
+    @api("List PaymentIntents, newest first", objects.ListObject[objects.PaymentIntentObject], query=params.ListParams)
     async def list_payment_intents() -> Response:
         key = await authenticate()
         values = list_params()
@@ -466,6 +473,7 @@ def create_app(node: Node) -> QuartTrio:
         )
 
     @app.post("/v1/payment_intents/<intent_id>/capture")
+    @api("Capture an authorized PaymentIntent", objects.PaymentIntentObject, body=params.CaptureParams)
     async def capture_payment_intent(intent_id: str) -> Response:
         key = await authenticate()
         owned_intent(intent_id, key)
@@ -483,6 +491,7 @@ def create_app(node: Node) -> QuartTrio:
             return raw_response(*render_intent(await submit(command, claim)))
 
     @app.post("/v1/payment_intents/<intent_id>/cancel")
+    @api("Cancel a PaymentIntent", objects.PaymentIntentObject, body=params.CancelParams)
     async def cancel_payment_intent(intent_id: str) -> Response:
         key = await authenticate()
         owned_intent(intent_id, key)
@@ -500,6 +509,7 @@ def create_app(node: Node) -> QuartTrio:
             return raw_response(*render_intent(await submit(command, claim)))
 
     @app.post("/v1/refunds")
+    @api("Refund a PaymentIntent", objects.RefundObject, body=params.CreateRefund)
     async def create_refund() -> Response:
         key = await authenticate()
         body = await read_body()
@@ -525,6 +535,7 @@ def create_app(node: Node) -> QuartTrio:
             return raw_response(*render_outcome(await submit(command, claim)))
 
     @app.get("/v1/refunds/<refund_id>")
+    @api("Retrieve a refund", objects.RefundObject)
     async def retrieve_refund(refund_id: str) -> Response:
         key = await authenticate()
         found = node.refund(refund_id) if len(refund_id) <= ID_CHARS_MAX else None
@@ -533,6 +544,7 @@ def create_app(node: Node) -> QuartTrio:
         return json_response(objects.refund(*found))
 
     @app.get("/v1/refunds")
+    @api("List refunds, newest first", objects.ListObject[objects.RefundObject], query=params.ListParams)
     async def list_refunds() -> Response:
         key = await authenticate()
         values = list_params()
@@ -545,11 +557,13 @@ def create_app(node: Node) -> QuartTrio:
         )
 
     @app.get("/v1/balance")
+    @api("Retrieve the balance", objects.BalanceObject)
     async def retrieve_balance() -> Response:
         key = await authenticate()
         return json_response(objects.balance(node.merchant_funds(key.merchant_id, int(time.time())), key.livemode))
 
     @app.get("/v1/balance_transactions")
+    @api("List balance transactions, newest first", objects.ListObject[objects.BalanceTransactionObject], query=params.ListParams)
     async def list_balance_transactions() -> Response:
         key = await authenticate()
         values = list_params()
@@ -571,6 +585,7 @@ def create_app(node: Node) -> QuartTrio:
         )
 
     @app.get("/v1/disputes/<dispute_id>")
+    @api("Retrieve a dispute", objects.DisputeObject)
     async def retrieve_dispute(dispute_id: str) -> Response:
         key = await authenticate()
         found = node.dispute(dispute_id) if len(dispute_id) <= ID_CHARS_MAX else None
@@ -579,6 +594,7 @@ def create_app(node: Node) -> QuartTrio:
         return json_response(objects.dispute(*found))
 
     @app.get("/v1/disputes")
+    @api("List disputes, newest first", objects.ListObject[objects.DisputeObject], query=params.ListParams)
     async def list_disputes() -> Response:
         key = await authenticate()
         values = list_params()
@@ -638,11 +654,22 @@ def create_app(node: Node) -> QuartTrio:
 
     challenge.register(app, node)
 
+    @app.get("/openapi.json")
+    async def openapi_document() -> Response:
+        return json_response(published)
+
     @app.get("/healthz")
     async def health() -> Response:
         return json_response({"status": "ok"})
 
+    published = openapi.document(app)
     return app
+
+
+def published_document() -> dict[str, Any]:
+    """The OpenAPI document, without a node: routes are registered when the
+    app is made, and no handler runs here."""
+    return openapi.document(create_app(None))  # type: ignore[arg-type]
 
 
 def mask(secret: str) -> str:

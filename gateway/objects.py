@@ -1,113 +1,253 @@
-"""Stripe-shaped JSON objects rendered from engine state and store rows."""
+"""Stripe-shaped objects, as msgspec Structs rendered from engine state and
+store rows. These types are also what /openapi.json describes, so the
+published schema and the bytes on the wire come from one definition."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Generic, Literal, TypeVar
+
+import msgspec
 
 from engine import ledger
 from engine.intent import Dispute, PaymentIntent, Refund
 from engine.ledger import Transfer
 from shards.store import PaymentMethodRow
 
-
-def payment_method(row: PaymentMethodRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "payment_method",
-        "type": "card",
-        "created": row.created_s,
-        "livemode": row.livemode,
-        "metadata": {},
-        "billing_details": {"address": None, "email": None, "name": None, "phone": None},
-        "card": {
-            "brand": row.brand,
-            "last4": row.last4,
-            "exp_month": row.exp_month,
-            "exp_year": row.exp_year,
-            "fingerprint": row.fingerprint,
-        },
-    }
+T = TypeVar("T")
 
 
-def payment_intent(intent: PaymentIntent) -> dict[str, Any]:
-    error = intent.last_payment_error
+class CardDetails(msgspec.Struct):
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    fingerprint: str
+
+
+class BillingDetails(msgspec.Struct, frozen=True):
+    address: None = None
+    email: None = None
+    name: None = None
+    phone: None = None
+
+
+class PaymentMethodObject(msgspec.Struct):
+    id: str
+    created: int
+    livemode: bool
+    card: CardDetails
+    object: Literal["payment_method"] = "payment_method"
+    type: Literal["card"] = "card"
+    metadata: dict[str, str] = {}
+    billing_details: BillingDetails = BillingDetails()
+
+
+class PaymentMethodReference(msgspec.Struct):
+    id: str
+    object: Literal["payment_method"] = "payment_method"
+
+
+class PaymentErrorObject(msgspec.Struct):
+    code: str
+    decline_code: str | None
+    message: str
+    payment_method: PaymentMethodReference
+    type: Literal["card_error"] = "card_error"
+
+
+class RedirectToUrl(msgspec.Struct):
+    url: str
+    return_url: str | None
+
+
+class NextAction(msgspec.Struct):
+    redirect_to_url: RedirectToUrl
+    type: Literal["redirect_to_url"] = "redirect_to_url"
+
+
+class PaymentIntentObject(msgspec.Struct):
+    id: str
+    amount: int
+    amount_capturable: int
+    amount_received: int
+    capture_method: Literal["automatic", "manual"]
+    client_secret: str
+    created: int
+    currency: str
+    description: str | None
+    last_payment_error: PaymentErrorObject | None
+    latest_charge: str | None
+    livemode: bool
+    metadata: dict[str, str]
+    next_action: NextAction | None
+    payment_method: str | None
+    status: Literal[
+        "requires_payment_method",
+        "requires_confirmation",
+        "requires_action",
+        "processing",
+        "requires_capture",
+        "canceled",
+        "succeeded",
+    ]
+    cancellation_reason: str | None
+    canceled_at: int | None
+    object: Literal["payment_intent"] = "payment_intent"
+    confirmation_method: Literal["automatic"] = "automatic"
+    payment_method_types: list[str] = msgspec.field(default_factory=lambda: ["card"])
+
+
+class RefundObject(msgspec.Struct):
+    id: str
+    amount: int
+    currency: str
+    payment_intent: str
+    charge: str | None
+    created: int
+    reason: str | None
+    status: Literal["pending", "succeeded", "failed"]
+    failure_reason: str | None
+    metadata: dict[str, str]
+    object: Literal["refund"] = "refund"
+
+
+class DisputeObject(msgspec.Struct):
+    id: str
+    amount: int
+    currency: str
+    payment_intent: str
+    charge: str | None
+    created: int
+    status: Literal["needs_response", "won", "lost"]
+    livemode: bool
+    object: Literal["dispute"] = "dispute"
+
+
+class BalanceAmount(msgspec.Struct):
+    amount: int
+    currency: str
+    source_types: dict[str, int]
+
+
+class BalanceObject(msgspec.Struct):
+    livemode: bool
+    available: list[BalanceAmount]
+    pending: list[BalanceAmount]
+    object: Literal["balance"] = "balance"
+
+
+class BalanceTransactionObject(msgspec.Struct):
+    id: str
+    amount: int
+    fee: int
+    net: int
+    currency: str
+    type: str
+    source: str
+    created: int
+    available_on: int
+    status: Literal["available", "pending"]
+    reporting_category: str
+    object: Literal["balance_transaction"] = "balance_transaction"
+
+
+class ListObject(msgspec.Struct, Generic[T]):
+    url: str
+    has_more: bool
+    data: list[T]
+    object: Literal["list"] = "list"
+
+
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    type: str
+    message: str
+    code: str | None = None
+    param: str | None = None
+    decline_code: str | None = None
+    payment_intent: PaymentIntentObject | None = None
+
+
+class ErrorObject(msgspec.Struct):
+    error: ErrorDetail
+
+
+def payment_method(row: PaymentMethodRow) -> PaymentMethodObject:
+    card = CardDetails(row.brand, row.last4, row.exp_month, row.exp_year, row.fingerprint)
+    return PaymentMethodObject(id=row.id, created=row.created_s, livemode=row.livemode, card=card)
+
+
+def _charge_id(intent: PaymentIntent) -> str | None:
     authorization = intent.authorization()
+    return None if authorization is None else authorization.id
+
+
+def payment_intent(intent: PaymentIntent) -> PaymentIntentObject:
+    error = intent.last_payment_error
     last_payment_error = None
     if error is not None:
-        last_payment_error = {
-            "type": "card_error",
-            "code": error.code,
-            "decline_code": error.decline_code,
-            "message": error.message,
-            "payment_method": {"id": error.payment_method_id, "object": "payment_method"},
-        }
-    return {
-        "id": intent.id,
-        "object": "payment_intent",
-        "amount": intent.amount,
-        "amount_capturable": intent.amount_capturable,
-        "amount_received": intent.amount_received,
-        "capture_method": str(intent.capture_method),
-        "confirmation_method": "automatic",
-        "client_secret": intent.client_secret,
-        "created": intent.created_s,
-        "currency": intent.currency,
-        "description": intent.description,
-        "last_payment_error": last_payment_error,
-        "latest_charge": None if authorization is None else authorization.id,
-        "livemode": intent.livemode,
-        "metadata": intent.metadata,
-        "next_action": None
-        if intent.next_action_url is None
-        else {"type": "redirect_to_url", "redirect_to_url": {"url": intent.next_action_url, "return_url": intent.return_url}},
-        "payment_method": intent.payment_method_id,
-        "payment_method_types": ["card"],
-        "status": str(intent.status),
-        "cancellation_reason": intent.cancellation_reason,
-        "canceled_at": intent.canceled_at_s,
-    }
+        last_payment_error = PaymentErrorObject(
+            error.code, error.decline_code, error.message, PaymentMethodReference(error.payment_method_id)
+        )
+    next_action = None
+    if intent.next_action_url is not None:
+        next_action = NextAction(RedirectToUrl(intent.next_action_url, intent.return_url))
+    return PaymentIntentObject(
+        id=intent.id,
+        amount=intent.amount,
+        amount_capturable=intent.amount_capturable,
+        amount_received=intent.amount_received,
+        capture_method=str(intent.capture_method),  # type: ignore[arg-type]
+        client_secret=intent.client_secret,
+        created=intent.created_s,
+        currency=intent.currency,
+        description=intent.description,
+        last_payment_error=last_payment_error,
+        latest_charge=_charge_id(intent),
+        livemode=intent.livemode,
+        metadata=intent.metadata,
+        next_action=next_action,
+        payment_method=intent.payment_method_id,
+        status=str(intent.status),  # type: ignore[arg-type]
+        cancellation_reason=intent.cancellation_reason,
+        canceled_at=intent.canceled_at_s,
+    )
 
 
-def refund(intent: PaymentIntent, item: Refund) -> dict[str, Any]:
-    authorization = intent.authorization()
-    return {
-        "id": item.id,
-        "object": "refund",
-        "amount": item.amount,
-        "currency": intent.currency,
-        "payment_intent": intent.id,
-        "charge": None if authorization is None else authorization.id,
-        "created": item.created_s,
-        "reason": item.reason,
-        "status": str(item.status),
-        "failure_reason": item.failure_reason,
-        "metadata": item.metadata,
-    }
+def refund(intent: PaymentIntent, item: Refund) -> RefundObject:
+    return RefundObject(
+        id=item.id,
+        amount=item.amount,
+        currency=intent.currency,
+        payment_intent=intent.id,
+        charge=_charge_id(intent),
+        created=item.created_s,
+        reason=item.reason,
+        status=str(item.status),  # type: ignore[arg-type]
+        failure_reason=item.failure_reason,
+        metadata=item.metadata,
+    )
 
 
-def dispute(intent: PaymentIntent, item: Dispute) -> dict[str, Any]:
-    authorization = intent.authorization()
-    return {
-        "id": item.id,
-        "object": "dispute",
-        "amount": item.amount,
-        "currency": intent.currency,
-        "payment_intent": intent.id,
-        "charge": None if authorization is None else authorization.id,
-        "created": item.created_s,
-        "status": str(item.status),
-        "livemode": intent.livemode,
-    }
+def dispute(intent: PaymentIntent, item: Dispute) -> DisputeObject:
+    return DisputeObject(
+        id=item.id,
+        amount=item.amount,
+        currency=intent.currency,
+        payment_intent=intent.id,
+        charge=_charge_id(intent),
+        created=item.created_s,
+        status=str(item.status),  # type: ignore[arg-type]
+        livemode=intent.livemode,
+    )
 
 
-def balance(funds: dict[str, tuple[int, int]], livemode: bool) -> dict[str, Any]:
+def balance(funds: dict[str, tuple[int, int]], livemode: bool) -> BalanceObject:
     currencies = sorted(funds)
-    return {
-        "object": "balance",
-        "livemode": livemode,
-        "available": [{"amount": funds[c][0], "currency": c, "source_types": {"card": funds[c][0]}} for c in currencies],
-        "pending": [{"amount": funds[c][1], "currency": c, "source_types": {"card": funds[c][1]}} for c in currencies],
-    }
+    return BalanceObject(
+        livemode=livemode,
+        available=[BalanceAmount(funds[c][0], c, {"card": funds[c][0]}) for c in currencies],
+        pending=[BalanceAmount(funds[c][1], c, {"card": funds[c][1]}) for c in currencies],
+    )
 
 
 BALANCE_TRANSACTION_TYPES = {
@@ -125,22 +265,21 @@ def balance_transaction_id(transfer: Transfer) -> str:
     return "txn_" + transfer.id.replace(":", "_")
 
 
-def balance_transaction(transfer: Transfer, merchant_id: str, now_s: int) -> dict[str, Any]:
+def balance_transaction(transfer: Transfer, merchant_id: str, now_s: int) -> BalanceTransactionObject:
     """A posted movement of the merchant's balance, from the merchant's side."""
     into_merchant = transfer.credit_account_id == ledger.account_id(merchant_id, ledger.MERCHANT_BALANCE)
     amount = transfer.amount if into_merchant else -transfer.amount
     available_on = transfer.available_on_s if transfer.available_on_s is not None else transfer.created_s
-    return {
-        "id": balance_transaction_id(transfer),
-        "object": "balance_transaction",
-        "amount": amount,
-        "fee": 0,
-        "net": amount,
-        "currency": transfer.currency,
-        "type": BALANCE_TRANSACTION_TYPES.get(transfer.code, "adjustment"),
-        "source": transfer.intent_id,
-        "created": transfer.created_s,
-        "available_on": available_on,
-        "status": "available" if available_on <= now_s else "pending",
-        "reporting_category": transfer.code,
-    }
+    return BalanceTransactionObject(
+        id=balance_transaction_id(transfer),
+        amount=amount,
+        fee=0,
+        net=amount,
+        currency=transfer.currency,
+        type=BALANCE_TRANSACTION_TYPES.get(transfer.code, "adjustment"),
+        source=transfer.intent_id,
+        created=transfer.created_s,
+        available_on=available_on,
+        status="available" if available_on <= now_s else "pending",
+        reporting_category=transfer.code,
+    )
