@@ -113,3 +113,16 @@ class NetworkNotice(msgspec.Struct, frozen=True):
     parent_reference: str | None = None
     amount_minor: int = 0
     won: bool | None = None
+
+
+class NetworkRefused(Exception):
+    """The network did not perform the operation (an error answer or an outage): nothing happened, for certain."""
+
+
+class NetworkOutcomeUnknown(Exception):
+    """The call ended without an answer in a way that leaves open whether the
+    network performed the operation (a connection reset after sending, say).
+
+    The caller must treat it like a timeout: the attempt is unknown until
+    reconciliation asks the network by reference.
+    """

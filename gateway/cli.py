@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import signal
 import logging
 import os
 import sys
@@ -80,6 +82,16 @@ def bounded_int(low: int, high: int):  # type: ignore[no-untyped-def]
     return parse
 
 
+def fault_spec(text: str) -> str:
+    from simulators import faults
+
+    try:
+        faults.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="payments",
@@ -110,7 +122,34 @@ def parser() -> argparse.ArgumentParser:
         "--settlement-delay-s", type=bounded_int(0, 30 * 86_400), default=2 * 86_400, metavar="SECONDS",
         help="how long captured funds stay pending before they are available (default 172800, 2 days)",
     )
+    up.add_argument(
+        "--faults", type=fault_spec, default="", metavar="SPEC",
+        help="faults for the in-process simulator, e.g. timeout_after=0.02,error=0.01,latency_ms=5..200"
+        " (ignored with PAYMENTS_SIMULATOR_URL)",
+    )
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    sim = commands.add_parser("sim", help="run the card-network simulator as an HTTP service")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sim.add_argument("--port", type=int, default=8090, help="port to listen on; 0 picks a free one (default 8090)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    sim.add_argument("--latency-ms", type=latency_range, default=(1, 5), metavar="MIN..MAX", help="latency (default 1..5)")
+    sim.add_argument(
+        "--faults", type=fault_spec, default="", metavar="SPEC",
+        help="timeout_before, timeout_after, error (probabilities), latency_ms=MIN..MAX, outage=FROM..TO (seconds),"
+        " each optionally per brand (visa.error=0.5); changeable later through POST /admin/faults",
+    )
+
+    for name, text in (
+        ("check", "check invariants I1 to I6 over the database (and the simulator's record); exit 1 on any violation"),
+        ("reconcile", "resolve unknown network outcomes once and compare with the simulator's settlement report"),
+    ):
+        command = commands.add_parser(name, help=text)
+        data_dir_option(command)
+        command.add_argument(
+            "--simulator-url", default=os.environ.get("PAYMENTS_SIMULATOR_URL"),
+            help="the simulator service (default $PAYMENTS_SIMULATOR_URL)",
+        )
 
     migrate = commands.add_parser("migrate", help="create or check the database schema")
     data_dir_option(migrate)
@@ -226,9 +265,53 @@ def command_up(arguments: argparse.Namespace) -> int:
             redis_prefix=os.environ.get("PAYMENTS_REDIS_PREFIX", "payments:"),
             authorization_expiry_s=arguments.authorization_expiry_s,
             settlement_delay_s=arguments.settlement_delay_s,
+            simulator_url=os.environ.get("PAYMENTS_SIMULATOR_URL") or None,
+            faults=arguments.faults,
         )
         trio.run(run_up, settings)
     return 0
+
+
+def command_sim(arguments: argparse.Namespace) -> int:
+    from simulators import faults
+    from simulators.service import run_sim
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                functools.partial(run_sim, seed=arguments.seed, faults=faults.parse(arguments.faults), latency_ms=arguments.latency_ms),
+                arguments.host,
+                arguments.port,
+            )
+            print(f"payments sim: listening on {url}", flush=True)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return 0
+
+
+def command_check(arguments: argparse.Namespace) -> int:
+    from shards import operations
+
+    report = trio.run(_with_store, arguments.data_dir, functools.partial(operations.check_database, simulator_url=arguments.simulator_url))
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+def command_reconcile(arguments: argparse.Namespace) -> int:
+    from shards import operations
+
+    if not arguments.simulator_url:
+        print("error: reconcile needs the simulator service: --simulator-url or PAYMENTS_SIMULATOR_URL", file=sys.stderr)
+        return 2
+    summary = trio.run(
+        _with_store, arguments.data_dir, functools.partial(operations.reconcile, simulator_url=arguments.simulator_url, data_dir=arguments.data_dir)
+    )
+    print(summary)
+    return 0 if summary.endswith("mismatches: 0") else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(getattr(arguments, "log_level", "warning"))
     from shards.store import StoreError
 
-    handlers = {"up": command_up, "migrate": command_migrate, "create": command_merchant_create, "roll-key": command_merchant_roll_key}
+    handlers = {
+        "up": command_up,
+        "migrate": command_migrate,
+        "sim": command_sim,
+        "check": command_check,
+        "reconcile": command_reconcile,
+        "create": command_merchant_create,
+        "roll-key": command_merchant_roll_key,
+    }
     status = 0
     try:
         status = handlers[getattr(arguments, "merchant_command", None) or arguments.command](arguments)

@@ -9,7 +9,9 @@ its open network calls, then close the database pool.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 import signal
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, hash_key, run_node
 from shards.store import Store
 from shards.vault import Vault
+from shards.network_client import HttpCardNetwork
+from simulators import faults
 from simulators.card_network import CardNetwork
 
 log = structlog.get_logger("gateway.server")
@@ -47,6 +51,8 @@ class UpSettings(msgspec.Struct, frozen=True):
     redis_prefix: str = "payments:"
     authorization_expiry_s: int = 7 * 86_400
     settlement_delay_s: int = 2 * 86_400
+    simulator_url: str | None = None
+    faults: str = ""
 
 
 async def test_merchant(store: Store, data_dir: Path) -> MerchantKeys:
@@ -61,6 +67,17 @@ async def test_merchant(store: Store, data_dir: Path) -> MerchantKeys:
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(msgspec.json.encode(keys))
     return keys
+
+
+@contextlib.asynccontextmanager
+async def open_network(settings: UpSettings) -> AsyncIterator[Any]:
+    """The card networks: the simulator service when PAYMENTS_SIMULATOR_URL
+    names one, else the simulator in this process."""
+    if settings.simulator_url:
+        async with HttpCardNetwork(settings.simulator_url) as network:
+            yield network
+    else:
+        yield CardNetwork(seed=settings.seed, latency_ms=settings.network_latency_ms, faults=faults.parse(settings.faults))
 
 
 async def _serve_http(app: Any, config: HypercornConfig, stop: trio.Event, node: Node, *, task_status: Any) -> None:
@@ -81,8 +98,7 @@ async def run_up(settings: UpSettings) -> None:
             await redis.ping()
             keys = await test_merchant(store, settings.data_dir)
             vault = Vault.from_config(settings.data_dir)
-            network = CardNetwork(seed=settings.seed, latency_ms=settings.network_latency_ms)
-            async with trio.open_nursery() as nursery:
+            async with open_network(settings) as network, trio.open_nursery() as nursery:
                 node_config = NodeConfig(
                     partitions=partitions,
                     shard=ShardConfig(authorization_expiry_s=settings.authorization_expiry_s),

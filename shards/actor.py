@@ -22,7 +22,6 @@ is what lets a synchronous API report `succeeded` or a decline.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,7 +30,6 @@ import msgspec
 import structlog
 import trio
 
-from engine import ids
 from engine import intent as machine
 from engine.intent import Command, NetworkCall, PaymentIntent
 from engine.ledger import Ledger
@@ -128,6 +126,9 @@ class ShardState:
         # Network reference (attempt or refund id) -> intent id, so that what
         # the network reports later finds its intent.
         self.references: dict[str, str] = {}
+        # Operations whose outcome is unknown, as (intent id, reference):
+        # what reconciliation has to ask the network about.
+        self.unknown: set[tuple[str, str]] = set()
         self.ledger = Ledger()
         self.next_seq = 1
         self.accepting = False
@@ -146,6 +147,15 @@ class ShardState:
             self.references[event.attempt.id] = event.intent_id
         elif isinstance(event, machine.DisputeOpened):
             self.references[event.dispute.id] = event.intent_id
+        elif isinstance(event, machine.AttemptOutcomeUnknown):
+            self.unknown.add((event.intent_id, event.attempt_id))
+        elif isinstance(event, machine.AttemptApproved | machine.AttemptDeclined):
+            self.unknown.discard((event.intent_id, event.attempt_id))
+        elif isinstance(event, machine.RefundUpdated):
+            if event.outcome_unknown:
+                self.unknown.add((event.intent_id, event.refund_id))
+            else:
+                self.unknown.discard((event.intent_id, event.refund_id))
         for transfer in machine.transfers_of(event):
             self.ledger.apply(transfer)
 
@@ -167,8 +177,10 @@ class ShardActor:
         append: Journal,
         perform: Performer,
         config: ShardConfig,
+        new_attempt_id: Callable[[], str],
     ) -> None:
         self.state = state
+        self._new_attempt_id = new_attempt_id
         self.config = config
         self._append = append
         self._perform = perform
@@ -238,7 +250,7 @@ class ShardActor:
             for intent_id in due:
                 command = machine.ExpireAuthorization(
                     intent_id=intent_id,
-                    attempt_id=ids.make_id("att", self.state.partition, time.time_ns() // 1_000_000, os.urandom(ids.RANDOM_BYTES)),
+                    attempt_id=self._new_attempt_id(),
                     at_s=now_s,
                 )
                 try:

@@ -8,12 +8,14 @@ the attempt id as the reference.
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import itertools
 import os
-import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -24,7 +26,7 @@ from engine import ids, ledger
 from engine.ledger import Transfer, TransferKind
 from engine import intent as machine
 from engine.intent import Command, Dispute, NetworkCall, PaymentIntent, Refund
-from engine.network import CaptureRequest, NetworkNotice, RefundRequest, VoidRequest
+from engine.network import CaptureRequest, NetworkNotice, NetworkOutcomeUnknown, NetworkRefused, RefundRequest, VoidRequest
 from shards.actor import Message, Outcome, ShardActor, ShardConfig, ShardState
 from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
 from shards.redis_link import RedisLink
@@ -51,6 +53,14 @@ class CardNetwork(Protocol):
     async def void(self, request: VoidRequest) -> NetworkAnswer: ...
     async def refund(self, request: RefundRequest) -> NetworkAnswer: ...
     async def next_notice(self) -> NetworkNotice: ...
+    async def inquire(self, reference: str) -> NetworkAnswer: ...
+
+
+class ReconcileSummary(msgspec.Struct):
+    unknown: int = 0
+    resolved: int = 0
+    approved: int = 0
+    deferred: int = 0
 
 
 class Overloaded(Exception):
@@ -68,6 +78,8 @@ class NodeConfig(msgspec.Struct, frozen=True):
     dispute_fee_minor: int = 1500
     idempotency_ttl_s: int = TTL_S_DEFAULT
     key_cache_s: float = 5.0
+    reconcile_every_s: float = 1.0
+    reconcile_batch_max: int = 1000
     # Requests without a working key are limited per client address.
     anonymous_rate_per_s: int = 20
     anonymous_burst: int = 40
@@ -97,7 +109,17 @@ def hash_key(secret: str) -> bytes:
 
 
 class Node:
-    def __init__(self, store: Store, vault: Vault, network: CardNetwork, config: NodeConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        vault: Vault,
+        network: CardNetwork,
+        config: NodeConfig,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        # Where ids and secrets get their randomness: the OS, except in the
+        # deterministic simulation, which passes a seeded source.
+        self.random_bytes = random_bytes
         self.store = store
         self.vault = vault
         self.network = network
@@ -119,7 +141,7 @@ class Node:
     def new_id(self, prefix: str, partition: int | None = None) -> str:
         if partition is None:
             partition = next(self._next_partition)
-        return ids.make_id(prefix, partition, now_ms(), os.urandom(ids.RANDOM_BYTES))
+        return ids.make_id(prefix, partition, now_ms(), self.random_bytes(ids.RANDOM_BYTES))
 
     @staticmethod
     def partition_of_intent(intent_id: str) -> int:
@@ -127,9 +149,8 @@ class Node:
         assert partition is not None, intent_id
         return partition
 
-    @staticmethod
-    def client_secret(intent_id: str) -> str:
-        return f"{intent_id}_secret_{secrets.token_urlsafe(18)}"
+    def client_secret(self, intent_id: str) -> str:
+        return f"{intent_id}_secret_{base64.urlsafe_b64encode(self.random_bytes(18)).decode()}"
 
     # -------------------------------------------------------------- intents
 
@@ -282,38 +303,65 @@ class Node:
 
     async def perform(self, effect: NetworkCall) -> Command:
         """Call the card network once and turn its answer into a command."""
+        try:
+            answer = await self._call_network(effect)
+        except NetworkRefused:
+            # Nothing happened at the network, for certain: the attempt failed.
+            return self._decline(effect, "processing_error", "processing_error")
+        at_s = int(time.time())
+        if answer is None:
+            log.warning("network_outcome_unknown", intent_id=effect.intent_id, attempt_id=effect.attempt_id, kind=effect.kind)
+            return machine.RecordUnknownOutcome(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
+        return self._command_for(effect.intent_id, effect.attempt_id, answer)
+
+    async def _call_network(self, effect: NetworkCall) -> NetworkAnswer | None:
+        """The network's answer, or None when it is unknown (no answer in
+        time, or an ambiguous failure). Raises NetworkRefused when the
+        network did not act."""
         answer: NetworkAnswer | None = None
         if effect.kind in ("authorize", "charge"):
             request = await self._authorization_request(effect)
             if request is None:
-                # The network was never called, so the attempt failed for certain.
-                return self._decline(effect, "processing_error", "processing_error")
+                raise NetworkRefused("the payment method could not be read, so the network was not called")
             with trio.move_on_after(self.config.network_timeout_s):
-                answer = await self.network.authorize(request)
+                try:
+                    answer = await self.network.authorize(request)
+                except NetworkOutcomeUnknown:
+                    return None
         else:
             assert effect.parent_id is not None, effect
             with trio.move_on_after(self.config.network_timeout_s):
-                if effect.kind == "capture":
-                    answer = await self.network.capture(
-                        CaptureRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency)
-                    )
-                elif effect.kind == "void":
-                    answer = await self.network.void(VoidRequest(effect.attempt_id, effect.parent_id))
-                else:
-                    assert effect.kind == "refund", effect
-                    answer = await self.network.refund(
-                        RefundRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency)
-                    )
+                try:
+                    answer = await self._call_other(effect)
+                except NetworkOutcomeUnknown:
+                    return None
+        return answer
+
+    async def _call_other(self, effect: NetworkCall) -> NetworkAnswer:
+        assert effect.parent_id is not None
+        if effect.kind == "capture":
+            return await self.network.capture(CaptureRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency))
+        if effect.kind == "void":
+            return await self.network.void(VoidRequest(effect.attempt_id, effect.parent_id))
+        assert effect.kind == "refund", effect
+        return await self.network.refund(RefundRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency))
+
+    def _command_for(self, intent_id: str, reference: str, answer: NetworkAnswer) -> Command:
         at_s = int(time.time())
-        if answer is None:
-            log.warning("network_timed_out", intent_id=effect.intent_id, attempt_id=effect.attempt_id, kind=effect.kind)
-            return machine.RecordUnknownOutcome(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
         if answer.approved:
-            return machine.RecordApproval(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
+            return machine.RecordApproval(intent_id=intent_id, attempt_id=reference, at_s=at_s)
         if answer.code == "authentication_required":
-            url = f"{self.public_url}/simulator/3ds/{effect.attempt_id}"
-            return machine.RecordActionRequired(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s, url=url)
-        return self._decline(effect, answer.code or "card_declined", answer.decline_code)
+            url = f"{self.public_url}/simulator/3ds/{reference}"
+            return machine.RecordActionRequired(intent_id=intent_id, attempt_id=reference, at_s=at_s, url=url)
+        code = answer.code or "card_declined"
+        return machine.RecordDecline(
+            intent_id=intent_id,
+            attempt_id=reference,
+            at_s=at_s,
+            code=code,
+            decline_code=answer.decline_code,
+            message=DECLINE_MESSAGES.get(code, DECLINE_MESSAGES["card_declined"]),
+        )
 
     async def _authorization_request(self, effect: NetworkCall) -> AuthorizationRequest | None:
         try:
@@ -392,6 +440,50 @@ class Node:
             except trio.ClosedResourceError:
                 return
 
+    async def reconcile_forever(self) -> None:
+        """Resolve every operation whose outcome is unknown by asking the
+        network by reference (DESIGN section 5, step 5), with backoff."""
+        due: dict[str, tuple[float, float]] = {}  # reference -> (next try, delay)
+        while True:
+            await self.reconcile_once(due)
+            await trio.sleep(self.config.reconcile_every_s)
+
+    async def reconcile_once(self, due: dict[str, tuple[float, float]] | None = None) -> ReconcileSummary:
+        """One pass over the unknown operations: ask, then journal the answer
+        through the owning actor. Bounded per pass."""
+        summary = ReconcileSummary()
+        now = trio.current_time()
+        unknown = [item for shard in self.shards.values() for item in sorted(shard.state.unknown)]
+        for intent_id, reference in unknown[: self.config.reconcile_batch_max]:
+            summary.unknown += 1
+            if due is not None and due.get(reference, (0.0, 0.0))[0] > now:
+                continue
+            answer = None
+            with trio.move_on_after(self.config.network_timeout_s):
+                try:
+                    answer = await self.network.inquire(reference)
+                except (NetworkRefused, NetworkOutcomeUnknown):
+                    answer = None
+            if answer is None or answer.code == "authentication_required":
+                # Unreachable, or still waiting for the cardholder: ask later.
+                if due is not None:
+                    delay = min(60.0, 2 * due.get(reference, (0.0, 0.5))[1])
+                    due[reference] = (now + delay, delay)
+                summary.deferred += 1
+                continue
+            if due is not None:
+                due.pop(reference, None)
+            shard = self.shards[self.partition_of_intent(intent_id)]
+            try:
+                await shard.mailbox_send.send(Message(self._command_for(intent_id, reference, answer), None))
+            except trio.ClosedResourceError:
+                break
+            summary.resolved += 1
+            summary.approved += answer.approved
+        if summary.resolved:
+            log.info("reconciliation_pass", unknown=summary.unknown, resolved=summary.resolved, deferred=summary.deferred)
+        return summary
+
     async def purge_idempotency(self, every_s: float = 600) -> None:
         """Forget idempotency records past their lifetime, now and then."""
         while True:
@@ -426,15 +518,16 @@ async def run_node(
     network: CardNetwork,
     config: NodeConfig,
     *,
+    random_bytes: Callable[[int], bytes] = os.urandom,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Recover every partition from the journal, then serve until `stop_accepting`."""
-    node = Node(store, vault, network, config)
+    node = Node(store, vault, network, config, random_bytes)
     async with trio.open_nursery() as nursery:
         for partition in range(config.partitions):
             state = ShardState(partition)
             state.replay(await store.load_journal(partition))
-            shard = ShardActor(state, store.append, node.perform, config.shard)
+            shard = ShardActor(state, store.append, node.perform, config.shard, functools.partial(node.new_id, "att", partition))
             node.shards[partition] = shard
             await nursery.start(shard.run)
         notices = trio.CancelScope()
@@ -444,6 +537,7 @@ async def run_node(
                 async with trio.open_nursery() as tasks:
                     tasks.start_soon(node.relay_notices)
                     tasks.start_soon(node.purge_idempotency)
+                    tasks.start_soon(node.reconcile_forever)
 
         nursery.start_soon(background)
         node.stop_relay = notices.cancel

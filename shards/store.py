@@ -432,6 +432,20 @@ class Store:
 
         return await self._call(run)
 
+    async def idempotency_records(self, rows_max: int = 1_000_000) -> list[IdempotencyRow]:
+        """Every idempotency record (for the invariant checks), bounded."""
+
+        async def run() -> list[IdempotencyRow]:
+            async with self._pool.acquire() as connection:
+                rows = await connection.fetch(
+                    "SELECT merchant_id, key, fingerprint, status_code, body, object_id, expires_at_s"
+                    " FROM idempotency_keys LIMIT $1",
+                    rows_max,
+                )
+            return [IdempotencyRow(**dict(row)) for row in rows]
+
+        return await self._call(run)
+
     async def purge_idempotency(self, now_s: int, rows_max: int = 10_000) -> int:
         """Forget expired idempotency records, a bounded number at a time."""
 

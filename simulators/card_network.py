@@ -14,8 +14,11 @@ trusting the engine: a capture needs a live uncaptured authorization, a void
 needs one too, and refunds never exceed what was captured. Each call runs an
 ordered ladder of checks and the first that fails names the decline code:
 
+0. faults (see below), which may refuse the call, lose it, or lose its
+   answer;
 1. idempotency: a known reference returns its first answer (the network's
-   promise comes before everything, even shape);
+   promise comes before everything, even shape), and a reference closed by
+   an inquiry answers "reference_closed" whatever the kind;
 2. shape: amounts are at least one minor unit;
 3. lookup: the authorization exists and was approved;
 4. state: captured, voided, not yet captured;
@@ -28,6 +31,19 @@ then on the refund's amount is refundable again and its Operation carries
 Nothing runs in the background; due failures are applied whenever the
 network is next consulted inside a trio run, which is indistinguishable to
 a caller because every observation goes through such a call.
+
+Faults (simulators.faults.FaultSpec) are decided when a call arrives, from
+a random stream of their own so that they do not shift the seeded
+latencies: one draw per call says whether the call is refused
+(NetworkRefused; nothing happens), lost before it arrives (it hangs and
+nothing happens), or performed with its answer lost (it hangs, and money
+may have moved). An outage window refuses every call. A hanging call ends
+only by the caller's own timeout, as it would against a real network.
+
+`inquire` is how reconciliation asks what became of a reference. Asking
+about a reference the network has never seen closes it with a tombstone,
+so that a call lost "in flight" cannot arrive afterwards and move money
+behind the answer reconciliation already acted on.
 
 Every distinct operation is kept so that tests can check invariants against
 what the network believes happened. The store grows without bound; this is
@@ -52,16 +68,20 @@ from engine.network import (
     CaptureRequest,
     NetworkAnswer,
     NetworkNotice,
+    NetworkRefused,
     RefundRequest,
     VoidRequest,
 )
+from simulators.faults import FaultSpec
 
 __all__ = [
     "AuthorizationRequest",
     "CaptureRequest",
     "CardNetwork",
+    "FaultSpec",
     "NetworkAnswer",
     "NetworkNotice",
+    "NetworkRefused",
     "Operation",
     "RefundRequest",
     "VoidRequest",
@@ -84,6 +104,12 @@ REFERENCE_IN_USE = "reference_in_use"
 REFUND_FAILED = "refund_failed"
 AUTHENTICATION_REQUIRED = "authentication_required"
 AUTHENTICATION_FAILED = "payment_intent_authentication_failure"
+# The answer for a reference an inquiry found unknown, and for every call
+# with it afterwards: reconciliation has concluded that nothing happened
+# under it, so nothing ever may.
+REFERENCE_CLOSED = "reference_closed"
+
+FAULT_KINDS = ("timeout_before", "timeout_after", "error", "outage")
 
 _NETWORK_UNKNOWN = "unknown"
 
@@ -92,7 +118,10 @@ class Operation(msgspec.Struct, frozen=True):
     """The network's own record of one distinct operation.
 
     `sequence` counts first arrivals from 0 across all kinds; repeats do not
-    advance it. `kind` is "authorize", "capture", "void" or "refund";
+    advance it. `kind` is "authorize", "capture", "void", "refund" or
+    "tombstone" (a reference closed by `inquire`: network "unknown", last4
+    "", amount 0, currency "", declined "reference_closed"; it moves no
+    money);
     `parent_reference` is the authorization a capture, void or refund names
     (None for an authorization). `capture` is whether an authorization also
     captured; it is False for the other kinds. A void moves no money and
@@ -154,6 +183,7 @@ class CardNetwork:
         latency_ms: tuple[int, int] = (1, 5),
         today: Callable[[], tuple[int, int]] | None = None,
         refund_failure_delay_ms: tuple[int, int] = (20, 50),
+        faults: FaultSpec | None = None,
     ) -> None:
         latency_ms_min, latency_ms_max = latency_ms
         assert 0 <= latency_ms_min <= latency_ms_max
@@ -180,12 +210,19 @@ class CardNetwork:
         # Disputes by reference: (charge reference, amount, closed?).
         self._disputes: dict[str, tuple[str, int, bool]] = {}
         self._dispute_random = random.Random(f"{seed}:dispute")
+        self._faults = faults if faults is not None else FaultSpec()
+        self._fault_random = random.Random(f"{seed}:faults")
+        self._fault_counts = dict.fromkeys(FAULT_KINDS, 0)
+        # Outage windows count from here. A network built outside a trio run
+        # (at import, say) has no clock yet; its first call starts it.
+        self._created_at: float | None = _trio_time_or_none()
 
     # -- calls ---------------------------------------------------------------
 
     async def authorize(self, request: AuthorizationRequest) -> NetworkAnswer:
         """Answer after a seeded delay; a known reference gets its first answer."""
-        return await self._call("authorize", request.reference, lambda: self._authorize(request))
+        brand = cards.brand_of(request.card_number)
+        return await self._call("authorize", request.reference, brand, lambda: self._authorize(request))
 
     async def capture(self, request: CaptureRequest) -> NetworkAnswer:
         """Capture an uncaptured authorization, at most once and at most its amount.
@@ -195,7 +232,8 @@ class CardNetwork:
         (voided), currency_mismatch, amount_too_large.
         """
         _assert_amount_is_int(request.amount_minor)
-        return await self._call("capture", request.reference, lambda: self._capture(request))
+        brand = self._brand_of_authorization(request.authorization_reference)
+        return await self._call("capture", request.reference, brand, lambda: self._capture(request))
 
     async def void(self, request: VoidRequest) -> NetworkAnswer:
         """Release an uncaptured authorization.
@@ -203,7 +241,8 @@ class CardNetwork:
         Declines: resource_missing, charge_already_captured,
         authorization_already_voided (by another reference).
         """
-        return await self._call("void", request.reference, lambda: self._void(request))
+        brand = self._brand_of_authorization(request.authorization_reference)
+        return await self._call("void", request.reference, brand, lambda: self._void(request))
 
     async def refund(self, request: RefundRequest) -> NetworkAnswer:
         """Refund part of a captured charge, never more than is still refundable.
@@ -213,7 +252,63 @@ class CardNetwork:
         approved refund fails after a seeded delay; see next_notice().
         """
         _assert_amount_is_int(request.amount_minor)
-        return await self._call("refund", request.reference, lambda: self._refund(request))
+        brand = self._brand_of_authorization(request.charge_reference)
+        return await self._call("refund", request.reference, brand, lambda: self._refund(request))
+
+    async def inquire(self, reference: str) -> NetworkAnswer:
+        """The network's answer on record for `reference`: what reconciliation asks.
+
+        A recorded operation gives its first answer (a refund that failed
+        later still answers approved; its failure came as a notice). A
+        pending 3-D Secure challenge answers "authentication_required" and
+        stays open. An unknown reference is closed with a tombstone and
+        answers "reference_closed", and so does every later call with it:
+        a call lost before arriving can then never move money after
+        reconciliation has concluded that it did not. Raises NetworkRefused
+        in an outage or on an error fault; never times out by fault.
+        """
+        # Decided on arrival, before any await, like every call.
+        self._calls_total += 1
+        self._apply_due_failures()
+        operation = self._operations.get(reference)
+        brand = operation.network if operation is not None else _NETWORK_UNKNOWN
+        spec = self._faults_for(brand)
+        latency_us = self._latency_us(spec)
+        fault = self._draw_fault(spec, timeouts=False)
+        if fault is not None:
+            await self._refuse(fault, latency_us, f"inquire {reference}")
+        if operation is None:
+            operation = Operation(
+                reference=reference,
+                network=_NETWORK_UNKNOWN,
+                last4="",
+                amount_minor=0,
+                currency="",
+                capture=False,
+                approved=False,
+                code=REFERENCE_CLOSED,
+                decline_code=REFERENCE_CLOSED,
+                sequence=len(self._operations),
+                kind="tombstone",
+            )
+            self._operations[reference] = operation
+        # A pending challenge's record already answers authentication_required.
+        answer = _answer_of(operation)
+        await trio.sleep(latency_us / 1_000_000)
+        return answer
+
+    # -- faults ----------------------------------------------------------------
+
+    def set_faults(self, spec: FaultSpec | None) -> None:
+        """Inject `spec` from the next call on; None injects nothing.
+
+        Calls already hanging stay hung: their fault was decided on arrival.
+        """
+        self._faults = spec if spec is not None else FaultSpec()
+
+    def fault_counts(self) -> dict[str, int]:
+        """How many times each fault was injected, by kind (FAULT_KINDS), zeros included."""
+        return dict(self._fault_counts)
 
     async def next_notice(self) -> NetworkNotice:
         """Wait until a scheduled notice is due and return it.
@@ -328,33 +423,114 @@ class CardNetwork:
     # -- the shared shell of every call --------------------------------------
 
     async def _call(
-        self, kind: str, reference: str, decide: Callable[[], Operation]
+        self, kind: str, reference: str, brand: str, decide: Callable[[], Operation]
     ) -> NetworkAnswer:
-        # Everything up to the sleep is synchronous: that is what makes
+        # Everything up to the first await is synchronous: that is what makes
         # overlapping calls with one reference see a single decision.
         self._calls_total += 1
         self._apply_due_failures()
+        spec = self._faults_for(brand)
+        # Drawn on every call, repeats and faulted calls included, so that
+        # the sequence of delays depends only on the seed and the order of
+        # calls, never on which calls were faulted.
+        latency_us = self._latency_us(spec)
+        fault = self._draw_fault(spec, timeouts=True)
+        if fault in ("outage", "error"):
+            await self._refuse(fault, latency_us, f"{kind} {reference}")
+        if fault == "timeout_before":
+            # Lost on the way: the network never saw it, so nothing is recorded.
+            await trio.sleep_forever()
+        answer = self._decide_and_record(kind, reference, decide)
+        if fault == "timeout_after":
+            # Performed and recorded above; only the answer is lost.
+            await trio.sleep_forever()
+        await trio.sleep(latency_us / 1_000_000)
+        return answer
+
+    def _decide_and_record(
+        self, kind: str, reference: str, decide: Callable[[], Operation]
+    ) -> NetworkAnswer:
         operation = self._operations.get(reference)
+        if operation is not None and operation.kind == "tombstone":
+            # Before the kind check: a closed reference answers the same to
+            # every kind, the answer reconciliation was given.
+            return _answer_of(operation)
         if operation is None:
             operation = decide()
             assert operation.reference == reference and operation.kind == kind
             self._operations[reference] = operation
-            answer = _answer_of(operation)
-        elif operation.kind != kind:
-            answer = NetworkAnswer(
+            return _answer_of(operation)
+        if operation.kind != kind:
+            return NetworkAnswer(
                 reference=reference,
                 approved=False,
                 code=REFERENCE_IN_USE,
                 decline_code=REFERENCE_IN_USE,
                 network=_NETWORK_UNKNOWN,
             )
-        else:
-            answer = _answer_of(operation)
-        # Drawn on every call, repeats included, so that the sequence of
-        # delays depends only on the seed and the order of calls.
-        latency_us = self._random.randint(*self._latency_us_range)
+        return _answer_of(operation)
+
+    def _brand_of_authorization(self, reference: str) -> str:
+        # A capture, void or refund is routed by the card it concerns; one
+        # naming an authorization the network never saw has no brand.
+        operation = self._operations.get(reference)
+        if operation is None or operation.kind != "authorize":
+            return _NETWORK_UNKNOWN
+        return operation.network
+
+    def _faults_for(self, brand: str) -> FaultSpec:
+        return self._faults.per_network.get(brand, self._faults)
+
+    def _latency_us(self, spec: FaultSpec) -> int:
+        if spec.latency_ms is None:
+            return self._random.randint(*self._latency_us_range)
+        latency_ms_min, latency_ms_max = spec.latency_ms
+        return self._random.randint(latency_ms_min * 1000, latency_ms_max * 1000)
+
+    def _draw_fault(self, spec: FaultSpec, *, timeouts: bool) -> str | None:
+        """The fault to inject into this call, counted, or None.
+
+        One draw per call whatever happens, outage or not, so that the
+        faults of later calls depend only on the seed and the order of
+        calls, not on the clock.
+        """
+        draw = self._fault_random.random()
+        if self._created_at is None:
+            self._created_at = trio.current_time()
+        fault = None
+        if self._in_outage(spec):
+            fault = "outage"
+        elif draw < spec.error:
+            fault = "error"
+        elif draw < spec.error + spec.timeout_before:
+            fault = "timeout_before"
+        elif draw < spec.error + spec.timeout_before + spec.timeout_after:
+            fault = "timeout_after"
+        if fault in ("timeout_before", "timeout_after") and not timeouts:
+            return None
+        if fault is not None:
+            self._fault_counts[fault] += 1
+        return fault
+
+    def _in_outage(self, spec: FaultSpec) -> bool:
+        if spec.outage is None:
+            return False
+        assert self._created_at is not None
+        start_s, end_s = spec.outage
+        return start_s <= trio.current_time() - self._created_at < end_s
+
+    async def _refuse(self, fault: str, latency_us: int, what: str) -> None:
+        """Raise NetworkRefused for an "outage" or "error" fault.
+
+        An outage refuses at once, as a connection that cannot be opened
+        does; an error is an answer, so it takes the network's latency.
+        """
+        if fault == "outage":
+            await trio.lowlevel.checkpoint()
+            raise NetworkRefused(f"network outage: {what} was not performed")
+        assert fault == "error", fault
         await trio.sleep(latency_us / 1_000_000)
-        return answer
+        raise NetworkRefused(f"network error: {what} was not performed")
 
     # -- decisions: pure apart from the final mutation of a charge ------------
 
@@ -538,6 +714,13 @@ class CardNetwork:
             self._notices_due.append(
                 NetworkNotice(reference=reference, kind="refund_failed", code=REFUND_FAILED)
             )
+
+
+def _trio_time_or_none() -> float | None:
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return None
 
 
 def _first_failing(*checks: tuple[bool, str]) -> str | None:

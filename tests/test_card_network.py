@@ -1,15 +1,20 @@
+import random
+
 import msgspec
 import pytest
 import trio
 import trio.testing
 
 from engine import cards
+from simulators import faults
 from simulators.card_network import (
     AuthorizationRequest,
     CaptureRequest,
     CardNetwork,
+    FaultSpec,
     NetworkAnswer,
     NetworkNotice,
+    NetworkRefused,
     Operation,
     RefundRequest,
     VoidRequest,
@@ -661,3 +666,328 @@ async def test_no_operation_repr_or_state_holds_a_card_number(autojump_clock):
     assert [op.last4 for op in network.operations() if op.kind == "authorize"] == [
         number[-4:] for number in numbers
     ]
+
+
+# -- faults ------------------------------------------------------------------------
+
+NO_FAULTS = {"timeout_before": 0, "timeout_after": 0, "error": 0, "outage": 0}
+
+
+def _counts(**counts):
+    return NO_FAULTS | counts
+
+
+async def test_error_fault_refuses_and_records_nothing():
+    network = CardNetwork(today=_today, faults=FaultSpec(error=1.0))
+    with pytest.raises(NetworkRefused, match=r"^network error: authorize att_1 was not performed$"):
+        await network.authorize(_request())
+    assert network.operations() == []
+    assert network.fault_counts() == _counts(error=1)
+    assert network.calls_total() == 1
+    # Nothing happened, so the reference is still free.
+    network.set_faults(None)
+    assert (await network.authorize(_request())).approved
+    assert len(network.operations()) == 1
+
+
+async def test_timeout_before_hangs_and_records_nothing(autojump_clock):
+    network = CardNetwork(today=_today, faults=FaultSpec(timeout_before=1.0))
+    started = trio.current_time()
+    with trio.move_on_after(3600) as scope:
+        await network.authorize(_request())
+    # Only the caller's own timeout ended it.
+    assert scope.cancelled_caught
+    assert trio.current_time() - started == pytest.approx(3600)
+    assert network.operations() == []
+    assert network.settlement_report() == []
+    assert network.fault_counts() == _counts(timeout_before=1)
+
+
+async def test_timeout_after_moves_the_money_then_hangs(autojump_clock):
+    network = CardNetwork(today=_today, faults=FaultSpec(timeout_after=1.0))
+    with trio.move_on_after(3600) as scope:
+        await network.authorize(_request(amount_minor=1999, capture=True))
+    assert scope.cancelled_caught
+    assert [(op.reference, op.amount_minor) for op in network.settlement_report()] == [("att_1", 1999)]
+    assert network.fault_counts() == _counts(timeout_after=1)
+    # The retry the engine might make gets the first answer and charges nothing more.
+    network.set_faults(None)
+    assert await network.authorize(_request(amount_minor=1)) == _approved("att_1")
+    assert len(network.operations()) == 1
+
+
+async def test_timeout_after_applies_to_every_kind(autojump_clock):
+    network = CardNetwork(today=_today)
+    await _authorized(network, "att_1", amount_minor=1000)
+    await _authorized(network, "att_2")
+    network.set_faults(FaultSpec(timeout_after=1.0))
+    calls = [
+        (network.capture, _capture("cap_1", "att_1", amount_minor=1000)),
+        (network.refund, _refund("re_1", "att_1", amount_minor=400)),
+        (network.void, _void("void_1", "att_2")),
+    ]
+    for call, request in calls:
+        with trio.move_on_after(1) as scope:
+            await call(request)
+        assert scope.cancelled_caught, request.reference
+    assert [(op.kind, op.approved) for op in network.operations()[2:]] == [
+        ("capture", True),
+        ("refund", True),
+        ("void", True),
+    ]
+    assert network.fault_counts() == _counts(timeout_after=3)
+
+
+async def test_a_repeated_reference_still_goes_through_faults(autojump_clock):
+    network = CardNetwork(today=_today)
+    first = await network.authorize(_request(capture=True))
+    network.set_faults(FaultSpec(error=1.0))
+    with pytest.raises(NetworkRefused):
+        await network.authorize(_request(capture=True))
+    network.set_faults(FaultSpec(timeout_before=1.0))
+    with trio.move_on_after(1) as scope:
+        await network.authorize(_request(capture=True))
+    assert scope.cancelled_caught
+    network.set_faults(None)
+    assert await network.authorize(_request(capture=True)) == first
+    assert len(network.operations()) == 1
+    assert network.fault_counts() == _counts(error=1, timeout_before=1)
+
+
+async def test_outage_window_refuses_every_call_by_the_trio_clock(autojump_clock):
+    network = CardNetwork(today=_today, latency_ms=(5, 5), faults=FaultSpec(outage=(10, 15)))
+    created = trio.current_time()
+    assert (await network.authorize(_request("att_before"))).approved
+    await trio.sleep_until(created + 10)
+    with pytest.raises(NetworkRefused, match=r"^network outage: authorize att_start was not performed$"):
+        await network.authorize(_request("att_start"))
+    # An outage refuses at once rather than after the latency.
+    assert trio.current_time() == created + 10
+    await trio.sleep_until(created + 14.999)
+    with pytest.raises(NetworkRefused):
+        await network.capture(_capture("cap_1", "att_before"))
+    await trio.sleep_until(created + 15)
+    assert (await network.authorize(_request("att_after"))).approved
+    assert [op.reference for op in network.operations()] == ["att_before", "att_after"]
+    assert network.fault_counts() == _counts(outage=2)
+
+
+@pytest.fixture
+def network_built_outside_a_run():
+    # Sync fixtures run outside trio, as a network built at import would be.
+    return CardNetwork(today=_today, faults=FaultSpec(outage=(10, 15)))
+
+
+async def test_outage_counts_from_the_first_call_when_built_outside_a_run(
+    autojump_clock, network_built_outside_a_run
+):
+    network = network_built_outside_a_run
+    await trio.sleep(100)  # would be past the window if counted from time 0
+    first_call = trio.current_time()
+    assert (await network.authorize(_request("att_1"))).approved
+    await trio.sleep_until(first_call + 12)
+    with pytest.raises(NetworkRefused):
+        await network.authorize(_request("att_2"))
+
+
+async def test_fault_counts_match_what_callers_saw(autojump_clock):
+    network = CardNetwork(
+        seed=3, today=_today, faults=FaultSpec(error=0.25, timeout_before=0.25, timeout_after=0.25)
+    )
+    refused = hung = answered = 0
+    for index in range(80):
+        with trio.move_on_after(1) as scope:
+            try:
+                await network.authorize(_request(f"att_{index}"))
+                answered += 1
+            except NetworkRefused:
+                refused += 1
+        hung += scope.cancelled_caught
+    counts = network.fault_counts()
+    assert min(counts["error"], counts["timeout_before"], counts["timeout_after"]) > 0
+    assert (counts["error"], counts["timeout_before"] + counts["timeout_after"]) == (refused, hung)
+    assert refused + hung + answered == 80
+    assert len(network.operations()) == answered + counts["timeout_after"]
+    assert counts["outage"] == 0
+    # A copy: the caller cannot reset the network's counts.
+    counts["error"] = 0
+    assert network.fault_counts()["error"] == refused
+
+
+async def _fault_trace(seed, faults, count=40):
+    """What each call met ("answered", "refused" or "hung") and how long it took."""
+    network = CardNetwork(seed=seed, latency_ms=(1, 5), today=_today, faults=faults)
+    trace = []
+    for index in range(count):
+        started = trio.current_time()
+        with trio.move_on_after(1) as scope:
+            try:
+                await network.authorize(_request(f"att_{index}"))
+                outcome = "answered"
+            except NetworkRefused:
+                outcome = "refused"
+        if scope.cancelled_caught:
+            outcome = "hung"
+        trace.append((outcome, round(trio.current_time() - started, 6)))
+    return trace
+
+
+async def test_seeded_faults_are_reproducible_and_do_not_shift_latencies(autojump_clock):
+    spec = FaultSpec(error=0.2, timeout_before=0.2, timeout_after=0.2)
+    first = await _fault_trace(7, spec)
+    assert first == await _fault_trace(7, spec)
+    assert [outcome for outcome, _ in first] != [outcome for outcome, _ in await _fault_trace(8, spec)]
+    assert {outcome for outcome, _ in first} == {"answered", "refused", "hung"}
+    # Call i sleeps the i-th latency of the seed's own stream, exactly as
+    # without faults: fault decisions come from another stream.
+    latency_random = random.Random(7)
+    latencies = [round(latency_random.randint(1000, 5000) / 1_000_000, 6) for _ in first]
+    for (outcome, took), latency in zip(first, latencies, strict=True):
+        if outcome == "answered":
+            assert took == latency
+
+
+async def test_per_network_faults_follow_the_card_brand():
+    network = CardNetwork(today=_today, faults=FaultSpec(per_network={"amex": FaultSpec(error=1.0)}))
+    assert (await network.authorize(_request("att_visa", "4242424242424242", capture=False))).approved
+    with pytest.raises(NetworkRefused):
+        await network.authorize(_request("att_amex", "378282246310005"))
+    # Captures, voids and refunds go by the brand of the authorization they name.
+    network.set_faults(faults.parse("error=1,visa.error=0"))
+    assert (await network.capture(_capture("cap_1", "att_visa"))).approved
+    assert (await network.refund(_refund("re_1", "att_visa", amount_minor=10))).approved
+    with pytest.raises(NetworkRefused):
+        await network.void(_void("void_1", "att_unknown"))
+    with pytest.raises(NetworkRefused):
+        await network.authorize(_request("att_mastercard", "5555555555554444"))
+    assert [op.reference for op in network.operations()] == ["att_visa", "cap_1", "re_1"]
+    assert network.fault_counts() == _counts(error=3)
+
+
+async def test_latency_override_replaces_the_simulator_range(autojump_clock):
+    network = CardNetwork(
+        today=_today,
+        latency_ms=(1, 1),
+        faults=FaultSpec(latency_ms=(40, 40), per_network={"amex": FaultSpec(latency_ms=(70, 70))}),
+    )
+    took = []
+    for reference, number in [("att_1", "4242424242424242"), ("att_2", "378282246310005")]:
+        started = trio.current_time()
+        await network.authorize(_request(reference, number))
+        took.append(round(trio.current_time() - started, 6))
+    network.set_faults(None)
+    started = trio.current_time()
+    await network.authorize(_request("att_3"))
+    took.append(round(trio.current_time() - started, 6))
+    assert took == [0.040, 0.070, 0.001]
+
+
+# -- inquiries -----------------------------------------------------------------------
+
+
+async def test_inquire_returns_the_answer_on_record_and_records_nothing():
+    network = CardNetwork(today=_today)
+    approved = await _authorized(network, "att_1", amount_minor=1000)
+    declined = await _authorized(network, "att_2", card_number="4000000000000002")
+    captured = await network.capture(_capture("cap_1", "att_1"))
+    assert await network.inquire("att_1") == approved == _approved("att_1")
+    assert await network.inquire("att_2") == declined
+    assert not declined.approved
+    assert await network.inquire("cap_1") == captured
+    assert [op.kind for op in network.operations()] == ["authorize", "authorize", "capture"]
+    assert network.calls_total() == 6
+
+
+async def test_inquire_on_a_pending_challenge_leaves_it_open():
+    network = CardNetwork(today=_today)
+    number = min(cards.THREE_D_SECURE_REQUIRED)
+    answer = await network.authorize(_request(card_number=number))
+    assert answer.code == "authentication_required"
+    inquired = await network.inquire("att_1")
+    assert (inquired.approved, inquired.code) == (False, "authentication_required")
+    assert network.challenge_pending("att_1")
+    assert network.complete_challenge("att_1", passed=True)
+    assert await network.inquire("att_1") == _approved("att_1")
+
+
+async def test_inquire_on_an_unknown_reference_closes_it():
+    network = CardNetwork(today=_today)
+    closed = _declined("att_lost", "reference_closed", "unknown")
+    assert await network.inquire("att_lost") == closed
+    tombstone = network.lookup("att_lost")
+    assert (tombstone.kind, tombstone.approved, tombstone.amount_minor, tombstone.sequence) == (
+        "tombstone",
+        False,
+        0,
+        0,
+    )
+    # The late original call, or any other kind with that reference, is
+    # declined with the same answer and moves no money.
+    assert await network.authorize(_request("att_lost", capture=True)) == closed
+    assert await network.capture(_capture("att_lost", "att_lost")) == closed
+    assert await network.refund(_refund("att_lost", "att_lost")) == closed
+    assert await network.void(_void("att_lost", "att_lost")) == closed
+    assert await network.inquire("att_lost") == closed
+    assert network.operations() == [tombstone]
+    assert network.settlement_report() == []
+
+
+async def test_call_lost_in_flight_cannot_charge_after_reconciliation(autojump_clock):
+    network = CardNetwork(today=_today, faults=FaultSpec(timeout_before=1.0))
+    with trio.move_on_after(5) as scope:
+        await network.authorize(_request(capture=True))
+    assert scope.cancelled_caught
+    # Reconciliation concludes nothing happened; the engine may then make a
+    # new attempt under a new reference.
+    network.set_faults(None)
+    assert await network.inquire("att_1") == _declined("att_1", "reference_closed", "unknown")
+    assert (await network.authorize(_request("att_2", capture=True))).approved
+    # The lost call arrives at last: declined, so the intent is charged once.
+    assert await network.authorize(_request(capture=True)) == _declined("att_1", "reference_closed", "unknown")
+    assert [op.reference for op in network.settlement_report()] == ["att_2"]
+    assert [op.kind for op in network.operations()] == ["tombstone", "authorize"]
+
+
+async def test_tombstone_of_a_capture_reference_leaves_the_authorization_capturable():
+    network = CardNetwork(today=_today)
+    await _authorized(network, "att_1", amount_minor=1000)
+    await network.inquire("cap_lost")
+    assert await network.capture(_capture("cap_lost", "att_1")) == _declined("cap_lost", "reference_closed", "unknown")
+    assert (await network.capture(_capture("cap_2", "att_1"))).approved
+    assert [op.reference for op in network.settlement_report()] == ["cap_2"]
+
+
+async def test_inquire_during_an_outage_is_refused_and_closes_nothing(autojump_clock):
+    network = CardNetwork(today=_today, faults=FaultSpec(outage=(0, 5)))
+    with pytest.raises(NetworkRefused, match=r"^network outage: inquire att_1 was not performed$"):
+        await network.inquire("att_1")
+    assert network.lookup("att_1") is None
+    await trio.sleep(5)
+    # Not closed by the refused inquiry, so the call still goes through.
+    assert (await network.authorize(_request())).approved
+    assert network.fault_counts() == _counts(outage=1)
+
+
+async def test_inquire_error_fault_is_refused_and_closes_nothing():
+    network = CardNetwork(today=_today, faults=FaultSpec(error=1.0))
+    with pytest.raises(NetworkRefused, match=r"^network error: inquire att_1 was not performed$"):
+        await network.inquire("att_1")
+    assert network.lookup("att_1") is None
+    assert network.fault_counts() == _counts(error=1)
+
+
+async def test_inquire_never_times_out_by_fault(autojump_clock):
+    network = CardNetwork(seed=1, today=_today, faults=FaultSpec(timeout_before=0.5, timeout_after=0.5))
+    with trio.fail_after(1):
+        for index in range(20):
+            assert (await network.inquire(f"att_{index}")).code == "reference_closed"
+    assert network.fault_counts() == NO_FAULTS
+    assert len(network.operations()) == 20
+
+
+async def test_fault_messages_hold_no_card_number():
+    network = CardNetwork(today=_today, faults=FaultSpec(error=1.0))
+    with pytest.raises(NetworkRefused) as caught:
+        await network.authorize(_request(card_number="4242424242424242"))
+    assert "4242424242" not in str(caught.value)
+    assert "4242424242" not in repr(vars(network))
