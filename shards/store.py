@@ -13,8 +13,9 @@ the same journal position: a second writer for a partition, which is a bug).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -213,6 +214,9 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
+    # A connection broken mid-operation (a restart of the server) can be
+    # left in a state asyncpg refuses to use; treat it as an outage.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -260,6 +264,18 @@ class Store:
             raise StoreUnavailable(f"cannot connect to the database: {type(error).__name__}") from error
         return cls(pool, loop)
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection (asyncio side). One that failed is terminated
+        rather than returned, so the pool opens a fresh one instead of handing
+        out a connection stuck half-way through an operation."""
+        async with self._pool.acquire() as connection:
+            try:
+                yield connection
+            except BaseException:
+                connection.terminate()
+                raise
+
     async def close(self) -> None:
         await self._call(self._pool.close)
 
@@ -283,7 +299,7 @@ class Store:
         """
 
         async def run() -> int:
-            async with self._pool.acquire() as connection, connection.transaction():
+            async with self._connection() as connection, connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock(727274)")
                 await connection.execute(SCHEMA_SQL)
                 await connection.execute(
@@ -317,7 +333,7 @@ class Store:
         ]
 
         async def run() -> None:
-            async with self._pool.acquire() as connection, connection.transaction():
+            async with self._connection() as connection, connection.transaction():
                 await connection.copy_records_to_table(
                     "journal",
                     records=records,
@@ -332,7 +348,7 @@ class Store:
 
     async def load_journal(self, partition: int) -> list[JournalRow]:
         async def run() -> list[JournalRow]:
-            async with self._pool.acquire() as connection:
+            async with self._connection() as connection:
                 rows = await connection.fetch(
                     "SELECT seq, entity_id, kind, body::text AS body FROM journal"
                     " WHERE partition = $1 ORDER BY seq",
@@ -350,7 +366,7 @@ class Store:
         """Insert a merchant and its keys, given as (key_hash, kind, livemode)."""
 
         async def run() -> None:
-            async with self._pool.acquire() as connection, connection.transaction():
+            async with self._connection() as connection, connection.transaction():
                 await connection.execute(
                     "INSERT INTO merchants (id, name, fee_basis_points, fee_fixed_minor, rate_limit_per_s,"
                     " rate_limit_burst, signing_secret_sealed, require_signed_requests)"
@@ -374,7 +390,7 @@ class Store:
         if they were already due to). None when there is no such merchant."""
 
         async def run() -> str | None:
-            async with self._pool.acquire() as connection, connection.transaction():
+            async with self._connection() as connection, connection.transaction():
                 # Lock the merchant so two rolls at once cannot both keep
                 # their key alive past the other's grace period.
                 merchant = await connection.fetchrow(
@@ -403,7 +419,7 @@ class Store:
 
     async def find_api_key(self, key_hash: bytes) -> ApiKeyRow | None:
         async def run() -> ApiKeyRow | None:
-            async with self._pool.acquire() as connection:
+            async with self._connection() as connection:
                 row = await connection.fetchrow(
                     "SELECT k.merchant_id, k.kind, k.livemode, m.fee_basis_points, m.fee_fixed_minor,"
                     " m.rate_limit_per_s, m.rate_limit_burst, m.signing_secret_sealed, m.require_signed_requests,"
@@ -420,7 +436,7 @@ class Store:
 
     async def find_idempotency(self, merchant_id: str, key: str, now_s: int) -> IdempotencyRow | None:
         async def run() -> IdempotencyRow | None:
-            async with self._pool.acquire() as connection:
+            async with self._connection() as connection:
                 row = await connection.fetchrow(
                     "SELECT merchant_id, key, fingerprint, status_code, body, object_id, expires_at_s"
                     " FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND expires_at_s > $3",
@@ -436,7 +452,7 @@ class Store:
         """Every idempotency record (for the invariant checks), bounded."""
 
         async def run() -> list[IdempotencyRow]:
-            async with self._pool.acquire() as connection:
+            async with self._connection() as connection:
                 rows = await connection.fetch(
                     "SELECT merchant_id, key, fingerprint, status_code, body, object_id, expires_at_s"
                     " FROM idempotency_keys LIMIT $1",
@@ -450,7 +466,7 @@ class Store:
         """Forget expired idempotency records, a bounded number at a time."""
 
         async def run() -> int:
-            async with self._pool.acquire() as connection:
+            async with self._connection() as connection:
                 result = await connection.execute(
                     "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys"
                     " WHERE expires_at_s <= $1 LIMIT $2)",
@@ -463,7 +479,7 @@ class Store:
 
     async def insert_payment_method(self, row: PaymentMethodRow, idempotency: IdempotencyRow | None = None) -> None:
         async def run() -> None:
-            async with self._pool.acquire() as connection, connection.transaction():
+            async with self._connection() as connection, connection.transaction():
                 if idempotency is not None:
                     await connection.execute(IDEMPOTENCY_UPSERT, *msgspec.structs.astuple(idempotency))
                 await connection.execute(
@@ -477,7 +493,7 @@ class Store:
 
     async def get_payment_method(self, payment_method_id: str) -> PaymentMethodRow | None:
         async def run() -> PaymentMethodRow | None:
-            async with self._pool.acquire() as connection:
+            async with self._connection() as connection:
                 row = await connection.fetchrow(
                     "SELECT id, merchant_id, livemode, brand, last4, exp_month, exp_year, fingerprint,"
                     " sealed_number, created_s FROM payment_methods WHERE id = $1",

@@ -119,6 +119,7 @@ class NodeProcess:
     data_dir: Path
     extra_args: list[str] = field(default_factory=list)
     redis_url: str = ""
+    environ: dict[str, str] = field(default_factory=dict)
     url: str = ""
     secret_key: str = ""
     process: subprocess.Popen | None = None
@@ -131,6 +132,7 @@ class NodeProcess:
             # Each node its own keys in the shared Redis: no bucket or nonce
             # is shared between tests or runs.
             PAYMENTS_REDIS_PREFIX=f"payments-test:{secrets.token_hex(6)}:",
+            **self.environ,
         )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "up", "--port", "0", "--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args],
@@ -180,8 +182,14 @@ def new_node(make_database: Callable[[], str], tmp_path: Path) -> Iterator[Calla
     """Start nodes of one's own (for crash tests); all are killed at the end."""
     started: list[NodeProcess] = []
 
-    def start(database_url: str | None = None, data_dir: Path | None = None, *extra_args: str, redis_url: str = "") -> NodeProcess:
-        process = NodeProcess(database_url or make_database(), data_dir or tmp_path, list(extra_args), redis_url).start()
+    def start(
+        database_url: str | None = None,
+        data_dir: Path | None = None,
+        *extra_args: str,
+        redis_url: str = "",
+        environ: dict[str, str] | None = None,
+    ) -> NodeProcess:
+        process = NodeProcess(database_url or make_database(), data_dir or tmp_path, list(extra_args), redis_url, environ or {}).start()
         started.append(process)
         return process
 
