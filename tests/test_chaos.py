@@ -171,7 +171,8 @@ async def test_postgres_restart_mid_run(new_node, database_url, tmp_path, simula
     async with trio.open_nursery() as nursery:
         nursery.start_soon(restart_postgres)
         await load.run(node, CHAOS_S)
-    assert load.answers.get(503, 0) > 0 or load.answers.get(200, 0) > 0, load.answers
+    # The restart was felt: some commit failed (and was retried or answered 503).
+    assert "journal_commit_failed" in (tmp_path / "node.log").read_text() or load.answers.get(503, 0) > 0, load.answers
     table = await settle_and_check(node, load, simulator)
     summary("PostgreSQL restarted", load, simulator, 0, table)
 
