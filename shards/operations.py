@@ -73,9 +73,8 @@ async def reconcile(store: Store, *, simulator_url: str, data_dir: Path) -> str:
                 break
         still_unknown = sum(len(shard.state.unknown) for shard in node.shards.values())
         elapsed = trio.current_time() - started
-        node.stop_accepting()
-        nursery.cancel_scope.cancel()
         settlement = await network.settlement()
+        node.stop_accepting()
     mismatches = settlement_mismatches(await load_states(store), settlement)
     lines = [
         f"unknown before: {unknown_before}",

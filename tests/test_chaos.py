@@ -205,3 +205,24 @@ async def test_redis_stopped_for_a_while(new_node, database_url, tmp_path, simul
     finally:
         for server in held:
             server.stop()
+
+
+async def test_payments_reconcile_resolves_what_a_dead_node_left_unknown(new_node, database_url, tmp_path, simulator) -> None:
+    simulator.set_faults("timeout_after=1")  # every charge happens and its answer is lost
+    node = new_node(database_url, tmp_path, environ={"PAYMENTS_SIMULATOR_URL": simulator.url})
+    async with httpx.AsyncClient(base_url=node.url, auth=(node.secret_key, ""), timeout=60) as client:
+        response = await client.post("/v1/payment_intents", data={"amount": "700", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"})
+    assert response.status_code == 200 and response.json()["status"] == "processing"
+    node.kill()
+    simulator.set_faults("")
+    before = payments("check", database_url=database_url, data_dir=tmp_path, simulator_url=simulator.url)
+    assert before.returncode == 1 and "left unknown" in before.stdout
+    reconciled = payments("reconcile", database_url=database_url, data_dir=tmp_path, simulator_url=simulator.url)
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    assert "unknown before: 1" in reconciled.stdout and "still unknown: 0" in reconciled.stdout
+    assert "mismatches: 0" in reconciled.stdout
+    after = payments("check", database_url=database_url, data_dir=tmp_path, simulator_url=simulator.url)
+    assert after.returncode == 0, after.stdout
+    restarted = new_node(database_url, tmp_path)
+    async with httpx.AsyncClient(base_url=restarted.url, auth=(restarted.secret_key, "")) as client:
+        assert (await client.get(f"/v1/payment_intents/{response.json()['id']}")).json()["status"] == "succeeded"
