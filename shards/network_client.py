@@ -305,6 +305,12 @@ class HttpCardNetwork:
                 await trio.sleep(backoff_s)
             try:
                 return await self._try_once(path, content)
+            except NetworkRefused:
+                if delivered_ever:
+                    # "Not performed" speaks for this try only: an earlier
+                    # one may have reached the network and acted.
+                    raise NetworkOutcomeUnknown(f"refused after an earlier try of {reference} may have arrived") from None
+                raise
             except _Attempt as attempt:
                 delivered_ever = delivered_ever or attempt.delivered
                 last_reason = attempt.reason

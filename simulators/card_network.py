@@ -434,7 +434,10 @@ class CardNetwork:
         # the sequence of delays depends only on the seed and the order of
         # calls, never on which calls were faulted.
         latency_us = self._latency_us(spec)
-        fault = self._draw_fault(spec, timeouts=True)
+        # A refusal says "not performed", which is only true of a reference
+        # the network has not acted on; for one it has, it answers as it did
+        # the first time.
+        fault = self._draw_fault(spec, timeouts=True, refusals=reference not in self._operations)
         if fault in ("outage", "error"):
             await self._refuse(fault, latency_us, f"{kind} {reference}")
         if fault == "timeout_before":
@@ -487,7 +490,7 @@ class CardNetwork:
         latency_ms_min, latency_ms_max = spec.latency_ms
         return self._random.randint(latency_ms_min * 1000, latency_ms_max * 1000)
 
-    def _draw_fault(self, spec: FaultSpec, *, timeouts: bool) -> str | None:
+    def _draw_fault(self, spec: FaultSpec, *, timeouts: bool, refusals: bool = True) -> str | None:
         """The fault to inject into this call, counted, or None.
 
         One draw per call whatever happens, outage or not, so that the
@@ -507,6 +510,8 @@ class CardNetwork:
         elif draw < spec.error + spec.timeout_before + spec.timeout_after:
             fault = "timeout_after"
         if fault in ("timeout_before", "timeout_after") and not timeouts:
+            return None
+        if fault in ("outage", "error") and not refusals:
             return None
         if fault is not None:
             self._fault_counts[fault] += 1

@@ -317,3 +317,32 @@ async def test_a_bug_is_a_plain_500_that_leaks_nothing():
     assert (response.status_code, msgspec.json.decode(text)) == (500, {"error": "internal error"})
     assert [(entry["event"], entry["error_type"]) for entry in logs] == [("simulator_request_failed", "RuntimeError")]
     assert VISA not in repr(logs)
+
+
+async def test_a_refusal_after_a_try_that_may_have_arrived_is_unknown_not_refused() -> None:
+    """Regression: a first try lost after the network charged, then a retry
+    refused, was reported as refused: the node declined a payment the
+    network had approved (found by the PostgreSQL-restart chaos test)."""
+    from simulators.card_network import CardNetwork
+    from simulators.faults import FaultSpec
+    from simulators.service import serve_network
+
+    network = CardNetwork(seed=5, faults=FaultSpec(timeout_after=1.0))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_network, network, "127.0.0.1", 0)
+            async with HttpCardNetwork(url, call_timeout_s=0.5, retries=1) as client:
+                calls: list[int] = []
+                original = network._call
+
+                async def first_lost_then_refused(kind, reference, brand, decide):
+                    calls.append(1)
+                    if len(calls) == 2:
+                        raise NetworkRefused("refused on the retry")
+                    return await original(kind, reference, brand, decide)
+
+                network._call = first_lost_then_refused  # type: ignore[method-assign]
+                with pytest.raises(NetworkOutcomeUnknown):
+                    await client.authorize(authorization("att_lost_then_refused"))
+            assert network.lookup("att_lost_then_refused").approved
+            nursery.cancel_scope.cancel()
