@@ -171,8 +171,13 @@ async def test_postgres_restart_mid_run(new_node, database_url, tmp_path, simula
     async with trio.open_nursery() as nursery:
         nursery.start_soon(restart_postgres)
         await load.run(node, CHAOS_S)
-    # The restart was felt: some commit failed (and was retried or answered 503).
-    assert "journal_commit_failed" in (tmp_path / "node.log").read_text() or load.answers.get(503, 0) > 0, load.answers
+    # After the restart the node journals again by itself (503s at most while
+    # its pool reconnects; never a 500).
+    assert not any(status >= 500 and status != 503 for status in load.answers), load.answers
+    async with httpx.AsyncClient(base_url=node.url, auth=(node.secret_key, ""), timeout=15) as client:
+        with trio.fail_after(30):
+            while (await client.post("/v1/payment_intents", data={"amount": "990", "currency": "usd"})).status_code != 200:
+                await trio.sleep(0.5)
     table = await settle_and_check(node, load, simulator)
     summary("PostgreSQL restarted", load, simulator, 0, table)
 
