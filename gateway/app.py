@@ -292,6 +292,24 @@ def create_app(node: Node) -> QuartTrio:
             raise errors.not_found("payment_intent", intent_id, "intent")
         return intent
 
+    def owned_child(found: tuple[machine.PaymentIntent, Any] | None, key: ApiKeyRow, kind: str, object_id: str) -> tuple[machine.PaymentIntent, Any]:
+        """A refund or dispute with its intent, if the caller owns the intent."""
+        if found is None or found[0].merchant_id != key.merchant_id or found[0].livemode != key.livemode:
+            raise errors.not_found(kind, object_id, kind)
+        return found
+
+    async def child_page(attribute: str, url: str, kind: str, render_child: Callable[..., Any]) -> Response:
+        """A list page of the refunds or disputes of the caller's intents."""
+        key = await authenticate()
+        values = list_params()
+        intents = node.merchant_intents(key.merchant_id, key.livemode)
+        if values.payment_intent is not None:
+            intents = [intent for intent in intents if intent.id == values.payment_intent]
+        pairs = [(intent, child) for intent in intents for child in getattr(intent, attribute)]
+        return json_response(
+            pages.page(pairs, values, url=url, kind=kind, key=lambda pair: (pair[1].created_s, pair[1].id), render=lambda pair: render_child(*pair))
+        )
+
     def list_params() -> params.ListParams:
         try:
             values = decode_form(request.query_string)
@@ -539,22 +557,12 @@ def create_app(node: Node) -> QuartTrio:
     async def retrieve_refund(refund_id: str) -> Response:
         key = await authenticate()
         found = node.refund(refund_id) if len(refund_id) <= ID_CHARS_MAX else None
-        if found is None or found[0].merchant_id != key.merchant_id or found[0].livemode != key.livemode:
-            raise errors.not_found("refund", refund_id, "refund")
-        return json_response(objects.refund(*found))
+        return json_response(objects.refund(*owned_child(found, key, "refund", refund_id)))
 
     @app.get("/v1/refunds")
     @api("List refunds, newest first", objects.ListObject[objects.RefundObject], query=params.ListParams)
     async def list_refunds() -> Response:
-        key = await authenticate()
-        values = list_params()
-        intents = node.merchant_intents(key.merchant_id, key.livemode)
-        if values.payment_intent is not None:
-            intents = [intent for intent in intents if intent.id == values.payment_intent]
-        refunds = [(intent, refund) for intent in intents for refund in intent.refunds]
-        return json_response(
-            pages.page(refunds, values, url="/v1/refunds", kind="refund", key=lambda pair: (pair[1].created_s, pair[1].id), render=lambda pair: objects.refund(*pair))
-        )
+        return await child_page("refunds", "/v1/refunds", "refund", objects.refund)
 
     @app.get("/v1/balance")
     @api("Retrieve the balance", objects.BalanceObject)
@@ -589,22 +597,12 @@ def create_app(node: Node) -> QuartTrio:
     async def retrieve_dispute(dispute_id: str) -> Response:
         key = await authenticate()
         found = node.dispute(dispute_id) if len(dispute_id) <= ID_CHARS_MAX else None
-        if found is None or found[0].merchant_id != key.merchant_id or found[0].livemode != key.livemode:
-            raise errors.not_found("dispute", dispute_id, "dispute")
-        return json_response(objects.dispute(*found))
+        return json_response(objects.dispute(*owned_child(found, key, "dispute", dispute_id)))
 
     @app.get("/v1/disputes")
     @api("List disputes, newest first", objects.ListObject[objects.DisputeObject], query=params.ListParams)
     async def list_disputes() -> Response:
-        key = await authenticate()
-        values = list_params()
-        intents = node.merchant_intents(key.merchant_id, key.livemode)
-        if values.payment_intent is not None:
-            intents = [intent for intent in intents if intent.id == values.payment_intent]
-        disputes = [(intent, dispute) for intent in intents for dispute in intent.disputes]
-        return json_response(
-            pages.page(disputes, values, url="/v1/disputes", kind="dispute", key=lambda pair: (pair[1].created_s, pair[1].id), render=lambda pair: objects.dispute(*pair))
-        )
+        return await child_page("disputes", "/v1/disputes", "dispute", objects.dispute)
 
     # The simulator's admin side (test mode only): what a cardholder and an
     # issuer would do, so disputes can be exercised end to end.
