@@ -222,3 +222,26 @@ def merchant_keys(node: NodeProcess) -> dict:
 def fresh_merchant(node: NodeProcess) -> dict:
     """A merchant of the test's own, so balances start from zero."""
     return create_merchant_keys(node, "Fresh shop")
+
+
+def status_reachable(before: str, after: str) -> bool:
+    """Whether an intent told `before` may later be `after`: I4 allows the
+    acknowledged state "or a later one", where later follows the state
+    machine's table (with its special cases), not any fixed order. It is a
+    slight over-approximation: the table's processing -> requires_payment_method
+    move also counts after a capture, whose decline really goes back to
+    requires_capture."""
+    from engine.intent import TRANSITIONS, Status
+
+    moves = {status: {str(target) for target in row.values()} for status, row in TRANSITIONS.items()}
+    # Special cases decided next to the table: approved authorizations and
+    # declined captures go to requires_capture.
+    moves[Status.processing].add("requires_capture")
+    moves[Status.requires_action].add("requires_capture")
+    seen, frontier = {before}, [before]
+    while frontier:
+        for target in moves[Status(frontier.pop())]:
+            if target not in seen:
+                seen.add(target)
+                frontier.append(target)
+    return after in seen

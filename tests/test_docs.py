@@ -17,3 +17,13 @@ def test_state_diagram_draws_every_allowed_move() -> None:
     for status, moves in intent.TRANSITIONS.items():
         for command, target in moves.items():
             assert f"    {status} --> {target}: {command.__name__}" in text
+
+
+def test_status_reachability_follows_the_table() -> None:
+    from tests.conftest import status_reachable
+
+    assert status_reachable("processing", "requires_payment_method")  # declined after an unknown outcome
+    assert status_reachable("processing", "requires_capture")
+    assert status_reachable("requires_confirmation", "succeeded")
+    assert not status_reachable("succeeded", "processing")
+    assert not status_reachable("canceled", "succeeded")
