@@ -123,6 +123,10 @@ def parser() -> argparse.ArgumentParser:
         help="how long captured funds stay pending before they are available (default 172800, 2 days)",
     )
     up.add_argument(
+        "--dispute-fee-minor", type=bounded_int(0, 1_000_000), default=1500, metavar="MINOR",
+        help="fee taken from the merchant for each dispute, in minor units (default 1500)",
+    )
+    up.add_argument(
         "--faults", type=fault_spec, default="", metavar="SPEC",
         help="faults for the in-process simulator, e.g. timeout_after=0.02,error=0.01,latency_ms=5..200"
         " (ignored with PAYMENTS_SIMULATOR_URL)",
@@ -266,6 +270,7 @@ def command_up(arguments: argparse.Namespace) -> int:
             authorization_expiry_s=arguments.authorization_expiry_s,
             settlement_delay_s=arguments.settlement_delay_s,
             simulator_url=os.environ.get("PAYMENTS_SIMULATOR_URL") or None,
+            dispute_fee_minor=arguments.dispute_fee_minor,
             faults=arguments.faults,
         )
         trio.run(run_up, settings)

@@ -52,6 +52,7 @@ class UpSettings(msgspec.Struct, frozen=True):
     authorization_expiry_s: int = 7 * 86_400
     settlement_delay_s: int = 2 * 86_400
     simulator_url: str | None = None
+    dispute_fee_minor: int = 1500
     faults: str = ""
 
 
@@ -103,6 +104,7 @@ async def run_up(settings: UpSettings) -> None:
                     partitions=partitions,
                     shard=ShardConfig(authorization_expiry_s=settings.authorization_expiry_s),
                     settlement_delay_s=settings.settlement_delay_s,
+                    dispute_fee_minor=settings.dispute_fee_minor,
                 )
                 node = await nursery.start(run_node, store, vault, network, node_config)
                 node.redis = redis

@@ -144,3 +144,29 @@ def _check_network(intents: Sequence[PaymentIntent], operations: Sequence[dict[s
         if count > 1:
             found.append(Violation("I1", intent_id, f"the network approved {count} authorizations"))
     return found
+
+
+def settlement_mismatches(states: Sequence[ShardState], settlement: Sequence[dict[str, Any]]) -> list[str]:
+    """Our captures and refunds against the network's settlement report.
+
+    Operations still open on our side (pending or unknown) are left out:
+    reconciliation settles those, and until then a difference is expected.
+    """
+    ours: dict[str, int] = {}
+    still_open: set[str] = set()
+    for state in states:
+        for intent in state.intents.values():
+            for attempt in intent.attempts:
+                if attempt.kind in (AttemptKind.charge, AttemptKind.capture) and attempt.status is AttemptStatus.succeeded:
+                    ours[attempt.id] = attempt.amount
+                if attempt.status in (AttemptStatus.pending, AttemptStatus.unknown):
+                    still_open.add(attempt.id)
+            for refund in intent.refunds:
+                if refund.status is RefundStatus.succeeded:
+                    ours[refund.id] = refund.amount
+                if refund.status is RefundStatus.pending:
+                    still_open.add(refund.id)
+    theirs = {entry["reference"]: entry["amount_minor"] for entry in settlement if not entry.get("failed_later", False)}
+    references = sorted((set(ours) | set(theirs)) - still_open)
+    problems = [f"{reference}: ours {ours.get(reference)}, network {theirs.get(reference)}" for reference in references if ours.get(reference) != theirs.get(reference)]
+    return problems

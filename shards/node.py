@@ -27,6 +27,7 @@ from engine.ledger import Transfer, TransferKind
 from engine import intent as machine
 from engine.intent import Command, Dispute, NetworkCall, PaymentIntent, Refund
 from engine.network import CaptureRequest, NetworkNotice, NetworkOutcomeUnknown, NetworkRefused, RefundRequest, VoidRequest
+from shards import checks
 from shards.actor import Message, Outcome, ShardActor, ShardConfig, ShardState
 from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
 from shards.redis_link import RedisLink
@@ -80,6 +81,7 @@ class NodeConfig(msgspec.Struct, frozen=True):
     key_cache_s: float = 5.0
     reconcile_every_s: float = 1.0
     reconcile_batch_max: int = 1000
+    settlement_check_every_s: float = 300.0
     # Requests without a working key are limited per client address.
     anonymous_rate_per_s: int = 20
     anonymous_burst: int = 40
@@ -484,6 +486,29 @@ class Node:
             log.info("reconciliation_pass", unknown=summary.unknown, resolved=summary.resolved, deferred=summary.deferred)
         return summary
 
+    async def compare_settlement_forever(self) -> None:
+        """Now and then, compare our captures and refunds with the network's
+        settlement report and log every mismatch (reconciliation's full pass)."""
+        while True:
+            await trio.sleep(self.config.settlement_check_every_s)
+            report = await self.settlement_report()
+            if report is None:
+                continue
+            problems = checks.settlement_mismatches([shard.state for shard in self.shards.values()], report)
+            for problem in problems[:100]:
+                log.warning("settlement_mismatch", detail=problem)
+            log.info("settlement_compared", entries=len(report), mismatches=len(problems))
+
+    async def settlement_report(self) -> list[dict[str, Any]] | None:
+        """The network's settlement report as dicts, or None when unreachable."""
+        if hasattr(self.network, "settlement"):
+            try:
+                return await self.network.settlement()
+            except (NetworkRefused, NetworkOutcomeUnknown):
+                return None
+        report = getattr(self.network, "settlement_report", None)
+        return None if report is None else [msgspec.structs.asdict(operation) for operation in report()]
+
     async def purge_idempotency(self, every_s: float = 600) -> None:
         """Forget idempotency records past their lifetime, now and then."""
         while True:
@@ -538,6 +563,7 @@ async def run_node(
                     tasks.start_soon(node.relay_notices)
                     tasks.start_soon(node.purge_idempotency)
                     tasks.start_soon(node.reconcile_forever)
+                    tasks.start_soon(node.compare_settlement_forever)
 
         nursery.start_soon(background)
         node.stop_relay = notices.cancel

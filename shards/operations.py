@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from engine.intent import AttemptKind, AttemptStatus, RefundStatus
 from shards import checks
 from shards.actor import ShardState
 from shards.network_client import HttpCardNetwork
@@ -39,22 +37,6 @@ async def check_database(store: Store, *, simulator_url: str | None = None) -> c
     return checks.check(states, await store.idempotency_records(), operations)
 
 
-def settlement_mismatches(states: list[ShardState], settlement: list[dict[str, Any]]) -> list[str]:
-    """Our captures and refunds against the network's settlement report."""
-    ours: dict[str, int] = {}
-    for state in states:
-        for intent in state.intents.values():
-            for attempt in intent.attempts:
-                if attempt.kind in (AttemptKind.charge, AttemptKind.capture) and attempt.status is AttemptStatus.succeeded:
-                    ours[attempt.id] = attempt.amount
-            for refund in intent.refunds:
-                if refund.status is RefundStatus.succeeded:
-                    ours[refund.id] = refund.amount
-    theirs = {entry["reference"]: entry["amount_minor"] for entry in settlement if not entry.get("failed_later", False)}
-    problems = [f"{reference}: ours {ours.get(reference)}, network {theirs.get(reference)}" for reference in sorted(set(ours) | set(theirs)) if ours.get(reference) != theirs.get(reference)]
-    return problems
-
-
 async def reconcile(store: Store, *, simulator_url: str, data_dir: Path) -> str:
     """One reconciliation: start the actors (no HTTP), ask the network about
     every unknown outcome until none is left or the passes run out, then
@@ -75,7 +57,7 @@ async def reconcile(store: Store, *, simulator_url: str, data_dir: Path) -> str:
         elapsed = trio.current_time() - started
         settlement = await network.settlement()
         node.stop_accepting()
-    mismatches = settlement_mismatches(await load_states(store), settlement)
+    mismatches = checks.settlement_mismatches(await load_states(store), settlement)
     lines = [
         f"unknown before: {unknown_before}",
         f"resolved: {resolved} in {elapsed:.1f} s",

@@ -282,7 +282,7 @@ def test_fees_follow_the_merchants_own_terms(node: NodeProcess) -> None:
 
 
 def test_expiry_and_settlement_follow_the_nodes_settings(new_node) -> None:
-    node = new_node(None, None, "--authorization-expiry-s", "1", "--settlement-delay-s", "0")
+    node = new_node(None, None, "--authorization-expiry-s", "1", "--settlement-delay-s", "0", "--dispute-fee-minor", "700")
     client = sdk(node, node.secret_key)
     charged = client.v1.payment_intents.create(params={"amount": 2000, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True})
     held = authorize(client, 3000)
@@ -291,3 +291,12 @@ def test_expiry_and_settlement_follow_the_nodes_settings(new_node) -> None:
     expired = wait_for_status(client, held.id, "canceled")
     assert expired.cancellation_reason == "automatic"
     assert client.v1.payment_intents.retrieve(charged.id).status == "succeeded"
+    opened = httpx.post(node.url + "/simulator/disputes", data={"payment_intent": charged.id}, auth=(node.secret_key, ""))
+    assert opened.status_code == 200
+    deadline = time.monotonic() + 10
+    while not client.v1.disputes.list().data:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    balance = client.v1.balance.retrieve()
+    # The disputed 2,000 and this node's dispute fee of 700 left at once.
+    assert {entry.currency: entry.amount for entry in balance.available} == {"usd": 2000 - ledger.fee_minor(2000) - 2000 - 700}
