@@ -178,9 +178,11 @@ class ShardActor:
         perform: Performer,
         config: ShardConfig,
         new_attempt_id: Callable[[], str],
+        journal_position: Callable[[int], Awaitable[int]],
     ) -> None:
         self.state = state
         self._new_attempt_id = new_attempt_id
+        self._journal_position = journal_position
         self.config = config
         self._append = append
         self._perform = perform
@@ -312,9 +314,13 @@ class ShardActor:
             try:
                 await self._append(self.state.partition, rows, idempotency)
             except StoreUnavailable as error:
-                self._fail_batch(outcomes, error)
-                await trio.sleep(self.config.commit_retry_s)
-                return
+                # The commit may have happened with only its answer lost:
+                # find out before telling anyone anything.
+                if not rows or not await self._committed_after_all(rows[-1].seq):
+                    self._fail_batch(outcomes, error)
+                    await trio.sleep(self.config.commit_retry_s)
+                    return
+                log.warning("journal_commit_found_after_error", partition=self.state.partition, error=str(error))
             self.state.next_seq = seq
             intents.update(working)
             for event in events:
@@ -323,6 +329,20 @@ class ShardActor:
         self.commands_total += len(batch)
         for message, decision, current in outcomes:
             self._settle(message, decision, current)
+
+    async def _committed_after_all(self, last_seq: int) -> bool:
+        """Whether a batch whose commit raised is in the journal anyway.
+
+        Asks until the database answers: until then nothing in this
+        partition can commit, and guessing either way would be wrong (a
+        retried batch would collide with itself; a committed one treated as
+        failed would leave its attempts pending with no call behind them).
+        """
+        while True:
+            try:
+                return await self._journal_position(self.state.partition) >= last_seq
+            except StoreUnavailable:
+                await trio.sleep(self.config.commit_retry_s)
 
     def _idempotency_rows(self, outcomes: list[tuple[Message, machine.Decision, PaymentIntent | None]]) -> list[IdempotencyRow]:
         """The idempotency records this batch completes or starts, written in

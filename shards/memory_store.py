@@ -48,6 +48,11 @@ class MemoryStore:
             if existing is None or (existing.status_code is None and existing.fingerprint == row.fingerprint):
                 self.idempotency[(row.merchant_id, row.key)] = row
 
+    async def journal_position(self, partition: int) -> int:
+        await self._io()
+        journal = self.journal.get(partition, [])
+        return journal[-1].seq if journal else 0
+
     async def load_journal(self, partition: int) -> list[JournalRow]:
         await self._io()
         return list(self.journal.get(partition, []))

@@ -552,7 +552,9 @@ async def run_node(
         for partition in range(config.partitions):
             state = ShardState(partition)
             state.replay(await store.load_journal(partition))
-            shard = ShardActor(state, store.append, node.perform, config.shard, functools.partial(node.new_id, "att", partition))
+            shard = ShardActor(
+                state, store.append, node.perform, config.shard, functools.partial(node.new_id, "att", partition), store.journal_position
+            )
             node.shards[partition] = shard
             await nursery.start(shard.run)
         notices = trio.CancelScope()

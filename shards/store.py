@@ -346,6 +346,15 @@ class Store:
 
         await self._call(run)
 
+    async def journal_position(self, partition: int) -> int:
+        """The last sequence number written to a partition's journal (0 if none)."""
+
+        async def run() -> int:
+            async with self._connection() as connection:
+                return await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal WHERE partition = $1", partition)
+
+        return await self._call(run)
+
     async def load_journal(self, partition: int) -> list[JournalRow]:
         async def run() -> list[JournalRow]:
             async with self._connection() as connection:

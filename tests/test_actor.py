@@ -33,6 +33,7 @@ class FaultyStore:
     def __init__(self, store: Any) -> None:
         self._store = store
         self.fail_appends = 0
+        self.lose_commit_answers = 0
         self.hold_appends: trio.Event | None = None
         self.appends = 0
 
@@ -47,6 +48,10 @@ class FaultyStore:
             self.fail_appends -= 1
             raise StoreUnavailable("injected commit failure")
         await self._store.append(partition, rows, idempotency)
+        if self.lose_commit_answers:
+            # Committed, but the answer never reaches us (a server restart).
+            self.lose_commit_answers -= 1
+            raise StoreUnavailable("injected loss of a commit's answer")
 
 
 class SilentNetwork:
@@ -329,3 +334,21 @@ async def test_the_node_compares_settlement_and_logs_each_mismatch(store) -> Non
     assert compared and compared[0]["mismatches"] == 0 and compared[0]["entries"] == 1
     mismatches = [entry for entry in logs if entry["event"] == "settlement_mismatch"]
     assert mismatches and mismatches[0]["detail"] == "att_stray: ours None, network 999"
+
+
+async def test_a_commit_whose_answer_was_lost_is_found_and_acknowledged(store) -> None:
+    """Regression: a PostgreSQL restart lost the answer to a commit that had
+    happened; the actor took it for a failure, reused its journal positions
+    on the next batch, hit the journal's key and took the node down."""
+    await seed_merchant(store)
+    faulty = FaultyStore(store)
+    network = CardNetwork(seed=19, latency_ms=(1, 2))
+    async with running_node(faulty, network) as node:
+        method = await new_payment_method(node)
+        faulty.lose_commit_answers = 1
+        paid = await node.submit(create_command(node, payment_method_id=method, confirm=True))
+        assert paid.result is Result.ok and paid.intent.status == machine.Status.succeeded
+        after = await node.submit(create_command(node))  # the next batch of the same partitions
+        assert after.result is Result.ok
+    assert network.calls_total() == 1
+    assert await journal_kinds(store, node, paid.intent.id) == ["IntentCreated", "AttemptStarted", "AttemptApproved"]
