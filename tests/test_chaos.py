@@ -130,6 +130,9 @@ async def settle_and_check(node: NodeProcess, load: Load, simulator: Simulator) 
     async with httpx.AsyncClient(base_url=node.url, auth=(node.secret_key, ""), timeout=15) as client:
         for intent_id, told in load.acknowledged.items():
             response = await client.get(f"/v1/payment_intents/{intent_id}")
+            while response.status_code == 429:  # this many reads run into the key's rate limit
+                await trio.sleep(int(response.headers["Retry-After"]))
+                response = await client.get(f"/v1/payment_intents/{intent_id}")
             assert response.status_code == 200, f"acknowledged {intent_id} ({told}) is gone"
             now = response.json()["status"]
             assert status_reachable(told, now), (intent_id, told, now)
