@@ -292,6 +292,23 @@ def create_app(node: Node) -> QuartTrio:
             raise errors.not_found("payment_intent", intent_id, "intent")
         return intent
 
+    async def intent_command(intent_id: str, schema: type, build: Callable[[Any, dict[str, Any]], machine.Command]) -> Response:
+        """Run a command on one of the caller's intents that opens an attempt."""
+        key = await authenticate()
+        owned_intent(intent_id, key)
+        body = await read_body()
+        values = params.convert(body, schema)
+        common = {
+            "intent_id": intent_id,
+            "merchant_id": key.merchant_id,
+            "livemode": key.livemode,
+            "attempt_id": node.new_id("att", node.partition_of_intent(intent_id)),
+            "at_s": int(time.time()),
+        }
+        command = build(values, common)
+        async with idempotent(key, body, render_intent) as claim:
+            return raw_response(*render_intent(await submit(command, claim)))
+
     def owned_child(found: tuple[machine.PaymentIntent, Any] | None, key: ApiKeyRow, kind: str, object_id: str) -> tuple[machine.PaymentIntent, Any]:
         """A refund or dispute with its intent, if the caller owns the intent."""
         if found is None or found[0].merchant_id != key.merchant_id or found[0].livemode != key.livemode:
@@ -493,38 +510,20 @@ def create_app(node: Node) -> QuartTrio:
     @app.post("/v1/payment_intents/<intent_id>/capture")
     @api("Capture an authorized PaymentIntent", objects.PaymentIntentObject, body=params.CaptureParams)
     async def capture_payment_intent(intent_id: str) -> Response:
-        key = await authenticate()
-        owned_intent(intent_id, key)
-        body = await read_body()
-        values = params.convert(body, params.CaptureParams)
-        command = machine.CaptureIntent(
-            intent_id=intent_id,
-            merchant_id=key.merchant_id,
-            livemode=key.livemode,
-            attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
-            at_s=int(time.time()),
-            amount_to_capture=values.amount_to_capture,
+        return await intent_command(
+            intent_id,
+            params.CaptureParams,
+            lambda values, common: machine.CaptureIntent(**common, amount_to_capture=values.amount_to_capture),
         )
-        async with idempotent(key, body, render_intent) as claim:
-            return raw_response(*render_intent(await submit(command, claim)))
 
     @app.post("/v1/payment_intents/<intent_id>/cancel")
     @api("Cancel a PaymentIntent", objects.PaymentIntentObject, body=params.CancelParams)
     async def cancel_payment_intent(intent_id: str) -> Response:
-        key = await authenticate()
-        owned_intent(intent_id, key)
-        body = await read_body()
-        values = params.convert(body, params.CancelParams)
-        command = machine.CancelIntent(
-            intent_id=intent_id,
-            merchant_id=key.merchant_id,
-            livemode=key.livemode,
-            attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
-            at_s=int(time.time()),
-            cancellation_reason=values.cancellation_reason,
+        return await intent_command(
+            intent_id,
+            params.CancelParams,
+            lambda values, common: machine.CancelIntent(**common, cancellation_reason=values.cancellation_reason),
         )
-        async with idempotent(key, body, render_intent) as claim:
-            return raw_response(*render_intent(await submit(command, claim)))
 
     @app.post("/v1/refunds")
     @api("Refund a PaymentIntent", objects.RefundObject, body=params.CreateRefund)
