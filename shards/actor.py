@@ -69,11 +69,13 @@ class Outcome(msgspec.Struct, frozen=True):
 class Reply:
     """A one-shot slot a caller waits on; cheaper than a channel per request."""
 
-    __slots__ = ("_done", "value")
+    __slots__ = ("_done", "value", "journaled")
 
     def __init__(self) -> None:
         self._done = trio.Event()
         self.value: Outcome | StoreUnavailable | None = None
+        # Set when the command is durable but its reply waits for the network.
+        self.journaled = False
 
     def set(self, value: Outcome | StoreUnavailable) -> None:
         assert not self._done.is_set()
@@ -396,6 +398,7 @@ class ShardActor:
         awaited = waits_on(decision) if message.reply is not None else None
         if awaited is not None:
             assert message.reply is not None
+            message.reply.journaled = True
             self._awaiting_answer[awaited] = (message.reply, message.claim)
         for effect in decision.effects:
             self._calls.start_soon(self._call_network, effect)

@@ -218,9 +218,10 @@ class Node:
     async def submit(self, command: Command, claim: Claim | None = None) -> Outcome:
         """Run a command on the owning actor and wait until it is journaled.
 
-        Raises Overloaded (mailbox full) or StoreUnavailable (not journaled).
-        A confirm whose network answer does not come back within
-        `reply_timeout_s` returns the intent as it is journaled now.
+        Raises Overloaded (mailbox full) or StoreUnavailable (not journaled,
+        or not journaled within `reply_timeout_s`). A confirm whose network
+        answer does not come back within `reply_timeout_s` returns the intent
+        as it is journaled now.
         """
         partition = ids.partition_of(command.intent_id, "pi")
         shard = None if partition is None else self.shards.get(partition)
@@ -235,8 +236,13 @@ class Node:
             if isinstance(value, StoreUnavailable):
                 raise value
             return value
-        current = self.intent(command.intent_id)
-        return Outcome(machine.Result.ok, current)
+        if not reply.journaled:
+            # Still not committed (the database is away): say nothing about
+            # an outcome that may yet happen; a retry with the same
+            # idempotency key will find it.
+            raise StoreUnavailable("the command could not be journaled in time")
+        # Journaled and waiting for the network: the intent as it is on disk.
+        return Outcome(machine.Result.ok, self.intent(command.intent_id))
 
     # ------------------------------------------------------ payment methods
 

@@ -352,3 +352,15 @@ async def test_a_commit_whose_answer_was_lost_is_found_and_acknowledged(store) -
         assert after.result is Result.ok
     assert network.calls_total() == 1
     assert await journal_kinds(store, node, paid.intent.id) == ["IntentCreated", "AttemptStarted", "AttemptApproved"]
+
+
+async def test_a_command_not_journaled_in_time_is_refused_not_guessed(store) -> None:
+    """Regression: past the reply timeout, a create whose commit was still
+    stuck returned the intent as None (a 500 in the gateway)."""
+    await seed_merchant(store)
+    faulty = FaultyStore(store)
+    faulty.hold_appends = trio.Event()
+    async with running_node(faulty, reply_timeout_s=0.5) as node:
+        with pytest.raises(StoreUnavailable, match=r"^the command could not be journaled in time$"):
+            await node.submit(create_command(node))
+        faulty.hold_appends.set()
