@@ -101,11 +101,3 @@ class RedisLink:
     async def close(self) -> None:
         await self._call(self._client.aclose)
 
-
-async def ping(url: str) -> None:
-    """Raise RedisUnavailable unless the Redis (or Valkey) server at `url` answers."""
-    link = await RedisLink.open(url, timeout_s=5)
-    try:
-        await link.ping()
-    finally:
-        await link.close()

@@ -155,19 +155,6 @@ class PaymentMethodRow(msgspec.Struct, frozen=True):
     created_s: int
 
 
-class ApiKeyRow(msgspec.Struct, frozen=True):
-    merchant_id: str
-    kind: str
-    livemode: bool
-    fee_basis_points: int = 290
-    fee_fixed_minor: int = 30
-    rate_limit_per_s: int = 100
-    rate_limit_burst: int = 200
-    signing_secret_sealed: bytes | None = None
-    require_signed_requests: bool = False
-    expires_at_s: int | None = None
-
-
 class MerchantTerms(msgspec.Struct, frozen=True):
     """What an operator sets for a merchant when creating it."""
 
@@ -177,6 +164,15 @@ class MerchantTerms(msgspec.Struct, frozen=True):
     rate_limit_burst: int = 200
     signing_secret_sealed: bytes | None = None
     require_signed_requests: bool = False
+
+
+class ApiKeyRow(MerchantTerms, frozen=True, kw_only=True):
+    """A working key, with the terms of the merchant it belongs to."""
+
+    merchant_id: str
+    kind: str
+    livemode: bool
+    expires_at_s: int | None = None
 
 
 class IdempotencyRow(msgspec.Struct, frozen=True):
