@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from engine import cards
 from engine import intent as machine
 from engine.results import Result
-from gateway import challenge, errors, objects, openapi, pages, params, signing
+from gateway import challenge, errors, objects, openapi, pages, params, signing, webhook_routes
 from gateway.openapi import api
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
@@ -384,6 +384,8 @@ def create_app(node: Node) -> QuartTrio:
             return await node.submit(command, claim)
         except Overloaded:
             raise errors.unavailable("Too many requests are in flight for this payment. Retry shortly.") from None
+
+    webhook_routes.register(app, node, authenticate, read_body)
 
     # -------------------------------------------------------------- routes
 

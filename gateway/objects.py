@@ -4,14 +4,15 @@ published schema and the bytes on the wire come from one definition."""
 
 from __future__ import annotations
 
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
 from engine import ledger
 from engine.intent import Dispute, PaymentIntent, Refund
 from engine.ledger import Transfer
-from shards.store import PaymentMethodRow
+from engine import notifications
+from shards.store import EventRow, PaymentMethodRow, WebhookEndpointRow
 
 T = TypeVar("T")
 
@@ -65,7 +66,7 @@ class NextAction(msgspec.Struct):
     type: Literal["redirect_to_url"] = "redirect_to_url"
 
 
-class PaymentIntentObject(msgspec.Struct):
+class PaymentIntentObject(msgspec.Struct, tag_field="object", tag="payment_intent"):
     id: str
     amount: int
     amount_capturable: int
@@ -92,12 +93,11 @@ class PaymentIntentObject(msgspec.Struct):
     ]
     cancellation_reason: str | None
     canceled_at: int | None
-    object: Literal["payment_intent"] = "payment_intent"
     confirmation_method: Literal["automatic"] = "automatic"
     payment_method_types: list[str] = msgspec.field(default_factory=lambda: ["card"])
 
 
-class RefundObject(msgspec.Struct):
+class RefundObject(msgspec.Struct, tag_field="object", tag="refund"):
     id: str
     amount: int
     currency: str
@@ -108,10 +108,9 @@ class RefundObject(msgspec.Struct):
     status: Literal["pending", "succeeded", "failed"]
     failure_reason: str | None
     metadata: dict[str, str]
-    object: Literal["refund"] = "refund"
 
 
-class DisputeObject(msgspec.Struct):
+class DisputeObject(msgspec.Struct, tag_field="object", tag="dispute"):
     id: str
     amount: int
     currency: str
@@ -120,7 +119,6 @@ class DisputeObject(msgspec.Struct):
     created: int
     status: Literal["needs_response", "won", "lost"]
     livemode: bool
-    object: Literal["dispute"] = "dispute"
 
 
 class BalanceAmount(msgspec.Struct):
@@ -149,6 +147,70 @@ class BalanceTransactionObject(msgspec.Struct):
     status: Literal["available", "pending"]
     reporting_category: str
     object: Literal["balance_transaction"] = "balance_transaction"
+
+
+class ChargeObject(msgspec.Struct, tag_field="object", tag="charge"):
+    id: str
+    amount: int
+    amount_captured: int
+    amount_refunded: int
+    captured: bool
+    refunded: bool
+    currency: str
+    payment_intent: str
+    payment_method: str
+    created: int
+    livemode: bool
+    status: Literal["succeeded", "pending", "failed"]
+
+
+class EventData(msgspec.Struct):
+    object: PaymentIntentObject | ChargeObject | RefundObject | DisputeObject
+
+
+class EventRequest(msgspec.Struct):
+    id: str | None = None
+    idempotency_key: str | None = None
+
+
+class EventObject(msgspec.Struct):
+    id: str
+    type: str
+    created: int
+    livemode: bool
+    data: EventData
+    api_version: str = "2024-06-20"
+    pending_webhooks: int = 0
+    request: EventRequest = msgspec.field(default_factory=EventRequest)
+    object: Literal["event"] = "event"
+
+
+class WebhookEndpointObject(msgspec.Struct):
+    id: str
+    url: str
+    enabled_events: list[str]
+    description: str | None
+    metadata: dict[str, str]
+    status: Literal["enabled", "disabled"]
+    created: int
+    livemode: bool
+    # Only in the answer to the create call: the secret is not kept readable.
+    secret: str | None = None
+    api_version: str | None = None
+    application: str | None = None
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+
+
+class DeletedObject(msgspec.Struct):
+    id: str
+    deleted: bool
+    object: str
+
+
+class RetriedEvent(msgspec.Struct):
+    id: str
+    endpoints: list[str]
+    object: Literal["event_retry"] = "event_retry"
 
 
 class ListObject(msgspec.Struct, Generic[T]):
@@ -283,3 +345,68 @@ def balance_transaction(transfer: Transfer, merchant_id: str, now_s: int) -> Bal
         status="available" if available_on <= now_s else "pending",
         reporting_category=transfer.code,
     )
+
+
+def charge(intent: PaymentIntent) -> ChargeObject | None:
+    """The charge: the intent's successful authorization, with its captures and refunds."""
+    authorization = intent.authorization()
+    if authorization is None:
+        return None
+    captured = intent.amount_received
+    return ChargeObject(
+        id=authorization.id,
+        amount=authorization.amount,
+        amount_captured=captured,
+        amount_refunded=intent.amount_refunded,
+        captured=captured > 0,
+        refunded=captured > 0 and intent.amount_refunded >= captured,
+        currency=intent.currency,
+        payment_intent=intent.id,
+        payment_method=authorization.payment_method_id,
+        created=authorization.created_s,
+        livemode=intent.livemode,
+        status="succeeded",
+    )
+
+
+_intent_decoder = msgspec.json.Decoder(PaymentIntent)
+
+
+def event(row: EventRow) -> EventObject:
+    """An event with the object it is about, as the event left it."""
+    intent = _intent_decoder.decode(row.intent)
+    kind = notifications.object_kind(row.type)
+    shown: Any = None
+    if kind == "charge":
+        shown = charge(intent)
+    elif kind == "refund":
+        item = intent.refund(row.object_id)
+        shown = None if item is None else refund(intent, item)
+    elif kind == "dispute":
+        found = intent.dispute(row.object_id)
+        shown = None if found is None else dispute(intent, found)
+    if shown is None:
+        shown = payment_intent(intent)
+    return EventObject(id=row.id, type=row.type, created=row.created_s, livemode=row.livemode, data=EventData(shown))
+
+
+def webhook_endpoint(row: WebhookEndpointRow, secret: str | None = None) -> WebhookEndpointObject:
+    return WebhookEndpointObject(
+        id=row.id,
+        url=row.url,
+        enabled_events=list(row.enabled_events),
+        description=row.description,
+        metadata=row.metadata,
+        status=row.status,  # type: ignore[arg-type]
+        created=row.created_s,
+        livemode=row.livemode,
+        secret=secret,
+    )
+
+
+_event_encoder = msgspec.json.Encoder()
+
+
+def render_event(row: EventRow) -> bytes:
+    """The JSON body a webhook delivers."""
+    return _event_encoder.encode(event(row))

@@ -153,6 +153,36 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     type: str | None = None
 
 
+class CreateWebhookEndpoint(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    enabled_events: list[str]
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    api_version: str | None = None
+
+
+class UpdateWebhookEndpoint(msgspec.Struct, forbid_unknown_fields=True):
+    url: str | None = None
+    enabled_events: list[str] | None = None
+    description: str | None = None
+    metadata: dict[str, str] | None = None
+    disabled: bool | None = None
+
+
+class EventListParams(msgspec.Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    starting_after: str | None = None
+    ending_before: str | None = None
+    created: int | CreatedFilter | None = None
+    # One type, or a family with a trailing `*` (`payment_intent.*`).
+    type: str | None = None
+    types: list[str] | None = None
+
+
+class NoParams(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
 class SimulateDispute(msgspec.Struct, forbid_unknown_fields=True):
     payment_intent: str
 

@@ -24,6 +24,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from gateway.app import create_app
+from gateway.objects import render_event
 from shards.redis_link import RedisLink
 from shards.merchants import MerchantKeys, create_merchant
 from shards.actor import ShardConfig
@@ -31,6 +32,7 @@ from shards.node import Node, NodeConfig, hash_key, run_node
 from shards.store import Store
 from shards.vault import Vault
 from shards.network_client import HttpCardNetwork
+from shards.webhooks import DispatchConfig, EventWorkers, parse_schedule
 from simulators import faults
 from simulators.card_network import CardNetwork
 
@@ -81,6 +83,16 @@ async def open_network(settings: UpSettings) -> AsyncIterator[Any]:
         yield CardNetwork(seed=settings.seed, latency_ms=settings.network_latency_ms, faults=faults.parse(settings.faults))
 
 
+def dispatch_config() -> DispatchConfig:
+    """Webhook delivery settings; the retry schedule may come from
+    PAYMENTS_WEBHOOK_RETRY_SCHEDULE (checked by the CLI before start)."""
+    text = os.environ.get("PAYMENTS_WEBHOOK_RETRY_SCHEDULE")
+    timeout_s = float(os.environ.get("PAYMENTS_WEBHOOK_TIMEOUT_S", "10"))
+    if text is None:
+        return DispatchConfig(timeout_s=timeout_s)
+    return DispatchConfig(schedule_s=parse_schedule(text), timeout_s=timeout_s)
+
+
 async def _serve_http(app: Any, config: HypercornConfig, stop: trio.Event, node: Node, *, task_status: Any) -> None:
     try:
         await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
@@ -108,6 +120,8 @@ async def run_up(settings: UpSettings) -> None:
                 )
                 node = await nursery.start(run_node, store, vault, network, node_config)
                 node.redis = redis
+                node.events = EventWorkers(store, redis, vault, render_event, dispatch_config())
+                await nursery.start(node.events.run, node.shards)
                 config = HypercornConfig()
                 config.bind = [f"{settings.host}:{settings.port}"]
                 config.accesslog = None

@@ -31,11 +31,12 @@ import structlog
 import trio
 
 from engine import intent as machine
+from engine import notifications
 from engine.intent import Command, NetworkCall, PaymentIntent
 from engine.ledger import Ledger
 from engine.results import Result
 from shards.idempotency import Claim
-from shards.store import IdempotencyRow, JournalRow, StoreUnavailable
+from shards.store import EventRow, IdempotencyRow, JournalRow, StoreUnavailable
 
 log = structlog.get_logger("shards.actor")
 
@@ -169,7 +170,7 @@ class ShardState:
 
 
 Performer = Callable[[NetworkCall], Awaitable[Command]]
-Journal = Callable[[int, list[JournalRow], list[IdempotencyRow]], Awaitable[None]]
+Journal = Callable[[int, list[JournalRow], list[IdempotencyRow], list[EventRow]], Awaitable[None]]
 
 
 class ShardActor:
@@ -179,11 +180,12 @@ class ShardActor:
         append: Journal,
         perform: Performer,
         config: ShardConfig,
-        new_attempt_id: Callable[[], str],
+        new_id: Callable[[str], str],
         journal_position: Callable[[int], Awaitable[int]],
     ) -> None:
         self.state = state
-        self._new_attempt_id = new_attempt_id
+        # Makes a new id with the given prefix in this partition.
+        self._new_id = new_id
         self._journal_position = journal_position
         self.config = config
         self._append = append
@@ -196,6 +198,8 @@ class ShardActor:
         self._retry: list[Message] = []
         self.commits_total = 0
         self.commands_total = 0
+        # Called after a commit that wrote events: wakes the outbox relay.
+        self.on_events: Callable[[], None] = lambda: None
 
     def submit_nowait(self, command: Command, claim: Claim | None = None) -> Reply:
         """Queue a client command. Raises trio.WouldBlock when the mailbox is full
@@ -254,7 +258,7 @@ class ShardActor:
             for intent_id in due:
                 command = machine.ExpireAuthorization(
                     intent_id=intent_id,
-                    attempt_id=self._new_attempt_id(),
+                    attempt_id=self._new_id("att"),
                     at_s=now_s,
                 )
                 try:
@@ -297,15 +301,18 @@ class ShardActor:
         events: list[machine.Event] = []
         seq = self.state.next_seq
         outcomes: list[tuple[Message, machine.Decision, PaymentIntent | None]] = []
+        raised: list[EventRow] = []
+        now_s = int(time.time())
         for message in batch:
             command = message.command
             intent_id = command.intent_id
             current = working.get(intent_id) or intents.get(intent_id)
             decision = machine.decide(current, command)
             for event in decision.events:
-                current = machine.evolve(current, event)
+                before, current = current, machine.evolve(current, event)
                 rows.append(JournalRow(seq, intent_id, type(event).__name__, machine.event_encoder.encode(event), machine.transfers_of(event)))
                 events.append(event)
+                self._raise_events(raised, seq, before, event, current, now_s)
                 seq += 1
             if decision.events:
                 assert current is not None
@@ -314,7 +321,7 @@ class ShardActor:
         idempotency = self._idempotency_rows(outcomes)
         if rows or idempotency:
             try:
-                await self._append(self.state.partition, rows, idempotency)
+                await self._append(self.state.partition, rows, idempotency, raised)
             except StoreUnavailable as error:
                 # The commit may have happened with only its answer lost:
                 # find out before telling anyone anything.
@@ -328,9 +335,42 @@ class ShardActor:
             for event in events:
                 self.state.index(event)
             self.commits_total += 1
+            if raised:
+                self.on_events()
         self.commands_total += len(batch)
         for message, decision, current in outcomes:
             self._settle(message, decision, current)
+
+    def _raise_events(
+        self,
+        raised: list[EventRow],
+        seq: int,
+        before: PaymentIntent | None,
+        event: machine.Event,
+        after: PaymentIntent,
+        now_s: int,
+    ) -> None:
+        """The Stripe events one journal row raises, as outbox rows of its batch."""
+        notices = notifications.notices(before, event, after)
+        if not notices:
+            return
+        snapshot = machine.event_encoder.encode(after)
+        for idx, (event_type, object_id) in enumerate(notices):
+            raised.append(
+                EventRow(
+                    id=self._new_id("evt"),
+                    partition=self.state.partition,
+                    seq=seq,
+                    idx=idx,
+                    merchant_id=after.merchant_id,
+                    livemode=after.livemode,
+                    type=event_type,
+                    intent_id=after.id,
+                    object_id=object_id,
+                    created_s=now_s,
+                    intent=snapshot,
+                )
+            )
 
     async def _committed_after_all(self, last_seq: int) -> bool:
         """Whether a batch whose commit raised is in the journal anyway.

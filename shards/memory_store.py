@@ -14,12 +14,13 @@ from collections.abc import Sequence
 import msgspec
 import trio
 
-from shards.store import ApiKeyRow, IdempotencyRow, JournalConflict, JournalRow, PaymentMethodRow, StoreUnavailable
+from shards.store import ApiKeyRow, EventRow, IdempotencyRow, JournalConflict, JournalRow, PaymentMethodRow, StoreUnavailable
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self.journal: dict[int, list[JournalRow]] = {}
+        self.events: list[EventRow] = []
         self.payment_methods: dict[str, PaymentMethodRow] = {}
         self.idempotency: dict[tuple[str, str], IdempotencyRow] = {}
         self.api_keys: dict[bytes, ApiKeyRow] = {}
@@ -36,13 +37,20 @@ class MemoryStore:
         await self._io()
         return partitions
 
-    async def append(self, partition: int, rows: Sequence[JournalRow], idempotency: Sequence[IdempotencyRow] = ()) -> None:
+    async def append(
+        self,
+        partition: int,
+        rows: Sequence[JournalRow],
+        idempotency: Sequence[IdempotencyRow] = (),
+        events: Sequence[EventRow] = (),
+    ) -> None:
         await self._io()
         journal = self.journal.setdefault(partition, [])
         expected = journal[-1].seq + 1 if journal else 1
         if rows and rows[0].seq != expected:
             raise JournalConflict(f"partition {partition}: seq {rows[0].seq}, expected {expected}")
         journal.extend(rows)
+        self.events.extend(events)
         for row in idempotency:
             existing = self.idempotency.get((row.merchant_id, row.key))
             if existing is None or (existing.status_code is None and existing.fingerprint == row.fingerprint):

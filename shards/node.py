@@ -85,6 +85,12 @@ class NodeConfig(msgspec.Struct, frozen=True):
     # Requests without a working key are limited per client address.
     anonymous_rate_per_s: int = 20
     anonymous_burst: int = 40
+    # The partitions this node serves (None: all). Nodes sharing a database
+    # are given disjoint sets, fixed at start.
+    owned_partitions: tuple[int, ...] | None = None
+
+    def served_partitions(self) -> tuple[int, ...]:
+        return tuple(range(self.partitions)) if self.owned_partitions is None else self.owned_partitions
 
 
 class BoundedCache(OrderedDict):
@@ -127,13 +133,16 @@ class Node:
         self.network = network
         self.config = config
         self.shards: dict[int, ShardActor] = {}
-        self._next_partition = itertools.cycle(range(config.partitions))
+        self._next_partition = itertools.cycle(config.served_partitions())
         self._payment_methods = BoundedCache(config.cache_entries_max)
         self._api_keys = BoundedCache(config.cache_entries_max)
         self.stop_relay: Any = lambda: None
         self.idempotency = IdempotencyRecords(store, ttl_s=config.idempotency_ttl_s)
         # Rate-limit buckets and signature nonces; None runs without both.
         self.redis: RedisLink | None = None
+        # The outbox relays and webhook workers (shards.webhooks.EventWorkers),
+        # when the node runs with Redis.
+        self.events: Any = None
         # The address cardholders reach this node at (for 3-D Secure pages);
         # set once the HTTP server is listening.
         self.public_url = "http://127.0.0.1"
@@ -539,6 +548,8 @@ class Node:
         """Begin a clean shutdown: actors drain their mailboxes and finish
         their network calls, then `run_node` returns."""
         self.stop_relay()
+        if self.events is not None:
+            self.events.stop()
         for shard in self.shards.values():
             shard.close()
 
@@ -555,11 +566,11 @@ async def run_node(
     """Recover every partition from the journal, then serve until `stop_accepting`."""
     node = Node(store, vault, network, config, random_bytes)
     async with trio.open_nursery() as nursery:
-        for partition in range(config.partitions):
+        for partition in config.served_partitions():
             state = ShardState(partition)
             state.replay(await store.load_journal(partition))
             shard = ShardActor(
-                state, store.append, node.perform, config.shard, functools.partial(node.new_id, "att", partition), store.journal_position
+                state, store.append, node.perform, config.shard, functools.partial(node.new_id, partition=partition), store.journal_position
             )
             node.shards[partition] = shard
             await nursery.start(shard.run)

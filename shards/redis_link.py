@@ -1,7 +1,9 @@
 """The one module that knows redis-py (an asyncio library) exists.
 
 Redis (or Valkey) holds what may be lost without harm to money: rate-limit
-buckets and the nonces of signed requests. Each public method makes one
+buckets, the nonces of signed requests, and the event streams (one per
+partition), which the outbox in PostgreSQL can always fill again. Each
+public method makes one
 bridged call, and every library error becomes `RedisUnavailable`, so callers
 decide for themselves whether to fail open or closed.
 """
@@ -15,7 +17,7 @@ import redis.asyncio
 import redis.exceptions
 import trio_asyncio
 
-from shards.store import StoreUnavailable
+from shards.store import EventRow, StoreUnavailable
 
 # A token bucket refilled continuously at `rate` tokens a second up to
 # `burst`, kept as a hash {tokens, at_ms}. The server's clock is used so that
@@ -54,6 +56,16 @@ class Bucket(msgspec.Struct, frozen=True):
     remaining: int
     retry_after_ms: int
     full_in_ms: int
+
+
+class StreamEntry(msgspec.Struct, frozen=True):
+    stream: str
+    entry_id: str
+    event: EventRow
+
+
+_event_encoder = msgspec.msgpack.Encoder()
+_event_decoder = msgspec.msgpack.Decoder(EventRow)
 
 
 class RedisLink:
@@ -98,6 +110,101 @@ class RedisLink:
 
         return await self._call(run)
 
+    # ------------------------------------------------------ event streams
+
+    def stream_key(self, partition: int) -> str:
+        return f"{self._prefix}events:{partition}"
+
+    async def publish_events(self, partition: int, rows: list[EventRow]) -> None:
+        """Append events to their partition's stream, in order, in one round
+        trip. The intent snapshot stays in PostgreSQL: entries stay small."""
+
+        async def run() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                key = self.stream_key(partition)
+                for row in rows:
+                    pipe.xadd(key, {b"e": _event_encoder.encode(msgspec.structs.replace(row, intent=b""))})
+                await pipe.execute()
+
+        await self._call(run)
+
+    async def ensure_group(self, partitions: list[int], group: str) -> None:
+        """Create a consumer group on each partition's stream (from its start)."""
+
+        async def run() -> None:
+            for partition in partitions:
+                try:
+                    await self._client.xgroup_create(self.stream_key(partition), group, id="0", mkstream=True)
+                except redis.exceptions.ResponseError as error:
+                    if "BUSYGROUP" not in str(error):
+                        raise
+
+        await self._call(run)
+
+    async def read_group(
+        self, group: str, consumer: str, partitions: list[int], *, pending: bool, count: int, block_ms: int
+    ) -> list[StreamEntry]:
+        """Entries for this consumer: its own unacknowledged ones when
+        `pending`, else new ones (waiting up to `block_ms`)."""
+        streams = {self.stream_key(partition): "0" if pending else ">" for partition in partitions}
+
+        async def run() -> Any:
+            return await self._client.xreadgroup(group, consumer, streams, count=count, block=None if pending else block_ms)
+
+        replies = await self._call(run) or []
+        entries = []
+        for stream, messages in replies:
+            for entry_id, fields in messages:
+                if fields and b"e" in fields:
+                    entries.append(StreamEntry(stream.decode(), entry_id.decode(), _event_decoder.decode(fields[b"e"])))
+        return entries
+
+    async def ack(self, group: str, entries: list[StreamEntry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+
+        async def run() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream, entry_ids in by_stream.items():
+                    pipe.xack(stream, group, *entry_ids)
+                await pipe.execute()
+
+        await self._call(run)
+
+    async def trim_consumed(self, partition: int) -> int:
+        """Drop the entries every consumer group has read and acknowledged.
+        A stream with no group yet is left alone. Returns entries dropped."""
+        key = self.stream_key(partition)
+
+        async def run() -> int:
+            groups = await self._client.xinfo_groups(key)
+            if not groups:
+                return 0
+            keep_from: list[tuple[int, int]] = []
+            for group in groups:
+                last = group["last-delivered-id"]
+                keep_from.append(_after(last.decode() if isinstance(last, bytes) else last))
+                if group["pending"]:
+                    summary = await self._client.xpending(key, group["name"])
+                    oldest = summary["min"]
+                    keep_from.append(_parse_id(oldest.decode() if isinstance(oldest, bytes) else oldest))
+            low = min(keep_from)
+            return int(await self._client.xtrim(key, minid=f"{low[0]}-{low[1]}", approximate=False))
+
+        return await self._call(run)
+
     async def close(self) -> None:
         await self._call(self._client.aclose)
 
+
+
+def _parse_id(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _after(entry_id: str) -> tuple[int, int]:
+    """The smallest id after `entry_id`."""
+    milliseconds, sequence = _parse_id(entry_id)
+    return milliseconds, sequence + 1

@@ -107,7 +107,76 @@ CREATE TABLE IF NOT EXISTS postings (
     created_s bigint NOT NULL,
     available_on_s bigint
 );
+-- Stripe-shaped events, written in the same transaction as the journal rows
+-- they come from. Those past a partition's outbox cursor are the outbox: the
+-- relay publishes them to the partition's stream, then moves the cursor.
+CREATE TABLE IF NOT EXISTS events (
+    id text PRIMARY KEY,
+    partition smallint NOT NULL,
+    seq bigint NOT NULL,           -- the journal row that led to it
+    idx smallint NOT NULL,         -- its place among that row's events
+    merchant_id text NOT NULL,
+    livemode boolean NOT NULL,
+    type text NOT NULL,
+    intent_id text NOT NULL,
+    object_id text NOT NULL,       -- what data.object shows: the intent, a refund, a dispute
+    created_s bigint NOT NULL,
+    intent bytea NOT NULL,         -- the intent as this event left it (msgspec JSON)
+    UNIQUE (partition, seq, idx)
+);
+CREATE INDEX IF NOT EXISTS events_merchant ON events (merchant_id, livemode, created_s DESC, id DESC);
+CREATE INDEX IF NOT EXISTS events_created ON events (created_s);
+CREATE TABLE IF NOT EXISTS outbox_cursor (
+    partition smallint PRIMARY KEY,
+    seq bigint NOT NULL,
+    idx smallint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id text PRIMARY KEY,
+    merchant_id text NOT NULL REFERENCES merchants (id),
+    livemode boolean NOT NULL,
+    url text NOT NULL,
+    enabled_events text[] NOT NULL,
+    description text,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    status text NOT NULL DEFAULT 'enabled' CHECK (status IN ('enabled', 'disabled')),
+    secret_sealed bytea NOT NULL,
+    created_s bigint NOT NULL,
+    deleted boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS webhook_endpoints_merchant ON webhook_endpoints (merchant_id, livemode, created_s DESC);
+-- One row per (endpoint, event): pending until delivered or given up on (dead).
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    endpoint_id text NOT NULL,
+    event_id text NOT NULL,
+    partition smallint NOT NULL,
+    seq bigint NOT NULL,
+    idx smallint NOT NULL,
+    intent_id text NOT NULL,
+    status text NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_ms bigint NOT NULL,
+    updated_s bigint NOT NULL,
+    PRIMARY KEY (endpoint_id, event_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (endpoint_id, partition, seq, idx)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_event ON webhook_deliveries (event_id);
+-- Every try, kept for the merchant and the operator.
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    endpoint_id text NOT NULL,
+    event_id text NOT NULL,
+    attempt integer NOT NULL,
+    at_ms bigint NOT NULL,
+    status_code integer,
+    latency_ms integer NOT NULL,
+    error text,
+    PRIMARY KEY (endpoint_id, event_id, attempt)
+);
 """
+
+# Tables of the audit archive (shards/audit.py), created with the rest.
+AUDIT_SCHEMA_SQL = ""
 
 
 # A record is written once when its request starts and completed once; it is
@@ -196,6 +265,97 @@ class JournalRow(msgspec.Struct, frozen=True):
     # Ledger transfers the event makes; written to `postings` in the same
     # transaction so SQL can check the books without decoding events.
     transfers: tuple[Transfer, ...] = ()
+
+
+class EventRow(msgspec.Struct, frozen=True):
+    """A Stripe-shaped event as stored: the intent snapshot is rendered into
+    `data.object` by the gateway, on read and on delivery."""
+
+    id: str
+    partition: int
+    seq: int
+    idx: int
+    merchant_id: str
+    livemode: bool
+    type: str
+    intent_id: str
+    object_id: str
+    created_s: int
+    intent: bytes
+
+
+EVENT_COLUMNS = tuple(EventRow.__struct_fields__)
+EVENT_SELECT = "SELECT " + ", ".join(EVENT_COLUMNS) + " FROM events"
+
+
+class EventQuery(msgspec.Struct, frozen=True):
+    merchant_id: str
+    livemode: bool
+    since_s: int
+    limit: int
+    types: tuple[str, ...] = ()  # SQL LIKE patterns
+    after: tuple[int, str] | None = None  # (created_s, id) of the last row seen
+    before: tuple[int, str] | None = None
+
+
+class WebhookEndpointRow(msgspec.Struct, frozen=True):
+    id: str
+    merchant_id: str
+    livemode: bool
+    url: str
+    enabled_events: tuple[str, ...]
+    description: str | None
+    metadata: dict[str, str]
+    status: str
+    secret_sealed: bytes
+    created_s: int
+
+
+WEBHOOK_ENDPOINT_COLUMNS = tuple(WebhookEndpointRow.__struct_fields__)
+WEBHOOK_ENDPOINT_SELECT = "SELECT " + ", ".join(WEBHOOK_ENDPOINT_COLUMNS) + " FROM webhook_endpoints"
+
+
+def _endpoint_values(row: WebhookEndpointRow) -> tuple[Any, ...]:
+    values = list(msgspec.structs.astuple(row))
+    values[4] = list(row.enabled_events)
+    values[6] = msgspec.json.encode(row.metadata).decode()
+    return tuple(values)
+
+
+def _endpoint_row(record: Any) -> WebhookEndpointRow:
+    values = dict(record)
+    values["enabled_events"] = tuple(values["enabled_events"])
+    values["metadata"] = msgspec.json.decode(values["metadata"])
+    return WebhookEndpointRow(**values)
+
+
+class DeliveryRow(msgspec.Struct, frozen=True):
+    """One event on its way to one endpoint."""
+
+    endpoint_id: str
+    event_id: str
+    partition: int
+    seq: int
+    idx: int
+    intent_id: str
+    status: str  # pending, delivered, dead
+    attempts: int
+    next_attempt_ms: int
+    updated_s: int
+
+
+DELIVERY_COLUMNS = tuple(DeliveryRow.__struct_fields__)
+DELIVERY_SELECT = "SELECT " + ", ".join(DELIVERY_COLUMNS) + " FROM webhook_deliveries"
+
+
+class DeliveryAttemptRow(msgspec.Struct, frozen=True):
+    endpoint_id: str
+    event_id: str
+    attempt: int
+    at_ms: int
+    status_code: int | None
+    latency_ms: int
+    error: str | None
 
 
 T = TypeVar("T")
@@ -297,7 +457,7 @@ class Store:
         async def run() -> int:
             async with self._connection() as connection, connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock(727274)")
-                await connection.execute(SCHEMA_SQL)
+                await connection.execute(SCHEMA_SQL + AUDIT_SCHEMA_SQL)
                 await connection.execute(
                     "INSERT INTO settings (key, value) VALUES ('schema_version', $1),"
                     " ('partitions', $2) ON CONFLICT (key) DO NOTHING",
@@ -314,9 +474,16 @@ class Store:
 
     # ----------------------------------------------------------- journal
 
-    async def append(self, partition: int, rows: Sequence[JournalRow], idempotency: Sequence[IdempotencyRow] = ()) -> None:
-        """Write one batch of journal rows, their postings and the idempotency
-        records of the requests behind them, in one transaction (one fsync)."""
+    async def append(
+        self,
+        partition: int,
+        rows: Sequence[JournalRow],
+        idempotency: Sequence[IdempotencyRow] = (),
+        events: Sequence[EventRow] = (),
+    ) -> None:
+        """Write one batch of journal rows, their postings, the events they
+        raise (the outbox) and the idempotency records of the requests behind
+        them, in one transaction (one fsync)."""
         records = [(partition, row.seq, row.entity_id, row.kind, row.body.decode()) for row in rows]
         postings = [
             (
@@ -337,6 +504,10 @@ class Store:
                 )
                 if postings:
                     await connection.copy_records_to_table("postings", records=postings, columns=POSTING_COLUMNS)
+                if events:
+                    await connection.copy_records_to_table(
+                        "events", records=[msgspec.structs.astuple(event) for event in events], columns=EVENT_COLUMNS
+                    )
                 if idempotency:
                     await connection.executemany(IDEMPOTENCY_UPSERT, [msgspec.structs.astuple(row) for row in idempotency])
 
@@ -360,6 +531,280 @@ class Store:
                     partition,
                 )
             return [JournalRow(row["seq"], row["entity_id"], row["kind"], row["body"].encode()) for row in rows]
+
+        return await self._call(run)
+
+    # ------------------------------------------- events, outbox, webhooks
+
+    async def outbox_cursor(self, partition: int) -> tuple[int, int]:
+        """The (seq, idx) of the last event of a partition known to be on the stream."""
+
+        async def run() -> tuple[int, int]:
+            async with self._connection() as connection:
+                row = await connection.fetchrow("SELECT seq, idx FROM outbox_cursor WHERE partition = $1", partition)
+            return (0, -1) if row is None else (row["seq"], row["idx"])
+
+        return await self._call(run)
+
+    async def move_outbox_cursor(self, partition: int, cursor: tuple[int, int]) -> None:
+        async def run() -> None:
+            async with self._connection() as connection:
+                await connection.execute(
+                    "INSERT INTO outbox_cursor (partition, seq, idx) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (partition) DO UPDATE SET seq = EXCLUDED.seq, idx = EXCLUDED.idx"
+                    " WHERE (outbox_cursor.seq, outbox_cursor.idx) < (EXCLUDED.seq, EXCLUDED.idx)",
+                    partition,
+                    *cursor,
+                )
+
+        await self._call(run)
+
+    async def outbox_after(self, partition: int, cursor: tuple[int, int], rows_max: int) -> list[EventRow]:
+        """The outbox: a partition's events after `cursor`, in journal order."""
+
+        async def run() -> list[EventRow]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(
+                    EVENT_SELECT + " WHERE partition = $1 AND (seq, idx) > ($2, $3) ORDER BY seq, idx LIMIT $4",
+                    partition,
+                    cursor[0],
+                    cursor[1],
+                    rows_max,
+                )
+            return [EventRow(*row) for row in rows]
+
+        return await self._call(run)
+
+    async def get_event(self, event_id: str) -> EventRow | None:
+        async def run() -> EventRow | None:
+            async with self._connection() as connection:
+                row = await connection.fetchrow(EVENT_SELECT + " WHERE id = $1", event_id)
+            return None if row is None else EventRow(*row)
+
+        return await self._call(run)
+
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventRow]:
+        async def run() -> list[EventRow]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(EVENT_SELECT + " WHERE id = ANY($1::text[])", list(event_ids))
+            return [EventRow(*row) for row in rows]
+
+        return await self._call(run)
+
+    async def list_events(self, query: EventQuery) -> list[EventRow]:
+        """A merchant's events, newest first, by (created, id) keyset paging."""
+        clauses = ["merchant_id = $1", "livemode = $2", "created_s >= $3"]
+        args: list[Any] = [query.merchant_id, query.livemode, query.since_s]
+        if query.types:
+            args.append(list(query.types))
+            clauses.append(f"type LIKE ANY(${len(args)}::text[])")
+        order = "DESC"
+        if query.after is not None:
+            args.extend(query.after)
+            clauses.append(f"(created_s, id) < (${len(args) - 1}, ${len(args)})")
+        elif query.before is not None:
+            args.extend(query.before)
+            clauses.append(f"(created_s, id) > (${len(args) - 1}, ${len(args)})")
+            order = "ASC"
+        args.append(query.limit)
+        sql = f"{EVENT_SELECT} WHERE {' AND '.join(clauses)} ORDER BY created_s {order}, id {order} LIMIT ${len(args)}"
+
+        async def run() -> list[EventRow]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(sql, *args)
+            found = [EventRow(*row) for row in rows]
+            return found if order == "DESC" else found[::-1]
+
+        return await self._call(run)
+
+    async def insert_webhook_endpoint(self, row: WebhookEndpointRow) -> bool:
+        """False when the id is taken (by a deleted endpoint, say)."""
+
+        async def run() -> bool:
+            async with self._connection() as connection:
+                status = await connection.execute(
+                    "INSERT INTO webhook_endpoints (" + ", ".join(WEBHOOK_ENDPOINT_COLUMNS) + ")"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+                    *_endpoint_values(row),
+                )
+            return status.endswith(" 1")
+
+        return await self._call(run)
+
+    async def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpointRow | None:
+        async def run() -> WebhookEndpointRow | None:
+            async with self._connection() as connection:
+                row = await connection.fetchrow(WEBHOOK_ENDPOINT_SELECT + " WHERE id = $1 AND NOT deleted", endpoint_id)
+            return None if row is None else _endpoint_row(row)
+
+        return await self._call(run)
+
+    async def list_webhook_endpoints(
+        self, merchant_id: str | None, livemode: bool | None = None, rows_max: int = 10_000
+    ) -> list[WebhookEndpointRow]:
+        """Endpoints of one merchant (newest first), or every live endpoint
+        of every merchant when `merchant_id` is None (for the dispatcher)."""
+
+        async def run() -> list[WebhookEndpointRow]:
+            async with self._connection() as connection:
+                if merchant_id is None:
+                    rows = await connection.fetch(
+                        WEBHOOK_ENDPOINT_SELECT + " WHERE NOT deleted ORDER BY created_s DESC, id DESC LIMIT $1", rows_max
+                    )
+                else:
+                    rows = await connection.fetch(
+                        WEBHOOK_ENDPOINT_SELECT + " WHERE NOT deleted AND merchant_id = $1 AND livemode = $2"
+                        " ORDER BY created_s DESC, id DESC LIMIT $3",
+                        merchant_id,
+                        livemode,
+                        rows_max,
+                    )
+            return [_endpoint_row(row) for row in rows]
+
+        return await self._call(run)
+
+    async def update_webhook_endpoint(self, row: WebhookEndpointRow) -> None:
+        async def run() -> None:
+            async with self._connection() as connection:
+                await connection.execute(
+                    "UPDATE webhook_endpoints SET url = $4, enabled_events = $5, description = $6,"
+                    " metadata = $7::jsonb, status = $8 WHERE id = $1 AND merchant_id = $2 AND livemode = $3",
+                    row.id,
+                    row.merchant_id,
+                    row.livemode,
+                    row.url,
+                    list(row.enabled_events),
+                    row.description,
+                    msgspec.json.encode(row.metadata).decode(),
+                    row.status,
+                )
+
+        await self._call(run)
+
+    async def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+        """Mark an endpoint deleted and give up on what it still had pending."""
+
+        async def run() -> None:
+            async with self._connection() as connection, connection.transaction():
+                await connection.execute("UPDATE webhook_endpoints SET deleted = true WHERE id = $1", endpoint_id)
+                await connection.execute(
+                    "UPDATE webhook_deliveries SET status = 'dead' WHERE endpoint_id = $1 AND status = 'pending'",
+                    endpoint_id,
+                )
+
+        await self._call(run)
+
+    async def add_deliveries(self, rows: Sequence[DeliveryRow]) -> None:
+        """Queue deliveries; one already queued for (endpoint, event) stays as it is."""
+        if not rows:
+            return
+
+        async def run() -> None:
+            async with self._connection() as connection:
+                await connection.executemany(
+                    "INSERT INTO webhook_deliveries (" + ", ".join(DELIVERY_COLUMNS) + ")"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                    [msgspec.structs.astuple(row) for row in rows],
+                )
+
+        await self._call(run)
+
+    async def pending_deliveries(self, endpoint_id: str, rows_max: int) -> list[DeliveryRow]:
+        """An endpoint's pending deliveries in stream order (partition, seq, idx)."""
+
+        async def run() -> list[DeliveryRow]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(
+                    DELIVERY_SELECT + " WHERE endpoint_id = $1 AND status = 'pending'"
+                    " ORDER BY partition, seq, idx LIMIT $2",
+                    endpoint_id,
+                    rows_max,
+                )
+            return [DeliveryRow(*row) for row in rows]
+
+        return await self._call(run)
+
+    async def endpoints_with_pending(self, rows_max: int = 10_000) -> list[str]:
+        async def run() -> list[str]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(
+                    "SELECT DISTINCT endpoint_id FROM webhook_deliveries WHERE status = 'pending' LIMIT $1", rows_max
+                )
+            return [row["endpoint_id"] for row in rows]
+
+        return await self._call(run)
+
+    async def record_delivery_attempt(self, delivery: DeliveryRow, attempt: DeliveryAttemptRow) -> None:
+        """Log one try and move its delivery on (delivered, rescheduled or dead), together."""
+
+        async def run() -> None:
+            async with self._connection() as connection, connection.transaction():
+                await connection.execute(
+                    "INSERT INTO webhook_attempts (endpoint_id, event_id, attempt, at_ms, status_code, latency_ms, error)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    *msgspec.structs.astuple(attempt),
+                )
+                await connection.execute(
+                    "UPDATE webhook_deliveries SET status = $3, attempts = $4, next_attempt_ms = $5, updated_s = $6"
+                    " WHERE endpoint_id = $1 AND event_id = $2",
+                    delivery.endpoint_id,
+                    delivery.event_id,
+                    delivery.status,
+                    delivery.attempts,
+                    delivery.next_attempt_ms,
+                    delivery.updated_s,
+                )
+
+        await self._call(run)
+
+    async def retry_dead_deliveries(self, event_id: str, now_ms: int) -> list[str]:
+        """Send a given-up event again: its dead deliveries become pending,
+        with a fresh schedule. Returns the endpoints it goes to."""
+
+        async def run() -> list[str]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(
+                    "UPDATE webhook_deliveries d SET status = 'pending', attempts = 0, next_attempt_ms = $2,"
+                    " updated_s = $2 / 1000 FROM webhook_endpoints e"
+                    " WHERE d.event_id = $1 AND d.status = 'dead' AND e.id = d.endpoint_id AND NOT e.deleted"
+                    " RETURNING d.endpoint_id",
+                    event_id,
+                    now_ms,
+                )
+            return [row["endpoint_id"] for row in rows]
+
+        return await self._call(run)
+
+    async def deliveries_of_event(self, event_id: str) -> list[DeliveryRow]:
+        async def run() -> list[DeliveryRow]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(DELIVERY_SELECT + " WHERE event_id = $1 ORDER BY endpoint_id", event_id)
+            return [DeliveryRow(*row) for row in rows]
+
+        return await self._call(run)
+
+    async def delivery_attempts(self, event_id: str, rows_max: int = 1000) -> list[DeliveryAttemptRow]:
+        async def run() -> list[DeliveryAttemptRow]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(
+                    "SELECT endpoint_id, event_id, attempt, at_ms, status_code, latency_ms, error FROM webhook_attempts"
+                    " WHERE event_id = $1 ORDER BY endpoint_id, attempt LIMIT $2",
+                    event_id,
+                    rows_max,
+                )
+            return [DeliveryAttemptRow(*row) for row in rows]
+
+        return await self._call(run)
+
+    async def dead_deliveries(self, rows_max: int = 1000) -> list[DeliveryRow]:
+        """The dead-letter list, newest first."""
+
+        async def run() -> list[DeliveryRow]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(
+                    DELIVERY_SELECT + " WHERE status = 'dead' ORDER BY updated_s DESC LIMIT $1", rows_max
+                )
+            return [DeliveryRow(*row) for row in rows]
 
         return await self._call(run)
 

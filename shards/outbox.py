@@ -1,0 +1,84 @@
+"""The outbox relay: from the events table to the partitions' streams.
+
+Actors write events in the same transaction as the journal rows that raise
+them; nothing else is needed for them to be safe. The relay then copies each
+partition's events, in order, to that partition's Redis stream and only
+afterwards moves the partition's cursor in PostgreSQL. A crash between the
+two publishes some events twice, never zero times: consumers deduplicate by
+event id (webhook deliveries are keyed by endpoint and event).
+
+The relay is woken by its actor after each commit that wrote events, and
+otherwise looks again every `idle_s`, so events committed by an earlier
+process (before a crash) go out as soon as the node is back.
+"""
+
+from __future__ import annotations
+
+import structlog
+import trio
+
+from shards.redis_link import RedisLink, RedisUnavailable
+from shards.store import Store, StoreUnavailable
+
+log = structlog.get_logger("shards.outbox")
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        store: Store,
+        redis: RedisLink,
+        partition: int,
+        *,
+        batch_max: int = 1000,
+        idle_s: float = 1.0,
+        retry_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.redis = redis
+        self.partition = partition
+        self.batch_max = batch_max
+        self.idle_s = idle_s
+        self.retry_s = retry_s
+        self.published_total = 0
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        cursor: tuple[int, int] | None = None
+        while True:
+            try:
+                if cursor is None:
+                    cursor = await self.store.outbox_cursor(self.partition)
+                cursor = await self._publish_after(cursor)
+            except (StoreUnavailable, RedisUnavailable) as error:
+                log.warning("outbox_relay_waiting", partition=self.partition, error=str(error))
+                await trio.sleep(self.retry_s)
+
+    async def _publish_after(self, cursor: tuple[int, int]) -> tuple[int, int]:
+        """Publish what follows `cursor`, or wait to be woken when nothing does."""
+        self._wake = trio.Event()
+        rows = await self.store.outbox_after(self.partition, cursor, self.batch_max)
+        if not rows:
+            with trio.move_on_after(self.idle_s):
+                await self._wake.wait()
+            return cursor
+        await self.redis.publish_events(self.partition, rows)
+        cursor = (rows[-1].seq, rows[-1].idx)
+        await self.store.move_outbox_cursor(self.partition, cursor)
+        self.published_total += len(rows)
+        return cursor
+
+
+async def trim_streams_forever(redis: RedisLink, partitions: list[int], every_s: float = 10.0) -> None:
+    """Keep each stream to what some consumer group has not yet acknowledged."""
+    while True:
+        await trio.sleep(every_s)
+        for partition in partitions:
+            try:
+                await redis.trim_consumed(partition)
+            except RedisUnavailable as error:
+                log.warning("stream_trim_skipped", partition=partition, error=str(error))
+                break
