@@ -177,6 +177,7 @@ class EventListParams(msgspec.Struct, forbid_unknown_fields=True):
     # One type, or a family with a trailing `*` (`payment_intent.*`).
     type: str | None = None
     types: list[str] | None = None
+    delivery_success: bool | None = None
 
 
 class NoParams(msgspec.Struct, forbid_unknown_fields=True):

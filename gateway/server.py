@@ -25,7 +25,7 @@ from hypercorn.trio import serve
 
 from gateway.app import create_app
 from gateway.objects import render_event
-from shards.redis_link import RedisLink
+from shards.redis_link import RedisLink, RedisUnavailable
 from shards.merchants import MerchantKeys, create_merchant
 from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, hash_key, run_node
@@ -108,7 +108,12 @@ async def run_up(settings: UpSettings) -> None:
             partitions = await store.migrate(settings.partitions)
             if partitions != settings.partitions:
                 log.warning("partitions_fixed_by_database", requested=settings.partitions, partitions=partitions)
-            await redis.ping()
+            try:
+                await redis.ping()
+            except RedisUnavailable as error:
+                # Payments go on without Redis: rate limits fail open, signed
+                # requests are refused, events wait in the outbox.
+                log.warning("redis_unavailable_at_start", error=str(error))
             keys = await test_merchant(store, settings.data_dir)
             vault = Vault.from_config(settings.data_dir)
             async with open_network(settings) as network, trio.open_nursery() as nursery:

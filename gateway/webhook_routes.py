@@ -149,8 +149,6 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
         elif values.ending_before is not None:
             cursor = await owned_event(values.ending_before, key, "ending_before")
             before = (cursor.created_s, cursor.id)
-        if until_s is not None and (after is None or after[0] > until_s):
-            after = (until_s + 1, "")
         query = EventQuery(
             merchant_id=key.merchant_id,
             livemode=key.livemode,
@@ -159,6 +157,8 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
             types=_type_patterns(values),
             after=after,
             before=before,
+            until_s=until_s,
+            delivery_success=values.delivery_success,
         )
         rows = await node.store.list_events(query)
         has_more = len(rows) > values.limit

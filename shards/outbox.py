@@ -7,6 +7,14 @@ afterwards moves the partition's cursor in PostgreSQL. A crash between the
 two publishes some events twice, never zero times: consumers deduplicate by
 event id (webhook deliveries are keyed by endpoint and event).
 
+Redis keeps nothing on disk here, so the stream itself may lose entries (a
+restart of Redis, or of this node between publish and ingest). The relay
+therefore starts, and starts again after any Redis error, from what the
+webhook ingest has durably queued (`stream_queued`), not from its own
+cursor: entries that might be lost are published again, and the ingest
+ignores the ones it already has. The published cursor is kept for
+operators: how far the relay got.
+
 The relay is woken by its actor after each commit that wrote events, and
 otherwise looks again every `idle_s`, so events committed by an earlier
 process (before a crash) go out as soon as the node is back.
@@ -51,10 +59,11 @@ class OutboxRelay:
         while True:
             try:
                 if cursor is None:
-                    cursor = await self.store.outbox_cursor(self.partition)
+                    cursor = await self.store.queued_cursor(self.partition)
                 cursor = await self._publish_after(cursor)
             except (StoreUnavailable, RedisUnavailable) as error:
                 log.warning("outbox_relay_waiting", partition=self.partition, error=str(error))
+                cursor = None
                 await trio.sleep(self.retry_s)
 
     async def _publish_after(self, cursor: tuple[int, int]) -> tuple[int, int]:

@@ -131,6 +131,14 @@ CREATE TABLE IF NOT EXISTS outbox_cursor (
     seq bigint NOT NULL,
     idx smallint NOT NULL
 );
+-- How far the webhook ingest has queued each partition's events. The relay
+-- starts again from here after a restart or a Redis failure, so entries a
+-- Redis restart lost are published again (the ingest ignores repeats).
+CREATE TABLE IF NOT EXISTS stream_queued (
+    partition smallint PRIMARY KEY,
+    seq bigint NOT NULL,
+    idx smallint NOT NULL
+);
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
     id text PRIMARY KEY,
     merchant_id text NOT NULL REFERENCES merchants (id),
@@ -296,6 +304,10 @@ class EventQuery(msgspec.Struct, frozen=True):
     types: tuple[str, ...] = ()  # SQL LIKE patterns
     after: tuple[int, str] | None = None  # (created_s, id) of the last row seen
     before: tuple[int, str] | None = None
+    until_s: int | None = None
+    # True: only events delivered to every endpoint; False: only those still
+    # pending or given up on somewhere (the dead-letter list is among them).
+    delivery_success: bool | None = None
 
 
 class WebhookEndpointRow(msgspec.Struct, frozen=True):
@@ -598,6 +610,12 @@ class Store:
         if query.types:
             args.append(list(query.types))
             clauses.append(f"type LIKE ANY(${len(args)}::text[])")
+        if query.until_s is not None:
+            args.append(query.until_s)
+            clauses.append(f"created_s <= ${len(args)}")
+        if query.delivery_success is not None:
+            undelivered = "EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = events.id AND d.status <> 'delivered')"
+            clauses.append(f"NOT {undelivered}" if query.delivery_success else undelivered)
         order = "DESC"
         if query.after is not None:
             args.extend(query.after)
@@ -694,20 +712,40 @@ class Store:
 
         await self._call(run)
 
-    async def add_deliveries(self, rows: Sequence[DeliveryRow]) -> None:
-        """Queue deliveries; one already queued for (endpoint, event) stays as it is."""
-        if not rows:
+    async def add_deliveries(self, rows: Sequence[DeliveryRow], queued: dict[int, tuple[int, int]] | None = None) -> None:
+        """Queue deliveries (one already queued for (endpoint, event) stays as
+        it is) and, in the same transaction, record how far each partition's
+        stream is now queued."""
+        if not rows and not queued:
             return
 
         async def run() -> None:
-            async with self._connection() as connection:
-                await connection.executemany(
-                    "INSERT INTO webhook_deliveries (" + ", ".join(DELIVERY_COLUMNS) + ")"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-                    [msgspec.structs.astuple(row) for row in rows],
-                )
+            async with self._connection() as connection, connection.transaction():
+                if rows:
+                    await connection.executemany(
+                        "INSERT INTO webhook_deliveries (" + ", ".join(DELIVERY_COLUMNS) + ")"
+                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                        [msgspec.structs.astuple(row) for row in rows],
+                    )
+                if queued:
+                    await connection.executemany(
+                        "INSERT INTO stream_queued (partition, seq, idx) VALUES ($1, $2, $3)"
+                        " ON CONFLICT (partition) DO UPDATE SET seq = EXCLUDED.seq, idx = EXCLUDED.idx"
+                        " WHERE (stream_queued.seq, stream_queued.idx) < (EXCLUDED.seq, EXCLUDED.idx)",
+                        [(partition, *position) for partition, position in queued.items()],
+                    )
 
         await self._call(run)
+
+    async def queued_cursor(self, partition: int) -> tuple[int, int]:
+        """How far the webhook ingest has queued a partition's events."""
+
+        async def run() -> tuple[int, int]:
+            async with self._connection() as connection:
+                row = await connection.fetchrow("SELECT seq, idx FROM stream_queued WHERE partition = $1", partition)
+            return (0, -1) if row is None else (row["seq"], row["idx"])
+
+        return await self._call(run)
 
     async def pending_deliveries(self, endpoint_id: str, rows_max: int) -> list[DeliveryRow]:
         """An endpoint's pending deliveries in stream order (partition, seq, idx)."""
@@ -764,8 +802,8 @@ class Store:
         async def run() -> list[str]:
             async with self._connection() as connection:
                 rows = await connection.fetch(
-                    "UPDATE webhook_deliveries d SET status = 'pending', attempts = 0, next_attempt_ms = $2,"
-                    " updated_s = $2 / 1000 FROM webhook_endpoints e"
+                    "UPDATE webhook_deliveries d SET status = 'pending', attempts = 0, next_attempt_ms = $2::bigint,"
+                    " updated_s = $2::bigint / 1000 FROM webhook_endpoints e"
                     " WHERE d.event_id = $1 AND d.status = 'dead' AND e.id = d.endpoint_id AND NOT e.deleted"
                     " RETURNING d.endpoint_id",
                     event_id,

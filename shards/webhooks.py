@@ -258,6 +258,8 @@ class WebhookIngest:
                     await self._queue(entries)
             except (StoreUnavailable, RedisUnavailable) as error:
                 log.warning("webhook_ingest_waiting", error=str(error))
+                # Redis may have restarted empty: make the groups again.
+                ready = False
                 pending = True
                 await trio.sleep(self.retry_s)
 
@@ -265,7 +267,11 @@ class WebhookIngest:
         await self.endpoints.refresh()
         stamp = now_ms()
         rows = [row for entry in entries for row in new_deliveries(entry.event, self.endpoints.matching(entry.event), stamp)]
-        await self.store.add_deliveries(rows)
+        queued: dict[int, tuple[int, int]] = {}
+        for entry in entries:
+            event = entry.event
+            queued[event.partition] = max(queued.get(event.partition, (0, -1)), (event.seq, event.idx))
+        await self.store.add_deliveries(rows, queued)
         await self.redis.ack(GROUP, entries)
         self.ingested_total += len(entries)
         if rows:

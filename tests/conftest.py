@@ -125,15 +125,15 @@ class NodeProcess:
     process: subprocess.Popen | None = None
 
     def start(self) -> NodeProcess:
-        environ = dict(
-            os.environ,
-            PAYMENTS_DATABASE_URL=self.database_url,
-            PAYMENTS_REDIS_URL=self.redis_url or REDIS_URL,
-            # Each node its own keys in the shared Redis: no bucket or nonce
-            # is shared between tests or runs.
-            PAYMENTS_REDIS_PREFIX=f"payments-test:{secrets.token_hex(6)}:",
+        environ = {
+            **os.environ,
+            "PAYMENTS_DATABASE_URL": self.database_url,
+            "PAYMENTS_REDIS_URL": self.redis_url or REDIS_URL,
+            # Each node its own keys in the shared Redis (unless the test
+            # names a prefix): no bucket, nonce or stream is shared by chance.
+            "PAYMENTS_REDIS_PREFIX": f"payments-test:{secrets.token_hex(6)}:",
             **self.environ,
-        )
+        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "up", "--port", "0", "--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args],
             stdout=subprocess.PIPE,
