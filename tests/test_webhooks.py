@@ -487,3 +487,26 @@ def test_events_are_listed_newest_first_filtered_and_paged(node: NodeProcess) ->
             assert nosy.get(f"/v1/events/{event_id}").status_code == 404
             assert nosy.get("/v1/events").json()["data"] == []
         assert client.get("/v1/events/evt_nonsense").status_code == 404
+
+
+def test_a_dead_slow_endpoint_delays_neither_payments_nor_other_endpoints(
+    new_node: Callable[..., NodeProcess], receiver: Receiver
+) -> None:
+    node = new_node(environ={"PAYMENTS_WEBHOOK_TIMEOUT_S": "20"})
+    capture = Capture()
+    with client_for(node, node.secret_key) as client:
+        stuck = add_endpoint(client, receiver.base + "/hooks/stuck", ["*"])
+        receiver.set_secret("/hooks/stuck", stuck["secret"])
+        receiver.mode(mode="timeout", for_s=600)
+        add_endpoint(client, capture.url, ["payment_intent.succeeded"])
+        started = time.monotonic()
+        paid = [
+            client.post("/v1/payment_intents", data={"amount": "700", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"})
+            for _ in range(10)
+        ]
+        assert all(response.json()["status"] == "succeeded" for response in paid)
+        assert time.monotonic() - started < 10, "payments did not wait for the stuck endpoint"
+        wait_for(lambda: len(capture.received) >= 10, 10, "the healthy endpoint's deliveries")
+        assert {json.loads(body)["data"]["object"]["id"] for _, body in capture.received} == {r.json()["id"] for r in paid}
+        held = [d for d in receiver.deliveries() if d["status"] is None]
+        assert held, "the stuck endpoint was being tried meanwhile"
