@@ -174,6 +174,22 @@ def parser() -> argparse.ArgumentParser:
         help="refuse requests without a valid Payments-Signature; prints the signing secret once",
     )
 
+    events = commands.add_parser("events", help="the webhook dead-letter list, and sending events again")
+    events_commands = events.add_subparsers(dest="events_command", required=True, metavar="SUBCOMMAND")
+    dead = events_commands.add_parser("dead-letters", help="deliveries given up on after the last retry, newest first")
+    dead.add_argument("--limit", type=bounded_int(1, 10_000), default=100, help="at most this many (default 100)")
+    dead.add_argument("--json", action="store_true", help="one JSON object per line")
+    data_dir_option(dead)
+    retry = events_commands.add_parser(
+        "retry", help="send an event again to the endpoints that gave up on it (a running node picks it up within seconds)"
+    )
+    retry.add_argument("event_id", help="the event's id (evt_...)")
+    data_dir_option(retry)
+
+    from simulators import receiver_cli
+
+    receiver_cli.register(commands)
+
     roll = merchant_commands.add_parser("roll-key", help="issue a new secret key; the old ones keep working for a grace period")
     roll.add_argument("--merchant", required=True, help="the merchant's id (acct_...)")
     roll.add_argument("--grace-s", type=bounded_int(0, 30 * 86_400), default=86_400, help="how long old secret keys keep working (default 86400)")
@@ -252,9 +268,65 @@ def command_merchant_roll_key(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_dead_letters(arguments: argparse.Namespace) -> int:
+    async def action(store):  # type: ignore[no-untyped-def]
+        return await store.dead_deliveries(arguments.limit)
+
+    rows = trio.run(_with_store, arguments.data_dir, action)
+    for row in rows:
+        if arguments.json:
+            print(msgspec.json.encode(row).decode())
+        else:
+            print(f"{row.event_id}  endpoint {row.endpoint_id}  tries {row.attempts}  given up at {row.updated_s}")
+    if not arguments.json:
+        print(f"{len(rows)} dead deliveries", file=sys.stderr)
+    return 0
+
+
+def command_events_retry(arguments: argparse.Namespace) -> int:
+    import time
+
+    from engine import ids
+
+    if ids.parse_id(arguments.event_id, "evt") is None:
+        print("error: expected an event id (evt_...)", file=sys.stderr)
+        return 2
+
+    async def action(store):  # type: ignore[no-untyped-def]
+        return await store.retry_dead_deliveries(arguments.event_id, time.time_ns() // 1_000_000)
+
+    endpoints = trio.run(_with_store, arguments.data_dir, action)
+    if not endpoints:
+        print(f"no dead deliveries of {arguments.event_id}", file=sys.stderr)
+        return 1
+    print(f"{arguments.event_id} goes again to {', '.join(endpoints)}")
+    return 0
+
+
+def webhook_settings_error() -> str | None:
+    """What is wrong with the webhook settings in the environment, if anything."""
+    from shards.webhooks import ScheduleError, parse_schedule
+
+    try:
+        parse_schedule(os.environ.get("PAYMENTS_WEBHOOK_RETRY_SCHEDULE", ""))
+    except ScheduleError as error:
+        return f"PAYMENTS_WEBHOOK_RETRY_SCHEDULE: {error}"
+    timeout = os.environ.get("PAYMENTS_WEBHOOK_TIMEOUT_S", "10")
+    try:
+        if not 0.1 <= float(timeout) <= 300:
+            raise ValueError
+    except ValueError:
+        return "PAYMENTS_WEBHOOK_TIMEOUT_S: expected seconds from 0.1 to 300"
+    return None
+
+
 def command_up(arguments: argparse.Namespace) -> int:
     from gateway.server import UpSettings, run_up
 
+    problem = webhook_settings_error()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     arguments.data_dir.mkdir(parents=True, exist_ok=True)
     with redis_url(arguments.data_dir) as redis:
         settings = UpSettings(
@@ -332,10 +404,16 @@ def main(argv: list[str] | None = None) -> int:
         "reconcile": command_reconcile,
         "create": command_merchant_create,
         "roll-key": command_merchant_roll_key,
+        "dead-letters": command_dead_letters,
+        "retry": command_events_retry,
     }
     status = 0
     try:
-        status = handlers[getattr(arguments, "merchant_command", None) or arguments.command](arguments)
+        handler = getattr(arguments, "handler", None)
+        if handler is None:
+            name = getattr(arguments, "merchant_command", None) or getattr(arguments, "events_command", None) or arguments.command
+            handler = handlers[name]
+        status = handler(arguments)
     except* StoreError as group:
         # Infrastructure trouble is reported in one line, never as a traceback.
         for error in group.exceptions:

@@ -362,6 +362,12 @@ def test_a_dead_letter_is_sent_again_on_request(new_node: Callable[..., NodeProc
         time.sleep(1.0)
         tries = receiver.deliveries()
         assert len(tries) == 3 and all(d["status"] == 500 for d in tries), "one try and two retries, then it is dead"
+        listed = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "events", "dead-letters", "--json", "--data-dir", str(node.data_dir)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PAYMENTS_DATABASE_URL": node.database_url},
+        )
+        dead = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [(row["event_id"], row["endpoint_id"], row["attempts"]) for row in dead] == [(event_ids[0], endpoint["id"], 3)]
         receiver.mode(mode="ok")
         retried = client.post(f"/v1/events/{event_ids[0]}/retry")
         assert retried.status_code == 200 and retried.json()["endpoints"] == [endpoint["id"]]
