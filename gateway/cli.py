@@ -186,9 +186,11 @@ def parser() -> argparse.ArgumentParser:
     retry.add_argument("event_id", help="the event's id (evt_...)")
     data_dir_option(retry)
 
+    from gateway import audit_cli
     from simulators import receiver_cli
 
     receiver_cli.register(commands)
+    audit_cli.register(commands)
 
     roll = merchant_commands.add_parser("roll-key", help="issue a new secret key; the old ones keep working for a grace period")
     roll.add_argument("--merchant", required=True, help="the merchant's id (acct_...)")
@@ -303,8 +305,8 @@ def command_events_retry(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def webhook_settings_error() -> str | None:
-    """What is wrong with the webhook settings in the environment, if anything."""
+def settings_error() -> str | None:
+    """What is wrong with the settings in the environment, if anything."""
     from shards.webhooks import ScheduleError, parse_schedule
 
     try:
@@ -317,13 +319,23 @@ def webhook_settings_error() -> str | None:
             raise ValueError
     except ValueError:
         return "PAYMENTS_WEBHOOK_TIMEOUT_S: expected seconds from 0.1 to 300"
+    try:
+        if not 0 <= float(os.environ.get("PAYMENTS_ARCHIVE_EVERY_S", "300")) <= 86_400:
+            raise ValueError
+    except ValueError:
+        return "PAYMENTS_ARCHIVE_EVERY_S: expected seconds from 0 (off) to 86400"
+    try:
+        if not 30 <= int(os.environ.get("PAYMENTS_RETENTION_DAYS", "30")) <= 36_500:
+            raise ValueError
+    except ValueError:
+        return "PAYMENTS_RETENTION_DAYS: expected whole days from 30 to 36500"
     return None
 
 
 def command_up(arguments: argparse.Namespace) -> int:
     from gateway.server import UpSettings, run_up
 
-    problem = webhook_settings_error()
+    problem = settings_error()
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -344,6 +356,8 @@ def command_up(arguments: argparse.Namespace) -> int:
             simulator_url=os.environ.get("PAYMENTS_SIMULATOR_URL") or None,
             dispute_fee_minor=arguments.dispute_fee_minor,
             faults=arguments.faults,
+            archive_every_s=float(os.environ.get("PAYMENTS_ARCHIVE_EVERY_S", "300")),
+            retention_days=int(os.environ.get("PAYMENTS_RETENTION_DAYS", "30")),
         )
         trio.run(run_up, settings)
     return 0
@@ -407,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         "dead-letters": command_dead_letters,
         "retry": command_events_retry,
     }
+    from gateway import audit_cli
+
+    handlers["audit"] = audit_cli.command_audit
     status = 0
     try:
         handler = getattr(arguments, "handler", None)

@@ -29,6 +29,7 @@ from shards.redis_link import RedisLink, RedisUnavailable
 from shards.merchants import MerchantKeys, create_merchant
 from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, hash_key, run_node
+from shards import audit
 from shards.store import Store
 from shards.vault import Vault
 from shards.network_client import HttpCardNetwork
@@ -56,6 +57,8 @@ class UpSettings(msgspec.Struct, frozen=True):
     simulator_url: str | None = None
     dispute_fee_minor: int = 1500
     faults: str = ""
+    archive_every_s: float = 300.0
+    retention_days: int | None = 30
 
 
 async def test_merchant(store: Store, data_dir: Path) -> MerchantKeys:
@@ -91,6 +94,17 @@ def dispatch_config() -> DispatchConfig:
     if text is None:
         return DispatchConfig(timeout_s=timeout_s)
     return DispatchConfig(schedule_s=parse_schedule(text), timeout_s=timeout_s)
+
+
+async def _archive(store: Store, settings: UpSettings, scope: trio.CancelScope) -> None:
+    """Export the journal and events to the audit archive now and then
+    (PAYMENTS_ARCHIVE_EVERY_S, default 300; 0 turns it off), pruning hot
+    tables past PAYMENTS_RETENTION_DAYS (default 30)."""
+    with scope:
+        if settings.archive_every_s <= 0:
+            return
+        archive = audit.archive_from_environment(settings.data_dir)
+        await audit.archive_forever(store, archive, settings.archive_every_s, retention_days=settings.retention_days)
 
 
 async def _serve_http(app: Any, config: HypercornConfig, stop: trio.Event, node: Node, *, task_status: Any) -> None:
@@ -143,10 +157,13 @@ async def run_up(settings: UpSettings) -> None:
                 binds = await nursery.start(_serve_http, create_app(node), config, stop, node)
                 node.public_url = binds[0]
                 announce(binds[0], keys)
+                archiving = trio.CancelScope()
+                nursery.start_soon(_archive, store, settings, archiving)
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for received in signals:
                         log.info("shutdown_requested", signal=signal.Signals(received).name)
                         break
+                archiving.cancel()
                 stop.set()
         finally:
             await store.close()

@@ -184,7 +184,74 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 """
 
 # Tables of the audit archive (shards/audit.py), created with the rest.
-AUDIT_SCHEMA_SQL = ""
+AUDIT_SCHEMA_SQL = """
+-- Every entry of the archive's manifest, as the exact line the archive holds,
+-- so that rewriting both a segment and the manifest is still caught.
+CREATE TABLE IF NOT EXISTS audit_manifest (
+    sequence bigint PRIMARY KEY CHECK (sequence >= 1),
+    partition smallint NOT NULL,
+    first_seq bigint NOT NULL CHECK (first_seq >= 1),
+    last_seq bigint NOT NULL CHECK (last_seq >= first_seq),
+    sha256 text NOT NULL,
+    prev_hash text NOT NULL,
+    hash text NOT NULL UNIQUE,
+    entry text NOT NULL,
+    mirrored_at timestamptz NOT NULL DEFAULT now()
+);
+-- How far each partition's journal is archived. Moved in the transaction
+-- that mirrors the entry, which is written only once the segment and the
+-- manifest line are durable in the archive.
+CREATE TABLE IF NOT EXISTS audit_positions (
+    partition smallint PRIMARY KEY,
+    seq bigint NOT NULL,
+    sequence bigint NOT NULL       -- the manifest entry that took it there
+);
+-- One exporter at a time, whichever node it runs on.
+CREATE TABLE IF NOT EXISTS audit_lease (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+"""
+
+
+class JournalRecord(msgspec.Struct, frozen=True):
+    """A journal row as the audit archive keeps it: the body as PostgreSQL
+    prints the jsonb, the time as microseconds since the epoch."""
+
+    partition: int
+    seq: int
+    entity_id: str
+    kind: str
+    body: str
+    recorded_at_us: int
+
+
+class AuditEntryRow(msgspec.Struct, frozen=True):
+    """One manifest entry for the database mirror; `entry` is its exact line."""
+
+    sequence: int
+    partition: int
+    first_seq: int
+    last_seq: int
+    sha256: str
+    prev_hash: str
+    hash: str
+    entry: str
+
+
+class AuditState(msgspec.Struct, frozen=True):
+    partitions: int
+    positions: dict[int, int]      # partition -> last archived journal seq
+    head_sequence: int             # 0 before the first export
+    head_entry: str | None
+
+
+AUDIT_JOURNAL_SELECT = (
+    "SELECT partition, seq, entity_id, kind, body::text AS body,"
+    " (extract(epoch FROM recorded_at) * 1000000)::bigint AS recorded_at_us FROM journal"
+)
+AUDIT_LEASE_NAME = "export"
 
 
 # A record is written once when its request starts and completed once; it is
@@ -988,5 +1055,192 @@ class Store:
                     payment_method_id,
                 )
             return None if row is None else PaymentMethodRow(**dict(row))
+
+        return await self._call(run)
+
+    # ----------------------------------------------------- audit archive
+
+    async def audit_state(self) -> AuditState:
+        """The partition count, the archived position of each partition and
+        the mirror's last manifest entry."""
+
+        async def run() -> AuditState | None:
+            async with self._connection() as connection:
+                try:
+                    # One snapshot, so the positions are those the head entry left.
+                    async with connection.transaction(isolation="repeatable_read", readonly=True):
+                        partitions = await connection.fetchval("SELECT value FROM settings WHERE key = 'partitions'")
+                        positions = await connection.fetch("SELECT partition, seq FROM audit_positions")
+                        head = await connection.fetchrow("SELECT sequence, entry FROM audit_manifest ORDER BY sequence DESC LIMIT 1")
+                except asyncpg.exceptions.UndefinedTableError:
+                    # Not raised here: an error inside would cost the connection.
+                    return None
+            return AuditState(
+                partitions=int(partitions or 0),
+                positions={row["partition"]: row["seq"] for row in positions},
+                head_sequence=0 if head is None else head["sequence"],
+                head_entry=None if head is None else head["entry"],
+            )
+
+        state = await self._call(run)
+        if state is None:
+            raise SchemaMismatch("the database has no audit tables yet: run `payments migrate` (or start a node) first")
+        return state
+
+    async def audit_take_lease(self, holder: str, ttl_s: int) -> bool:
+        """Take or renew the export lease; False while another holder has it."""
+
+        async def run() -> bool:
+            async with self._connection() as connection:
+                taken = await connection.fetchval(
+                    "INSERT INTO audit_lease (name, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))"
+                    " ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at"
+                    " WHERE audit_lease.holder = EXCLUDED.holder OR audit_lease.expires_at < now()"
+                    " RETURNING holder",
+                    AUDIT_LEASE_NAME,
+                    holder,
+                    float(ttl_s),
+                )
+            return taken is not None
+
+        return await self._call(run)
+
+    async def audit_release_lease(self, holder: str) -> None:
+        async def run() -> None:
+            async with self._connection() as connection:
+                await connection.execute("DELETE FROM audit_lease WHERE name = $1 AND holder = $2", AUDIT_LEASE_NAME, holder)
+
+        await self._call(run)
+
+    async def audit_read(self, partition: int, after_seq: int, rows_max: int, events_max: int) -> tuple[list[JournalRecord], list[EventRow]]:
+        """Up to `rows_max` journal rows of a partition after `after_seq`, in
+        order, with the events they raised (at most `events_max`)."""
+
+        async def run() -> tuple[list[JournalRecord], list[EventRow]]:
+            async with self._connection() as connection, connection.transaction(isolation="repeatable_read", readonly=True):
+                rows = await connection.fetch(
+                    AUDIT_JOURNAL_SELECT + " WHERE partition = $1 AND seq > $2 ORDER BY seq LIMIT $3", partition, after_seq, rows_max
+                )
+                if not rows:
+                    return [], []
+                events = await connection.fetch(
+                    EVENT_SELECT + " WHERE partition = $1 AND seq > $2 AND seq <= $3 ORDER BY seq, idx LIMIT $4",
+                    partition,
+                    after_seq,
+                    rows[-1]["seq"],
+                    events_max,
+                )
+            return [JournalRecord(**dict(row)) for row in rows], [EventRow(*row) for row in events]
+
+        return await self._call(run)
+
+    async def audit_rows(self, partition: int, seqs: Sequence[int]) -> tuple[list[JournalRecord], list[EventRow]]:
+        """The journal rows of a partition at `seqs`, and the events they
+        raised that are still kept, to compare with the archive."""
+
+        async def run() -> tuple[list[JournalRecord], list[EventRow]]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(
+                    AUDIT_JOURNAL_SELECT + " WHERE partition = $1 AND seq = ANY($2::bigint[]) ORDER BY seq", partition, list(seqs)
+                )
+                events = await connection.fetch(
+                    EVENT_SELECT + " WHERE partition = $1 AND seq = ANY($2::bigint[]) ORDER BY seq, idx", partition, list(seqs)
+                )
+            return [JournalRecord(**dict(row)) for row in rows], [EventRow(*row) for row in events]
+
+        return await self._call(run)
+
+    async def audit_mirror(self, after_sequence: int, rows_max: int) -> list[str]:
+        """The mirrored manifest lines after `after_sequence`, in order."""
+
+        async def run() -> list[str]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(
+                    "SELECT entry FROM audit_manifest WHERE sequence > $1 ORDER BY sequence LIMIT $2", after_sequence, rows_max
+                )
+            return [row["entry"] for row in rows]
+
+        return await self._call(run)
+
+    async def audit_commit(self, entries: Sequence[AuditEntryRow], holder: str | None) -> str | None:
+        """Mirror manifest entries and move the archived positions, in one
+        transaction. Each entry must follow the mirror's head (next sequence,
+        prev_hash = the head's hash) and its partition's position (first_seq
+        = position + 1); with a `holder`, the export lease must be theirs.
+        Returns None when written, otherwise why nothing was."""
+
+        async def run() -> str | None:
+            try:
+                async with self._connection() as connection, connection.transaction():
+                    if holder is not None:
+                        current = await connection.fetchval(
+                            "SELECT holder FROM audit_lease WHERE name = $1 AND expires_at > now() FOR UPDATE", AUDIT_LEASE_NAME
+                        )
+                        if current != holder:
+                            return "the export lease expired or another exporter holds it"
+                    head = await connection.fetchrow("SELECT sequence, hash FROM audit_manifest ORDER BY sequence DESC LIMIT 1")
+                    sequence, previous = (0, None) if head is None else (head["sequence"], head["hash"])
+                    positions = {row["partition"]: row["seq"] for row in await connection.fetch("SELECT partition, seq FROM audit_positions")}
+                    for entry in entries:
+                        if entry.sequence != sequence + 1 or (previous is not None and entry.prev_hash != previous):
+                            return f"entry {entry.sequence} does not follow the mirror's last entry {sequence}"
+                        if entry.first_seq != positions.get(entry.partition, 0) + 1:
+                            return (
+                                f"entry {entry.sequence} starts partition {entry.partition} at {entry.first_seq},"
+                                f" but it is archived to {positions.get(entry.partition, 0)}"
+                            )
+                        sequence, previous = entry.sequence, entry.hash
+                        positions[entry.partition] = entry.last_seq
+                    await connection.executemany(
+                        "INSERT INTO audit_manifest (sequence, partition, first_seq, last_seq, sha256, prev_hash, hash, entry)"
+                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        [msgspec.structs.astuple(entry) for entry in entries],
+                    )
+                    await connection.executemany(
+                        "INSERT INTO audit_positions (partition, seq, sequence) VALUES ($1, $2, $3)"
+                        " ON CONFLICT (partition) DO UPDATE SET seq = EXCLUDED.seq, sequence = EXCLUDED.sequence",
+                        [(entry.partition, entry.last_seq, entry.sequence) for entry in entries],
+                    )
+            except asyncpg.exceptions.UniqueViolationError:
+                return "another exporter mirrored an entry at the same time"
+            return None
+
+        return await self._call(run)
+
+    async def audit_prune(self, events_before_s: int, deliveries_before_s: int, attempts_before_ms: int, rows_max: int) -> tuple[int, int, int]:
+        """Delete one batch (at most `rows_max` rows a table) of what the hot
+        tables no longer need: events created before `events_before_s` that
+        are archived, queued for webhooks and not awaiting a delivery;
+        finished (delivered or dead) deliveries last touched before
+        `deliveries_before_s`; attempts before `attempts_before_ms` whose
+        delivery is finished. Returns the rows deleted from events,
+        webhook_deliveries and webhook_attempts."""
+
+        async def run() -> tuple[int, int, int]:
+            async with self._connection() as connection, connection.transaction():
+                events = await connection.execute(
+                    "DELETE FROM events WHERE ctid IN (SELECT e.ctid FROM events e"
+                    " JOIN audit_positions a ON a.partition = e.partition AND e.seq <= a.seq"
+                    " JOIN stream_queued q ON q.partition = e.partition AND (e.seq, e.idx) <= (q.seq, q.idx)"
+                    " WHERE e.created_s < $1"
+                    " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id AND d.status = 'pending')"
+                    " LIMIT $2)",
+                    events_before_s,
+                    rows_max,
+                )
+                attempts = await connection.execute(
+                    "DELETE FROM webhook_attempts WHERE ctid IN (SELECT t.ctid FROM webhook_attempts t WHERE t.at_ms < $1"
+                    " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = t.endpoint_id"
+                    " AND d.event_id = t.event_id AND d.status = 'pending') LIMIT $2)",
+                    attempts_before_ms,
+                    rows_max,
+                )
+                deliveries = await connection.execute(
+                    "DELETE FROM webhook_deliveries WHERE ctid IN (SELECT ctid FROM webhook_deliveries"
+                    " WHERE status IN ('delivered', 'dead') AND updated_s < $1 LIMIT $2)",
+                    deliveries_before_s,
+                    rows_max,
+                )
+            return int(events.split()[-1]), int(deliveries.split()[-1]), int(attempts.split()[-1])
 
         return await self._call(run)

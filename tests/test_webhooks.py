@@ -516,3 +516,29 @@ def test_a_dead_slow_endpoint_delays_neither_payments_nor_other_endpoints(
         assert {json.loads(body)["data"]["object"]["id"] for _, body in capture.received} == {r.json()["id"] for r in paid}
         held = [d for d in receiver.deliveries() if d["status"] is None]
         assert held, "the stuck endpoint was being tried meanwhile"
+
+
+def test_a_running_node_archives_its_journal_and_verify_catches_an_edit(new_node: Callable[..., NodeProcess]) -> None:
+    node = new_node(environ={"PAYMENTS_ARCHIVE_EVERY_S": "0.5"})
+    with client_for(node, node.secret_key) as client:
+        for _ in range(3):
+            assert client.post("/v1/payment_intents", data={"amount": "1200", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}).status_code == 200
+    environ = {**os.environ, "PAYMENTS_DATABASE_URL": node.database_url}
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "audit", "verify", "--data-dir", str(node.data_dir)],
+            capture_output=True, text=True, timeout=60, env=environ,
+        )
+
+    def archived_everything() -> bool:
+        result = verify()
+        return result.returncode == 0 and "9 journal rows" in result.stdout
+
+    wait_for(archived_everything, 20, "the node to archive 3 payments (9 journal rows)")
+    segment = next((node.data_dir / "archive").rglob("*.jsonl.gz"))
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    failed = verify()
+    assert failed.returncode == 1 and "has been changed" in failed.stdout
