@@ -76,6 +76,27 @@ def database_url_for(name: str) -> str:
     return urlunsplit(urlsplit(ADMIN_URL)._replace(path=f"/{name}"))
 
 
+@pytest.fixture(autouse=True)
+def logging_left_as_found(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Commands run in-process configure structlog for a terminal; keep that
+    from leaking into later tests: no logger is cached for good, and the
+    configuration is put back afterwards (capture_logs relies on both)."""
+    import structlog
+
+    from gateway import cli
+
+    saved = structlog.get_config()
+    configure = cli.configure_logging
+
+    def configure_uncached(level: str) -> None:
+        configure(level)
+        structlog.configure(cache_logger_on_first_use=False)
+
+    monkeypatch.setattr(cli, "configure_logging", configure_uncached)
+    yield
+    structlog.configure(**saved)
+
+
 @pytest.fixture(scope="session")
 def make_database() -> Iterator[Callable[[], str]]:
     """Create empty databases on demand; drop them all at the end of the session."""
