@@ -133,13 +133,23 @@ class ShardState:
         # what reconciliation has to ask the network about.
         self.unknown: set[tuple[str, str]] = set()
         self.ledger = Ledger()
+        # Intents holding an uncaptured authorization, for the expiry check
+        # (which must not scan every intent ever made).
+        self.holds: set[str] = set()
         self.next_seq = 1
         self.accepting = False
+
+    def put(self, intent: PaymentIntent) -> None:
+        self.intents[intent.id] = intent
+        if intent.status is machine.Status.requires_capture:
+            self.holds.add(intent.id)
+        else:
+            self.holds.discard(intent.id)
 
     def apply(self, event: machine.Event) -> None:
         """Apply one committed event to memory: the intent, then the rest."""
         entity_id = machine.entity_id_of(event)
-        self.intents[entity_id] = machine.evolve(self.intents.get(entity_id), event)
+        self.put(machine.evolve(self.intents.get(entity_id), event))
         self.index(event)
 
     def index(self, event: machine.Event) -> None:
@@ -248,11 +258,11 @@ class ShardActor:
         """Cancel authorizations left uncaptured past their age limit."""
         while self.state.accepting:
             now_s = int(time.time())
+            intents = self.state.intents
             due = [
                 intent.id
-                for intent in self.state.intents.values()
-                if intent.status is machine.Status.requires_capture
-                and (authorization := intent.authorization()) is not None
+                for intent in (intents[intent_id] for intent_id in self.state.holds)
+                if (authorization := intent.authorization()) is not None
                 and authorization.created_s + self.config.authorization_expiry_s <= now_s
             ]
             for intent_id in due:
@@ -331,7 +341,8 @@ class ShardActor:
                     return
                 log.warning("journal_commit_found_after_error", partition=self.state.partition, error=str(error))
             self.state.next_seq = seq
-            intents.update(working)
+            for intent in working.values():
+                self.state.put(intent)
             for event in events:
                 self.state.index(event)
             self.commits_total += 1
