@@ -264,6 +264,74 @@ ON CONFLICT (merchant_id, key) DO UPDATE
     WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.fingerprint = EXCLUDED.fingerprint
 """
 
+# One batch in one statement (one round trip, one implicit transaction,
+# one fsync): each table's rows arrive as parallel arrays and are inserted by
+# data-modifying CTEs, which PostgreSQL runs as one atomic statement.
+APPEND_SQL = """
+WITH journal_rows AS (
+    INSERT INTO journal (partition, seq, entity_id, kind, body)
+    SELECT $1::smallint, seq, entity_id, kind, body::jsonb
+    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS r (seq, entity_id, kind, body)
+), posting_rows AS (
+    INSERT INTO postings (id, partition, journal_seq, intent_id, debit_account_id, credit_account_id, amount,
+                          currency, kind, code, pending_id, created_s, available_on_s)
+    SELECT id, $1::smallint, journal_seq, intent_id, debit_account_id, credit_account_id, amount,
+           currency, kind, code, pending_id, created_s, available_on_s
+    FROM unnest($6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
+                $13::text[], $14::text[], $15::text[], $16::bigint[], $17::bigint[])
+         AS r (id, journal_seq, intent_id, debit_account_id, credit_account_id, amount, currency, kind, code,
+               pending_id, created_s, available_on_s)
+), event_rows AS (
+    INSERT INTO events (id, partition, seq, idx, merchant_id, livemode, type, intent_id, object_id, created_s, intent)
+    SELECT id, $1::smallint, seq, idx, merchant_id, livemode, type, intent_id, object_id, created_s, intent
+    FROM unnest($18::text[], $19::bigint[], $20::smallint[], $21::text[], $22::boolean[], $23::text[],
+                $24::text[], $25::text[], $26::bigint[], $27::bytea[])
+         AS r (id, seq, idx, merchant_id, livemode, type, intent_id, object_id, created_s, intent)
+)
+INSERT INTO idempotency_keys (merchant_id, key, fingerprint, status_code, body, object_id, expires_at_s)
+SELECT * FROM unnest($28::text[], $29::text[], $30::bytea[], $31::smallint[], $32::bytea[], $33::text[], $34::bigint[])
+ON CONFLICT (merchant_id, key) DO UPDATE
+    SET status_code = EXCLUDED.status_code, body = EXCLUDED.body
+    WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.fingerprint = EXCLUDED.fingerprint
+"""
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to one list per column (what unnest takes back apart)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows)]
+
+
+def append_arguments(
+    partition: int, rows: Sequence[JournalRow], idempotency: Sequence[IdempotencyRow], events: Sequence[EventRow]
+) -> list[Any]:
+    journal = _columns([(row.seq, row.entity_id, row.kind, row.body.decode()) for row in rows], 4)
+    postings = _columns(
+        [
+            (
+                transfer.id, row.seq, transfer.intent_id, transfer.debit_account_id, transfer.credit_account_id,
+                transfer.amount, transfer.currency, str(transfer.kind), transfer.code, transfer.pending_id,
+                transfer.created_s, transfer.available_on_s,
+            )
+            for row in rows
+            for transfer in row.transfers
+        ],
+        12,
+    )
+    raised = _columns(
+        [
+            (e.id, e.seq, e.idx, e.merchant_id, e.livemode, e.type, e.intent_id, e.object_id, e.created_s, e.intent)
+            for e in events
+        ],
+        10,
+    )
+    # One row per key: a statement may not upsert the same row twice.
+    latest = {(row.merchant_id, row.key): msgspec.structs.astuple(row) for row in idempotency}
+    keys = _columns(list(latest.values()), 7)
+    return [partition, *journal, *postings, *raised, *keys]
+
+
 POSTING_COLUMNS = (
     "id", "partition", "journal_seq", "intent_id", "debit_account_id", "credit_account_id", "amount",
     "currency", "kind", "code", "pending_id", "created_s", "available_on_s",
@@ -563,32 +631,11 @@ class Store:
         """Write one batch of journal rows, their postings, the events they
         raise (the outbox) and the idempotency records of the requests behind
         them, in one transaction (one fsync)."""
-        records = [(partition, row.seq, row.entity_id, row.kind, row.body.decode()) for row in rows]
-        postings = [
-            (
-                transfer.id, partition, row.seq, transfer.intent_id, transfer.debit_account_id,
-                transfer.credit_account_id, transfer.amount, transfer.currency, str(transfer.kind),
-                transfer.code, transfer.pending_id, transfer.created_s, transfer.available_on_s,
-            )
-            for row in rows
-            for transfer in row.transfers
-        ]
+        arguments = append_arguments(partition, rows, idempotency, events)
 
         async def run() -> None:
-            async with self._connection() as connection, connection.transaction():
-                await connection.copy_records_to_table(
-                    "journal",
-                    records=records,
-                    columns=("partition", "seq", "entity_id", "kind", "body"),
-                )
-                if postings:
-                    await connection.copy_records_to_table("postings", records=postings, columns=POSTING_COLUMNS)
-                if events:
-                    await connection.copy_records_to_table(
-                        "events", records=[msgspec.structs.astuple(event) for event in events], columns=EVENT_COLUMNS
-                    )
-                if idempotency:
-                    await connection.executemany(IDEMPOTENCY_UPSERT, [msgspec.structs.astuple(row) for row in idempotency])
+            async with self._connection() as connection:
+                await connection.execute(APPEND_SQL, *arguments)
 
         await self._call(run)
 
