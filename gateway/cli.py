@@ -191,6 +191,9 @@ def parser() -> argparse.ArgumentParser:
 
     receiver_cli.register(commands)
     audit_cli.register(commands)
+    from bench.cli import register as register_bench
+
+    register_bench(commands)
 
     roll = merchant_commands.add_parser("roll-key", help="issue a new secret key; the old ones keep working for a grace period")
     roll.add_argument("--merchant", required=True, help="the merchant's id (acct_...)")

@@ -188,7 +188,9 @@ class RedisLink:
                 if group["pending"]:
                     summary = await self._client.xpending(key, group["name"])
                     oldest = summary["min"]
-                    keep_from.append(_parse_id(oldest.decode() if isinstance(oldest, bytes) else oldest))
+                    # None when the last pending entry was acknowledged meanwhile.
+                    if oldest is not None:
+                        keep_from.append(_parse_id(oldest.decode() if isinstance(oldest, bytes) else oldest))
             low = min(keep_from)
             return int(await self._client.xtrim(key, minid=f"{low[0]}-{low[1]}", approximate=False))
 

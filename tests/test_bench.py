@@ -1,0 +1,193 @@
+"""`payments bench`: short bounded runs of each mode on the machine's
+PostgreSQL (and Redis for http mode), the report they write, and the
+refusal of bad arguments.
+
+The runs are a few seconds at a low rate, where the engine keeps up easily,
+so achieved must be close to offered and every invariant must hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import arrivals, engine_mode
+from bench.histograms import Merged, Recorder
+from tests import conftest
+
+RUN_TIMEOUT_S = 180
+REQUIRED_FIELDS = (
+    "achieved_payments_per_s",
+    "offered_payments_per_s",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "invariants_ok",
+    "machine",
+    "command",
+    "baselines",
+)
+
+
+def bench(*arguments: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # Read at run time: conftest may have started embedded servers.
+    env = {**os.environ, "PAYMENTS_DATABASE_URL": conftest.ADMIN_URL, "PAYMENTS_REDIS_URL": conftest.REDIS_URL, **(environ or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "--quiet", *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=RUN_TIMEOUT_S,
+    )
+
+
+def check_report(directory: Path, mode: str, tolerance: float) -> dict:
+    done = json.loads((directory / "report.json").read_text())
+    for field in REQUIRED_FIELDS:
+        assert field in done, field
+    assert done["mode"] == mode
+    assert done["invariants_ok"] is True
+    assert done["offered_payments_per_s"] > 0
+    assert done["achieved_payments_per_s"] >= tolerance * done["offered_payments_per_s"], done
+    assert done["payments_failed"] == 0, done["errors"]
+    assert 0 < done["p50_ms"] <= done["p99_ms"] <= done["p999_ms"] <= done["max_ms"]
+    assert done["machine"]["cores"] >= 1 and done["command"].startswith("payments bench ")
+    assert done["baselines"]["ingest"]["rows_per_s"] > 0
+    assert done["baselines"]["actor"]["round_trips_per_s"] > 0
+    assert done["ratios"]["achieved_payments_per_s"]["vs_ingest"] > 0
+    assert done["journal"]["journal_rows"] > 0 and done["commits_per_s"] > 0
+    for operation in ("create", "confirm", "capture", "refund", "challenge", "e2e"):
+        assert done["operations"][operation]["count"] > 0, operation
+    statuses = done["invariants"]["final_statuses"]
+    assert statuses.get("succeeded", 0) > 0 and statuses.get("requires_payment_method", 0) > 0
+    for name in ("throughput.png", "latency_over_time.png", "latency_cdf.png", "report.md"):
+        assert (directory / name).stat().st_size > 0, name
+    assert (directory / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return done
+
+
+# A mix that gives every scenario a share even in a short run.
+MIX = "auto=40,manual=20,refund=20,decline=10,3ds=10"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_engine_mode_run_writes_a_sane_report(tmp_path: Path, processes: int) -> None:
+    done = bench(
+        "--rate", "100", "--duration", "3", "--processes", str(processes), "--partitions", "4",
+        "--mix", MIX, "--baseline-seconds", "0.5", "--report", str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = check_report(tmp_path, "engine", tolerance=0.8)
+    assert len(report["processes"]) == processes
+    assert report["mean_batch_commands"] >= 1
+    # Each worker checked its partitions against its own simulator's record.
+    assert len(report["invariants"]["workers"]) == processes
+    assert all(worker["network_operations"] > 0 for worker in report["invariants"]["workers"])
+
+
+def test_http_mode_run_writes_a_sane_report(tmp_path: Path) -> None:
+    done = bench(
+        "--mode", "http", "--rate", "20", "--duration", "4", "--partitions", "4", "--connections", "16",
+        "--mix", MIX, "--baseline-seconds", "0.5", "--report", str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = check_report(tmp_path, "http", tolerance=0.6)
+    assert report["baselines"]["http"]["requests_per_s"] > 0
+    assert report["ratios"]["achieved_payments_per_s"]["vs_http"] > 0
+    assert report["invariants"]["network_checked"] is True
+    assert {process["name"] for process in report["processes"]} == {"node (gateway + actors)", "load generator"}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--rate", "-5", "--duration", "3"], "argument --rate: expected a number from 0.1 to 100000"),
+        (["--rate", "10", "--duration", "7200"], "argument --duration: expected a number from 1 to 3600"),
+        (["--rate", "10", "--duration", "3", "--mix", "auto=1,bogus=2"], "'bogus' is not a scenario"),
+        (["--rate", "10", "--duration", "3", "--faults", "error=2"], "argument --faults"),
+        (["--rate", "10", "--duration", "3", "--mode", "grpc"], "argument --mode: invalid choice"),
+        (["--duration", "3"], "the following arguments are required: --rate"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(arguments: list[str], message: str) -> None:
+    done = bench(*arguments)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_database_is_one_line_and_exit_2() -> None:
+    done = bench("--rate", "10", "--duration", "1", environ={"PAYMENTS_DATABASE_URL": "postgresql://postgres@127.0.0.1:9/postgres"})
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot connect to PostgreSQL at 127.0.0.1:9")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_register_adds_the_bench_subcommand() -> None:
+    from bench.cli import handle, register
+
+    parser = argparse.ArgumentParser(prog="payments")
+    register(parser.add_subparsers(dest="command"))
+    arguments = parser.parse_args(["bench", "--rate", "50", "--duration", "2", "--processes", "1"])
+    assert arguments.handler is handle
+    assert (arguments.rate, arguments.duration, arguments.processes, arguments.mode) == (50.0, 2.0, 1, "engine")
+
+
+def test_arrivals_are_poisson_at_the_offered_rate_and_replay_by_seed() -> None:
+    mix = arrivals.parse_mix("auto=3,decline=1")
+    first = list(arrivals.schedule(2000, 10, mix, seed=7))
+    assert first == list(arrivals.schedule(2000, 10, mix, seed=7))
+    assert first != list(arrivals.schedule(2000, 10, mix, seed=8))
+    assert 19_000 < len(first) < 21_000
+    assert all(0 <= a.at < 10 for a in first) and [a.at for a in first] == sorted(a.at for a in first)
+    declines = sum(a.scenario == "decline" for a in first) / len(first)
+    assert 0.22 < declines < 0.28
+    gaps = [later.at - earlier.at for earlier, later in zip(first, first[1:])]
+    # Exponential gaps: the standard deviation equals the mean.
+    mean = sum(gaps) / len(gaps)
+    deviation = (sum((gap - mean) ** 2 for gap in gaps) / len(gaps)) ** 0.5
+    assert abs(deviation / mean - 1) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("auto=1,auto=2", "'auto' is given twice"),
+        ("auto=0", "at least one scenario"),
+        ("auto", "expected NAME=WEIGHT"),
+        ("auto=-1", "a weight is a whole number"),
+    ],
+)
+def test_bad_mixes_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        arrivals.parse_mix(text)
+
+
+def test_partitions_are_split_statically_and_disjointly() -> None:
+    split = engine_mode.split_partitions(16, 3)
+    assert sorted(p for share in split for p in share) == list(range(16))
+    assert split[0] == (0, 3, 6, 9, 12, 15)
+
+
+def test_recordings_of_processes_merge() -> None:
+    merged = Merged()
+    for offset in (0.0, 0.5):
+        recorder = Recorder(start=100.0)
+        for index in range(100):
+            recorder.arrival(index / 100, "auto")
+            recorder.operation("create", 0.001 * (index + 1))
+            recorder.finished("auto", 100.0 + index / 100, 100.0 + index / 100 + 0.010 + offset)
+        recorder.error("overloaded", 100.5)
+        merged.add(recorder.export())
+    assert (merged.arrived, merged.completed, merged.failed) == (200, 200, 2)
+    assert merged.errors == {"overloaded": 2}
+    assert merged.histograms["create"].get_total_count() == 200
+    assert 9.9 <= merged.histograms["e2e"].get_value_at_percentile(25) / 1000 <= 10.1
+    assert 509 <= merged.histograms["e2e"].get_value_at_percentile(75) / 1000 <= 511
