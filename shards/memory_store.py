@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import msgspec
 import trio
 
-from shards.store import ApiKeyRow, EventRow, IdempotencyRow, JournalConflict, JournalRow, PaymentMethodRow, StoreUnavailable
+from shards.store import ApiKeyRow, Batch, EventRow, IdempotencyRow, JournalConflict, JournalRow, PaymentMethodRow, StoreUnavailable
 
 
 class MemoryStore:
@@ -55,6 +55,17 @@ class MemoryStore:
             existing = self.idempotency.get((row.merchant_id, row.key))
             if existing is None or (existing.status_code is None and existing.fingerprint == row.fingerprint):
                 self.idempotency[(row.merchant_id, row.key)] = row
+
+    async def append_many(self, batches: Sequence[Batch]) -> None:
+        # All or none, as the database does: check every batch first.
+        await self._io()
+        for batch in batches:
+            journal = self.journal.get(batch.partition, [])
+            expected = journal[-1].seq + 1 if journal else 1
+            if batch.rows and batch.rows[0].seq != expected:
+                raise JournalConflict(f"partition {batch.partition}: seq {batch.rows[0].seq}, expected {expected}")
+        for batch in batches:
+            await self.append(batch.partition, batch.rows, batch.idempotency, batch.events)
 
     async def journal_position(self, partition: int) -> int:
         await self._io()

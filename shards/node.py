@@ -29,6 +29,7 @@ from engine.intent import Command, Dispute, NetworkCall, PaymentIntent, Refund
 from engine.network import CaptureRequest, NetworkNotice, NetworkOutcomeUnknown, NetworkRefused, RefundRequest, VoidRequest
 from shards import checks
 from shards.actor import Message, Outcome, ShardActor, ShardConfig, ShardState
+from shards.group_commit import GroupCommit
 from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
 from shards.redis_link import RedisLink
 from shards.store import ApiKeyRow, PaymentMethodRow, Store, StoreUnavailable
@@ -88,6 +89,8 @@ class NodeConfig(msgspec.Struct, frozen=True):
     # The partitions this node serves (None: all). Nodes sharing a database
     # are given disjoint sets, fixed at start.
     owned_partitions: tuple[int, ...] | None = None
+    # One write for the batches of all the node's actors (shards.group_commit).
+    group_commit: bool = True
 
     def served_partitions(self) -> tuple[int, ...]:
         return tuple(range(self.partitions)) if self.owned_partitions is None else self.owned_partitions
@@ -143,6 +146,7 @@ class Node:
         # The outbox relays and webhook workers (shards.webhooks.EventWorkers),
         # when the node runs with Redis.
         self.events: Any = None
+        self.group_commit: GroupCommit | None = None
         # The address cardholders reach this node at (for 3-D Secure pages);
         # set once the HTTP server is listening.
         self.public_url = "http://127.0.0.1"
@@ -565,12 +569,26 @@ async def run_node(
 ) -> None:
     """Recover every partition from the journal, then serve until `stop_accepting`."""
     node = Node(store, vault, network, config, random_bytes)
+    async with trio.open_nursery() as writing:
+        append = store.append
+        if config.group_commit:
+            node.group_commit = GroupCommit(store.append_many)
+            await writing.start(node.group_commit.run)
+            append = node.group_commit.append
+        await _serve_partitions(node, append, task_status)
+        # Every actor has drained and journaled its last answers.
+        writing.cancel_scope.cancel()
+    log.info("node_stopped")
+
+
+async def _serve_partitions(node: Node, append: Any, task_status: Any) -> None:
+    store, config = node.store, node.config
     async with trio.open_nursery() as nursery:
         for partition in config.served_partitions():
             state = ShardState(partition)
             state.replay(await store.load_journal(partition))
             shard = ShardActor(
-                state, store.append, node.perform, config.shard, functools.partial(node.new_id, partition=partition), store.journal_position
+                state, append, node.perform, config.shard, functools.partial(node.new_id, partition=partition), store.journal_position
             )
             node.shards[partition] = shard
             await nursery.start(shard.run)
@@ -588,4 +606,3 @@ async def run_node(
         node.stop_relay = notices.cancel
         log.info("node_started", partitions=config.partitions, intents=sum(len(s.state.intents) for s in node.shards.values()))
         task_status.started(node)
-    log.info("node_stopped")

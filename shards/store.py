@@ -264,36 +264,41 @@ ON CONFLICT (merchant_id, key) DO UPDATE
     WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.fingerprint = EXCLUDED.fingerprint
 """
 
-# One batch in one statement (one round trip, one implicit transaction,
-# one fsync): each table's rows arrive as parallel arrays and are inserted by
-# data-modifying CTEs, which PostgreSQL runs as one atomic statement.
+# Batches in one statement (one round trip, one implicit transaction, one
+# fsync): each table's rows arrive as parallel arrays and are inserted by
+# data-modifying CTEs, which PostgreSQL runs as one atomic statement. The
+# batches may come from several partitions (a node's group commit).
 APPEND_SQL = """
 WITH journal_rows AS (
     INSERT INTO journal (partition, seq, entity_id, kind, body)
-    SELECT $1::smallint, seq, entity_id, kind, body::jsonb
-    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS r (seq, entity_id, kind, body)
+    SELECT partition, seq, entity_id, kind, body::jsonb
+    FROM unnest($1::smallint[], $2::bigint[], $3::text[], $4::text[], $5::text[]) AS r (partition, seq, entity_id, kind, body)
 ), posting_rows AS (
     INSERT INTO postings (id, partition, journal_seq, intent_id, debit_account_id, credit_account_id, amount,
                           currency, kind, code, pending_id, created_s, available_on_s)
-    SELECT id, $1::smallint, journal_seq, intent_id, debit_account_id, credit_account_id, amount,
-           currency, kind, code, pending_id, created_s, available_on_s
-    FROM unnest($6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
-                $13::text[], $14::text[], $15::text[], $16::bigint[], $17::bigint[])
-         AS r (id, journal_seq, intent_id, debit_account_id, credit_account_id, amount, currency, kind, code,
-               pending_id, created_s, available_on_s)
+    SELECT * FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[],
+                         $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::bigint[])
 ), event_rows AS (
     INSERT INTO events (id, partition, seq, idx, merchant_id, livemode, type, intent_id, object_id, created_s, intent)
-    SELECT id, $1::smallint, seq, idx, merchant_id, livemode, type, intent_id, object_id, created_s, intent
-    FROM unnest($18::text[], $19::bigint[], $20::smallint[], $21::text[], $22::boolean[], $23::text[],
-                $24::text[], $25::text[], $26::bigint[], $27::bytea[])
-         AS r (id, seq, idx, merchant_id, livemode, type, intent_id, object_id, created_s, intent)
+    SELECT * FROM unnest($19::text[], $20::smallint[], $21::bigint[], $22::smallint[], $23::text[], $24::boolean[],
+                         $25::text[], $26::text[], $27::text[], $28::bigint[], $29::bytea[])
 )
 INSERT INTO idempotency_keys (merchant_id, key, fingerprint, status_code, body, object_id, expires_at_s)
-SELECT * FROM unnest($28::text[], $29::text[], $30::bytea[], $31::smallint[], $32::bytea[], $33::text[], $34::bigint[])
+SELECT * FROM unnest($30::text[], $31::text[], $32::bytea[], $33::smallint[], $34::bytea[], $35::text[], $36::bigint[])
 ON CONFLICT (merchant_id, key) DO UPDATE
     SET status_code = EXCLUDED.status_code, body = EXCLUDED.body
     WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.fingerprint = EXCLUDED.fingerprint
 """
+
+
+class Batch(msgspec.Struct, frozen=True):
+    """What one actor turn writes: its journal rows (with their postings),
+    the events they raise and the idempotency records they settle."""
+
+    partition: int
+    rows: Sequence[JournalRow]
+    idempotency: Sequence[IdempotencyRow] = ()
+    events: Sequence[EventRow] = ()
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -303,33 +308,35 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(column) for column in zip(*rows)]
 
 
-def append_arguments(
-    partition: int, rows: Sequence[JournalRow], idempotency: Sequence[IdempotencyRow], events: Sequence[EventRow]
-) -> list[Any]:
-    journal = _columns([(row.seq, row.entity_id, row.kind, row.body.decode()) for row in rows], 4)
+def append_arguments(batches: Sequence[Batch]) -> list[Any]:
+    journal = _columns(
+        [(batch.partition, row.seq, row.entity_id, row.kind, row.body.decode()) for batch in batches for row in batch.rows], 5
+    )
     postings = _columns(
         [
             (
-                transfer.id, row.seq, transfer.intent_id, transfer.debit_account_id, transfer.credit_account_id,
-                transfer.amount, transfer.currency, str(transfer.kind), transfer.code, transfer.pending_id,
-                transfer.created_s, transfer.available_on_s,
+                transfer.id, batch.partition, row.seq, transfer.intent_id, transfer.debit_account_id,
+                transfer.credit_account_id, transfer.amount, transfer.currency, str(transfer.kind), transfer.code,
+                transfer.pending_id, transfer.created_s, transfer.available_on_s,
             )
-            for row in rows
+            for batch in batches
+            for row in batch.rows
             for transfer in row.transfers
         ],
-        12,
+        13,
     )
     raised = _columns(
         [
-            (e.id, e.seq, e.idx, e.merchant_id, e.livemode, e.type, e.intent_id, e.object_id, e.created_s, e.intent)
-            for e in events
+            (e.id, e.partition, e.seq, e.idx, e.merchant_id, e.livemode, e.type, e.intent_id, e.object_id, e.created_s, e.intent)
+            for batch in batches
+            for e in batch.events
         ],
-        10,
+        11,
     )
     # One row per key: a statement may not upsert the same row twice.
-    latest = {(row.merchant_id, row.key): msgspec.structs.astuple(row) for row in idempotency}
+    latest = {(row.merchant_id, row.key): msgspec.structs.astuple(row) for batch in batches for row in batch.idempotency}
     keys = _columns(list(latest.values()), 7)
-    return [partition, *journal, *postings, *raised, *keys]
+    return [*journal, *postings, *raised, *keys]
 
 
 POSTING_COLUMNS = (
@@ -533,6 +540,10 @@ def _log_unretrieved_error(loop: Any, context: dict[str, Any]) -> None:
     )
 
 
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    return None
+
+
 class Store:
     """A pool of connections to one database, used from trio."""
 
@@ -560,6 +571,10 @@ class Store:
             command_timeout=30,
             # The server-side statement cache is per connection; keep it.
             statement_cache_size=256,
+            # No session state is ever set (only transaction-scoped locks),
+            # so a released connection needs no RESET ALL round trip; an
+            # open transaction is still rolled back by asyncpg itself.
+            reset=_no_reset,
         )
         try:
             pool = await trio_asyncio.aio_as_trio(create, loop=loop)()
@@ -631,7 +646,11 @@ class Store:
         """Write one batch of journal rows, their postings, the events they
         raise (the outbox) and the idempotency records of the requests behind
         them, in one transaction (one fsync)."""
-        arguments = append_arguments(partition, rows, idempotency, events)
+        await self.append_many([Batch(partition, rows, idempotency, events)])
+
+    async def append_many(self, batches: Sequence[Batch]) -> None:
+        """Write the batches of several partitions at once: all or none."""
+        arguments = append_arguments(batches)
 
         async def run() -> None:
             async with self._connection() as connection:

@@ -40,14 +40,15 @@ class FaultyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def append(self, partition: int, rows: list, idempotency: list = (), events: list = ()) -> None:
+    async def append_many(self, batches: list) -> None:
+        """The node's group commit writes through here (one call, one write)."""
         self.appends += 1
         if self.hold_appends is not None:
             await self.hold_appends.wait()
         if self.fail_appends:
             self.fail_appends -= 1
             raise StoreUnavailable("injected commit failure")
-        await self._store.append(partition, rows, idempotency, events)
+        await self._store.append_many(batches)
         if self.lose_commit_answers:
             # Committed, but the answer never reaches us (a server restart).
             self.lose_commit_answers -= 1

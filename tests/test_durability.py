@@ -60,6 +60,9 @@ async def test_sigkill_loses_no_acknowledged_intent(new_node, database_url, tmp_
     async with httpx.AsyncClient(base_url=second.url, auth=(second.secret_key, ""), timeout=10) as client:
         for intent_id, before in acknowledged.items():
             response = await client.get(f"/v1/payment_intents/{intent_id}")
+            while response.status_code == 429:  # the key's rate limit: wait as told
+                await trio.sleep(float(response.headers["Retry-After"]))
+                response = await client.get(f"/v1/payment_intents/{intent_id}")
             assert response.status_code == 200, (intent_id, response.text)
             after = response.json()
             assert status_reachable(before["status"], after["status"]), (before, after)

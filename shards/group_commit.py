@@ -1,0 +1,88 @@
+"""Group commit across a node's partitions.
+
+Each actor already commits its own mailbox's work in one write. With many
+partitions per node, that is still one round trip and one fsync per actor
+turn, and the profile showed commits, not commands, driving the cost. Here
+every actor hands its batch to the node's writers instead; a writer takes
+all the batches waiting and writes them in one statement. Results are all
+or nothing, so an actor learns exactly what it would have learnt from its
+own write: committed, or `StoreUnavailable` (after which it asks the journal
+whether the write happened anyway, as before).
+
+Each actor has at most one batch in flight, so the queue is bounded by the
+number of actors. Two writers let one batch be written while the next
+gathers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from shards.store import Batch, EventRow, IdempotencyRow, JournalRow, StoreError
+
+
+class _Waiting:
+    __slots__ = ("batch", "done", "error")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.done = trio.Event()
+        self.error: StoreError | None = None
+
+
+class GroupCommit:
+    def __init__(
+        self,
+        append_many: Callable[[Sequence[Batch]], Awaitable[None]],
+        *,
+        writers: int = 2,
+        batches_max: int = 256,
+    ) -> None:
+        self._append_many = append_many
+        self.writers = writers
+        self.batches_max = batches_max
+        self._send, self._receive = trio.open_memory_channel[_Waiting](4096)
+        self.writes_total = 0
+        self.batches_total = 0
+
+    async def append(
+        self,
+        partition: int,
+        rows: list[JournalRow],
+        idempotency: list[IdempotencyRow] = (),  # type: ignore[assignment]
+        events: list[EventRow] = (),  # type: ignore[assignment]
+    ) -> None:
+        """Same contract as `Store.append`, shared with the node's other actors."""
+        waiting = _Waiting(Batch(partition, rows, idempotency, events))
+        await self._send.send(waiting)
+        await waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.writers):
+                nursery.start_soon(self._write_forever)
+            task_status.started()
+
+    async def _write_forever(self) -> None:
+        receive = self._receive
+        while True:
+            group = [await receive.receive()]
+            while len(group) < self.batches_max:
+                try:
+                    group.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self._append_many([waiting.batch for waiting in group])
+            except StoreError as error:
+                for waiting in group:
+                    waiting.error = error
+            self.writes_total += 1
+            self.batches_total += len(group)
+            for waiting in group:
+                waiting.done.set()
