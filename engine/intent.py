@@ -106,7 +106,11 @@ class RefundStatus(enum.StrEnum):
 OPEN_ATTEMPT = (AttemptStatus.pending, AttemptStatus.unknown)
 
 
-class PaymentError(msgspec.Struct, frozen=True):
+# State kept in memory for every intent is not tracked by the garbage
+# collector (gc=False): it holds only strings, numbers and tuples of the
+# same, so it can form no cycle, and full collections over hundreds of
+# thousands of intents were what stalled actors in long runs.
+class PaymentError(msgspec.Struct, frozen=True, gc=False):
     """Why the last attempt failed, shown as `last_payment_error`."""
 
     code: str
@@ -115,7 +119,7 @@ class PaymentError(msgspec.Struct, frozen=True):
     payment_method_id: str
 
 
-class Attempt(msgspec.Struct, frozen=True):
+class Attempt(msgspec.Struct, frozen=True, gc=False):
     """One exchange with a card network. Its id is the network reference."""
 
     id: str
@@ -127,7 +131,7 @@ class Attempt(msgspec.Struct, frozen=True):
     parent_id: str | None = None  # the authorization a capture or void acts on
 
 
-class Refund(msgspec.Struct, frozen=True):
+class Refund(msgspec.Struct, frozen=True, gc=False):
     """A refund; its id is also its network reference."""
 
     id: str
@@ -142,7 +146,7 @@ class Refund(msgspec.Struct, frozen=True):
     outcome_unknown: bool = False
 
 
-class Dispute(msgspec.Struct, frozen=True):
+class Dispute(msgspec.Struct, frozen=True, gc=False):
     """A cardholder's dispute of the charge; its id is the network's reference."""
 
     id: str
@@ -152,7 +156,7 @@ class Dispute(msgspec.Struct, frozen=True):
     created_s: int
 
 
-class PaymentIntent(msgspec.Struct, frozen=True):
+class PaymentIntent(msgspec.Struct, frozen=True, gc=False):
     id: str
     merchant_id: str
     livemode: bool

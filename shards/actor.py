@@ -41,7 +41,8 @@ from shards.store import EventRow, IdempotencyRow, JournalRow, StoreUnavailable
 log = structlog.get_logger("shards.actor")
 
 ANSWER_TYPES = machine.ANSWERS
-# One log event per journaled transition, named in snake_case past tense.
+# One log event per journaled transition (at debug level: at thousands a
+# second they would cost more than the decision), named in snake_case past tense.
 LOG_EVENT_NAMES = {
     machine.IntentCreated: "intent_created",
     machine.AttemptStarted: "attempt_started",
@@ -70,22 +71,30 @@ class Outcome(msgspec.Struct, frozen=True):
 class Reply:
     """A one-shot slot a caller waits on; cheaper than a channel per request."""
 
-    __slots__ = ("_done", "value", "journaled")
+    __slots__ = ("_done", "value", "journaled", "expired")
 
     def __init__(self) -> None:
         self._done = trio.Event()
         self.value: Outcome | StoreUnavailable | None = None
         # Set when the command is durable but its reply waits for the network.
         self.journaled = False
+        # Set when the caller stopped waiting (the node's reply timeout).
+        self.expired = False
 
     def set(self, value: Outcome | StoreUnavailable) -> None:
-        assert not self._done.is_set()
+        if self._done.is_set():
+            return  # the caller gave up waiting; nobody reads this any more
         self.value = value
         self._done.set()
 
-    async def wait(self) -> Outcome | StoreUnavailable:
+    def expire(self) -> None:
+        if not self._done.is_set():
+            self.expired = True
+            self._done.set()
+
+    async def wait(self) -> Outcome | StoreUnavailable | None:
+        """The outcome, or None when the reply expired first."""
         await self._done.wait()
-        assert self.value is not None
         return self.value
 
 
@@ -445,7 +454,7 @@ class ShardActor:
                 status = event.dispute.status
             else:
                 status = event.status
-            log.info(LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status))
+            log.debug(LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status))
         awaited = waits_on(decision) if message.reply is not None else None
         if awaited is not None:
             assert message.reply is not None

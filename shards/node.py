@@ -74,6 +74,9 @@ class NodeConfig(msgspec.Struct, frozen=True):
     shard: ShardConfig = ShardConfig()
     network_timeout_s: float = 10.0
     reply_timeout_s: float = 30.0
+    # Commands in flight on the node past which new ones are refused at once
+    # (503): past capacity a queue only adds latency until everything times out.
+    in_flight_max: int = 8192
     cache_entries_max: int = 100_000
     # Terms given to new intents; fees come from each merchant's row.
     settlement_delay_s: int = 2 * 86_400
@@ -147,6 +150,8 @@ class Node:
         # when the node runs with Redis.
         self.events: Any = None
         self.group_commit: GroupCommit | None = None
+        # Replies callers wait for, oldest first, with their deadlines.
+        self._waiting: dict[Any, float] = {}
         # The address cardholders reach this node at (for 3-D Secure pages);
         # set once the HTTP server is listening.
         self.public_url = "http://127.0.0.1"
@@ -240,14 +245,22 @@ class Node:
         shard = None if partition is None else self.shards.get(partition)
         if shard is None:
             raise Overloaded(f"partition {partition} is not served by this node")
+        if len(self._waiting) >= self.config.in_flight_max:
+            raise Overloaded("too many commands in flight on this node")
         try:
             reply = shard.submit_nowait(command, claim)
         except (trio.WouldBlock, trio.ClosedResourceError) as error:
             raise Overloaded(f"partition {partition} is busy") from error
-        with trio.move_on_after(self.config.reply_timeout_s):
+        # One timer task expires late replies (expire_replies_forever): a
+        # cancel scope per command cost more than the command's decision.
+        self._waiting[reply] = trio.current_time() + self.config.reply_timeout_s
+        try:
             value = await reply.wait()
-            if isinstance(value, StoreUnavailable):
-                raise value
+        finally:
+            self._waiting.pop(reply, None)
+        if isinstance(value, StoreUnavailable):
+            raise value
+        if value is not None:
             return value
         if not reply.journaled:
             # Still not committed (the database is away): say nothing about
@@ -539,6 +552,21 @@ class Node:
                 log.info("idempotency_keys_purged", count=purged)
             await trio.sleep(every_s)
 
+    async def expire_replies_forever(self, every_s: float = 0.25) -> None:
+        """Stop callers waiting past `reply_timeout_s`. Replies are kept in
+        the order they were asked for, all with the same timeout, so only
+        the front of the queue is ever looked at."""
+        waiting = self._waiting
+        while True:
+            await trio.sleep(every_s)
+            now = trio.current_time()
+            while waiting:
+                reply, deadline = next(iter(waiting.items()))
+                if deadline > now:
+                    break
+                del waiting[reply]
+                reply.expire()
+
     def intent_of_reference(self, reference: str) -> str | None:
         """The intent an attempt or refund id belongs to, if this node has it."""
         prefix = reference.partition("_")[0]
@@ -598,6 +626,7 @@ async def _serve_partitions(node: Node, append: Any, task_status: Any) -> None:
             with notices:
                 async with trio.open_nursery() as tasks:
                     tasks.start_soon(node.relay_notices)
+                    tasks.start_soon(node.expire_replies_forever)
                     tasks.start_soon(node.purge_idempotency)
                     tasks.start_soon(node.reconcile_forever)
                     tasks.start_soon(node.compare_settlement_forever)
