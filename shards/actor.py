@@ -22,6 +22,7 @@ is what lets a synchronous API report `succeeded` or a decline.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -209,7 +210,14 @@ class ShardActor:
         self.config = config
         self._append = append
         self._perform = perform
-        self.mailbox_send, self._mailbox_receive = trio.open_memory_channel[Message](config.mailbox_commands_max)
+        # The bound applies to clients' commands only (see submit_nowait):
+        # network answers and notices always get in, so that under overload
+        # work already started still finishes instead of waiting behind new
+        # work that cannot start (which is how goodput collapses). Internal
+        # messages are bounded by their sources (network_calls_max calls in
+        # flight; bounded reconciliation and expiry passes).
+        self.mailbox_send, self._mailbox_receive = trio.open_memory_channel[Message](math.inf)
+        self._client_queued = 0
         # Client replies (and their idempotency claims) held until the answer
         # to an attempt is journaled.
         self._awaiting_answer: dict[str, tuple[Reply, Claim | None]] = {}
@@ -223,10 +231,11 @@ class ShardActor:
     def submit_nowait(self, command: Command, claim: Claim | None = None) -> Reply:
         """Queue a client command. Raises trio.WouldBlock when the mailbox is full
         or the actor is not accepting (starting up or shutting down)."""
-        if not self.state.accepting:
+        if not self.state.accepting or self._client_queued >= self.config.mailbox_commands_max:
             raise trio.WouldBlock
         reply = Reply()
         self.mailbox_send.send_nowait(Message(command, reply, claim))
+        self._client_queued += 1
         return reply
 
     def close(self) -> None:
@@ -301,6 +310,7 @@ class ShardActor:
                     batch.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            self._client_queued -= sum(1 for message in batch if message.reply is not None)
             await self._turn(batch)
 
     async def _serve_answers_after_close(self) -> None:

@@ -184,8 +184,13 @@ class CardNetwork:
         today: Callable[[], tuple[int, int]] | None = None,
         refund_failure_delay_ms: tuple[int, int] = (20, 50),
         faults: FaultSpec | None = None,
+        latency_ticks: bool = False,
     ) -> None:
         latency_ms_min, latency_ms_max = latency_ms
+        # With ticks, latencies are rounded up to whole milliseconds so that
+        # calls due together share a timer (the bench's in-process network,
+        # where the simulator's cost counts against the engine's).
+        self._latency_ticks = latency_ticks
         assert 0 <= latency_ms_min <= latency_ms_max
         delay_ms_min, delay_ms_max = refund_failure_delay_ms
         assert 0 <= delay_ms_min <= delay_ms_max
@@ -197,6 +202,8 @@ class CardNetwork:
         self._refund_failure_random = random.Random(f"{seed}:refund_failure")
         self._today = today if today is not None else _today_utc
         self._operations: dict[str, Operation] = {}
+        # Calls answering at the same millisecond tick share one timer.
+        self._ticks: dict[int, trio.Event] = {}
         self._charges: dict[str, _Charge] = {}
         # (due time, sequence of the refund, refund reference); the sequence
         # breaks ties in scheduling order.
@@ -294,7 +301,7 @@ class CardNetwork:
             self._operations[reference] = operation
         # A pending challenge's record already answers authentication_required.
         answer = _answer_of(operation)
-        await trio.sleep(latency_us / 1_000_000)
+        await self._wait_latency(latency_us)
         return answer
 
     # -- faults ----------------------------------------------------------------
@@ -447,7 +454,7 @@ class CardNetwork:
         if fault == "timeout_after":
             # Performed and recorded above; only the answer is lost.
             await trio.sleep_forever()
-        await trio.sleep(latency_us / 1_000_000)
+        await self._wait_latency(latency_us)
         return answer
 
     def _decide_and_record(
@@ -483,6 +490,31 @@ class CardNetwork:
 
     def _faults_for(self, brand: str) -> FaultSpec:
         return self._faults.per_network.get(brand, self._faults)
+
+    async def _wait_latency(self, latency_us: int) -> None:
+        """Wait out a call's latency; with ticks, rounded up to the next
+        millisecond tick.
+
+        Every call due at one tick waits on one timer: under load that is a
+        few timers a millisecond instead of one per call (a timer's wake-up
+        is one of trio's dearer operations). Should the call holding the
+        timer be cancelled, the others are answered at once rather than
+        never.
+        """
+        if not self._latency_ticks:
+            await trio.sleep(latency_us / 1_000_000)
+            return
+        tick = math.ceil((trio.current_time() + latency_us / 1_000_000) * 1000)
+        waiter = self._ticks.get(tick)
+        if waiter is not None:
+            await waiter.wait()
+            return
+        waiter = self._ticks[tick] = trio.Event()
+        try:
+            await trio.sleep_until(tick / 1000)
+        finally:
+            del self._ticks[tick]
+            waiter.set()
 
     def _latency_us(self, spec: FaultSpec) -> int:
         if spec.latency_ms is None:
@@ -534,7 +566,7 @@ class CardNetwork:
             await trio.lowlevel.checkpoint()
             raise NetworkRefused(f"network outage: {what} was not performed")
         assert fault == "error", fault
-        await trio.sleep(latency_us / 1_000_000)
+        await self._wait_latency(latency_us)
         raise NetworkRefused(f"network error: {what} was not performed")
 
     # -- decisions: pure apart from the final mutation of a charge ------------
