@@ -13,7 +13,7 @@ therefore starts, and starts again after any Redis error, from what the
 webhook ingest has durably queued (`stream_queued`), not from its own
 cursor: entries that might be lost are published again, and the ingest
 ignores the ones it already has. The published cursor is kept for
-operators: how far the relay got.
+operators: how far the relay got (written at most once a second).
 
 The relay is woken by its actor after each commit that wrote events, and
 otherwise looks again every `idle_s`, so events committed by an earlier
@@ -41,6 +41,8 @@ class OutboxRelay:
         batch_max: int = 1000,
         idle_s: float = 1.0,
         retry_s: float = 0.5,
+        gather_s: float = 0.02,
+        cursor_every_s: float = 1.0,
     ) -> None:
         self.store = store
         self.redis = redis
@@ -48,6 +50,13 @@ class OutboxRelay:
         self.batch_max = batch_max
         self.idle_s = idle_s
         self.retry_s = retry_s
+        # After publishing, wait this long so that the next query takes the
+        # events of many commits at once (a relay pass is three round trips).
+        self.gather_s = gather_s
+        # The published cursor is for operators (restarts use the ingest's),
+        # so it is written at most this often.
+        self.cursor_every_s = cursor_every_s
+        self._cursor_written_at = float("-inf")
         self.published_total = 0
         self._wake = trio.Event()
 
@@ -76,8 +85,12 @@ class OutboxRelay:
             return cursor
         await self.redis.publish_events(self.partition, rows)
         cursor = (rows[-1].seq, rows[-1].idx)
-        await self.store.move_outbox_cursor(self.partition, cursor)
+        if trio.current_time() - self._cursor_written_at >= self.cursor_every_s:
+            await self.store.move_outbox_cursor(self.partition, cursor)
+            self._cursor_written_at = trio.current_time()
         self.published_total += len(rows)
+        if len(rows) < self.batch_max:
+            await trio.sleep(self.gather_s)
         return cursor
 
 
