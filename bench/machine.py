@@ -86,22 +86,24 @@ def _cpu_times() -> tuple[float, float]:
     return (sum(values) - idle) / ticks, sum(values) / ticks
 
 
+def _proc_lines(name: str) -> list[str]:
+    """Lines of a /proc file; none where there is no /proc (not Linux)."""
+    try:
+        return Path("/proc", name).read_text().splitlines()
+    except OSError:
+        return []
+
+
 def machine_info() -> dict[str, Any]:
     cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    for line in _proc_lines("cpuinfo"):
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
     memory_gib = 0.0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
+    for line in _proc_lines("meminfo"):
+        if line.startswith("MemTotal:"):
+            memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
     versions = {}
     for package in PACKAGES:
         try:
