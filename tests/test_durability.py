@@ -38,6 +38,9 @@ async def _load(node: NodeProcess, acknowledged: dict[str, dict], seed: int) -> 
             elif response.status_code == 402:
                 intent = payload["error"]["payment_intent"]
                 acknowledged[intent["id"]] = intent
+            elif response.status_code == 429:
+                # The key's rate limit: nothing was done or acknowledged.
+                await trio.sleep(0.05)
             else:
                 assert response.status_code == 503, payload
 

@@ -123,8 +123,11 @@ def test_a_burst_over_the_limit_gets_429s_and_the_bucket_refills(node: NodeProce
     assert limited.json()["error"]["code"] == "rate_limit"
     assert int(limited.headers["Retry-After"]) >= 1
     assert limited.headers["X-RateLimit-Limit"] == "10" and limited.headers["X-RateLimit-Remaining"] == "0"
+    # The bucket may have refilled a token since the burst on a slow
+    # machine; a few calls in a row empty it again.
     with pytest.raises(stripe.RateLimitError):
-        client.v1.balance.retrieve()
+        for _ in range(20):
+            client.v1.balance.retrieve()
     time.sleep(1.2)  # 5 tokens a second: at least one is back
     assert client.v1.balance.retrieve().object == "balance"
 
