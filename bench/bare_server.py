@@ -15,10 +15,11 @@ import sys
 
 import msgspec
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
+
+from gateway.server import hypercorn_config
 
 _json = msgspec.json.Encoder()
 
@@ -32,19 +33,6 @@ def create_app() -> QuartTrio:
         return Response(_json.encode({"object": "echo", "id": "echo_1", "bytes": len(body)}), content_type="application/json")
 
     return app
-
-
-def hypercorn_config(host: str, port: int) -> HypercornConfig:
-    """The settings gateway/server.py's run_up gives the node's server."""
-    config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 3
-    config.keep_alive_timeout = 75
-    config.h11_max_incomplete_size = 16 * 1024
-    config.h2_max_inbound_frame_size = 16 * 1024
-    return config
 
 
 async def main(host: str, port: int) -> None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from bench.arrivals import DEFAULT_MIX, parse_mix
+from gateway.cli import fault_spec, latency_range
 
 RATE_PER_S_MAX = 100_000
 DURATION_S_MAX = 3600
@@ -77,27 +78,6 @@ def _mix(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _faults(text: str) -> str:
-    from simulators import faults
-
-    try:
-        faults.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
-def _latency_range(text: str) -> tuple[int, int]:
-    low, _, high = text.partition("..")
-    try:
-        pair = (int(low), int(high or low))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected MIN..MAX in milliseconds, e.g. 1..5") from None
-    if not 0 <= pair[0] <= pair[1] <= 60_000:
-        raise argparse.ArgumentTypeError("expected 0 <= MIN <= MAX <= 60000")
-    return pair
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("engine", "http"), default="engine", help="engine: shard actors in-process; http: a node over loopback (default engine)")
     parser.add_argument("--rate", type=_bounded_number(0.1, RATE_PER_S_MAX), required=True, metavar="N", help=f"offered payments per second (0.1 to {RATE_PER_S_MAX:,})")
@@ -107,11 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--processes", type=_bounded_number(1, PROCESSES_MAX, whole=True), default=2, metavar="K",
         help="engine mode: node processes, each serving a fixed share of the partitions, each with its share of the load (default 2)",
     )
-    parser.add_argument("--faults", type=_faults, default="", metavar="SPEC", help="card-network faults, e.g. timeout_after=0.01,error=0.01,latency_ms=5..50 (see payments sim --help)")
+    parser.add_argument("--faults", type=fault_spec, default="", metavar="SPEC", help="card-network faults, e.g. timeout_after=0.01,error=0.01,latency_ms=5..50 (see payments sim --help)")
     parser.add_argument("--mix", type=_mix, default=DEFAULT_MIX, metavar="SPEC", help=f"scenario weights (default {DEFAULT_MIX})")
     parser.add_argument("--seed", type=_bounded_number(0, 2**31 - 1, whole=True), default=0, metavar="N", help="seed of arrivals, amounts, mix and simulator (default 0)")
     parser.add_argument("--report", type=Path, default=None, metavar="DIR", help="write report.json, report.md and PNG plots here")
-    parser.add_argument("--network-latency-ms", type=_latency_range, default=(1, 5), metavar="MIN..MAX", help="simulated card-network latency (default 1..5)")
+    parser.add_argument("--network-latency-ms", type=latency_range, default=(1, 5), metavar="MIN..MAX", help="simulated card-network latency (default 1..5)")
     parser.add_argument("--connections", type=_bounded_number(1, CONNECTIONS_MAX, whole=True), default=64, metavar="N", help="http mode: keep-alive connections in the client's pool (default 64)")
     parser.add_argument("--drain", type=_bounded_number(0, 600), default=30.0, metavar="S", help="after the last arrival, wait this long for payments in flight (default 30)")
     parser.add_argument("--baseline-seconds", type=_bounded_number(0, 60), default=5.0, metavar="S", help="how long each baseline runs; 0 skips them (default 5)")

@@ -86,6 +86,25 @@ async def open_network(settings: UpSettings) -> AsyncIterator[Any]:
         yield CardNetwork(seed=settings.seed, latency_ms=settings.network_latency_ms, faults=faults.parse(settings.faults))
 
 
+def hypercorn_config(host: str, port: int) -> HypercornConfig:
+    """The HTTP server settings of the node (and of the simulators and the
+    bench's bare baseline, so that they are compared on equal terms)."""
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    # No access log, and no error log with tracebacks: ours logs what matters.
+    config.accesslog = None
+    config.errorlog = None
+    # Idle keep-alive connections hold a graceful shutdown open until this
+    # runs out; requests still running after it are cut off unacknowledged,
+    # and the actors still journal what they started.
+    config.graceful_timeout = 3
+    config.keep_alive_timeout = 75
+    # Bounds on what a client may send before the app sees it.
+    config.h11_max_incomplete_size = 16 * 1024
+    config.h2_max_inbound_frame_size = 16 * 1024
+    return config
+
+
 def dispatch_config() -> DispatchConfig:
     """Webhook delivery settings; the retry schedule may come from
     PAYMENTS_WEBHOOK_RETRY_SCHEDULE (checked by the CLI before start)."""
@@ -141,18 +160,7 @@ async def run_up(settings: UpSettings) -> None:
                 node.redis = redis
                 node.events = EventWorkers(store, redis, vault, render_event, dispatch_config())
                 await nursery.start(node.events.run, node.shards)
-                config = HypercornConfig()
-                config.bind = [f"{settings.host}:{settings.port}"]
-                config.accesslog = None
-                config.errorlog = None
-                # Idle keep-alive connections hold a graceful shutdown open until
-                # this runs out; requests still running after it are cut off
-                # unacknowledged, and the actors still journal what they started.
-                config.graceful_timeout = 3
-                config.keep_alive_timeout = 75
-                # Bounds on what a client may send before the app sees it.
-                config.h11_max_incomplete_size = 16 * 1024
-                config.h2_max_inbound_frame_size = 16 * 1024
+                config = hypercorn_config(settings.host, settings.port)
                 stop = trio.Event()
                 binds = await nursery.start(_serve_http, create_app(node), config, stop, node)
                 node.public_url = binds[0]

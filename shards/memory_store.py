@@ -44,20 +44,11 @@ class MemoryStore:
         idempotency: Sequence[IdempotencyRow] = (),
         events: Sequence[EventRow] = (),
     ) -> None:
-        await self._io()
-        journal = self.journal.setdefault(partition, [])
-        expected = journal[-1].seq + 1 if journal else 1
-        if rows and rows[0].seq != expected:
-            raise JournalConflict(f"partition {partition}: seq {rows[0].seq}, expected {expected}")
-        journal.extend(rows)
-        self.events.extend(events)
-        for row in idempotency:
-            existing = self.idempotency.get((row.merchant_id, row.key))
-            if existing is None or (existing.status_code is None and existing.fingerprint == row.fingerprint):
-                self.idempotency[(row.merchant_id, row.key)] = row
+        await self.append_many([Batch(partition, rows, idempotency, events)])
 
     async def append_many(self, batches: Sequence[Batch]) -> None:
-        # All or none, as the database does: check every batch first.
+        """All or none, as the database does: every batch is checked before
+        any is written, and nothing yields in between."""
         await self._io()
         for batch in batches:
             journal = self.journal.get(batch.partition, [])
@@ -65,7 +56,12 @@ class MemoryStore:
             if batch.rows and batch.rows[0].seq != expected:
                 raise JournalConflict(f"partition {batch.partition}: seq {batch.rows[0].seq}, expected {expected}")
         for batch in batches:
-            await self.append(batch.partition, batch.rows, batch.idempotency, batch.events)
+            self.journal.setdefault(batch.partition, []).extend(batch.rows)
+            self.events.extend(batch.events)
+            for row in batch.idempotency:
+                existing = self.idempotency.get((row.merchant_id, row.key))
+                if existing is None or (existing.status_code is None and existing.fingerprint == row.fingerprint):
+                    self.idempotency[(row.merchant_id, row.key)] = row
 
     async def journal_position(self, partition: int) -> int:
         await self._io()

@@ -35,7 +35,6 @@ from typing import Any
 import msgspec
 import structlog
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -48,6 +47,7 @@ from engine.network import (
     RefundRequest,
     VoidRequest,
 )
+from gateway.server import hypercorn_config
 from simulators import faults as fault_specs
 from simulators.card_network import CardNetwork
 
@@ -62,10 +62,6 @@ NOTICE_POLL_S_MAX = 25.0
 NOTICE_POLL_S_DEFAULT = 10.0
 # Fault spec text is a short list of name=value pairs.
 FAULT_SPEC_CHARS_MAX = 1000
-# Idle keep-alive connections are dropped after this, and a graceful
-# shutdown waits at most this long for requests in flight.
-KEEP_ALIVE_TIMEOUT_S = 75
-GRACEFUL_TIMEOUT_S = 3
 
 
 class InquiryBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -269,20 +265,6 @@ def create_app(network: CardNetwork, *, faults: fault_specs.FaultSpec | None = N
         return _json({"spec": fault_specs.format(spec), "counts": network.fault_counts()})
 
     return app
-
-
-def hypercorn_config(host: str, port: int) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
-    # See the module docstring: no access log, no error log with tracebacks.
-    config.accesslog = None
-    config.errorlog = None
-    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
-    config.graceful_timeout = GRACEFUL_TIMEOUT_S
-    # Bounds on what a client may send before the app sees it.
-    config.h11_max_incomplete_size = 16 * 1024
-    config.h2_max_inbound_frame_size = 16 * 1024
-    return config
 
 
 async def serve_network(
