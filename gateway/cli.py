@@ -37,6 +37,11 @@ def configure_logging(level: str) -> None:
     )
 
 
+def embedded_default() -> bool:
+    """Whether `up` runs on the embedded servers (no external ones named)."""
+    return not os.environ.get("PAYMENTS_DATABASE_URL") and not os.environ.get("PAYMENTS_REDIS_URL")
+
+
 def database_url(data_dir: Path) -> str:
     url = os.environ.get("PAYMENTS_DATABASE_URL")
     if url:
@@ -130,6 +135,19 @@ def parser() -> argparse.ArgumentParser:
         "--faults", type=fault_spec, default="", metavar="SPEC",
         help="faults for the in-process simulator, e.g. timeout_after=0.02,error=0.01,latency_ms=5..200"
         " (ignored with PAYMENTS_SIMULATOR_URL)",
+    )
+    up.add_argument(
+        "--allow-private-webhooks", action="store_true",
+        help="let webhook endpoints point at loopback, private, link-local and other internal addresses"
+        " (local development only; on by itself with the embedded servers)",
+    )
+    up.add_argument(
+        "--connections-per-client-max", type=bounded_int(1, 100_000), default=256, metavar="N",
+        help="open connections one client address may hold; more are refused (default 256)",
+    )
+    up.add_argument(
+        "--header-timeout-s", type=bounded_int(1, 600), default=10, metavar="SECONDS",
+        help="time a new connection has to send its first request's headers (default 10)",
     )
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -361,6 +379,11 @@ def command_up(arguments: argparse.Namespace) -> int:
             faults=arguments.faults,
             archive_every_s=float(os.environ.get("PAYMENTS_ARCHIVE_EVERY_S", "300")),
             retention_days=int(os.environ.get("PAYMENTS_RETENTION_DAYS", "30")),
+            # The embedded servers mean a developer's machine: webhooks to a
+            # local receiver are what they want, and `up` says it allows them.
+            allow_private_webhooks=arguments.allow_private_webhooks or embedded_default(),
+            connections_per_client_max=arguments.connections_per_client_max,
+            header_timeout_s=arguments.header_timeout_s,
         )
         trio.run(run_up, settings)
     return 0

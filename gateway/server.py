@@ -59,6 +59,9 @@ class UpSettings(msgspec.Struct, frozen=True):
     faults: str = ""
     archive_every_s: float = 300.0
     retention_days: int | None = 30
+    allow_private_webhooks: bool = False
+    connections_per_client_max: int = 256
+    header_timeout_s: int = 10
 
 
 async def test_merchant(store: Store, data_dir: Path) -> MerchantKeys:
@@ -105,14 +108,14 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
     return config
 
 
-def dispatch_config() -> DispatchConfig:
+def dispatch_config(*, allow_private: bool = False) -> DispatchConfig:
     """Webhook delivery settings; the retry schedule may come from
     PAYMENTS_WEBHOOK_RETRY_SCHEDULE (checked by the CLI before start)."""
     text = os.environ.get("PAYMENTS_WEBHOOK_RETRY_SCHEDULE")
     timeout_s = float(os.environ.get("PAYMENTS_WEBHOOK_TIMEOUT_S", "10"))
     if text is None:
-        return DispatchConfig(timeout_s=timeout_s)
-    return DispatchConfig(schedule_s=parse_schedule(text), timeout_s=timeout_s)
+        return DispatchConfig(timeout_s=timeout_s, allow_private=allow_private)
+    return DispatchConfig(schedule_s=parse_schedule(text), timeout_s=timeout_s, allow_private=allow_private)
 
 
 async def _archive(store: Store, settings: UpSettings, scope: trio.CancelScope) -> None:
@@ -158,13 +161,13 @@ async def run_up(settings: UpSettings) -> None:
                 )
                 node = await nursery.start(run_node, store, vault, network, node_config)
                 node.redis = redis
-                node.events = EventWorkers(store, redis, vault, render_event, dispatch_config())
+                node.events = EventWorkers(store, redis, vault, render_event, dispatch_config(allow_private=settings.allow_private_webhooks))
                 await nursery.start(node.events.run, node.shards)
                 config = hypercorn_config(settings.host, settings.port)
                 stop = trio.Event()
                 binds = await nursery.start(_serve_http, create_app(node), config, stop, node)
                 node.public_url = binds[0]
-                announce(binds[0], keys)
+                announce(binds[0], keys, allow_private_webhooks=settings.allow_private_webhooks)
                 archiving = trio.CancelScope()
                 nursery.start_soon(_archive, store, settings, archiving)
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -178,9 +181,11 @@ async def run_up(settings: UpSettings) -> None:
             await redis.close()
 
 
-def announce(url: str, keys: MerchantKeys) -> None:
+def announce(url: str, keys: MerchantKeys, *, allow_private_webhooks: bool = False) -> None:
     print(f"payments up: listening on {url}", flush=True)
     print(f"test merchant: {keys.id}", flush=True)
     print(f"secret key:    {keys.secret_key}", flush=True)
     print(f"publishable:   {keys.publishable_key}", flush=True)
+    if allow_private_webhooks:
+        print("webhooks:      endpoints on loopback and private addresses allowed (local development)", flush=True)
     print("Ctrl-C drains the mailboxes and stops.", flush=True)

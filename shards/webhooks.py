@@ -287,6 +287,9 @@ class DispatchConfig(msgspec.Struct, frozen=True):
     concurrency_per_endpoint: int = 4
     scan_rows_max: int = 1000
     poll_s: float = 1.0
+    # Let endpoints point at loopback, private and other internal addresses
+    # (`payments up --allow-private-webhooks`, local development only).
+    allow_private: bool = False
 
 
 class Dispatcher:
