@@ -48,6 +48,7 @@ import enum
 import msgspec
 
 from engine import ledger, money
+from engine.urls import return_url_allowed
 from engine.ledger import Transfer, TransferKind
 from engine.results import Result
 
@@ -55,7 +56,6 @@ METADATA_KEYS_MAX = 50
 METADATA_KEY_CHARS_MAX = 40
 METADATA_VALUE_CHARS_MAX = 500
 DESCRIPTION_CHARS_MAX = 1000
-RETURN_URL_CHARS_MAX = 2048
 REFUNDS_PER_INTENT_MAX = 100
 
 CANCELLATION_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer", "abandoned"})
@@ -615,7 +615,12 @@ def decide(intent: PaymentIntent | None, command: Command) -> Decision:
 
 
 def check_create_shape(
-    amount: int, currency: str, metadata: dict[str, str], description: str | None, return_url: str | None = None
+    amount: int,
+    currency: str,
+    metadata: dict[str, str],
+    description: str | None,
+    return_url: str | None = None,
+    livemode: bool = False,
 ) -> Decision | None:
     """The shape checks of a create, which need no state: the gateway runs
     them before a request counts as executed (so a refusal stores no
@@ -630,13 +635,15 @@ def check_create_shape(
         return refuse(Result.metadata_invalid, "metadata")
     if not check_text(description, DESCRIPTION_CHARS_MAX):
         return refuse(Result.metadata_invalid, "description")
-    if not check_text(return_url, RETURN_URL_CHARS_MAX):
-        return refuse(Result.metadata_invalid, "return_url")
+    if return_url is not None and not return_url_allowed(return_url, livemode):
+        return refuse(Result.return_url_invalid, "return_url")
     return None
 
 
 def _decide_create(existing: PaymentIntent | None, command: CreateIntent) -> Decision:
-    refusal = check_create_shape(command.amount, command.currency, command.metadata, command.description, command.return_url)
+    refusal = check_create_shape(
+        command.amount, command.currency, command.metadata, command.description, command.return_url, command.livemode
+    )
     if refusal is not None:
         return refusal
     if existing is not None:
@@ -713,8 +720,8 @@ def _decide_confirm(intent: PaymentIntent, command: ConfirmIntent) -> Decision:
         status=AttemptStatus.pending,
         created_s=command.at_s,
     )
-    if not check_text(command.return_url, RETURN_URL_CHARS_MAX):
-        return refuse(Result.metadata_invalid, "return_url")
+    if command.return_url is not None and not return_url_allowed(command.return_url, command.livemode):
+        return refuse(Result.return_url_invalid, "return_url")
     return _start(intent, attempt, target, command.return_url)
 
 

@@ -19,6 +19,7 @@ class Result(enum.StrEnum):
     refund_reason_invalid = "refund_reason_invalid"
     currency_unknown = "currency_unknown"
     metadata_invalid = "metadata_invalid"
+    return_url_invalid = "return_url_invalid"
     # lookups: the command names something that is not there for this caller
     intent_missing = "intent_missing"
     intent_exists = "intent_exists"

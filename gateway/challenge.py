@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from quart import Response, redirect, request
 from quart_trio import QuartTrio
 
+from engine.urls import return_url_allowed
 from shards.node import Node
 
 PAGE = """<!doctype html>
@@ -62,7 +63,9 @@ def register(app: QuartTrio, node: Node) -> None:
             return _page(DONE.format(title="No authentication is waiting here"), 404)
         intent_id = node.intent_of_reference(reference)
         intent = None if intent_id is None else node.intent(intent_id)
-        if intent is not None and intent.return_url:
+        # Checked again here: an intent journaled before return URLs were
+        # checked may hold one that must not become a redirect.
+        if intent is not None and intent.return_url and return_url_allowed(intent.return_url, intent.livemode):
             separator = "&" if "?" in intent.return_url else "?"
             return redirect(intent.return_url + separator + urlencode({"payment_intent": intent.id}), 303)
         title = "Authentication complete" if result == "pass" else "Authentication failed"

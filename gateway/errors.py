@@ -90,6 +90,13 @@ def from_result(result: Result, param: str | None, *, amount: object = None, sta
             param=param,
             code="parameter_invalid",
         )
+    if result is Result.return_url_invalid:
+        return invalid_request(
+            "Invalid return_url: it must be an absolute https URL of at most 2048 characters"
+            " (http only to a local address in test mode).",
+            param="return_url",
+            code="url_invalid",
+        )
     if result is Result.payment_method_required:
         return invalid_request(
             "You cannot confirm this PaymentIntent because it's missing a payment method.",
