@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 from engine import cards
 from engine import intent as machine
 from engine.results import Result
+from engine.urls import return_url_allowed
 from gateway import challenge, errors, objects, openapi, pages, params, signing, webhook_routes
 from gateway.openapi import api
 from gateway.errors import ApiError
@@ -432,7 +433,9 @@ def create_app(node: Node) -> QuartTrio:
         body = await read_body()
         values = params.convert(body, params.CreatePaymentIntent)
         render_outcome = functools.partial(render_intent, amount=values.amount)
-        refusal = machine.check_create_shape(values.amount, values.currency.lower(), values.metadata, values.description, values.return_url)
+        refusal = machine.check_create_shape(
+            values.amount, values.currency.lower(), values.metadata, values.description, values.return_url, key.livemode
+        )
         if refusal is not None:
             raise errors.from_result(refusal.result, refusal.param, amount=values.amount)
         async with idempotent(key, body, render_outcome) as claim:
@@ -478,6 +481,8 @@ def create_app(node: Node) -> QuartTrio:
         intent = owned_intent(intent_id, key)
         body = await read_body()
         values = params.convert(body, params.ConfirmPaymentIntent)
+        if values.return_url is not None and not return_url_allowed(values.return_url, key.livemode):
+            raise errors.from_result(Result.return_url_invalid, "return_url")
         if key.kind == "publishable" and not (
             values.client_secret is not None and hmac.compare_digest(values.client_secret.encode(), intent.client_secret.encode())
         ):
