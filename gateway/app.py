@@ -135,9 +135,18 @@ def create_app(node: Node) -> QuartTrio:
     @app.after_request
     async def add_request_id(response: Response) -> Response:
         response.headers["Request-Id"] = "req_" + secrets.token_urlsafe(12)
+        if response.status_code >= 400 and body_left_unread():
+            # The client is still sending a body nobody will read: keeping the
+            # connection would leave those bytes to be parsed as its next
+            # request, which then hangs. Close it after this answer.
+            response.headers["Connection"] = "close"
         for name, value in getattr(g, "rate_limit", {}).items():
             response.headers[name] = value
         return response
+
+    def body_left_unread() -> bool:
+        sends_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        return sends_body and not g.get("body_read", False)
 
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
@@ -237,6 +246,7 @@ def create_app(node: Node) -> QuartTrio:
         secret = node.signing_secret(key)
         assert secret is not None, key.merchant_id
         body = await request.get_data(cache=True, as_text=False)
+        g.body_read = True
         path = request.path + ("?" + request.query_string.decode("latin-1") if request.query_string else "")
         try:
             nonce = signing.verify(secret, request.headers.get(signing.HEADER), request.method, path, body, int(time.time()))
@@ -259,6 +269,7 @@ def create_app(node: Node) -> QuartTrio:
                 f"The request body is larger than {BODY_BYTES_MAX} bytes.", code="request_too_large"
             )
         body = await request.get_data(cache=True, as_text=False)
+        g.body_read = True
         content_type = (request.mimetype or "").lower()
         if body and content_type not in FORM_CONTENT_TYPES:
             raise errors.invalid_request(
@@ -358,9 +369,9 @@ def create_app(node: Node) -> QuartTrio:
         try:
             now_s = int(time.time())
             found = await records.find(key.merchant_id, header, now_s)
-            request_fingerprint = idempotency.fingerprint(request.method, request.path, values)
+            request_fingerprint = records.fingerprint(request.method, request.path, values)
             if found is not None:
-                if found.fingerprint != request_fingerprint:
+                if not records.matches(found.fingerprint, request.method, request.path, values):
                     raise ApiError(
                         400,
                         "idempotency_error",

@@ -21,15 +21,16 @@ import structlog
 import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from gateway.app import create_app
+from gateway.listener import ConnectionLimits, serve_guarded
 from gateway.objects import render_event
 from shards.redis_link import RedisLink, RedisUnavailable
 from shards.merchants import MerchantKeys, create_merchant
 from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, hash_key, run_node
 from shards import audit
+from shards import idempotency
 from shards.store import Store
 from shards.vault import Vault
 from shards.network_client import HttpCardNetwork
@@ -129,9 +130,9 @@ async def _archive(store: Store, settings: UpSettings, scope: trio.CancelScope) 
         await audit.archive_forever(store, archive, settings.archive_every_s, retention_days=settings.retention_days)
 
 
-async def _serve_http(app: Any, config: HypercornConfig, stop: trio.Event, node: Node, *, task_status: Any) -> None:
+async def _serve_http(app: Any, config: HypercornConfig, limits: ConnectionLimits, stop: trio.Event, node: Node, *, task_status: Any) -> None:
     try:
-        await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+        await serve_guarded(app, config, limits, shutdown_trigger=stop.wait, task_status=task_status)
     finally:
         node.stop_accepting()
 
@@ -152,6 +153,7 @@ async def run_up(settings: UpSettings) -> None:
                 log.warning("redis_unavailable_at_start", error=str(error))
             keys = await test_merchant(store, settings.data_dir)
             vault = Vault.from_config(settings.data_dir)
+            await idempotency.rekey_legacy_fingerprints(store, vault)
             async with open_network(settings) as network, trio.open_nursery() as nursery:
                 node_config = NodeConfig(
                     partitions=partitions,
@@ -165,7 +167,8 @@ async def run_up(settings: UpSettings) -> None:
                 await nursery.start(node.events.run, node.shards)
                 config = hypercorn_config(settings.host, settings.port)
                 stop = trio.Event()
-                binds = await nursery.start(_serve_http, create_app(node), config, stop, node)
+                limits = ConnectionLimits(per_client_max=settings.connections_per_client_max, header_timeout_s=settings.header_timeout_s)
+                binds = await nursery.start(_serve_http, create_app(node), config, limits, stop, node)
                 node.public_url = binds[0]
                 announce(binds[0], keys, allow_private_webhooks=settings.allow_private_webhooks)
                 archiving = trio.CancelScope()

@@ -1,0 +1,186 @@
+"""The node's HTTP listener: hypercorn's connections behind our own accept loop.
+
+hypercorn's `serve` gives no hold on a connection, and a payment API needs
+three:
+
+- a cap on the connections one client address holds at once (past it, the
+  next one is answered 503 and closed), so one client cannot take every
+  socket the node has;
+- a deadline for a new connection's first request headers, so a client that
+  connects and dribbles bytes (slowloris) is cut off;
+- a way for the app to end a connection after an answer it gave before
+  reading the body (an oversized body, a refused key): hypercorn would
+  otherwise keep the connection while the unread body fills the app's queue,
+  and the client's next request on it waits until someone gives up.
+
+The app is wrapped (`guarded_app`) so that it finds its connection's guard in
+the ASGI scope's `state`, which hypercorn copies per request from the
+connection's.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+log = structlog.get_logger("gateway.listener")
+
+GUARD_KEY = "payments.connection_guard"
+
+REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s"
+)
+REFUSED_BODY = (
+    b'{"error": {"type": "api_error", "code": "too_many_connections",'
+    b' "message": "This client holds too many open connections. Reuse one, or retry shortly."}}'
+)
+
+
+class ConnectionLimits(msgspec.Struct, frozen=True):
+    per_client_max: int = 256
+    header_timeout_s: float = 10.0
+    # How long a connection the app asked to close may linger while the
+    # client reads the answer; past it the socket is closed whatever it holds.
+    close_linger_s: float = 1.0
+
+
+class ConnectionGuard:
+    """One connection's deadline, moved by the app as requests come and go."""
+
+    def __init__(self, scope: trio.CancelScope, limits: ConnectionLimits) -> None:
+        self.scope = scope
+        self.limits = limits
+        self.requests = 0
+
+    def request_started(self) -> None:
+        self.requests += 1
+        # From here hypercorn's own keep-alive timer bounds the connection.
+        self.scope.deadline = math.inf
+
+    def close_soon(self) -> None:
+        self.scope.deadline = min(self.scope.deadline, trio.current_time() + self.limits.close_linger_s)
+
+
+class GuardedConnection(TCPServer):
+    """hypercorn's connection, ended as soon as its client's side is done:
+    hypercorn itself would keep it (and its place under the client's cap)
+    until its keep-alive timer runs out."""
+
+    def __init__(self, app: Any, config: HypercornConfig, context: WorkerContext, state: Any, stream: Any, scope: trio.CancelScope) -> None:
+        super().__init__(app, config, context, state, stream)
+        self._connection_scope = scope
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            # The client closed or went silent past the read timeout; hypercorn
+            # has already told the app. Nothing is left to serve.
+            self._connection_scope.cancel()
+
+
+def guarded_app(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """`app`, telling its connection's guard when a request starts and when
+    an answer asked for the connection to be closed."""
+
+    async def asgi(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], send: Callable[..., Awaitable[None]]) -> None:
+        guard = scope.get("state", {}).get(GUARD_KEY) if scope["type"] == "http" else None
+        if guard is None:
+            await app(scope, receive, send)
+            return
+        guard.request_started()
+        closing = False
+
+        async def send_watched(message: dict[str, Any]) -> None:
+            nonlocal closing
+            if message["type"] == "http.response.start":
+                closing = any(name.lower() == b"connection" and b"close" in value.lower() for name, value in message.get("headers", ()))
+            if closing and message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Before the last part goes out: sending it is where hypercorn
+                # may wait for the unread body to drain, which never happens.
+                guard.close_soon()
+            await send(message)
+
+        await app(scope, receive, send_watched)
+
+    return asgi
+
+
+async def serve_guarded(
+    app: Any,
+    config: HypercornConfig,
+    limits: ConnectionLimits,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` (plain HTTP/1.1) on `config.bind` until `shutdown_trigger`
+    returns, then let requests in flight finish for `config.graceful_timeout`.
+    Reports the bound URLs through `task_status`."""
+    wrapped = wrap_app(guarded_app(app), config.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    held: dict[str, int] = {}
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            client = stream.socket.getpeername()[0]
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        if held.get(client, 0) >= limits.per_client_max:
+            log.warning("connection_refused", reason="per_client_max", connections=held[client])
+            with trio.move_on_after(1):
+                await stream.send_all(REFUSED % (len(REFUSED_BODY), REFUSED_BODY))
+            await trio.aclose_forcefully(stream)
+            return
+        held[client] = held.get(client, 0) + 1
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + limits.header_timeout_s) as scope:
+                state = ConnectionState({**lifespan_state, GUARD_KEY: ConnectionGuard(scope, limits)})
+                await GuardedConnection(wrapped, config, context, state, stream, scope)
+        finally:
+            held[client] -= 1
+            if not held[client]:
+                del held[client]
+            await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            sockets = config.create_sockets()
+            listeners = []
+            binds = []
+            for sock in sockets.insecure_sockets:
+                sock.listen(config.backlog)
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(functools.partial(trio.serve_listeners, handle, listeners, handler_nursery=connections))
+                task_status.started(binds)
+                await shutdown_trigger()
+                accepting.cancel_scope.cancel()
+            # Idle keep-alive connections close at once; busy ones get the
+            # graceful timeout to finish their request.
+            await context.terminated.set()
+            connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
