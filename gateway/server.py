@@ -9,6 +9,7 @@ its open network calls, then close the database pool.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ import msgspec
 import structlog
 import trio
 import trio_asyncio
+from cryptography.exceptions import InvalidTag
 from hypercorn.config import Config as HypercornConfig
 
 from gateway.app import create_app
@@ -65,17 +67,49 @@ class UpSettings(msgspec.Struct, frozen=True):
     header_timeout_s: int = 10
 
 
-async def test_merchant(store: Store, data_dir: Path) -> MerchantKeys:
-    """The local test merchant: made once, its keys kept (mode 0600) in the data dir."""
-    path = data_dir / TEST_MERCHANT_FILE
-    if path.exists():
-        keys = msgspec.json.decode(path.read_bytes(), type=MerchantKeys)
-        if await store.find_api_key(hash_key(keys.secret_key)) is not None:
-            return keys
-    keys = await create_merchant(store, "Test merchant")
+class StoredTestMerchant(msgspec.Struct, frozen=True):
+    """What the data dir keeps of the local test merchant: its secret key
+    only sealed by the vault, so the file alone gives nobody the key."""
+
+    id: str
+    publishable_key: str
+    secret_key_sealed: str | None = None  # base64 of the vault's seal
+    secret_key: str | None = None  # written by older versions, in clear
+
+
+def _read_test_merchant(path: Path, vault: Vault) -> MerchantKeys | None:
+    if not path.exists():
+        return None
+    stored = msgspec.json.decode(path.read_bytes(), type=StoredTestMerchant)
+    secret = stored.secret_key
+    if stored.secret_key_sealed is not None:
+        try:
+            secret = vault.unseal(base64.b64decode(stored.secret_key_sealed), stored.id)
+        except InvalidTag:
+            log.warning("test_merchant_key_unreadable", reason="sealed under another card key")
+            return None
+    return None if secret is None else MerchantKeys(stored.id, secret, stored.publishable_key)
+
+
+def _write_test_merchant(path: Path, vault: Vault, keys: MerchantKeys) -> None:
+    sealed = base64.b64encode(vault.seal(keys.secret_key, keys.id)).decode()
+    stored = StoredTestMerchant(keys.id, keys.publishable_key, secret_key_sealed=sealed)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
-        handle.write(msgspec.json.encode(keys))
+        handle.write(msgspec.json.encode(stored))
+
+
+async def test_merchant(store: Store, data_dir: Path, vault: Vault) -> MerchantKeys:
+    """The local test merchant: made once, its secret key kept sealed (in a
+    file of mode 0600) in the data dir. A file from an older version, with
+    the key in clear, is rewritten sealed."""
+    path = data_dir / TEST_MERCHANT_FILE
+    keys = _read_test_merchant(path, vault)
+    if keys is not None and await store.find_api_key(hash_key(keys.secret_key)) is not None:
+        _write_test_merchant(path, vault, keys)
+        return keys
+    keys = await create_merchant(store, "Test merchant")
+    _write_test_merchant(path, vault, keys)
     return keys
 
 
@@ -151,8 +185,8 @@ async def run_up(settings: UpSettings) -> None:
                 # Payments go on without Redis: rate limits fail open, signed
                 # requests are refused, events wait in the outbox.
                 log.warning("redis_unavailable_at_start", error=str(error))
-            keys = await test_merchant(store, settings.data_dir)
             vault = Vault.from_config(settings.data_dir)
+            keys = await test_merchant(store, settings.data_dir, vault)
             await idempotency.rekey_legacy_fingerprints(store, vault)
             async with open_network(settings) as network, trio.open_nursery() as nursery:
                 node_config = NodeConfig(
