@@ -262,6 +262,8 @@ def _run(arguments: argparse.Namespace, command: str, url: str, console: Console
             node_arguments = [
                 "--partitions", str(arguments.partitions), "--seed", str(arguments.seed), "--log-level", arguments.log_level,
                 "--network-latency-ms", f"{arguments.network_latency_ms[0]}..{arguments.network_latency_ms[1]}",
+                # Every bench connection comes from loopback: one client to the node's cap.
+                "--connections-per-client-max", str(arguments.connections + 16),
             ]
             if arguments.faults:
                 node_arguments += ["--faults", arguments.faults]
