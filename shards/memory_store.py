@@ -96,6 +96,21 @@ class MemoryStore:
             del self.idempotency[name]
         return len(expired)
 
+    async def idempotency_fingerprints_after(self, after: tuple[str, str], rows_max: int) -> list[tuple[str, str, bytes]]:
+        await self._io()
+        names = sorted(name for name in self.idempotency if name > after)[:rows_max]
+        return [(*name, self.idempotency[name].fingerprint) for name in names]
+
+    async def replace_idempotency_fingerprints(self, rows: Sequence[tuple[str, str, bytes, bytes]]) -> int:
+        await self._io()
+        replaced = 0
+        for merchant_id, key, old, new in rows:
+            row = self.idempotency.get((merchant_id, key))
+            if row is not None and row.fingerprint == old:
+                self.idempotency[(merchant_id, key)] = msgspec.structs.replace(row, fingerprint=new)
+                replaced += 1
+        return replaced
+
     def snapshot(self) -> bytes:
         """The whole journal, encoded: two runs of one seed must produce the same bytes."""
         return msgspec.json.encode({str(p): [(r.seq, r.kind, r.body) for r in rows] for p, rows in sorted(self.journal.items())})

@@ -144,7 +144,7 @@ class Node:
         self._payment_methods = BoundedCache(config.cache_entries_max)
         self._api_keys = BoundedCache(config.cache_entries_max)
         self.stop_relay: Any = lambda: None
-        self.idempotency = IdempotencyRecords(store, ttl_s=config.idempotency_ttl_s)
+        self.idempotency = IdempotencyRecords(store, vault, ttl_s=config.idempotency_ttl_s)
         # Rate-limit buckets and signature nonces; None runs without both.
         self.redis: RedisLink | None = None
         # The outbox relays and webhook workers (shards.webhooks.EventWorkers),

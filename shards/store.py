@@ -1098,6 +1098,41 @@ class Store:
 
         return await self._call(run)
 
+    async def idempotency_fingerprints_after(self, after: tuple[str, str], rows_max: int) -> list[tuple[str, str, bytes]]:
+        """(merchant_id, key, fingerprint) of at most `rows_max` records that
+        come after `after` in key order, in that order: pages through the table
+        on its primary key, expired records included."""
+
+        async def run() -> list[tuple[str, str, bytes]]:
+            async with self._connection() as connection:
+                rows = await connection.fetch(
+                    "SELECT merchant_id, key, fingerprint FROM idempotency_keys"
+                    " WHERE (merchant_id, key) > ($1, $2) ORDER BY merchant_id, key LIMIT $3",
+                    after[0],
+                    after[1],
+                    rows_max,
+                )
+            return [(row["merchant_id"], row["key"], row["fingerprint"]) for row in rows]
+
+        return await self._call(run)
+
+    async def replace_idempotency_fingerprints(self, rows: Sequence[tuple[str, str, bytes, bytes]]) -> int:
+        """For each (merchant_id, key, old, new): set the record's fingerprint
+        to `new` if it still is `old`, all in one statement. Returns how many
+        were replaced."""
+
+        async def run() -> int:
+            async with self._connection() as connection:
+                result = await connection.execute(
+                    "UPDATE idempotency_keys AS i SET fingerprint = r.new"
+                    " FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS r (merchant_id, key, old, new)"
+                    " WHERE i.merchant_id = r.merchant_id AND i.key = r.key AND i.fingerprint = r.old",
+                    *_columns(list(rows), 4),
+                )
+            return int(result.split()[-1])
+
+        return await self._call(run)
+
     async def insert_payment_method(self, row: PaymentMethodRow, idempotency: IdempotencyRow | None = None) -> None:
         async def run() -> None:
             async with self._connection() as connection, connection.transaction():

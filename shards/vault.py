@@ -5,6 +5,8 @@ is the associated data, so a sealed number copied onto another row does not
 open. The fingerprint (the same card gives the same fingerprint for one
 installation, and nothing else can be learned from it) is an HMAC under a key
 derived from the same master key. The CVC is never given to this module.
+Idempotency fingerprints (shards.idempotency) are HMACs under a third key
+derived from it, so a database dump alone cannot test guesses against them.
 
 The master key comes from `PAYMENTS_CARD_KEY` (32 bytes, base64) or from the
 file `card.key` in the data directory, created with mode 0600 on first use.
@@ -41,6 +43,7 @@ class Vault:
             raise VaultKeyError(f"the card key must be {KEY_BYTES} bytes")
         self._aead = AESGCM(_derive(master_key, b"payments card seal v1"))
         self._fingerprint_key = _derive(master_key, b"payments card fingerprint v1")
+        self._idempotency_key = _derive(master_key, b"payments idempotency fingerprint v1")
 
     @classmethod
     def from_config(cls, data_dir: Path, environ: dict[str, str] | None = None) -> Vault:
@@ -70,6 +73,15 @@ class Vault:
         nonce, ciphertext = sealed[:NONCE_BYTES], sealed[NONCE_BYTES:]
         return self._aead.decrypt(nonce, ciphertext, payment_method_id.encode()).decode()
 
+    @property
+    def idempotency_key(self) -> bytes:
+        """The HMAC key of idempotency fingerprints: derived from the master
+        key for that purpose alone, so it opens no sealed number and makes no
+        card fingerprint."""
+        return self._idempotency_key
+
     def fingerprint(self, number: str) -> str:
+        """The same string for the same number under one master key; nothing
+        about the number can be learned from it without the key."""
         digest = hmac.new(self._fingerprint_key, number.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:12]).decode()

@@ -59,6 +59,23 @@ def test_the_same_key_with_other_parameters_or_endpoint_is_refused(merchant: htt
     assert len(authorizations(merchant)) == 1
 
 
+def test_a_payment_method_retry_replays_whatever_its_cvc_and_another_card_is_refused(merchant: httpx.Client) -> None:
+    card = {"type": "card", "card[number]": "4242424242424242", "card[exp_month]": "3", "card[exp_year]": "2040", "card[cvc]": "123"}
+    first = merchant.post("/v1/payment_methods", data=card, headers={"Idempotency-Key": "card-once"})
+    # The CVC is no part of the stored fingerprint, so it cannot tell retries apart.
+    again = merchant.post("/v1/payment_methods", data={**card, "card[cvc]": "456"}, headers={"Idempotency-Key": "card-once"})
+    spaced = merchant.post(
+        "/v1/payment_methods", data={**card, "card[number]": "4242 4242 4242 4242"}, headers={"Idempotency-Key": "card-once"}
+    )
+    other = merchant.post(
+        "/v1/payment_methods", data={**card, "card[number]": "5555555555554444"}, headers={"Idempotency-Key": "card-once"}
+    )
+    assert first.status_code == 200
+    assert again.content == spaced.content == first.content and again.headers["Idempotent-Replayed"] == "true"
+    assert other.status_code == 400
+    assert (other.json()["error"]["type"], other.json()["error"]["code"]) == ("idempotency_error", "idempotency_key_reused")
+
+
 def test_a_request_refused_by_validation_stores_nothing(merchant: httpx.Client) -> None:
     bad = merchant.post("/v1/payment_intents", data={**PAY, "amount": "-1"}, headers={"Idempotency-Key": "fix-me"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "amount"
