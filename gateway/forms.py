@@ -3,11 +3,13 @@
 `card[number]=4242&metadata[order]=7&expand[]=x` becomes
 `{"card": {"number": "4242"}, "metadata": {"order": "7"}, "expand": ["x"]}`.
 Form values stay strings; typed conversion happens later against a schema.
+A parameter given twice is refused in either encoding, never last-one-wins.
 Every bound is checked here so a hostile body costs little.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from urllib.parse import parse_qsl
@@ -37,6 +39,14 @@ class BodyError(Exception):
 
 
 def decode_json(body: bytes) -> dict[str, Any]:
+    """The JSON object in `body`, or `{}` for a blank body.
+
+    Raises BodyError with code `body_invalid` if the body is not one JSON
+    object or nests deeper than DEPTH_MAX, and with code `parameter_invalid`
+    naming the parameter in bracket notation (`metadata[order]`) if an object
+    at any depth gives the same key twice: last-key-wins would let a second
+    `amount` override the one a reviewer or a proxy read.
+    """
     if not body.strip():
         return {}
     try:
@@ -47,19 +57,73 @@ def decode_json(body: bytes) -> dict[str, Any]:
         raise BodyError("Invalid JSON body: the request body could not be parsed.", code="body_invalid") from None
     if not isinstance(value, dict):
         raise BodyError("Invalid JSON body: expected an object at the top level.", code="body_invalid")
-    _check_depth(value, 1)
+    keys = _check_depth(value, 1)
+    # Each key in the text is followed by a colon outside any string, and a
+    # repeated key leaves fewer keys decoded than written. So a body with no
+    # more colons than decoded keys cannot repeat one, and the slower second
+    # parse below is only paid by bodies with colons inside strings (URLs)
+    # or with a repeated key.
+    if body.count(b":") > keys:
+        _refuse_duplicate_keys(body)
     return value
 
 
-def _check_depth(value: Any, depth: int) -> None:
-    """Containers count as levels, leaves do not: `{"a": {"b": 1}}` is 2 deep,
-    like the form name `a[b]`."""
+def _check_depth(value: Any, depth: int) -> int:
+    """The number of object keys in `value`, at every depth.
+
+    Containers count as levels, leaves do not: `{"a": {"b": 1}}` is 2 deep,
+    like the form name `a[b]`. Raises BodyError past DEPTH_MAX."""
     if not isinstance(value, dict | list):
-        return
+        return 0
     if depth > DEPTH_MAX:
         raise BodyError("The request body is nested too deeply.", code="body_invalid")
-    for child in value.values() if isinstance(value, dict) else value:
-        _check_depth(child, depth + 1)
+    if isinstance(value, dict):
+        return len(value) + sum(_check_depth(child, depth + 1) for child in value.values())
+    return sum(_check_depth(child, depth + 1) for child in value)
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    """Raise BodyError naming the first key given twice in one object.
+
+    msgspec keeps the last of repeated keys without saying so; the stdlib
+    parser hands each object over as its list of pairs, repeats included.
+    The body has already been parsed by msgspec and its depth bounded, so
+    this parse cannot recurse deeply; numbers stay text because only keys
+    matter here (and a long integer cannot hit int()'s digit limit).
+    """
+    try:
+        tree = json.loads(
+            body.decode("utf-8"), object_pairs_hook=tuple, parse_int=str, parse_float=str, parse_constant=str
+        )
+    except (ValueError, RecursionError):
+        # Only reachable if the two parsers disagree on a body msgspec took;
+        # refuse it as unreadable rather than let it through unchecked.
+        raise BodyError("Invalid JSON body: the request body could not be parsed.", code="body_invalid") from None
+    name = _first_duplicate_key(tree, "")
+    if name is not None:
+        name = name[:KEY_CHARS_MAX]
+        raise BodyError(f"The parameter {name!r} is given more than once.", param=name)
+
+
+def _first_duplicate_key(value: Any, path: str) -> str | None:
+    """The bracket name (`metadata[order]`, `items[0][price]`) of the first
+    repeated key in a tree whose objects are tuples of pairs, or None."""
+    if isinstance(value, tuple):
+        seen: set[str] = set()
+        for key, child in value:
+            name = f"{path}[{key}]" if path else key
+            if key in seen:
+                return name
+            seen.add(key)
+            found = _first_duplicate_key(child, name)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found = _first_duplicate_key(child, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def decode_form(body: bytes) -> dict[str, Any]:

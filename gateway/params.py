@@ -1,18 +1,22 @@
 """Typed request parameters, converted from decoded bodies with msgspec.
 
 Form bodies carry only strings, so conversion is lax (`"1000"` -> 1000,
-`"true"` -> True); JSON bodies convert the same way. Unknown parameters are
-refused, as Stripe does. Conversion errors become Stripe errors that name the
-parameter in Stripe's bracket notation (`card[number]`) and never echo the
-submitted value.
+`"true"` -> True); JSON bodies convert the same way. Lax conversion would also
+read `"1e3"`, `"1000.0"` and the JSON number `1e3` as 1000, so every value the
+schema reads as an integer is first checked to be written as one.
+Unknown parameters are refused, as Stripe does. Conversion errors become
+Stripe errors that name the parameter in Stripe's bracket notation
+(`card[number]`) and never echo the submitted value.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from gateway.errors import ApiError, invalid_request
 
@@ -86,13 +90,117 @@ def find_nul(value: Any, path: str = "") -> str | None:
 
 
 def convert(values: dict[str, Any], schema: type[T]) -> T:
+    """`values` (from decode_form or decode_json) as an instance of the Struct `schema`.
+
+    Raises ApiError (400 invalid_request_error) naming the first offending
+    parameter: a NUL character, an integer not written as one
+    (`parameter_invalid_integer`), or a missing, unknown or mistyped parameter.
+    """
     nul = find_nul(values)
     if nul is not None:
         raise invalid_request(f"Invalid string for parameter {nul}: NUL characters are not allowed.", param=nul, code="parameter_invalid")
+    # Before msgspec, which would read "1e3" and 1000.0 as 1000, and whose
+    # own errors for `int | CreatedFilter | None` or "1e400" could not say
+    # that an integer was expected.
+    loose = _first_loose_integer(values, _type_info(schema), "")
+    if loose is not None:
+        raise _invalid_integer(loose)
     try:
         return msgspec.convert(values, schema, strict=False)
     except msgspec.ValidationError as error:
         raise _to_api_error(str(error)) from None
+
+
+# An integer as JSON writes one: ASCII digits, an optional leading minus, no
+# leading zeros (msgspec already refused "007"), no plus, exponent, point,
+# spaces or underscores.
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+
+# The kinds of type _first_loose_integer walks into. An int anywhere else (in
+# a tuple, a set, a union with str) would escape the check; a test keeps
+# every schema here to these, with unions of at most one scalar member.
+WALKED_TYPES = (
+    msgspec.inspect.IntType,
+    msgspec.inspect.UnionType,
+    msgspec.inspect.StructType,
+    msgspec.inspect.DictType,
+    msgspec.inspect.ListType,
+)
+
+
+@functools.cache
+def _type_info(schema: type) -> msgspec.inspect.Type:
+    return msgspec.inspect.type_info(schema)
+
+
+def _written_as_integer(raw: Any) -> bool:
+    # `type(...) is int` leaves out bool (a JSON true) and float (a JSON
+    # 1000.0 or 1e3): JSON integers decode to int, form values are strings.
+    return type(raw) is int or (isinstance(raw, str) and _INTEGER.fullmatch(raw) is not None)
+
+
+def _first_loose_integer(raw: Any, info: msgspec.inspect.Type, path: str) -> str | None:
+    """The bracket name of the first value in `raw` that the type `info` would
+    read as an int but that was not written as an integer, or None.
+
+    A value of the wrong shape for a container (a string where an object
+    belongs) is left for msgspec to report. Values of a dict are named by the
+    dict, as msgspec's own errors are, so a submitted key is never echoed.
+    """
+    if isinstance(info, msgspec.inspect.IntType):
+        return None if _written_as_integer(raw) else path
+    if isinstance(info, msgspec.inspect.UnionType):
+        member = _union_member(info, raw)
+        return None if member is None else _first_loose_integer(raw, member, path)
+    if isinstance(info, msgspec.inspect.StructType) and isinstance(raw, dict):
+        for field in info.fields:
+            if field.encode_name in raw:
+                name = f"{path}[{field.encode_name}]" if path else field.encode_name
+                found = _first_loose_integer(raw[field.encode_name], field.type, name)
+                if found is not None:
+                    return found
+        return None
+    if isinstance(info, msgspec.inspect.DictType) and isinstance(raw, dict):
+        for key, value in raw.items():
+            for part, part_info in ((key, info.key_type), (value, info.value_type)):
+                found = _first_loose_integer(part, part_info, path)
+                if found is not None:
+                    return found
+        return None
+    if isinstance(info, msgspec.inspect.ListType) and isinstance(raw, list):
+        for index, item in enumerate(raw):
+            found = _first_loose_integer(item, info.item_type, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    return None
+
+
+_CONTAINER_TYPES = (msgspec.inspect.StructType, msgspec.inspect.DictType, msgspec.inspect.ListType, msgspec.inspect.NoneType)
+
+
+def _union_member(info: msgspec.inspect.UnionType, raw: Any) -> msgspec.inspect.Type | None:
+    """The member of the union that `raw` must be read as, told by its shape:
+    an object is the Struct or dict member (`created[gte]=...`), an array the
+    list member, and any other non-null value the one scalar member
+    (`created=1700000000`). None for a null, and if the shape does not
+    decide it."""
+    # Lax conversion reads the form value "null" as None for an optional
+    # parameter; that is not an integer badly written, so it stays allowed.
+    if raw is None or (raw == "null" and any(isinstance(member, msgspec.inspect.NoneType) for member in info.types)):
+        return None
+    if isinstance(raw, dict):
+        wanted: tuple[type, ...] = (msgspec.inspect.StructType, msgspec.inspect.DictType)
+    elif isinstance(raw, list):
+        wanted = (msgspec.inspect.ListType,)
+    else:
+        scalars = [member for member in info.types if not isinstance(member, _CONTAINER_TYPES)]
+        return scalars[0] if len(scalars) == 1 else None
+    return next((member for member in info.types if isinstance(member, wanted)), None)
+
+
+def _invalid_integer(param: str | None) -> ApiError:
+    return invalid_request(f"Invalid integer for parameter {param}.", param=param, code="parameter_invalid_integer")
 
 
 def _to_api_error(text: str) -> ApiError:
@@ -107,15 +215,18 @@ def _to_api_error(text: str) -> ApiError:
     at = _AT.search(text)
     param = bracket_path(at.group(1)) if at else None
     expected = _EXPECTED.match(text)
-    if expected and expected.group(1) == "int":
-        return invalid_request(f"Invalid integer for parameter {param}.", param=param, code="parameter_invalid_integer")
-    if expected and expected.group(1) == "bool":
+    # An optional parameter (`int | None`) is reported as `int | null`; what
+    # was wrong is the same as for a required one.
+    kind = expected.group(1).removesuffix(" | null") if expected else None
+    if kind == "int":
+        return _invalid_integer(param)
+    if kind == "bool":
         return invalid_request(f"Invalid boolean for parameter {param}.", param=param, code="parameter_invalid")
-    if expected and expected.group(1).startswith("str"):
+    if kind is not None and kind.startswith("str"):
         return invalid_request(f"Invalid string for parameter {param}.", param=param, code="parameter_invalid")
-    if expected and expected.group(1) == "object":
+    if kind == "object":
         return invalid_request(f"Invalid object for parameter {param}.", param=param, code="parameter_invalid")
-    if expected and expected.group(1) == "array":
+    if kind == "array":
         return invalid_request(f"Invalid array for parameter {param}.", param=param, code="parameter_invalid")
     # Literal choices and anything else: name the param, keep msgspec's words out.
     return invalid_request(f"Invalid value for parameter {param}.", param=param, code="parameter_invalid")
