@@ -50,9 +50,9 @@ def _enabled_events(values: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
 
-def _url(url: str, livemode: bool) -> str:
+def _url(url: str, livemode: bool, allow_private: bool) -> str:
     try:
-        return check_url(url, livemode)
+        return check_url(url, livemode, allow_private)
     except EndpointUrlError as error:
         raise errors.invalid_request(str(error), param="url", code="url_invalid") from None
 
@@ -98,6 +98,12 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
         if node.events is None:
             raise errors.unavailable("Events are not served by this node right now. Retry shortly.")
         return node.events
+
+    def private_allowed() -> bool:
+        """Whether this node lets endpoints point at internal addresses
+        (`payments up --allow-private-webhooks`); False while it runs no
+        event workers."""
+        return node.events is not None and node.events.dispatcher.config.allow_private
 
     def query_params(schema: type) -> Any:
         try:
@@ -182,7 +188,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
     async def create_endpoint() -> Response:
         key = await authenticate()
         values = params.convert(await read_body(), params.CreateWebhookEndpoint)
-        url = _url(values.url, key.livemode)
+        url = _url(values.url, key.livemode, private_allowed())
         enabled = _enabled_events(values.enabled_events)
         description = _text(values.description, "description")
         metadata = _metadata(values.metadata)
@@ -263,7 +269,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
         values = params.convert(await read_body(), params.UpdateWebhookEndpoint)
         changes: dict[str, Any] = {}
         if values.url is not None:
-            changes["url"] = _url(values.url, key.livemode)
+            changes["url"] = _url(values.url, key.livemode, private_allowed())
         if values.enabled_events is not None:
             changes["enabled_events"] = _enabled_events(values.enabled_events)
         if values.description is not None:

@@ -15,26 +15,45 @@ Two workers, both in the node:
   after the last one the delivery is dead (the dead-letter list) until
   someone asks for it again. A slow endpoint only slows itself.
 
+Endpoints are merchants' URLs sent to from inside our network, so each try
+looks the host up once, refuses it (a failed try, nothing sent) unless all
+its addresses are public (shards/destinations.py), and connects to exactly
+those addresses; redirects are not followed. `--allow-private-webhooks`
+lifts the address rule for local development.
+
 The signature is Stripe's: `Stripe-Signature: t=<unix>,v1=<hex>` with
 v1 = HMAC-SHA256(secret, "<t>.<body>").
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
-import ipaddress
 import random
+import ssl
 import time
 import urllib.parse
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, NamedTuple
 
+import httpcore
 import httpx
 import msgspec
 import structlog
 import trio
 
+from shards.destinations import (
+    REFUSED_TEXT,
+    DestinationRefused,
+    GetAddrInfo,
+    IPAddress,
+    address_allowed,
+    is_local_name,
+    literal_address,
+    resolve_destination,
+)
 from shards.outbox import OutboxRelay, trim_streams_forever
 from shards.redis_link import RedisLink, RedisUnavailable
 from shards.store import DeliveryAttemptRow, DeliveryRow, EventRow, Store, StoreUnavailable, WebhookEndpointRow
@@ -94,61 +113,45 @@ class EndpointUrlError(ValueError):
     pass
 
 
-def _address_is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
+def check_url(url: str, livemode: bool, allow_private: bool = False) -> str:
+    """The URL, if an endpoint may have it; else EndpointUrlError saying why.
 
-
-def check_url(url: str, livemode: bool) -> str:
-    """The URL, if an endpoint may have it. Live-mode endpoints need https
-    and a host that is not loopback, link-local or private."""
+    In every mode the host may not be `localhost` (or under it) nor a literal
+    address that is not public (loopback, private, link-local, shared, ...;
+    shards/destinations.py), read as a connection would read it, so
+    `http://2130706433/` is 127.0.0.1. Live mode also needs https and a
+    dotted, non-`.local` name. allow_private lifts the host rules, not https.
+    Names are judged again, by their addresses, at each delivery."""
     if len(url) > URL_CHARS_MAX:
         raise EndpointUrlError(f"The URL must be at most {URL_CHARS_MAX} characters.")
     try:
         parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError:
+        port = parts.port  # urlsplit checks the port only when it is read
+        # The host as the sender will connect to it (IDNA, `。` read as `.`).
+        host = httpx.URL(url).raw_host.decode("ascii")
+    except (ValueError, httpx.InvalidURL):
         raise EndpointUrlError("Invalid URL.") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if port == 0:
+        raise EndpointUrlError("Invalid URL: port 0 cannot be reached.")
+    if parts.scheme not in ("http", "https") or not parts.hostname or not host:
         raise EndpointUrlError("Invalid URL: it must be an absolute http or https URL.")
     if parts.username is not None or parts.password is not None:
         raise EndpointUrlError("Invalid URL: credentials may not be part of the URL.")
     if any(character.isspace() or ord(character) < 32 for character in url):
         raise EndpointUrlError("Invalid URL.")
-    if livemode:
-        if parts.scheme != "https":
-            raise EndpointUrlError("Live-mode webhook endpoints must use https.")
-        host = parts.hostname.lower()
-        if host == "localhost" or host.endswith(".localhost") or host.endswith(".local") or "." not in host.strip("[]"):
-            raise EndpointUrlError("Live-mode webhook endpoints may not point at a local host.")
-        try:
-            address = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            address = None
-        if address is not None and _address_is_internal(address):
-            raise EndpointUrlError("Live-mode webhook endpoints may not point at loopback, link-local or private addresses.")
-    del port
+    if livemode and parts.scheme != "https":
+        raise EndpointUrlError("Live-mode webhook endpoints must use https.")
+    if allow_private:
+        return url
+    if is_local_name(host):
+        raise EndpointUrlError("Webhook endpoints may not point at a local host.")
+    address = literal_address(host)
+    if address is not None and not address_allowed(address):
+        raise EndpointUrlError("Webhook endpoints may not point at loopback, link-local, private or other internal addresses.")
+    name = host.rstrip(".")
+    if livemode and address is None and (name.endswith(".local") or "." not in name):
+        raise EndpointUrlError("Live-mode webhook endpoints may not point at a local host.")
     return url
-
-
-async def resolves_outside(url: str) -> bool:
-    """Whether every address the URL's host resolves to is public (checked
-    again at each live-mode delivery, as DNS may change)."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        infos = await trio.socket.getaddrinfo(parts.hostname, parts.port or 443, type=trio.socket.SOCK_STREAM)
-    except OSError:
-        return False
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    return bool(addresses) and not any(_address_is_internal(address) for address in addresses)
 
 
 # ----------------------------------------------------------- endpoints
@@ -278,6 +281,142 @@ class WebhookIngest:
             self.on_queued({row.endpoint_id for row in rows})
 
 
+# -------------------------------------------------------------- sending
+
+
+class Pin(NamedTuple):
+    """The addresses checked for one delivery attempt's host and port."""
+
+    host: str
+    port: int
+    addresses: tuple[IPAddress, ...]
+
+
+# Set by WebhookSender.post around one request, read by PinnedBackend when
+# that request opens a connection (httpcore connects in the requesting task).
+_pin: contextvars.ContextVar[Pin | None] = contextvars.ContextVar("webhook_pin", default=None)
+
+
+class PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Opens TCP connections only to the addresses checked for the delivery
+    attempt running in this task: the URL's host name is never looked up a
+    second time between the check and the connection, so DNS cannot answer
+    a public address to the one and an internal one to the other. TLS is
+    still started (by httpcore) for the URL's host name, so SNI and the
+    certificate check use the name, not the address. `backend` opens the
+    connections to numeric addresses (tests wrap it)."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.backend = backend or httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        pin = _pin.get()
+        # Only WebhookSender.post sends, and it pins the request's own host;
+        # anything else is a bug, and the pin's addresses were checked anyway.
+        assert pin is not None and (pin.host, pin.port) == (host, port), f"no checked address for {host}:{port}"
+        failure: httpcore.ConnectError | None = None
+        for address in pin.addresses:
+            try:
+                return await self.backend.connect_tcp(
+                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except httpcore.ConnectError as error:
+                failure = error  # the next checked address may answer
+        assert failure is not None  # resolve_destination never returns no address
+        raise failure
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+
+# Failures a try records by the library's class name (ConnectError,
+# ReadTimeout, RemoteProtocolError, ...).
+_SEND_ERRORS = (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError, httpcore.UnsupportedProtocol)
+
+
+class WebhookSender:
+    """POSTs a body to endpoint URLs, one try per call.
+
+    Each try looks the host up once, refuses it unless every address is
+    allowed (shards/destinations.py; all are when allow_private), and then
+    connects to one of those addresses only (PinnedBackend). A connection
+    kept alive for reuse was opened the same way, to addresses checked by the
+    try that opened it. TLS is verified for the URL's host name. Redirects
+    are never followed: httpcore does not follow them, and a 3xx is an
+    answer like any other."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        allow_private: bool = False,
+        getaddrinfo: GetAddrInfo | None = None,
+        backend: httpcore.AsyncNetworkBackend | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        connections_max: int = 1000,
+        keepalive_connections_max: int = 100,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.allow_private = allow_private
+        self.getaddrinfo = getaddrinfo
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context or httpx.create_ssl_context(),
+            max_connections=connections_max,
+            max_keepalive_connections=keepalive_connections_max,
+            keepalive_expiry=5.0,
+            network_backend=PinnedBackend(backend),
+        )
+
+    async def __aenter__(self) -> WebhookSender:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None) -> None:
+        await self._pool.aclose()
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+        """Send once. Returns (status code, None) when the endpoint answered,
+        whatever the status, and (None, error text) when it did not: the URL
+        is invalid, the host does not resolve, a destination is not allowed
+        (then nothing was sent), the connection failed, or no answer came
+        within timeout_s (the lookup included)."""
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL:
+            return None, "invalid URL"
+        host = target.raw_host.decode("ascii")
+        port = target.port or (443 if target.scheme == "https" else 80)
+        request_url = httpcore.URL(scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path)
+        # Host is written here, not by httpcore, which leaves IPv6 unbracketed.
+        request_headers = [("Host", target.netloc.decode("ascii")), *headers.items()]
+        timeouts = {"timeout": {"connect": self.timeout_s, "read": self.timeout_s, "write": self.timeout_s, "pool": self.timeout_s}}
+        try:
+            with trio.fail_after(self.timeout_s):
+                try:
+                    addresses = await resolve_destination(host, port, allow_private=self.allow_private, getaddrinfo=self.getaddrinfo)
+                except DestinationRefused as refused:
+                    log.warning("webhook_destination_refused", host=host, addresses=[str(address) for address in refused.addresses])
+                    return None, REFUSED_TEXT
+                except OSError as failure:
+                    return None, f"cannot resolve {host}: {failure.strerror or failure}"
+                token = _pin.set(Pin(host, port, tuple(addresses)))
+                try:
+                    async with self._pool.stream("POST", request_url, headers=request_headers, content=body, extensions=timeouts) as response:
+                        return response.status, None
+                finally:
+                    _pin.reset(token)
+        except trio.TooSlowError:
+            return None, f"no answer within {self.timeout_s:g} s"
+        except _SEND_ERRORS as failure:
+            return None, type(failure).__name__
+
+
 # ---------------------------------------------------------- dispatcher
 
 
@@ -302,6 +441,7 @@ class Dispatcher:
         config: DispatchConfig = DispatchConfig(),
         *,
         rng: random.Random | None = None,
+        getaddrinfo: GetAddrInfo | None = None,
     ) -> None:
         self.store = store
         self.vault = vault
@@ -309,6 +449,7 @@ class Dispatcher:
         self.render = render
         self.config = config
         self.rng = rng or random.Random()
+        self.getaddrinfo = getaddrinfo
         self._running: dict[str, trio.Event] = {}  # endpoint id -> its wake-up
         self._start: trio.MemorySendChannel[str]
         self._start, self._to_start = trio.open_memory_channel[str](10_000)
@@ -326,10 +467,9 @@ class Dispatcher:
                     pass  # the periodic scan finds it
 
     async def run(self) -> None:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        timeout = httpx.Timeout(self.config.timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False) as client, trio.open_nursery() as nursery:
-            self._client = client
+        sender = WebhookSender(timeout_s=self.config.timeout_s, allow_private=self.config.allow_private, getaddrinfo=self.getaddrinfo)
+        async with sender, trio.open_nursery() as nursery:
+            self._sender = sender
             nursery.start_soon(self._scan_forever)
             async for endpoint_id in self._to_start:
                 if endpoint_id not in self._running:
@@ -420,29 +560,19 @@ class Dispatcher:
         await self.store.record_delivery_attempt(moved, attempt)
 
     async def _post(self, endpoint: WebhookEndpointRow, event: EventRow) -> tuple[int | None, str | None, int]:
+        """One try: (status code, error, latency). The error is None only
+        for a 2xx answer."""
         started = time.perf_counter()
-        status_code: int | None = None
-        error: str | None = None
-        try:
-            if endpoint.livemode and not await resolves_outside(endpoint.url):
-                error = "the endpoint's host resolves to an address that is not allowed"
-            else:
-                body = self.render(event)
-                secret = self.vault.unseal(endpoint.secret_sealed, endpoint.id)
-                headers = {
-                    "Content-Type": "application/json; charset=utf-8",
-                    "Stripe-Signature": signature_header(secret, body, int(time.time())),
-                    "User-Agent": "payments-webhooks/1",
-                }
-                with trio.fail_after(self.config.timeout_s):
-                    async with self._client.stream("POST", endpoint.url, content=body, headers=headers) as response:
-                        status_code = response.status_code
-                if not 200 <= status_code < 300:
-                    error = f"HTTP {status_code}"
-        except trio.TooSlowError:
-            error = f"no answer within {self.config.timeout_s:g} s"
-        except httpx.HTTPError as failure:
-            error = type(failure).__name__
+        body = self.render(event)
+        secret = self.vault.unseal(endpoint.secret_sealed, endpoint.id)
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Stripe-Signature": signature_header(secret, body, int(time.time())),
+            "User-Agent": "payments-webhooks/1",
+        }
+        status_code, error = await self._sender.post(endpoint.url, body, headers)
+        if status_code is not None and not 200 <= status_code < 300:
+            error = f"HTTP {status_code}"
         latency_ms = int((time.perf_counter() - started) * 1000)
         return status_code, error, latency_ms
 

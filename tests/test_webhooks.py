@@ -33,6 +33,9 @@ from shards.webhooks import (
 )
 from tests.conftest import REDIS_URL, NodeProcess, create_merchant_keys
 
+# The receivers below listen on loopback, which nodes refuse without this.
+ALLOW_PRIVATE = "--allow-private-webhooks"
+
 MANUAL_FLOW = [
     "payment_intent.created",
     "payment_intent.processing",
@@ -165,22 +168,29 @@ def test_the_retry_schedule_parses_bounds_and_jitters() -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "http://example.com/hook",
         "https://localhost/hook",
         "https://127.0.0.1/hook",
         "https://10.1.2.3/hook",
         "https://192.168.0.1/hook",
         "https://169.254.169.254/latest",
+        "https://100.100.100.200/latest",
         "https://[::1]/hook",
         "https://[::ffff:127.0.0.1]/hook",
-        "https://intranet/hook",
+        "http://127.0.0.1:8080/hook",
     ],
 )
-def test_live_mode_endpoints_may_not_point_inside(url: str) -> None:
-    with pytest.raises(EndpointUrlError):
+def test_endpoints_may_not_point_inside_in_either_mode(url: str) -> None:
+    for livemode in (False, True):
+        with pytest.raises(EndpointUrlError, match=r"^(Webhook endpoints may not point at .*|Live-mode webhook endpoints must use https)\.$"):
+            check_url(url, livemode)
+    assert check_url(url, livemode=False, allow_private=True) == url
+
+
+@pytest.mark.parametrize("url", ["http://example.com/hook", "https://intranet/hook", "https://printer.local/hook"])
+def test_live_mode_needs_https_and_a_public_looking_name(url: str) -> None:
+    with pytest.raises(EndpointUrlError, match=r"^Live-mode webhook endpoints (must use https|may not point at a local host)\.$"):
         check_url(url, livemode=True)
-    if url.startswith("https://") and "[" not in url:
-        assert check_url(url, livemode=False) == url
+    assert check_url(url, livemode=False) == url, "test mode takes them: their addresses are checked at delivery"
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "https://user:pw@example.com/", "/relative", "https://", "http://exa mple.com/"])
@@ -291,7 +301,7 @@ def pay_manually(client: httpx.Client) -> str:
 
 
 def test_a_payment_reaches_the_merchant_as_a_verified_signed_event(new_node: Callable[..., NodeProcess]) -> None:
-    node = new_node()
+    node = new_node(None, None, ALLOW_PRIVATE)
     capture = Capture()
     with client_for(node, node.secret_key) as client:
         endpoint = add_endpoint(client, capture.url, ["payment_intent.succeeded"])
@@ -313,7 +323,7 @@ def test_a_payment_reaches_the_merchant_as_a_verified_signed_event(new_node: Cal
 def test_failing_deliveries_are_retried_in_order_and_none_is_lost(
     new_node: Callable[..., NodeProcess], receiver: Receiver
 ) -> None:
-    node = new_node(environ={"PAYMENTS_WEBHOOK_RETRY_SCHEDULE": ",".join(["0.3"] * 30)})
+    node = new_node(None, None, ALLOW_PRIVATE, environ={"PAYMENTS_WEBHOOK_RETRY_SCHEDULE": ",".join(["0.3"] * 30)})
     with client_for(node, node.secret_key) as client:
         endpoint = add_endpoint(client, receiver.base + "/hooks/a", ["*"])
         receiver.set_secret("/hooks/a", endpoint["secret"])
@@ -345,7 +355,7 @@ def test_failing_deliveries_are_retried_in_order_and_none_is_lost(
 
 
 def test_a_dead_letter_is_sent_again_on_request(new_node: Callable[..., NodeProcess], receiver: Receiver) -> None:
-    node = new_node(environ={"PAYMENTS_WEBHOOK_RETRY_SCHEDULE": "0.2,0.2"})
+    node = new_node(None, None, ALLOW_PRIVATE, environ={"PAYMENTS_WEBHOOK_RETRY_SCHEDULE": "0.2,0.2"})
     with client_for(node, node.secret_key) as client:
         endpoint = add_endpoint(client, receiver.base + "/hooks/b", ["payment_intent.succeeded"])
         receiver.set_secret("/hooks/b", endpoint["secret"])
@@ -384,7 +394,7 @@ def test_events_committed_but_never_published_go_out_after_a_crash(
     prefix = f"payments-test:{os.urandom(6).hex()}:"
     # Redis unreachable: payments commit (events in the outbox) but nothing
     # can be published. Then the node is killed.
-    cut_off = new_node(database, tmp_path, redis_url="redis://127.0.0.1:1", environ={"PAYMENTS_REDIS_PREFIX": prefix})
+    cut_off = new_node(database, tmp_path, ALLOW_PRIVATE, redis_url="redis://127.0.0.1:1", environ={"PAYMENTS_REDIS_PREFIX": prefix})
     with client_for(cut_off, cut_off.secret_key) as client:
         endpoint = add_endpoint(client, receiver.base + "/hooks/c", ["*"])
         receiver.set_secret("/hooks/c", endpoint["secret"])
@@ -392,7 +402,7 @@ def test_events_committed_but_never_published_go_out_after_a_crash(
     time.sleep(0.5)
     assert receiver.deliveries() == []
     cut_off.kill()
-    restarted = new_node(database, tmp_path, redis_url=REDIS_URL, environ={"PAYMENTS_REDIS_PREFIX": prefix})
+    restarted = new_node(database, tmp_path, ALLOW_PRIVATE, redis_url=REDIS_URL, environ={"PAYMENTS_REDIS_PREFIX": prefix})
     assert restarted.url
 
     def delivered() -> bool:
@@ -498,7 +508,7 @@ def test_events_are_listed_newest_first_filtered_and_paged(node: NodeProcess) ->
 def test_a_dead_slow_endpoint_delays_neither_payments_nor_other_endpoints(
     new_node: Callable[..., NodeProcess], receiver: Receiver
 ) -> None:
-    node = new_node(environ={"PAYMENTS_WEBHOOK_TIMEOUT_S": "20"})
+    node = new_node(None, None, ALLOW_PRIVATE, environ={"PAYMENTS_WEBHOOK_TIMEOUT_S": "20"})
     capture = Capture()
     with client_for(node, node.secret_key) as client:
         stuck = add_endpoint(client, receiver.base + "/hooks/stuck", ["*"])
