@@ -19,7 +19,7 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from gateway.server import hypercorn_config
+from gateway.listener import hypercorn_config
 
 _json = msgspec.json.Encoder()
 

@@ -28,6 +28,9 @@ import trio
 
 from bench.histograms import histogram_of, summary_ms
 from bench.http_client import HttpFailed, Pool, Templates
+from bench.machine import process_usage
+from engine import intent as machine
+from shards.actor import Reply
 
 INGEST_BATCH_ROWS = 256
 INGEST_WRITERS_MAX = 8
@@ -40,7 +43,6 @@ BARE_START_TIMEOUT_S = 30
 def journal_bodies() -> list[tuple[str, str]]:
     """(kind, JSON body) of real events of one paid intent, the rows a
     payment writes most."""
-    from engine import intent as machine
 
     intent_id = "pi_038g0sq9t2001r679mshv15xd0e32"
     attempt_id = "att_038g0sq9t2001448xeb5ssygd6wby"
@@ -129,7 +131,6 @@ def ingest(url: str, seconds: float, partitions: int) -> dict[str, Any]:
 async def _actor(seconds: float) -> dict[str, Any]:
     from array import array
 
-    from shards.actor import Reply
 
     send, receive = trio.open_memory_channel[tuple[int, Reply]](4096)
     round_trips = 0
@@ -224,7 +225,6 @@ async def _drive_bare(host: str, port: int, connections: int, seconds: float) ->
 
 def bare_http(connections: int, seconds: float) -> dict[str, Any]:
     """Start the bare server, drive it, stop it."""
-    from bench.machine import process_usage
 
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.bare_server", "--port", "0"],

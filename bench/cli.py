@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from bench.arrivals import DEFAULT_MIX, parse_mix
-from gateway.cli import fault_spec, latency_range
+from bench import runner
+from simulators.faults import fault_spec, latency_range
 
 RATE_PER_S_MAX = 100_000
 DURATION_S_MAX = 3600
@@ -116,7 +117,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def handle(arguments: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from bench import runner
 
     command = "payments bench " + shlex.join(argv if argv is not None else _bench_argv())
     return runner.run(arguments, command)

@@ -43,6 +43,13 @@ from bench.load import CARD_OF_SCENARIO, CARDS, CHALLENGE_POLL_S, CHALLENGE_WAIT
 from engine import cards
 from engine import intent as machine
 from engine.results import Result
+from gateway.logs import configure_logging
+from shards import checks
+from shards.node import NodeConfig, Overloaded, run_node
+from shards.store import Store, StoreError, StoreUnavailable
+from shards.vault import Vault
+from simulators import faults
+from simulators.card_network import CardNetwork
 
 PROGRESS_EVERY_S = 0.5
 READY_TIMEOUT_S = 120.0
@@ -85,8 +92,6 @@ class EngineDriver:
         self._partitions = itertools.cycle(node.config.served_partitions())
 
     async def _submit(self, command: machine.Command, recorder: Recorder) -> Any:
-        from shards.node import Overloaded
-        from shards.store import StoreUnavailable
 
         recorder.requests += 1
         try:
@@ -173,12 +178,6 @@ async def _settle(node: Any) -> int:
 
 
 async def _worker(connection: Any, config: WorkerConfig) -> dict[str, Any]:
-    from shards import checks
-    from shards.node import NodeConfig, run_node
-    from shards.store import Store
-    from shards.vault import Vault
-    from simulators import faults
-    from simulators.card_network import CardNetwork
 
     async with trio_asyncio.open_loop():
         store = await Store.open(config.database_url, connections_max=min(20, len(config.owned_partitions) + 4))
@@ -258,7 +257,6 @@ async def _worker(connection: Any, config: WorkerConfig) -> dict[str, Any]:
 
 def worker_main(connection: Any, encoded: bytes) -> None:
     """Entry point of a worker process (spawned)."""
-    from gateway.cli import configure_logging
 
     config = msgspec.json.decode(encoded, type=WorkerConfig)
     configure_logging(config.log_level)
@@ -267,7 +265,6 @@ def worker_main(connection: Any, encoded: bytes) -> None:
     except KeyboardInterrupt:
         return
     except BaseException as error:  # reported to the parent, which prints one line
-        from shards.store import StoreError
 
         leaves = _leaves(error)
         detail = "; ".join(" ".join(f"{type(leaf).__name__}: {leaf}".split()) for leaf in leaves)[:1000]

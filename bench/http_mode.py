@@ -31,6 +31,7 @@ from bench.arrivals import Arrival
 from bench.histograms import Recorder
 from bench.http_client import HttpFailed, Pool, Templates
 from bench.machine import own_usage, process_usage
+from bench.engine_mode import PROGRESS_EVERY_S
 from bench.load import CARD_OF_SCENARIO, CARDS, CHALLENGE_POLL_S, CHALLENGE_WAIT_S, LoadSettings, PaymentFailed, expect_status, generate
 
 NODE_START_TIMEOUT_S = 60
@@ -105,7 +106,7 @@ class NodeProcess:
         )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "up", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(self.data_dir), *self.arguments],
+                [sys.executable, "-m", "payments.cli", "up", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(self.data_dir), *self.arguments],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -326,7 +327,6 @@ async def drive(
     url: str, secret_key: str, connections: int, load: LoadSettings, on_progress: Any, node_pid: int
 ) -> dict[str, Any]:
     """Run the load against a node; returns what was measured."""
-    from bench.engine_mode import PROGRESS_EVERY_S
 
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80

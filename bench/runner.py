@@ -30,7 +30,11 @@ from bench import database, engine_mode, http_mode, report
 from bench.histograms import Merged
 from bench.load import LoadSettings
 from bench.machine import MachineSample, machine_info
-from shards.store import StoreError
+from gateway.logs import configure_logging
+from shards import checks
+from shards.merchants import create_merchant
+from shards.operations import load_states
+from shards.store import MerchantTerms, Store, StoreError
 
 # The highest rate limit the schema allows: the limiter still runs on every
 # request (one Redis round trip), it just never refuses.
@@ -100,8 +104,6 @@ def _answers(url: str, port_default: int) -> bool:
 
 async def _prepare(url: str, partitions: int) -> Any:
     """Schema and the merchant the load runs as."""
-    from shards.merchants import create_merchant
-    from shards.store import MerchantTerms, Store
 
     async with trio_asyncio.open_loop():
         store = await Store.open(url, connections_max=2)
@@ -116,9 +118,6 @@ async def _prepare(url: str, partitions: int) -> Any:
 async def _check(url: str, operations: list[dict[str, Any]] | None) -> dict[str, Any]:
     """I1 to I6 over the whole database, replayed as a node recovers it (and
     against the simulator's record when the caller has it)."""
-    from shards import checks
-    from shards.operations import load_states
-    from shards.store import Store
 
     async with trio_asyncio.open_loop():
         store = await Store.open(url, connections_max=2)
@@ -152,7 +151,6 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
 
 
 def run(arguments: argparse.Namespace, command: str) -> int:
-    from gateway.cli import configure_logging
 
     configure_logging(arguments.log_level)
     console = Console(stderr=True)

@@ -15,7 +15,7 @@ import functools
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -28,7 +28,7 @@ from engine import cards
 from engine import intent as machine
 from engine.results import Result
 from engine.urls import return_url_allowed
-from gateway import challenge, errors, objects, openapi, pages, params, signing, webhook_routes
+from gateway import errors, objects, openapi, pages, params, signing, webhook_routes
 from gateway.openapi import api
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
@@ -111,6 +111,10 @@ def render_refund(refund_id: str) -> Callable[[Outcome], tuple[int, bytes]]:
     return lambda outcome: render(lambda: body_of(outcome))
 
 
+# Adds routes to the app: (app, node, authenticate, read_body).
+Mount = Callable[[QuartTrio, Node, Callable[..., Awaitable[Any]], Callable[[], Awaitable[dict[str, Any]]]], None]
+
+
 class Replayed(Exception):
     """The stored first response to a request with this idempotency key."""
 
@@ -127,7 +131,10 @@ def raw_response(status: int, body: bytes, headers: dict[str, str] | None = None
     return response
 
 
-def create_app(node: Node) -> QuartTrio:
+def create_app(node: Node, *, mounts: Sequence[Mount] = ()) -> QuartTrio:
+    """The node's app. Each of `mounts` adds routes of its own, with the
+    app's authentication and body reading (the composition root mounts the
+    simulator's pages this way, where the simulator runs in the node)."""
     app = QuartTrio("payments")
     app.config["MAX_CONTENT_LENGTH"] = BODY_BYTES_MAX
     app.config["BODY_TIMEOUT"] = 30
@@ -398,6 +405,8 @@ def create_app(node: Node) -> QuartTrio:
             raise errors.unavailable("Too many requests are in flight for this payment. Retry shortly.") from None
 
     webhook_routes.register(app, node, authenticate, read_body)
+    for mount in mounts:
+        mount(app, node, authenticate, read_body)
 
     # -------------------------------------------------------------- routes
 
@@ -621,53 +630,6 @@ def create_app(node: Node) -> QuartTrio:
     async def list_disputes() -> Response:
         return await child_page("disputes", "/v1/disputes", "dispute", objects.dispute)
 
-    # The simulator's admin side (test mode only): what a cardholder and an
-    # issuer would do, so disputes can be exercised end to end.
-    @app.post("/simulator/disputes")
-    async def simulate_dispute() -> Response:
-        key = await authenticate()
-        values = params.convert(await read_body(), params.SimulateDispute)
-        intent = owned_intent(values.payment_intent, key)
-        authorization = intent.authorization()
-        open_dispute = getattr(node.network, "open_dispute", None)
-        if key.livemode or open_dispute is None:
-            raise errors.invalid_request("Disputes can only be simulated in test mode against the simulator.")
-        reference = None if authorization is None else open_dispute(authorization.id)
-        if reference is None:
-            raise errors.invalid_request(
-                "This PaymentIntent has no captured, undisputed charge to dispute.", param="payment_intent", code="charge_not_disputable"
-            )
-        return json_response({"object": "simulated_dispute", "id": reference, "payment_intent": intent.id})
-
-    @app.post("/simulator/disputes/<dispute_id>/close")
-    async def simulate_dispute_decision(dispute_id: str) -> Response:
-        key = await authenticate()
-        values = params.convert(await read_body(), params.CloseDispute)
-        found = node.dispute(dispute_id) if len(dispute_id) <= ID_CHARS_MAX else None
-        if found is None or found[0].merchant_id != key.merchant_id or key.livemode:
-            raise errors.not_found("dispute", dispute_id, "dispute")
-        if not node.network.close_dispute(dispute_id, values.outcome == "won"):
-            raise errors.invalid_request("This dispute is already closed.", code="dispute_already_closed")
-        return json_response({"object": "simulated_dispute", "id": dispute_id, "outcome": values.outcome})
-
-    @app.get("/simulator/operations")
-    async def simulated_operations() -> Response:
-        """The card network's own record of this merchant's operations (test
-        mode), for checking that nothing was charged twice."""
-        key = await authenticate()
-        operations = getattr(node.network, "operations", None)
-        if key.livemode or operations is None:
-            raise errors.invalid_request("The simulator's record is only available in test mode against the simulator.")
-        mine = []
-        for operation in operations():
-            named = operation.parent_reference or operation.reference
-            intent_id = node.intent_of_reference(named)
-            intent = None if intent_id is None else node.intent(intent_id)
-            if intent is not None and intent.merchant_id == key.merchant_id:
-                mine.append({"payment_intent": intent.id, **msgspec.structs.asdict(operation)})
-        return json_response({"object": "list", "data": mine})
-
-    challenge.register(app, node)
 
     @app.get("/openapi.json")
     async def openapi_document() -> Response:

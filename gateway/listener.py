@@ -184,3 +184,22 @@ async def serve_guarded(
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+def hypercorn_config(host: str, port: int) -> HypercornConfig:
+    """The HTTP server settings of the node (and of the simulators and the
+    bench's bare baseline, so that they are compared on equal terms)."""
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    # No access log, and no error log with tracebacks: ours logs what matters.
+    config.accesslog = None
+    config.errorlog = None
+    # Idle keep-alive connections hold a graceful shutdown open until this
+    # runs out; requests still running after it are cut off unacknowledged,
+    # and the actors still journal what they started.
+    config.graceful_timeout = 3
+    config.keep_alive_timeout = 75
+    # Bounds on what a client may send before the app sees it.
+    config.h11_max_incomplete_size = 16 * 1024
+    config.h2_max_inbound_frame_size = 16 * 1024
+    return config

@@ -28,6 +28,7 @@ range may be "none" (no override), which only matters for undoing a
 top-level range for one brand. `format` is the inverse of `parse`.
 """
 
+import argparse
 import math
 import re
 
@@ -238,3 +239,26 @@ def _value_text(name: str, value: object) -> str:
 def _number_text(value: float) -> str:
     # repr of a float is the shortest text that float() reads back exactly.
     return repr(float(value))
+
+
+# Command-line argument types (argparse), for every command that takes faults
+# or a latency range.
+
+
+def latency_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("..")
+    try:
+        pair = (int(low), int(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected MIN..MAX in milliseconds, e.g. 1..5") from None
+    if not 0 <= pair[0] <= pair[1] <= 60_000:
+        raise argparse.ArgumentTypeError("expected 0 <= MIN <= MAX <= 60000")
+    return pair
+
+
+def fault_spec(text: str) -> str:
+    try:
+        parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text

@@ -59,7 +59,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from gateway.server import hypercorn_config
+from gateway.listener import hypercorn_config
 
 log = structlog.get_logger("simulators.receiver")
 

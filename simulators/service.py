@@ -47,7 +47,7 @@ from engine.network import (
     RefundRequest,
     VoidRequest,
 )
-from gateway.server import hypercorn_config
+from gateway.listener import hypercorn_config
 from simulators import faults as fault_specs
 from simulators.card_network import CardNetwork
 

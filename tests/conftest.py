@@ -50,11 +50,11 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     scratch = Path(tempfile.mkdtemp(prefix="payments-tests-"))
     if not _answers(ADMIN_URL, 5432):
-        from gateway import embedded
+        from payments import embedded
 
         ADMIN_URL = embedded.database_url(scratch)
     if not _answers(REDIS_URL, 6379):
-        from gateway import embedded
+        from payments import embedded
 
         valkey = embedded.valkey(scratch)
         REDIS_URL = valkey.__enter__()
@@ -83,7 +83,7 @@ def logging_left_as_found(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     configuration is put back afterwards (capture_logs relies on both)."""
     import structlog
 
-    from gateway import cli
+    from payments import cli
 
     saved = structlog.get_config()
     configure = cli.configure_logging
@@ -156,7 +156,7 @@ class NodeProcess:
             **self.environ,
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "up", "--port", "0", "--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args],
+            [sys.executable, "-m", "payments.cli", "up", "--port", "0", "--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args],
             stdout=subprocess.PIPE,
             stderr=open(self.data_dir / "node.log", "ab"),
             env=environ,
@@ -223,7 +223,7 @@ def create_merchant_keys(node: NodeProcess, name: str, *options: str) -> dict:
     """A new merchant on a node's database, made with the CLI as an operator would."""
     environ = dict(os.environ, PAYMENTS_DATABASE_URL=node.database_url)
     output = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "merchant", "create", "--name", name, "--json", "--data-dir", str(node.data_dir), *options],
+        [sys.executable, "-m", "payments.cli", "merchant", "create", "--name", name, "--json", "--data-dir", str(node.data_dir), *options],
         capture_output=True,
         text=True,
         env=environ,

@@ -23,7 +23,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from gateway import audit_cli
+from payments import audit_cli
 from shards import audit
 from shards.audit import (
     ArchiveInconsistent,

@@ -36,7 +36,7 @@ class Simulator:
 
     def __init__(self, seed: int) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "sim", "--port", "0", "--seed", str(seed), "--faults", FAULTS],
+            [sys.executable, "-m", "payments.cli", "sim", "--port", "0", "--seed", str(seed), "--faults", FAULTS],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -109,7 +109,7 @@ class Load:
 def payments(*arguments: str, database_url: str, data_dir: Path, simulator_url: str) -> subprocess.CompletedProcess:
     environ = dict(os.environ, PAYMENTS_DATABASE_URL=database_url, PAYMENTS_SIMULATOR_URL=simulator_url)
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *arguments, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "payments.cli", *arguments, "--data-dir", str(data_dir)],
         capture_output=True, text=True, env=environ, timeout=120,
     )
 

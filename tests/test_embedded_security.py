@@ -21,7 +21,7 @@ import redis
 import trio
 import trio_asyncio
 
-from gateway import embedded, server
+from payments import embedded, up as server
 from shards.vault import Vault
 
 
@@ -53,7 +53,7 @@ def test_embedded_valkey_without_the_password_cannot_read_or_delete_nonces(tmp_p
 
 def test_embedded_valkey_dies_with_a_sigkilled_parent(tmp_path: Path) -> None:
     script = (
-        "import sys, time; from pathlib import Path; from gateway import embedded\n"
+        "import sys, time; from pathlib import Path; from payments import embedded\n"
         "with embedded.valkey(Path(sys.argv[1])) as url:\n"
         "    print(url, flush=True); time.sleep(120)\n"
     )

@@ -58,7 +58,7 @@ def test_a_rolled_key_works_at_once_and_the_old_one_stops_after_the_grace(node: 
     old = httpx.Client(base_url=node.url, auth=(fresh_merchant["secret_key"], ""))
     assert old.get("/v1/payment_intents").status_code == 200
     rolled = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "merchant", "roll-key", "--merchant", fresh_merchant["id"], "--grace-s", "1", "--json",
+        [sys.executable, "-m", "payments.cli", "merchant", "roll-key", "--merchant", fresh_merchant["id"], "--grace-s", "1", "--json",
          "--data-dir", str(node.data_dir)],
         capture_output=True, text=True, timeout=60, check=True, env=dict(os.environ, PAYMENTS_DATABASE_URL=node.database_url),
     )

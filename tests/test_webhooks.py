@@ -373,7 +373,7 @@ def test_a_dead_letter_is_sent_again_on_request(new_node: Callable[..., NodeProc
         tries = receiver.deliveries()
         assert len(tries) == 3 and all(d["status"] == 500 for d in tries), "one try and two retries, then it is dead"
         listed = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "events", "dead-letters", "--json", "--data-dir", str(node.data_dir)],
+            [sys.executable, "-m", "payments.cli", "events", "dead-letters", "--json", "--data-dir", str(node.data_dir)],
             capture_output=True, text=True, timeout=60, env={**os.environ, "PAYMENTS_DATABASE_URL": node.database_url},
         )
         dead = [json.loads(line) for line in listed.stdout.splitlines()]
@@ -537,7 +537,7 @@ def test_a_running_node_archives_its_journal_and_verify_catches_an_edit(new_node
 
     def verify() -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "audit", "verify", "--data-dir", str(node.data_dir)],
+            [sys.executable, "-m", "payments.cli", "audit", "verify", "--data-dir", str(node.data_dir)],
             capture_output=True, text=True, timeout=60, env=environ,
         )
 

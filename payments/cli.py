@@ -3,98 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import signal
-import logging
 import os
+import signal
 import sys
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import msgspec
-import structlog
 import trio
 import trio_asyncio
 
-DEFAULT_DATA_DIR = Path(".payments")
-
-
-def configure_logging(level: str) -> None:
-    """JSON lines on stderr. Tracebacks are plain text with no local variables,
-    so a card number held in a local can never be printed."""
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-
-
-def embedded_default() -> bool:
-    """Whether `up` runs on the embedded servers (no external ones named)."""
-    return not os.environ.get("PAYMENTS_DATABASE_URL") and not os.environ.get("PAYMENTS_REDIS_URL")
-
-
-def database_url(data_dir: Path) -> str:
-    url = os.environ.get("PAYMENTS_DATABASE_URL")
-    if url:
-        return url
-    from gateway import embedded
-
-    return embedded.database_url(data_dir)
-
-
-@contextlib.contextmanager
-def redis_url(data_dir: Path) -> Iterator[str]:
-    url = os.environ.get("PAYMENTS_REDIS_URL")
-    if url:
-        yield url
-        return
-    from gateway import embedded
-
-    with embedded.valkey(data_dir) as url:
-        yield url
-
-
-def latency_range(text: str) -> tuple[int, int]:
-    low, _, high = text.partition("..")
-    try:
-        pair = (int(low), int(high or low))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected MIN..MAX in milliseconds, e.g. 1..5") from None
-    if not 0 <= pair[0] <= pair[1] <= 60_000:
-        raise argparse.ArgumentTypeError("expected 0 <= MIN <= MAX <= 60000")
-    return pair
-
-
-def bounded_int(low: int, high: int):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}")
-        return value
-
-    return parse
-
-
-def fault_spec(text: str) -> str:
-    from simulators import faults
-
-    try:
-        faults.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
+from bench.cli import register as register_bench
+from engine import ids
+from gateway.logs import configure_logging
+from payments import audit_cli
+from payments.arguments import DEFAULT_DATA_DIR, bounded_int, database_url, embedded_default, redis_url
+from payments.up import UpSettings, run_up
+from shards import operations
+from shards.merchants import create_merchant, roll_key
+from shards.store import MerchantTerms, Store, StoreError
+from shards.vault import Vault
+from shards.webhooks import ScheduleError, parse_schedule
+from simulators import faults, receiver_cli
+from simulators.faults import fault_spec, latency_range
+from simulators.service import run_sim
 
 
 def parser() -> argparse.ArgumentParser:
@@ -204,13 +137,9 @@ def parser() -> argparse.ArgumentParser:
     retry.add_argument("event_id", help="the event's id (evt_...)")
     data_dir_option(retry)
 
-    from gateway import audit_cli
-    from simulators import receiver_cli
 
     receiver_cli.register(commands)
     audit_cli.register(commands)
-    from bench.cli import register as register_bench
-
     register_bench(commands)
 
     roll = merchant_commands.add_parser("roll-key", help="issue a new secret key; the old ones keep working for a grace period")
@@ -223,8 +152,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def _with_store(data_dir: Path, action):  # type: ignore[no-untyped-def]
-    from shards.store import Store
-
     async with trio_asyncio.open_loop():
         store = await Store.open(database_url(data_dir), connections_max=2)
         try:
@@ -243,10 +170,6 @@ def command_migrate(arguments: argparse.Namespace) -> int:
 
 
 def command_merchant_create(arguments: argparse.Namespace) -> int:
-    from shards.merchants import create_merchant
-    from shards.store import MerchantTerms
-    from shards.vault import Vault
-
     name = arguments.name.strip()
     if not 1 <= len(name) <= 200:
         print("error: --name must be 1 to 200 characters", file=sys.stderr)
@@ -275,8 +198,6 @@ def command_merchant_create(arguments: argparse.Namespace) -> int:
 
 
 def command_merchant_roll_key(arguments: argparse.Namespace) -> int:
-    from shards.merchants import roll_key
-
     async def action(store):  # type: ignore[no-untyped-def]
         return await roll_key(store, arguments.merchant, grace_s=arguments.grace_s)
 
@@ -307,10 +228,6 @@ def command_dead_letters(arguments: argparse.Namespace) -> int:
 
 
 def command_events_retry(arguments: argparse.Namespace) -> int:
-    import time
-
-    from engine import ids
-
     if ids.parse_id(arguments.event_id, "evt") is None:
         print("error: expected an event id (evt_...)", file=sys.stderr)
         return 2
@@ -328,8 +245,6 @@ def command_events_retry(arguments: argparse.Namespace) -> int:
 
 def settings_error() -> str | None:
     """What is wrong with the settings in the environment, if anything."""
-    from shards.webhooks import ScheduleError, parse_schedule
-
     try:
         parse_schedule(os.environ.get("PAYMENTS_WEBHOOK_RETRY_SCHEDULE", ""))
     except ScheduleError as error:
@@ -354,8 +269,6 @@ def settings_error() -> str | None:
 
 
 def command_up(arguments: argparse.Namespace) -> int:
-    from gateway.server import UpSettings, run_up
-
     problem = settings_error()
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
@@ -390,9 +303,6 @@ def command_up(arguments: argparse.Namespace) -> int:
 
 
 def command_sim(arguments: argparse.Namespace) -> int:
-    from simulators import faults
-    from simulators.service import run_sim
-
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(
@@ -411,16 +321,12 @@ def command_sim(arguments: argparse.Namespace) -> int:
 
 
 def command_check(arguments: argparse.Namespace) -> int:
-    from shards import operations
-
     report = trio.run(_with_store, arguments.data_dir, functools.partial(operations.check_database, simulator_url=arguments.simulator_url))
     print(report.table())
     return 0 if report.ok else 1
 
 
 def command_reconcile(arguments: argparse.Namespace) -> int:
-    from shards import operations
-
     if not arguments.simulator_url:
         print("error: reconcile needs the simulator service: --simulator-url or PAYMENTS_SIMULATOR_URL", file=sys.stderr)
         return 2
@@ -434,7 +340,6 @@ def command_reconcile(arguments: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     arguments = parser().parse_args(argv)
     configure_logging(getattr(arguments, "log_level", "warning"))
-    from shards.store import StoreError
 
     handlers = {
         "up": command_up,
@@ -447,8 +352,6 @@ def main(argv: list[str] | None = None) -> int:
         "dead-letters": command_dead_letters,
         "retry": command_events_retry,
     }
-    from gateway import audit_cli
-
     handlers["audit"] = audit_cli.command_audit
     status = 0
     try:

@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from hypercorn.config import Config as HypercornConfig
 
 from gateway.app import create_app
-from gateway.listener import ConnectionLimits, serve_guarded
+from gateway.listener import ConnectionLimits, hypercorn_config, serve_guarded
 from gateway.objects import render_event
 from shards.redis_link import RedisLink, RedisUnavailable
 from shards.merchants import MerchantKeys, create_merchant
@@ -38,9 +38,10 @@ from shards.vault import Vault
 from shards.network_client import HttpCardNetwork
 from shards.webhooks import DispatchConfig, EventWorkers, parse_schedule
 from simulators import faults
+from simulators import routes as simulator_routes
 from simulators.card_network import CardNetwork
 
-log = structlog.get_logger("gateway.server")
+log = structlog.get_logger("payments.up")
 
 TEST_MERCHANT_FILE = "test_merchant.json"
 
@@ -124,25 +125,6 @@ async def open_network(settings: UpSettings) -> AsyncIterator[Any]:
         yield CardNetwork(seed=settings.seed, latency_ms=settings.network_latency_ms, faults=faults.parse(settings.faults))
 
 
-def hypercorn_config(host: str, port: int) -> HypercornConfig:
-    """The HTTP server settings of the node (and of the simulators and the
-    bench's bare baseline, so that they are compared on equal terms)."""
-    config = HypercornConfig()
-    config.bind = [f"{host}:{port}"]
-    # No access log, and no error log with tracebacks: ours logs what matters.
-    config.accesslog = None
-    config.errorlog = None
-    # Idle keep-alive connections hold a graceful shutdown open until this
-    # runs out; requests still running after it are cut off unacknowledged,
-    # and the actors still journal what they started.
-    config.graceful_timeout = 3
-    config.keep_alive_timeout = 75
-    # Bounds on what a client may send before the app sees it.
-    config.h11_max_incomplete_size = 16 * 1024
-    config.h2_max_inbound_frame_size = 16 * 1024
-    return config
-
-
 def dispatch_config(*, allow_private: bool = False) -> DispatchConfig:
     """Webhook delivery settings; the retry schedule may come from
     PAYMENTS_WEBHOOK_RETRY_SCHEDULE (checked by the CLI before start)."""
@@ -202,7 +184,9 @@ async def run_up(settings: UpSettings) -> None:
                 config = hypercorn_config(settings.host, settings.port)
                 stop = trio.Event()
                 limits = ConnectionLimits(per_client_max=settings.connections_per_client_max, header_timeout_s=settings.header_timeout_s)
-                binds = await nursery.start(_serve_http, create_app(node), config, limits, stop, node)
+                # The simulator's pages go only where the simulator runs in this process.
+                mounts = [simulator_routes.mount(network)] if isinstance(network, CardNetwork) else []
+                binds = await nursery.start(_serve_http, create_app(node, mounts=mounts), config, limits, stop, node)
                 node.public_url = binds[0]
                 announce(binds[0], keys, allow_private_webhooks=settings.allow_private_webhooks)
                 archiving = trio.CancelScope()

@@ -16,6 +16,12 @@ from typing import Any
 import trio
 import trio_asyncio
 
+from gateway.logs import configure_logging
+from payments.arguments import DEFAULT_DATA_DIR, bounded_int
+from shards import audit
+from shards.audit import ArchiveInconsistent, ArchiveUnavailable, ExportBusy, archive_from_environment
+from shards.store import Store, StoreError
+
 DESCRIPTION = """\
 The audit archive: the journal and its events, copied out of PostgreSQL into
 gzip-compressed JSON-lines segments chained by SHA-256 in a manifest, and
@@ -37,9 +43,6 @@ webhooks and not awaiting a delivery."""
 
 def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     """Add `audit` with its three subcommands to the `payments` command."""
-    from gateway.cli import DEFAULT_DATA_DIR, bounded_int
-    from shards import audit
-
     parser = commands.add_parser(
         "audit",
         help="export the journal to a tamper-evident archive, verify it, prune hot tables",
@@ -114,13 +117,11 @@ def command_audit(arguments: argparse.Namespace) -> int:
 
 
 def _archive(arguments: argparse.Namespace) -> Any:
-    from shards.audit import archive_from_environment
 
     return archive_from_environment(arguments.data_dir, arguments.archive)
 
 
 async def _with_store(database_url: str, action: Any) -> Any:
-    from shards.store import Store
 
     async with trio_asyncio.open_loop():
         store = await Store.open(database_url, connections_max=2)
@@ -133,8 +134,6 @@ async def _with_store(database_url: str, action: Any) -> Any:
 def _run(action: Any, *args: Any) -> tuple[int, Any]:
     """Run `action` under trio; infrastructure trouble becomes one line on
     stderr and exit status 2, an inconsistent or busy archive status 1."""
-    from shards.audit import ArchiveInconsistent, ArchiveUnavailable, ExportBusy
-    from shards.store import StoreError
 
     status, result = 0, None
     try:
@@ -164,8 +163,6 @@ def _database_url(arguments: argparse.Namespace, command: str) -> str | None:
 
 
 def command_export(arguments: argparse.Namespace) -> int:
-    from shards import audit
-
     database_url = _database_url(arguments, "export")
     if not database_url:
         return 2
@@ -182,8 +179,6 @@ def command_export(arguments: argparse.Namespace) -> int:
 
 
 def command_verify(arguments: argparse.Namespace) -> int:
-    from shards import audit
-
     archive = _archive(arguments)
 
     async def check(store):  # type: ignore[no-untyped-def]
@@ -200,8 +195,6 @@ def command_verify(arguments: argparse.Namespace) -> int:
 
 
 def command_prune(arguments: argparse.Namespace) -> int:
-    from shards import audit
-
     database_url = _database_url(arguments, "prune")
     if not database_url:
         return 2
@@ -217,8 +210,7 @@ def command_prune(arguments: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m gateway.audit_cli audit ...`: the same as `payments audit ...`."""
-    from gateway.cli import configure_logging
+    """`python -m payments.audit_cli audit ...`: the same as `payments audit ...`."""
 
     parser = argparse.ArgumentParser(prog="payments")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))

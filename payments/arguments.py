@@ -1,0 +1,49 @@
+"""What several commands share: the data dir, bounded numbers, and where the
+database and Redis are (named servers, or the embedded ones)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from payments import embedded
+
+DEFAULT_DATA_DIR = Path(".payments")
+
+
+def embedded_default() -> bool:
+    """Whether `up` runs on the embedded servers (no external ones named)."""
+    return not os.environ.get("PAYMENTS_DATABASE_URL") and not os.environ.get("PAYMENTS_REDIS_URL")
+
+
+def database_url(data_dir: Path) -> str:
+    url = os.environ.get("PAYMENTS_DATABASE_URL")
+    if url:
+        return url
+    return embedded.database_url(data_dir)
+
+
+@contextlib.contextmanager
+def redis_url(data_dir: Path) -> Iterator[str]:
+    url = os.environ.get("PAYMENTS_REDIS_URL")
+    if url:
+        yield url
+        return
+    with embedded.valkey(data_dir) as url:
+        yield url
+
+
+def bounded_int(low: int, high: int):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse

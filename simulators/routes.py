@@ -1,0 +1,145 @@
+"""The simulator's pages on a node that runs the card-network simulator in
+its own process (`payments up` without PAYMENTS_SIMULATOR_URL, and tests).
+
+They stand in for what a cardholder and an issuer would do, so flows that
+need them can run end to end in test mode:
+
+- the 3-D Secure challenge page, at the `next_action.redirect_to_url.url` of
+  an intent waiting in `requires_action`. No API key: the unguessable
+  attempt id in the path is the secret, as it is for a real issuer's page.
+  Passing or failing it makes the network send its final answer, and the
+  intent moves on by itself;
+- `POST /simulator/disputes` and `/simulator/disputes/{id}/close`: the
+  cardholder opens a dispute on a captured payment, the issuer decides it;
+- `GET /simulator/operations`: the network's own record of the caller's
+  operations, for checking that nothing was charged twice.
+
+The composition root mounts them only beside the in-process simulator; a
+node talking to real networks (or to the simulator service) never has them.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+from quart import Response, redirect, request
+from quart_trio import QuartTrio
+
+from engine.urls import return_url_allowed
+from gateway import errors, params
+from gateway.app import ID_CHARS_MAX, Mount, json_response
+from shards.node import Node
+from simulators.card_network import CardNetwork
+
+REFERENCE_CHARS_MAX = 64
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>3-D Secure test page</title></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<h1>3-D Secure test payment</h1>
+<p>This page stands in for the card issuer's authentication. Choose an outcome.</p>
+<form method="post"><input type="hidden" name="result" value="pass">
+<button type="submit">Complete authentication</button></form>
+<form method="post" style="margin-top: 1em"><input type="hidden" name="result" value="fail">
+<button type="submit">Fail authentication</button></form>
+</body></html>
+"""
+
+DONE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>3-D Secure test page</title></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<h1>{title}</h1><p>You can close this page.</p></body></html>
+"""
+
+
+def _page(body: str, status: int = 200) -> Response:
+    return Response(body, status=status, content_type="text/html; charset=utf-8")
+
+
+def mount(network: CardNetwork) -> Mount:
+    """The routes above, over the simulator `network` the node runs."""
+
+    def register(app: QuartTrio, node: Node, authenticate: Any, read_body: Any) -> None:
+        _register_challenge(app, node, network)
+        _register_disputes(app, node, network, authenticate, read_body)
+
+    return register
+
+
+def _register_challenge(app: QuartTrio, node: Node, network: CardNetwork) -> None:
+    def challenge_pending(reference: str) -> bool:
+        return len(reference) <= REFERENCE_CHARS_MAX and network.challenge_pending(reference)
+
+    @app.get("/simulator/3ds/<reference>")
+    async def show_challenge(reference: str) -> Response:
+        if not challenge_pending(reference):
+            return _page(DONE.format(title="No authentication is waiting here"), 404)
+        return _page(PAGE)
+
+    @app.post("/simulator/3ds/<reference>")
+    async def answer_challenge(reference: str) -> Response:
+        form = await request.form
+        result = form.get("result")
+        if result not in ("pass", "fail"):
+            return _page(DONE.format(title="Choose pass or fail"), 400)
+        if not challenge_pending(reference) or not network.complete_challenge(reference, result == "pass"):
+            return _page(DONE.format(title="No authentication is waiting here"), 404)
+        intent_id = node.intent_of_reference(reference)
+        intent = None if intent_id is None else node.intent(intent_id)
+        # Checked again here: an intent journaled before return URLs were
+        # checked may hold one that must not become a redirect.
+        if intent is not None and intent.return_url and return_url_allowed(intent.return_url, intent.livemode):
+            separator = "&" if "?" in intent.return_url else "?"
+            return redirect(intent.return_url + separator + urlencode({"payment_intent": intent.id}), 303)
+        title = "Authentication complete" if result == "pass" else "Authentication failed"
+        return _page(DONE.format(title=html.escape(title)))
+
+
+def _register_disputes(app: QuartTrio, node: Node, network: CardNetwork, authenticate: Any, read_body: Any) -> None:
+    def test_mode_only(key: Any) -> None:
+        if key.livemode:
+            raise errors.invalid_request("The simulator's pages work in test mode only.")
+
+    @app.post("/simulator/disputes")
+    async def simulate_dispute() -> Response:
+        key = await authenticate()
+        test_mode_only(key)
+        values = params.convert(await read_body(), params.SimulateDispute)
+        intent = node.intent(values.payment_intent) if len(values.payment_intent) <= ID_CHARS_MAX else None
+        if intent is None or intent.merchant_id != key.merchant_id or intent.livemode:
+            raise errors.not_found("payment_intent", values.payment_intent, "intent")
+        authorization = intent.authorization()
+        reference = None if authorization is None else network.open_dispute(authorization.id)
+        if reference is None:
+            raise errors.invalid_request(
+                "This PaymentIntent has no captured, undisputed charge to dispute.", param="payment_intent", code="charge_not_disputable"
+            )
+        return json_response({"object": "simulated_dispute", "id": reference, "payment_intent": intent.id})
+
+    @app.post("/simulator/disputes/<dispute_id>/close")
+    async def simulate_dispute_decision(dispute_id: str) -> Response:
+        key = await authenticate()
+        test_mode_only(key)
+        values = params.convert(await read_body(), params.CloseDispute)
+        found = node.dispute(dispute_id) if len(dispute_id) <= ID_CHARS_MAX else None
+        if found is None or found[0].merchant_id != key.merchant_id:
+            raise errors.not_found("dispute", dispute_id, "dispute")
+        if not network.close_dispute(dispute_id, values.outcome == "won"):
+            raise errors.invalid_request("This dispute is already closed.", code="dispute_already_closed")
+        return json_response({"object": "simulated_dispute", "id": dispute_id, "outcome": values.outcome})
+
+    @app.get("/simulator/operations")
+    async def simulated_operations() -> Response:
+        key = await authenticate()
+        test_mode_only(key)
+        mine = []
+        for operation in network.operations():
+            named = operation.parent_reference or operation.reference
+            intent_id = node.intent_of_reference(named)
+            intent = None if intent_id is None else node.intent(intent_id)
+            if intent is not None and intent.merchant_id == key.merchant_id:
+                mine.append({"payment_intent": intent.id, **msgspec.structs.asdict(operation)})
+        return json_response({"object": "list", "data": mine})
