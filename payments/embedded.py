@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -34,8 +36,16 @@ from pathlib import Path
 import redis
 
 PASSWORD_FILE = "postgres.password"
+# pgserver's record of the processes using a cluster, and the user it runs
+# the cluster as when we are root.
+HANDLE_LIST_FILE = ".handle_pids.json"
+PGSERVER_SYSTEM_USER = "pgserver"
 VALKEY_START_TIMEOUT_S = 10.0
 PR_SET_PDEATHSIG = 1
+
+
+# Write ends of the watchdogs' pipes: open for as long as this process lives.
+_watchdog_pipes: list[int] = []
 
 
 class EmbeddedServerError(RuntimeError):
@@ -83,18 +93,86 @@ def _require_password(server: object, pgdata: Path, password: str) -> None:
     server.psql("SELECT pg_reload_conf();")  # type: ignore[attr-defined]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_dead_users(pgdata: Path, also: int | None = None) -> list[int]:
+    """Drop from pgserver's list of the processes using the cluster those
+    that are gone (and `also`); returns who is left. A process killed with
+    SIGKILL never takes itself off, and one stale entry would keep the
+    cluster running after every later shutdown."""
+    path = pgdata / HANDLE_LIST_FILE
+    if not path.exists():
+        return []
+    users = [pid for pid in json.loads(path.read_text() or "[]") if pid != also and _alive(pid)]
+    path.write_text(json.dumps(users))
+    return users
+
+
+def _watch(pgdata: Path, user_pid: int) -> None:
+    """The watchdog's life: wait until the process that started it is gone
+    (its end of our stdin closes, however it died), then stop the cluster
+    if nobody else uses it."""
+    while sys.stdin.buffer.read(4096):
+        pass
+    if _forget_dead_users(pgdata, also=user_pid) or not (pgdata / "postmaster.pid").exists():
+        return
+    run_as = {"user": PGSERVER_SYSTEM_USER} if os.geteuid() == 0 else {}
+    subprocess.run(
+        [str(_postgres_bin() / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+        timeout=30,
+        **run_as,  # type: ignore[arg-type]
+    )
+
+
+def _postgres_bin() -> Path:
+    import pgserver._commands
+
+    return Path(pgserver._commands.POSTGRES_BIN_PATH)
+
+
+def _start_watchdog(pgdata: Path) -> None:
+    """A process that outlives us to stop the cluster when we die without
+    cleaning up (SIGKILL): pgserver's own clean-up runs only at a normal exit.
+    It holds the read end of a pipe whose write end only we hold, open until
+    we die; it is in a session of its own so a Ctrl-C aimed at us spares it."""
+    read_end, write_end = os.pipe()
+    subprocess.Popen(
+        [sys.executable, "-m", "payments.embedded", "watch", str(pgdata), str(os.getpid())],
+        stdin=read_end,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+    os.close(read_end)
+    _watchdog_pipes.append(write_end)
+
+
 def database_url(data_dir: Path) -> str:
     """Start (or join) the embedded PostgreSQL for `data_dir`; return its URL,
     password included.
 
-    The server stops when the last process using it exits.
+    The server stops when the last process using it exits, however it exits.
     """
     _quiet()
     import pgserver
 
     private_dir(data_dir)
     password = _secret_file(data_dir / PASSWORD_FILE)
+    _forget_dead_users(data_dir / "postgres")
     server = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+    _start_watchdog(data_dir / "postgres")
     _require_password(server, data_dir / "postgres", password)
     if os.geteuid() == 0:
         # Run as root, pgserver hands the cluster to a user of its own and
@@ -184,3 +262,7 @@ def valkey(data_dir: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["watch"]:
+    _watch(Path(sys.argv[2]), int(sys.argv[3]))

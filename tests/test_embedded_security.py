@@ -15,7 +15,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 import msgspec
+import psutil
 import pytest
 import redis
 import trio
@@ -131,3 +133,74 @@ async def test_a_test_merchant_file_in_clear_from_an_older_version_is_sealed_at_
     kept = await server.test_merchant(store, tmp_path, vault)
     assert kept.secret_key == first.secret_key
     assert first.secret_key.encode() not in path.read_bytes()
+
+
+def _start_up(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    """`payments up` on the embedded servers (no server named in the environment)."""
+    environ = {name: value for name, value in os.environ.items() if name not in ("PAYMENTS_DATABASE_URL", "PAYMENTS_REDIS_URL")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "payments.cli", "up", "--port", "0", "--data-dir", str(data_dir), "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=environ,
+        text=True,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("payments up: listening on "):
+            return process, line.split()[-1]
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError("payments up did not start")
+
+
+def _left_behind(data_dir: Path, pids: set[int]) -> list[str]:
+    """Processes still alive among `pids`, or serving anything under `data_dir`."""
+    found = []
+    for process in psutil.process_iter(attrs=["pid", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or ())
+        if process.info["pid"] in pids or str(data_dir) in command:
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(f"{process.info['pid']} {command[:120]}")
+            except psutil.NoSuchProcess:
+                pass
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+
+
+def test_sigkill_of_payments_up_leaves_nothing_behind_and_it_starts_again(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first, url = _start_up(data_dir)
+    try:
+        started = _descendants(first.pid)
+        assert started, "up started no servers"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        deadline = time.monotonic() + 15
+        while _left_behind(data_dir, started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _left_behind(data_dir, started) == []
+    finally:
+        first.kill()
+    # The same data dir starts again, serves, and a clean stop stops all it started.
+    second, url = _start_up(data_dir)
+    try:
+        started = _descendants(second.pid)
+        keys = msgspec.json.decode((data_dir / server.TEST_MERCHANT_FILE).read_bytes())
+        assert keys["id"].startswith("acct_")
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 200
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+        deadline = time.monotonic() + 15
+        while _left_behind(data_dir, started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _left_behind(data_dir, started) == []
+    finally:
+        second.kill()
