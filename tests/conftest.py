@@ -228,8 +228,8 @@ def create_merchant_keys(node: NodeProcess, name: str, *options: str) -> dict:
         text=True,
         env=environ,
         timeout=60,
-        check=True,
     )
+    assert output.returncode == 0, f"merchant create failed: {output.stderr.strip()[-2000:]}"
     return json.loads(output.stdout)
 
 
