@@ -73,7 +73,7 @@ _KINDS = frozenset(TransferKind)
 _CLOSING_KINDS = frozenset({TransferKind.post_pending, TransferKind.void_pending})
 
 
-class Transfer(msgspec.Struct, frozen=True, tag=True, gc=False):  # no cycles: see engine.intent
+class Transfer(msgspec.Struct, frozen=True, tag=True, gc=False):  # no cycles: see engine.records
     """One movement of money. Tagged so that it can sit inside event unions.
 
     `amount` is in minor units. For `post_pending` it is the amount posted, at

@@ -1,0 +1,169 @@
+"""Commands: what the shell asks of an intent.
+
+Every command is a frozen msgspec Struct in the tagged union `Command`; the
+tag is the class name, so a command keeps its encoding wherever it is
+defined. The shell supplies every id and the time: the core has neither a
+clock nor randomness. Which command is allowed in which status is the table
+in `engine.status`; what each one does is decided in `engine.attempts`,
+`engine.refunds` and `engine.disputes`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+# Here rather than with the intent's records because a create names it:
+# commands sit below the status table, which is keyed by command types.
+class CaptureMethod(enum.StrEnum):
+    automatic = "automatic"
+    manual = "manual"
+
+
+class CreateIntent(msgspec.Struct, frozen=True, tag=True):
+    """Create an intent; with `confirm` it is confirmed in the same step."""
+
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    amount: int
+    currency: str
+    capture_method: CaptureMethod
+    client_secret: str
+    at_s: int
+    attempt_id: str
+    payment_method_id: str | None = None
+    confirm: bool = False
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    return_url: str | None = None
+    fee_basis_points: int = 290
+    fee_fixed_minor: int = 30
+    settlement_delay_s: int = 2 * 86_400
+    dispute_fee_minor: int = 1500
+
+
+class ConfirmIntent(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    attempt_id: str
+    at_s: int
+    payment_method_id: str | None = None
+    return_url: str | None = None
+
+
+class CaptureIntent(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    attempt_id: str
+    at_s: int
+    amount_to_capture: int | None = None
+
+
+class CancelIntent(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    attempt_id: str  # used for the void when there is a hold to release
+    at_s: int
+    cancellation_reason: str | None = None
+
+
+class ExpireAuthorization(msgspec.Struct, frozen=True, tag=True):
+    """Sent by the shell when an uncaptured authorization reaches its age limit."""
+
+    intent_id: str
+    attempt_id: str
+    at_s: int
+
+
+class CreateRefund(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    refund_id: str
+    at_s: int
+    amount: int | None = None
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class RecordApproval(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    attempt_id: str  # an attempt id, or a refund id
+    at_s: int
+
+
+class RecordDecline(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    attempt_id: str
+    at_s: int
+    code: str
+    decline_code: str | None
+    message: str
+
+
+class RecordActionRequired(msgspec.Struct, frozen=True, tag=True):
+    """The network wants the cardholder to authenticate (3-D Secure) at `url`
+    before it answers; its final answer comes later for the same attempt."""
+
+    intent_id: str
+    attempt_id: str
+    at_s: int
+    url: str
+
+
+class RecordUnknownOutcome(msgspec.Struct, frozen=True, tag=True):
+    """No answer came (timeout, reset, or our own crash while pending)."""
+
+    intent_id: str
+    attempt_id: str
+    at_s: int
+
+
+class RecordRefundFailure(msgspec.Struct, frozen=True, tag=True):
+    """The network reports that a refund it had accepted failed afterwards."""
+
+    intent_id: str
+    refund_id: str
+    at_s: int
+    failure_reason: str
+
+
+class RecordDisputeOpened(msgspec.Struct, frozen=True, tag=True):
+    """The network reports that the cardholder disputes the charge."""
+
+    intent_id: str
+    dispute_id: str
+    amount: int
+    at_s: int
+
+
+class RecordDisputeClosed(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    dispute_id: str
+    won: bool
+    at_s: int
+
+
+Command = (
+    CreateIntent
+    | ConfirmIntent
+    | CaptureIntent
+    | CancelIntent
+    | ExpireAuthorization
+    | CreateRefund
+    | RecordApproval
+    | RecordDecline
+    | RecordActionRequired
+    | RecordUnknownOutcome
+    | RecordRefundFailure
+    | RecordDisputeOpened
+    | RecordDisputeClosed
+)
+# The network's answers to one attempt or refund, named by its reference.
+ANSWERS = (RecordApproval, RecordDecline, RecordActionRequired, RecordUnknownOutcome)
