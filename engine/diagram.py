@@ -45,7 +45,7 @@ def document() -> str:
     lines = [
         "# State machines",
         "",
-        "Generated from the tables in `engine/intent.py` by `python -m engine.diagram`;",
+        "Generated from the tables in `engine/status.py`, `engine/refunds.py` and `engine/disputes.py` by `python -m engine.diagram`;",
         "do not edit by hand. Any (status, command) pair not drawn is refused and",
         "changes nothing.",
         "",
