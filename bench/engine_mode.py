@@ -46,10 +46,11 @@ from engine.results import Result
 from gateway.logs import configure_logging
 from shards import checks
 from shards.node import NodeConfig, Overloaded, run_node
-from shards.store import Store, StoreError, StoreUnavailable
 from shards.vault import Vault
 from simulators import faults
 from simulators.card_network import CardNetwork
+from store.errors import StoreError, StoreUnavailable
+from store.postgres import Store
 
 PROGRESS_EVERY_S = 0.5
 READY_TIMEOUT_S = 120.0

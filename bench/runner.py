@@ -34,7 +34,9 @@ from gateway.logs import configure_logging
 from shards import checks
 from shards.merchants import create_merchant
 from shards.operations import load_states
-from shards.store import MerchantTerms, Store, StoreError
+from store.errors import StoreError
+from store.postgres import Store
+from store.rows import MerchantTerms
 
 # The highest rate limit the schema allows: the limiter still runs on every
 # request (one Redis round trip), it just never refuses.
@@ -123,7 +125,7 @@ async def _check(url: str, operations: list[dict[str, Any]] | None) -> dict[str,
         store = await Store.open(url, connections_max=2)
         try:
             states = await load_states(store)
-            idempotency = await store.idempotency_records()
+            idempotency = await store.idempotency.records()
         finally:
             await store.close()
     checked = checks.check(states, idempotency, operations)

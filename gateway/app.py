@@ -36,8 +36,8 @@ from shards.actor import Outcome
 from shards import idempotency
 from shards.idempotency import Claim, Render
 from shards.node import Node, Overloaded, hash_key
-from shards.redis_link import RedisUnavailable
-from shards.store import ApiKeyRow, PaymentMethodRow, StoreUnavailable
+from store.errors import RedisUnavailable, StoreUnavailable
+from store.rows import ApiKeyRow, PaymentMethodRow
 
 log = structlog.get_logger("gateway")
 
@@ -182,6 +182,15 @@ def create_app(node: Node, *, mounts: Sequence[Mount] = ()) -> QuartTrio:
     @app.errorhandler(StoreUnavailable)
     async def store_unavailable(error: StoreUnavailable) -> Response:
         api = errors.unavailable("The service is temporarily unable to record changes. Retry shortly.")
+        return json_response(api.body(), api.status, api.headers)
+
+    @app.errorhandler(RedisUnavailable)
+    async def redis_unavailable(error: RedisUnavailable) -> Response:
+        # Redis holds rate-limit buckets and request nonces, never what a
+        # request records: a client is told what could not be checked, not
+        # that changes cannot be recorded.
+        log.warning("request_refused", path=request.path[:200], reason="redis_unavailable", error=str(error))
+        api = errors.unavailable("Rate limits and request signatures cannot be checked right now. Retry shortly.")
         return json_response(api.body(), api.status, api.headers)
 
     @app.errorhandler(Exception)

@@ -12,7 +12,7 @@ from engine import ledger
 from engine.intent import Dispute, PaymentIntent, Refund
 from engine.ledger import Transfer
 from engine import notifications
-from shards.store import EventRow, PaymentMethodRow, WebhookEndpointRow
+from store.rows import EventRow, PaymentMethodRow, WebhookEndpointRow
 
 T = TypeVar("T")
 

@@ -26,8 +26,8 @@ from gateway.forms import BodyError, decode_form
 from gateway.openapi import api
 from shards.idempotency import KEY_CHARS_MAX, TTL_S_DEFAULT
 from shards.node import Node
-from shards.store import EventQuery, WebhookEndpointRow
 from shards.webhooks import EndpointUrlError, check_url
+from store.rows import EventQuery, WebhookEndpointRow
 
 EVENTS_KEPT_S = 30 * 86_400
 ENDPOINTS_PER_MERCHANT_MAX = 16
@@ -115,7 +115,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
     async def owned_event(event_id: str, key: Any, param: str | None = None) -> Any:
         row = None
         if len(event_id) <= ID_CHARS_MAX and ids.parse_id(event_id, "evt") is not None:
-            row = await node.store.get_event(event_id)
+            row = await node.store.events.get(event_id)
         if row is None or row.merchant_id != key.merchant_id or row.livemode != key.livemode or row.created_s < time.time() - EVENTS_KEPT_S:
             if param is not None:
                 raise errors.invalid_request(f"No such event: '{event_id[:64]}'", param=param, code="resource_missing")
@@ -125,7 +125,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
     async def owned_endpoint(endpoint_id: str, key: Any) -> WebhookEndpointRow:
         row = None
         if len(endpoint_id) <= ID_CHARS_MAX and ids.parse_id(endpoint_id, "we") is not None:
-            row = await node.store.get_webhook_endpoint(endpoint_id)
+            row = await node.store.webhooks.get_endpoint(endpoint_id)
         if row is None or row.merchant_id != key.merchant_id or row.livemode != key.livemode:
             raise errors.not_found("webhook_endpoint", endpoint_id, "id")
         return row
@@ -166,7 +166,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
             until_s=until_s,
             delivery_success=values.delivery_success,
         )
-        rows = await node.store.list_events(query)
+        rows = await node.store.events.matching(query)
         has_more = len(rows) > values.limit
         rows = rows[1:] if before is not None and has_more else rows[: values.limit]
         page = objects.ListObject(url="/v1/events", has_more=has_more, data=[objects.event(row) for row in rows])
@@ -204,7 +204,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
             # The same key makes the same endpoint: a retried create finds it.
             digest = hashlib.sha256(f"{key.merchant_id}\x00{key.livemode}\x00{idempotency_key}".encode()).digest()
             endpoint_id = ids.make_id("we", 0, 0, digest[: ids.RANDOM_BYTES])
-            existing = await node.store.get_webhook_endpoint(endpoint_id)
+            existing = await node.store.webhooks.get_endpoint(endpoint_id)
             if existing is not None:
                 same = (existing.url, existing.enabled_events, existing.description, existing.metadata) == (url, enabled, description, metadata)
                 if not same:
@@ -216,7 +216,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
                     )
                 shown = node.vault.unseal(existing.secret_sealed, existing.id) if existing.created_s > now_s - TTL_S_DEFAULT else None
                 return _json(objects.webhook_endpoint(existing, shown), {"Idempotent-Replayed": "true"})
-        if len(await node.store.list_webhook_endpoints(key.merchant_id, key.livemode, ENDPOINTS_PER_MERCHANT_MAX)) >= ENDPOINTS_PER_MERCHANT_MAX:
+        if len(await node.store.webhooks.list_endpoints(key.merchant_id, key.livemode, ENDPOINTS_PER_MERCHANT_MAX)) >= ENDPOINTS_PER_MERCHANT_MAX:
             raise errors.invalid_request(
                 f"You have reached the maximum of {ENDPOINTS_PER_MERCHANT_MAX} webhook endpoints.", code="webhook_endpoints_limit"
             )
@@ -233,7 +233,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
             secret_sealed=node.vault.seal(secret, endpoint_id),
             created_s=now_s,
         )
-        if not await node.store.insert_webhook_endpoint(row):
+        if not await node.store.webhooks.insert_endpoint(row):
             raise ApiError(400, "idempotency_error", "This idempotency key was already used.", code="idempotency_key_reused")
         if node.events is not None:
             node.events.endpoints_changed()
@@ -250,7 +250,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
     async def list_endpoints() -> Response:
         key = await authenticate()
         values = query_params(params.ListParams)
-        rows = await node.store.list_webhook_endpoints(key.merchant_id, key.livemode, ENDPOINTS_PER_MERCHANT_MAX * 4)
+        rows = await node.store.webhooks.list_endpoints(key.merchant_id, key.livemode, ENDPOINTS_PER_MERCHANT_MAX * 4)
         body = pages.page(
             rows,
             values,
@@ -279,7 +279,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
         if values.disabled is not None:
             changes["status"] = "disabled" if values.disabled else "enabled"
         row = msgspec.structs.replace(row, **changes)
-        await node.store.update_webhook_endpoint(row)
+        await node.store.webhooks.update_endpoint(row)
         if node.events is not None:
             node.events.endpoints_changed()
             if row.status == "enabled":
@@ -291,7 +291,7 @@ def register(app: QuartTrio, node: Node, authenticate: Authenticate, read_body: 
     async def delete_endpoint(endpoint_id: str) -> Response:
         key = await authenticate()
         row = await owned_endpoint(endpoint_id, key)
-        await node.store.delete_webhook_endpoint(row.id)
+        await node.store.webhooks.delete_endpoint(row.id)
         if node.events is not None:
             node.events.endpoints_changed()
         return _json(objects.DeletedObject(id=row.id, deleted=True, object="webhook_endpoint"))

@@ -20,7 +20,8 @@ from gateway.logs import configure_logging
 from payments.arguments import DEFAULT_DATA_DIR, bounded_int
 from shards import audit
 from shards.audit import ArchiveInconsistent, ArchiveUnavailable, ExportBusy, archive_from_environment
-from shards.store import Store, StoreError
+from store.errors import StoreError
+from store.postgres import Store
 
 DESCRIPTION = """\
 The audit archive: the journal and its events, copied out of PostgreSQL into
@@ -169,7 +170,7 @@ def command_export(arguments: argparse.Namespace) -> int:
     archive = _archive(arguments)
 
     async def action(store):  # type: ignore[no-untyped-def]
-        await store.audit_state()   # a one-line error when the schema is missing
+        await store.audit.state()   # a one-line error when the schema is missing
         return await audit.export(store, archive, segment_rows=arguments.segment_rows, segments_max=arguments.segments_max)
 
     status, report = _run(_with_store, database_url, action)
@@ -200,7 +201,7 @@ def command_prune(arguments: argparse.Namespace) -> int:
         return 2
 
     async def action(store):  # type: ignore[no-untyped-def]
-        await store.audit_state()
+        await store.audit.state()
         return await audit.prune(store, arguments.retention_days, batch_rows=arguments.batch_rows)
 
     status, report = _run(_with_store, database_url, action)

@@ -22,12 +22,14 @@ from payments.arguments import DEFAULT_DATA_DIR, bounded_int, database_url, embe
 from payments.up import UpSettings, run_up
 from shards import operations
 from shards.merchants import create_merchant, roll_key
-from shards.store import MerchantTerms, Store, StoreError
 from shards.vault import Vault
 from shards.webhooks import ScheduleError, parse_schedule
 from simulators import faults, receiver_cli
 from simulators.faults import fault_spec, latency_range
 from simulators.service import run_sim
+from store.errors import RedisLinkError, StoreError
+from store.postgres import Store
+from store.rows import MerchantTerms
 
 
 def parser() -> argparse.ArgumentParser:
@@ -214,7 +216,7 @@ def command_merchant_roll_key(arguments: argparse.Namespace) -> int:
 
 def command_dead_letters(arguments: argparse.Namespace) -> int:
     async def action(store):  # type: ignore[no-untyped-def]
-        return await store.dead_deliveries(arguments.limit)
+        return await store.webhooks.dead_deliveries(arguments.limit)
 
     rows = trio.run(_with_store, arguments.data_dir, action)
     for row in rows:
@@ -233,7 +235,7 @@ def command_events_retry(arguments: argparse.Namespace) -> int:
         return 2
 
     async def action(store):  # type: ignore[no-untyped-def]
-        return await store.retry_dead_deliveries(arguments.event_id, time.time_ns() // 1_000_000)
+        return await store.webhooks.retry_dead(arguments.event_id, time.time_ns() // 1_000_000)
 
     endpoints = trio.run(_with_store, arguments.data_dir, action)
     if not endpoints:
@@ -360,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             name = getattr(arguments, "merchant_command", None) or getattr(arguments, "events_command", None) or arguments.command
             handler = handlers[name]
         status = handler(arguments)
-    except* StoreError as group:
+    except* (StoreError, RedisLinkError) as group:
         # Infrastructure trouble is reported in one line, never as a traceback.
         for error in group.exceptions:
             print(f"error: {error}", file=sys.stderr)

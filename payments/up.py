@@ -27,19 +27,20 @@ from hypercorn.config import Config as HypercornConfig
 from gateway.app import create_app
 from gateway.listener import ConnectionLimits, hypercorn_config, serve_guarded
 from gateway.objects import render_event
-from shards.redis_link import RedisLink, RedisUnavailable
 from shards.merchants import MerchantKeys, create_merchant
 from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, hash_key, run_node
 from shards import audit
 from shards import idempotency
-from shards.store import Store
 from shards.vault import Vault
 from shards.network_client import HttpCardNetwork
 from shards.webhooks import DispatchConfig, EventWorkers, parse_schedule
 from simulators import faults
 from simulators import routes as simulator_routes
 from simulators.card_network import CardNetwork
+from store.errors import RedisUnavailable
+from store.postgres import Store
+from store.redis_link import RedisLink
 
 log = structlog.get_logger("payments.up")
 
@@ -106,7 +107,7 @@ async def test_merchant(store: Store, data_dir: Path, vault: Vault) -> MerchantK
     the key in clear, is rewritten sealed."""
     path = data_dir / TEST_MERCHANT_FILE
     keys = _read_test_merchant(path, vault)
-    if keys is not None and await store.find_api_key(hash_key(keys.secret_key)) is not None:
+    if keys is not None and await store.merchants.find_api_key(hash_key(keys.secret_key)) is not None:
         _write_test_merchant(path, vault, keys)
         return keys
     keys = await create_merchant(store, "Test merchant")

@@ -37,7 +37,8 @@ from engine.intent import Command, NetworkCall, PaymentIntent
 from engine.ledger import Ledger
 from engine.results import Result
 from shards.idempotency import Claim
-from shards.store import EventRow, IdempotencyRow, JournalRow, StoreUnavailable
+from store.errors import StoreUnavailable
+from store.rows import EventRow, IdempotencyRow, JournalRow
 
 log = structlog.get_logger("shards.actor")
 

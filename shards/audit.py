@@ -77,14 +77,9 @@ import msgspec
 import structlog
 import trio
 
-from shards.store import (
-    AuditEntryRow,
-    AuditState,
-    EventRow,
-    JournalRecord,
-    Store,
-    StoreUnavailable,
-)
+from store.errors import StoreUnavailable
+from store.postgres import Store
+from store.rows import AuditEntryRow, AuditState, EventRow, JournalRecord
 
 log = structlog.get_logger("shards.audit")
 
@@ -610,7 +605,7 @@ async def _reconcile(store: Store, archive: Archive, state: AuditState, holder: 
         segment = await archive.read(entry.path, SEGMENT_BYTES_MAX)
         if segment is None or hashlib.sha256(segment).hexdigest() != entry.sha256:
             raise ArchiveInconsistent(f"manifest entry {entry.sequence} past the mirror: its segment is missing or differs")
-        reason = await store.audit_commit([_mirror_row(entry)], holder)
+        reason = await store.audit.commit([_mirror_row(entry)], holder)
         if reason is not None:
             raise ArchiveInconsistent(reason)
         log.warning("audit_entry_adopted", sequence=entry.sequence, partition=entry.partition, path=entry.path)
@@ -627,7 +622,7 @@ async def _export_segment(
     (more) to archive now."""
     position = chain.positions.get(partition, 0)
     events_max = segment_rows * EVENTS_PER_ROW_MAX
-    records, events = await store.audit_read(partition, position, segment_rows, events_max)
+    records, events = await store.audit.read(partition, position, segment_rows, events_max)
     if not records:
         return False
     # Keep the run of consecutive seqs; a gap waits for the next run.
@@ -664,7 +659,7 @@ async def _export_segment(
     )
     entry = msgspec.structs.replace(unsigned, hash=entry_hash(unsigned))
     await archive.append(MANIFEST_KEY, manifest_line(entry) + b"\n")
-    reason = await store.audit_commit([_mirror_row(entry)], holder)
+    reason = await store.audit.commit([_mirror_row(entry)], holder)
     if reason is not None:
         raise ArchiveInconsistent(reason)
     chain.sequence, chain.hash = entry.sequence, entry.hash
@@ -699,12 +694,12 @@ async def export(
     if not 1 <= segments_max <= SEGMENTS_PER_RUN_MAX:
         raise ValueError(f"segments_max must be from 1 to {SEGMENTS_PER_RUN_MAX}")
     holder = _holder()
-    if not await store.audit_take_lease(holder, LEASE_TTL_S):
+    if not await store.audit.take_lease(holder, LEASE_TTL_S):
         raise ExportBusy("another export holds the archive lease")
     report = ExportReport()
     try:
         # Read under the lease: no other exporter moves the mirror now.
-        state = await store.audit_state()
+        state = await store.audit.state()
         chain, report.adopted = await _reconcile(store, archive, state, holder)
         busy = list(range(state.partitions))
         while busy and len(report.segments) < segments_max:
@@ -714,14 +709,14 @@ async def export(
                     break
                 if await _export_segment(store, archive, chain, partition, segment_rows, holder, report):
                     still_busy.append(partition)
-                    if not await store.audit_take_lease(holder, LEASE_TTL_S):
+                    if not await store.audit.take_lease(holder, LEASE_TTL_S):
                         raise ExportBusy("the archive lease was lost during the export")
             busy = still_busy
         report.head_sequence, report.head_hash = chain.sequence, chain.hash
     finally:
         with trio.CancelScope(shield=True):
             try:
-                await store.audit_release_lease(holder)
+                await store.audit.release_lease(holder)
             except StoreUnavailable as error:
                 # It expires by itself after LEASE_TTL_S.
                 log.warning("audit_lease_not_released", error=str(error))
@@ -803,7 +798,7 @@ async def _compare_with_journal(
     rows = _sample(decoded.journal, count)
     if not rows:
         return
-    records, events = await store.audit_rows(entry.partition, [row.seq for row in rows])
+    records, events = await store.audit.rows(entry.partition, [row.seq for row in rows])
     present = {record.seq: record for record in records}
     for row in rows:
         record = present.get(row.seq)
@@ -835,7 +830,7 @@ async def verify(store: Store | None, archive: Archive, *, journal_rows_max: int
     # now is in the manifest read next.
     mirror: tuple[AuditState, list[str]] | None = None
     if store is not None:
-        state = await store.audit_state()
+        state = await store.audit.state()
         mirror = state, await _mirror_lines(store, state.head_sequence)
     data = await archive.read(MANIFEST_KEY, MANIFEST_BYTES_MAX)
     if data is None:
@@ -917,7 +912,7 @@ async def _mirror_lines(store: Store, head_sequence: int) -> list[str]:
     came after the snapshot the positions were read in)."""
     found: list[str] = []
     while len(found) < head_sequence:
-        page = await store.audit_mirror(len(found), min(MIRROR_PAGE_ROWS, head_sequence - len(found)))
+        page = await store.audit.mirror(len(found), min(MIRROR_PAGE_ROWS, head_sequence - len(found)))
         if not page:
             break
         found.extend(page)
@@ -991,7 +986,7 @@ async def prune(
     before_s = now_s - retention_days * DAY_S
     report = PruneReport()
     while report.batches < batches_max:
-        events, deliveries, attempts = await store.audit_prune(events_before_s, before_s, before_s * 1000, batch_rows)
+        events, deliveries, attempts = await store.purge.archived_rows(events_before_s, before_s, before_s * 1000, batch_rows)
         report.batches += 1
         report.events += events
         report.webhook_deliveries += deliveries

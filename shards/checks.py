@@ -18,7 +18,7 @@ import msgspec
 from engine import intent as machine
 from engine.intent import AttemptKind, AttemptStatus, PaymentIntent, RefundStatus
 from shards.actor import ShardState
-from shards.store import IdempotencyRow
+from store.rows import IdempotencyRow
 
 INVARIANTS = {
     "I1": "at most one successful authorization per intent at the network",

@@ -21,7 +21,9 @@ from typing import Any
 
 import trio
 
-from shards.store import Batch, EventRow, IdempotencyRow, JournalRow, StoreError
+from store.batch import Batch
+from store.errors import StoreError
+from store.rows import EventRow, IdempotencyRow, JournalRow
 
 
 class _Waiting:
@@ -55,7 +57,7 @@ class GroupCommit:
         idempotency: list[IdempotencyRow] = (),  # type: ignore[assignment]
         events: list[EventRow] = (),  # type: ignore[assignment]
     ) -> None:
-        """Same contract as `Store.append`, shared with the node's other actors."""
+        """Same contract as `Journal.append`, shared with the node's other actors."""
         waiting = _Waiting(Batch(partition, rows, idempotency, events))
         await self._send.send(waiting)
         await waiting.done.wait()

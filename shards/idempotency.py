@@ -41,8 +41,9 @@ from typing import Any
 import msgspec
 import structlog
 
-from shards.store import IdempotencyRow, Store
 from shards.vault import Vault
+from store.postgres import Store
+from store.rows import IdempotencyRow
 
 log = structlog.get_logger("shards.idempotency")
 
@@ -139,14 +140,14 @@ async def rekey_legacy_fingerprints(store: Store, vault: Vault, *, batch_rows_ma
     after = ("", "")
     rewritten = 0
     while True:
-        page = await store.idempotency_fingerprints_after(after, batch_rows_max)
+        page = await store.idempotency.fingerprints_after(after, batch_rows_max)
         legacy = [
             (merchant_id, name, stored, rekeyed_legacy(key, stored))
             for merchant_id, name, stored in page
             if len(stored) == LEGACY_DIGEST_BYTES
         ]
         if legacy:
-            rewritten += await store.replace_idempotency_fingerprints(legacy)
+            rewritten += await store.idempotency.replace_fingerprints(legacy)
         if len(page) < batch_rows_max:
             break
         after = (page[-1][0], page[-1][1])
@@ -198,4 +199,4 @@ class IdempotencyRecords:
         self._running.discard((merchant_id, key))
 
     async def find(self, merchant_id: str, key: str, now_s: int) -> IdempotencyRow | None:
-        return await self.store.find_idempotency(merchant_id, key, now_s)
+        return await self.store.idempotency.find(merchant_id, key, now_s)

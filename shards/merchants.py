@@ -15,8 +15,9 @@ import msgspec
 
 from engine import ids
 from shards.node import hash_key
-from shards.store import MerchantTerms, Store
 from shards.vault import Vault
+from store.postgres import Store
+from store.rows import MerchantTerms
 
 KEY_RANDOM_CHARS = 32  # about 190 bits of base62-like randomness
 
@@ -44,7 +45,7 @@ async def roll_key(store: Store, merchant_id: str, *, grace_s: int) -> str | Non
         secret_key = new_secret_key(livemode)
         return secret_key, hash_key(secret_key)
 
-    return await store.roll_secret_key(merchant_id, grace_s, make_key)
+    return await store.merchants.roll_secret_key(merchant_id, grace_s, make_key)
 
 
 def _key(prefix: str) -> str:
@@ -69,7 +70,7 @@ async def create_merchant(
         sealed = signing_vault.seal(signing_secret, merchant_id)
         terms = msgspec.structs.replace(terms, signing_secret_sealed=sealed, require_signed_requests=True)
     keys = MerchantKeys(merchant_id, _key(f"sk_{mode}_"), _key(f"pk_{mode}_"), signing_secret)
-    await store.create_merchant(
+    await store.merchants.create(
         merchant_id,
         name,
         [(hash_key(keys.secret_key), "secret", livemode), (hash_key(keys.publishable_key), "publishable", livemode)],

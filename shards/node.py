@@ -32,10 +32,12 @@ from shards import checks
 from shards.actor import Message, Outcome, ShardActor, ShardConfig, ShardState
 from shards.group_commit import GroupCommit
 from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
-from shards.redis_link import RedisLink
-from shards.store import ApiKeyRow, PaymentMethodRow, Store, StoreUnavailable
 from shards.vault import Vault
 from engine.network import AuthorizationRequest, NetworkAnswer
+from store.errors import StoreUnavailable
+from store.postgres import Store
+from store.redis_link import RedisLink
+from store.rows import ApiKeyRow, PaymentMethodRow
 
 log = structlog.get_logger("shards.node")
 
@@ -296,7 +298,7 @@ class Node:
             sealed_number=self.vault.seal(number, payment_method_id),
             created_s=int(time.time()),
         )
-        await self.store.insert_payment_method(row, None if claim is None else claim.completed(row, row.id))
+        await self.store.merchants.insert_payment_method(row, None if claim is None else claim.completed(row, row.id))
         self._payment_methods.put(row.id, row)
         return row
 
@@ -305,7 +307,7 @@ class Node:
         if row is None:
             if ids.parse_id(payment_method_id, "pm") is None:
                 return None
-            row = await self.store.get_payment_method(payment_method_id)
+            row = await self.store.merchants.get_payment_method(payment_method_id)
             if row is not None:
                 self._payment_methods.put(row.id, row)
         return row
@@ -322,7 +324,7 @@ class Node:
         if cached is not None and cached[1] > now_s:
             row = cached[0]
         else:
-            row = await self.store.find_api_key(key_hash)
+            row = await self.store.merchants.find_api_key(key_hash)
             if row is not None:
                 self._api_keys.put(key_hash, (row, now_s + self.config.key_cache_s))
         if row is not None and row.expires_at_s is not None and row.expires_at_s <= now_s:
@@ -546,7 +548,7 @@ class Node:
         """Forget idempotency records past their lifetime, now and then."""
         while True:
             try:
-                purged = await self.store.purge_idempotency(int(time.time()))
+                purged = await self.store.purge.idempotency_records(int(time.time()))
             except StoreUnavailable:
                 purged = 0
             if purged:
@@ -599,9 +601,9 @@ async def run_node(
     """Recover every partition from the journal, then serve until `stop_accepting`."""
     node = Node(store, vault, network, config, random_bytes)
     async with trio.open_nursery() as writing:
-        append = store.append
+        append = store.journal.append
         if config.group_commit:
-            node.group_commit = GroupCommit(store.append_many)
+            node.group_commit = GroupCommit(store.journal.append_many)
             await writing.start(node.group_commit.run)
             append = node.group_commit.append
         await _serve_partitions(node, append, tune_garbage_collection, task_status)
@@ -626,9 +628,9 @@ async def _serve_partitions(node: Node, append: Any, after_recovery: Callable[[]
     async with trio.open_nursery() as nursery:
         for partition in config.served_partitions():
             state = ShardState(partition)
-            state.replay(await store.load_journal(partition))
+            state.replay(await store.journal.load(partition))
             shard = ShardActor(
-                state, append, node.perform, config.shard, functools.partial(node.new_id, partition=partition), store.journal_position
+                state, append, node.perform, config.shard, functools.partial(node.new_id, partition=partition), store.journal.position
             )
             node.shards[partition] = shard
             await nursery.start(shard.run)

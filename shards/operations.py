@@ -11,8 +11,8 @@ from shards import checks
 from shards.actor import ShardState
 from shards.network_client import HttpCardNetwork
 from shards.node import Node, NodeConfig, run_node
-from shards.store import Store
 from shards.vault import Vault
+from store.postgres import Store
 
 RECONCILE_PASSES_MAX = 20
 
@@ -23,7 +23,7 @@ async def load_states(store: Store) -> list[ShardState]:
     states = []
     for partition in range(partitions):
         state = ShardState(partition)
-        state.replay(await store.load_journal(partition))
+        state.replay(await store.journal.load(partition))
         states.append(state)
     return states
 
@@ -34,7 +34,7 @@ async def check_database(store: Store, *, simulator_url: str | None = None) -> c
     if simulator_url:
         async with HttpCardNetwork(simulator_url) as network:
             operations = await network.operations()
-    return checks.check(states, await store.idempotency_records(), operations)
+    return checks.check(states, await store.idempotency.records(), operations)
 
 
 async def reconcile(store: Store, *, simulator_url: str, data_dir: Path) -> str:

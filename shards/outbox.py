@@ -25,8 +25,9 @@ from __future__ import annotations
 import structlog
 import trio
 
-from shards.redis_link import RedisLink, RedisUnavailable
-from shards.store import Store, StoreUnavailable
+from store.errors import RedisUnavailable, StoreUnavailable
+from store.postgres import Store
+from store.redis_link import RedisLink
 
 log = structlog.get_logger("shards.outbox")
 
@@ -68,17 +69,17 @@ class OutboxRelay:
         while True:
             try:
                 if cursor is None:
-                    cursor = await self.store.queued_cursor(self.partition)
+                    cursor = await self.store.events.queued_cursor(self.partition)
                 cursor = await self._publish_after(cursor)
             except (StoreUnavailable, RedisUnavailable) as error:
-                log.warning("outbox_relay_waiting", partition=self.partition, error=str(error))
+                log.warning("outbox_relay_waiting", partition=self.partition, waiting_for=error.service, error=str(error))
                 cursor = None
                 await trio.sleep(self.retry_s)
 
     async def _publish_after(self, cursor: tuple[int, int]) -> tuple[int, int]:
         """Publish what follows `cursor`, or wait to be woken when nothing does."""
         self._wake = trio.Event()
-        rows = await self.store.outbox_after(self.partition, cursor, self.batch_max)
+        rows = await self.store.events.outbox_after(self.partition, cursor, self.batch_max)
         if not rows:
             with trio.move_on_after(self.idle_s):
                 await self._wake.wait()
@@ -86,7 +87,7 @@ class OutboxRelay:
         await self.redis.publish_events(self.partition, rows)
         cursor = (rows[-1].seq, rows[-1].idx)
         if trio.current_time() - self._cursor_written_at >= self.cursor_every_s:
-            await self.store.move_outbox_cursor(self.partition, cursor)
+            await self.store.events.move_outbox_cursor(self.partition, cursor)
             self._cursor_written_at = trio.current_time()
         self.published_total += len(rows)
         if len(rows) < self.batch_max:
@@ -102,5 +103,5 @@ async def trim_streams_forever(redis: RedisLink, partitions: list[int], every_s:
             try:
                 await redis.trim_consumed(partition)
             except RedisUnavailable as error:
-                log.warning("stream_trim_skipped", partition=partition, error=str(error))
+                log.warning("stream_trim_skipped", partition=partition, waiting_for=error.service, error=str(error))
                 break

@@ -55,9 +55,11 @@ from shards.destinations import (
     resolve_destination,
 )
 from shards.outbox import OutboxRelay, trim_streams_forever
-from shards.redis_link import RedisLink, RedisUnavailable
-from shards.store import DeliveryAttemptRow, DeliveryRow, EventRow, Store, StoreUnavailable, WebhookEndpointRow
 from shards.vault import Vault
+from store.errors import RedisUnavailable, StoreUnavailable
+from store.postgres import Store
+from store.redis_link import RedisLink
+from store.rows import DeliveryAttemptRow, DeliveryRow, EventRow, WebhookEndpointRow
 
 log = structlog.get_logger("shards.webhooks")
 
@@ -174,7 +176,7 @@ class EndpointCache:
     async def refresh(self, *, force: bool = False) -> None:
         if not force and trio.current_time() - self._loaded_at < self.refresh_s:
             return
-        rows = await self.store.list_webhook_endpoints(None)
+        rows = await self.store.webhooks.list_endpoints(None)
         by_merchant: dict[tuple[str, bool], list[WebhookEndpointRow]] = {}
         for row in rows:
             by_merchant.setdefault((row.merchant_id, row.livemode), []).append(row)
@@ -260,7 +262,7 @@ class WebhookIngest:
                 if entries:
                     await self._queue(entries)
             except (StoreUnavailable, RedisUnavailable) as error:
-                log.warning("webhook_ingest_waiting", error=str(error))
+                log.warning("webhook_ingest_waiting", waiting_for=error.service, error=str(error))
                 # Redis may have restarted empty: make the groups again.
                 ready = False
                 pending = True
@@ -274,7 +276,7 @@ class WebhookIngest:
         for entry in entries:
             event = entry.event
             queued[event.partition] = max(queued.get(event.partition, (0, -1)), (event.seq, event.idx))
-        await self.store.add_deliveries(rows, queued)
+        await self.store.webhooks.add_deliveries(rows, queued)
         await self.redis.ack(GROUP, entries)
         self.ingested_total += len(entries)
         if rows:
@@ -481,7 +483,7 @@ class Dispatcher:
         restart, or when a wake-up was dropped)."""
         while True:
             try:
-                self.wake(await self.store.endpoints_with_pending())
+                self.wake(await self.store.webhooks.endpoints_with_pending())
             except StoreUnavailable as error:
                 log.warning("webhook_scan_failed", error=str(error))
             await trio.sleep(self.config.poll_s * 5)
@@ -508,7 +510,7 @@ class Dispatcher:
             endpoint = self.endpoints.get(endpoint_id)
             if endpoint is None:
                 return False  # deleted: its deliveries are dead already
-        pending = await self.store.pending_deliveries(endpoint_id, self.config.scan_rows_max)
+        pending = await self.store.webhooks.pending_deliveries(endpoint_id, self.config.scan_rows_max)
         if not pending:
             return False
         heads: dict[str, DeliveryRow] = {}
@@ -524,7 +526,7 @@ class Dispatcher:
                 await woken.wait()
             self._running[endpoint_id] = trio.Event()
             return True
-        events = {event.id: event for event in await self.store.get_events([delivery.event_id for delivery in due])}
+        events = {event.id: event for event in await self.store.events.get_many([delivery.event_id for delivery in due])}
         limiter = trio.CapacityLimiter(self.config.concurrency_per_endpoint)
         async with trio.open_nursery() as sends:
             for delivery in due:
@@ -557,7 +559,7 @@ class Dispatcher:
             error=error,
             outcome=status,
         )
-        await self.store.record_delivery_attempt(moved, attempt)
+        await self.store.webhooks.record_attempt(moved, attempt)
 
     async def _post(self, endpoint: WebhookEndpointRow, event: EventRow) -> tuple[int | None, str | None, int]:
         """One try: (status code, error, latency). The error is None only
@@ -630,8 +632,8 @@ class EventWorkers:
         matching endpoints that never had it. Returns those endpoints."""
         await self.endpoints.refresh(force=True)
         stamp = now_ms()
-        await self.store.add_deliveries(new_deliveries(event, self.endpoints.matching(event), stamp))
-        retried = await self.store.retry_dead_deliveries(event.id, stamp)
-        queued = {delivery.endpoint_id for delivery in await self.store.deliveries_of_event(event.id) if delivery.status == "pending"}
+        await self.store.webhooks.add_deliveries(new_deliveries(event, self.endpoints.matching(event), stamp))
+        retried = await self.store.webhooks.retry_dead(event.id, stamp)
+        queued = {delivery.endpoint_id for delivery in await self.store.webhooks.deliveries_of_event(event.id) if delivery.status == "pending"}
         self.dispatcher.wake(queued)
         return sorted(queued | set(retried))

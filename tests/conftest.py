@@ -28,6 +28,8 @@ import asyncpg
 import pytest
 import trio_asyncio
 
+from store.postgres import Store
+
 ADMIN_URL = os.environ.get("PAYMENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PAYMENTS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NODE_START_TIMEOUT_S = 60
@@ -121,8 +123,6 @@ def database_url(make_database: Callable[[], str]) -> str:
 @pytest.fixture
 async def store(database_url: str):
     """A migrated store on a fresh database, with 4 partitions."""
-    from shards.store import Store
-
     async with trio_asyncio.open_loop():
         opened = await Store.open(database_url, connections_max=8)
         await opened.migrate(4)

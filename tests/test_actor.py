@@ -20,25 +20,25 @@ from engine import ledger
 from engine.results import Result
 from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, Overloaded, run_node
-from shards.store import StoreUnavailable
 from shards.vault import Vault
 from simulators.card_network import CardNetwork
+from store.errors import StoreUnavailable
 
 VAULT_KEY = bytes(range(32))
 
 
-class FaultyStore:
-    """The real store, with faults injected into journal appends on request."""
+class FaultyJournal:
+    """The real journal, with faults injected into its appends on request."""
 
-    def __init__(self, store: Any) -> None:
-        self._store = store
+    def __init__(self, journal: Any) -> None:
+        self._journal = journal
         self.fail_appends = 0
         self.lose_commit_answers = 0
         self.hold_appends: trio.Event | None = None
         self.appends = 0
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+        return getattr(self._journal, name)
 
     async def append_many(self, batches: list) -> None:
         """The node's group commit writes through here (one call, one write)."""
@@ -48,11 +48,22 @@ class FaultyStore:
         if self.fail_appends:
             self.fail_appends -= 1
             raise StoreUnavailable("injected commit failure")
-        await self._store.append_many(batches)
+        await self._journal.append_many(batches)
         if self.lose_commit_answers:
             # Committed, but the answer never reaches us (a server restart).
             self.lose_commit_answers -= 1
             raise StoreUnavailable("injected loss of a commit's answer")
+
+
+class FaultyStore:
+    """The real store, whose journal fails on request (`faulty.journal`)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.journal = FaultyJournal(store.journal)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
 
 
 class SilentNetwork:
@@ -109,11 +120,11 @@ def confirm_command(node: Node, intent_id: str) -> machine.ConfirmIntent:
 
 
 async def seed_merchant(store: Any) -> None:
-    await store.create_merchant("acct_test", "Actor tests", [])
+    await store.merchants.create("acct_test", "Actor tests", [])
 
 
 async def journal_kinds(store: Any, node: Node, intent_id: str) -> list[str]:
-    rows = await store.load_journal(node.partition_of_intent(intent_id))
+    rows = await store.journal.load(node.partition_of_intent(intent_id))
     return [row.kind for row in rows if row.entity_id == intent_id]
 
 
@@ -169,7 +180,7 @@ async def test_many_intents_at_once_lose_no_update_and_share_commits(store) -> N
         assert commands == 800
         assert commits < commands
         for partition in range(4):
-            rows = await store.load_journal(partition)
+            rows = await store.journal.load(partition)
             assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
 
 
@@ -178,7 +189,7 @@ async def test_failed_commit_changes_nothing_and_is_reported(store) -> None:
     faulty = FaultyStore(store)
     async with running_node(faulty) as node:
         command = create_command(node)
-        faulty.fail_appends = 1
+        faulty.journal.fail_appends = 1
         with pytest.raises(StoreUnavailable, match=r"^injected commit failure$"):
             await node.submit(command)
         assert node.intent(command.intent_id) is None
@@ -206,7 +217,7 @@ async def test_network_answer_survives_a_failed_commit(store) -> None:
             # the commit of its answer fail once.
             while node.intent(command.intent_id) is None:
                 await trio.sleep(0.001)
-            faulty.fail_appends = 1
+            faulty.journal.fail_appends = 1
         assert outcome[0].result is Result.ok
         assert outcome[0].intent.status == machine.Status.succeeded
         assert network.calls_total() == 1
@@ -216,7 +227,7 @@ async def test_network_answer_survives_a_failed_commit(store) -> None:
 async def test_full_mailbox_is_refused_not_queued(store) -> None:
     await seed_merchant(store)
     faulty = FaultyStore(store)
-    faulty.hold_appends = trio.Event()
+    faulty.journal.hold_appends = trio.Event()
     shard = ShardConfig(mailbox_commands_max=4, batch_commands_max=2)
     async with running_node(faulty, partitions=1, shard=shard) as node:
         async with trio.open_nursery() as nursery:
@@ -228,7 +239,7 @@ async def test_full_mailbox_is_refused_not_queued(store) -> None:
             await trio.testing.wait_all_tasks_blocked()
             with pytest.raises(Overloaded, match=r"^partition 0 is busy$"):
                 await node.submit(create_command(node))
-            faulty.hold_appends.set()
+            faulty.journal.hold_appends.set()
         assert len(node.shards[0].state.intents) == 5
 
 
@@ -346,7 +357,7 @@ async def test_a_commit_whose_answer_was_lost_is_found_and_acknowledged(store) -
     network = CardNetwork(seed=19, latency_ms=(1, 2))
     async with running_node(faulty, network) as node:
         method = await new_payment_method(node)
-        faulty.lose_commit_answers = 1
+        faulty.journal.lose_commit_answers = 1
         paid = await node.submit(create_command(node, payment_method_id=method, confirm=True))
         assert paid.result is Result.ok and paid.intent.status == machine.Status.succeeded
         after = await node.submit(create_command(node))  # the next batch of the same partitions
@@ -360,8 +371,8 @@ async def test_a_command_not_journaled_in_time_is_refused_not_guessed(store) -> 
     stuck returned the intent as None (a 500 in the gateway)."""
     await seed_merchant(store)
     faulty = FaultyStore(store)
-    faulty.hold_appends = trio.Event()
+    faulty.journal.hold_appends = trio.Event()
     async with running_node(faulty, reply_timeout_s=0.5) as node:
         with pytest.raises(StoreUnavailable, match=r"^the command could not be journaled in time$"):
             await node.submit(create_command(node))
-        faulty.hold_appends.set()
+        faulty.journal.hold_appends.set()

@@ -1,6 +1,6 @@
 """The audit archive (shards/audit.py) on the real PostgreSQL.
 
-Journal rows and events are seeded straight through Store.append, then
+Journal rows and events are seeded straight through store.journal.append, then
 exported to a local archive under tmp_path. The tampering tests change the
 archive the way an attacker would (a byte, a file, a line, a recomputed
 entry) and expect verify to name it; the crash tests stop an export between
@@ -31,14 +31,9 @@ from shards.audit import (
     ExportBusy,
     LocalArchive,
 )
-from shards.store import (
-    DeliveryAttemptRow,
-    DeliveryRow,
-    EventRow,
-    JournalRow,
-    Store,
-    StoreUnavailable,
-)
+from store.errors import StoreUnavailable
+from store.postgres import Store
+from store.rows import DeliveryAttemptRow, DeliveryRow, EventRow, JournalRow
 
 NOW_S = int(time.time())
 DAY_S = 86_400
@@ -61,7 +56,7 @@ async def seed(store: Store, partition: int, first: int, count: int, *, created_
                     object_id=f"pi_{partition}_{seq}", created_s=created_s, intent=intent_json(seq),
                 )
             )
-    await store.append(partition, rows, (), events)
+    await store.journal.append(partition, rows, (), events)
 
 
 def manifest(root: Path) -> list[dict]:
@@ -109,7 +104,7 @@ async def test_export_writes_chained_segments_by_date_and_partition_and_verify_p
     assert [(d["t"], d["seq"]) for d in decoded[1:4]] == [("journal", 1), ("event", 1), ("event", 1)]
     assert decoded[1]["body"] == {"seq": 1, "amount": 1001}
     assert json.loads(decoded[2]["intent"])["id"] == "pi_1"
-    assert (await store.audit_state()).positions == {0: 10, 2: 5}
+    assert (await store.audit.state()).positions == {0: 10, 2: 5}
 
     verified = await audit.verify(store, archive)
     assert verified.ok, problems(verified)
@@ -148,10 +143,10 @@ async def test_a_gap_in_the_journal_is_waited_for_not_skipped(store, tmp_path):
 
 async def test_export_is_refused_while_another_exporter_holds_the_lease(store, tmp_path):
     await seed(store, 0, 1, 2)
-    assert await store.audit_take_lease("someone-else", 60)
+    assert await store.audit.take_lease("someone-else", 60)
     with pytest.raises(ExportBusy):
         await audit.export(store, LocalArchive(tmp_path))
-    await store.audit_release_lease("someone-else")
+    await store.audit.release_lease("someone-else")
     assert len((await audit.export(store, LocalArchive(tmp_path))).segments) == 1
 
 
@@ -268,10 +263,10 @@ class FailOnce:
 async def test_a_crash_before_the_mirror_commit_is_adopted_by_the_next_export(store, tmp_path, monkeypatch):
     archive = LocalArchive(tmp_path)
     await seed(store, 0, 1, 6)
-    monkeypatch.setattr(store, "audit_commit", FailOnce(store.audit_commit, StoreUnavailable("database unavailable: test")))
+    monkeypatch.setattr(store.audit, "commit", FailOnce(store.audit.commit, StoreUnavailable("database unavailable: test")))
     with pytest.raises(StoreUnavailable):
         await audit.export(store, archive, segment_rows=4)
-    assert len(manifest(tmp_path)) == 1 and (await store.audit_state()).head_sequence == 0
+    assert len(manifest(tmp_path)) == 1 and (await store.audit.state()).head_sequence == 0
     interrupted = await audit.verify(store, archive)
     assert interrupted.ok, problems(interrupted)
     assert any("not yet in the database mirror" in note for note in interrupted.notes)
@@ -334,7 +329,7 @@ async def test_prune_deletes_only_old_archived_and_finished_rows_and_never_the_j
     await seed(store, 0, 5, 2, created_s=recent_s)     # archived, but younger than 30 days
     await seed(store, 0, 7, 2, created_s=old_s)        # old, not archived
     await audit.export(store, LocalArchive(tmp_path), segment_rows=6, segments_max=1)
-    await store.add_deliveries([], queued={0: (8, 0)})
+    await store.webhooks.add_deliveries([], queued={0: (8, 0)})
     old_ms, recent_ms = (NOW_S - 20 * DAY_S) * 1000, (NOW_S - DAY_S) * 1000
 
     def delivery(event_id: str, status: str, updated_s: int) -> DeliveryRow:
@@ -346,21 +341,21 @@ async def test_prune_deletes_only_old_archived_and_finished_rows_and_never_the_j
         delivery("evt_0_3_0", "pending", NOW_S - 20 * DAY_S),   # keeps its event and attempts
         delivery("evt_0_4_0", "delivered", NOW_S - DAY_S),
     ]
-    await store.add_deliveries(deliveries)
+    await store.webhooks.add_deliveries(deliveries)
     for row, at_ms in zip(deliveries, (old_ms, old_ms, old_ms, recent_ms), strict=True):
-        await store.record_delivery_attempt(row, DeliveryAttemptRow(row.endpoint_id, row.event_id, 1, at_ms, 200, 5, None))
+        await store.webhooks.record_attempt(row, DeliveryAttemptRow(row.endpoint_id, row.event_id, 1, at_ms, 200, 5, None))
 
     report = await audit.prune(store, 7, batch_rows=2)
     assert (report.events, report.webhook_deliveries, report.webhook_attempts, report.complete) == (3, 2, 2, True)
     assert report.batches == 2
-    left = await store.get_events([f"evt_0_{seq}_0" for seq in range(1, 9)])
+    left = await store.events.get_many([f"evt_0_{seq}_0" for seq in range(1, 9)])
     assert sorted(event.seq for event in left) == [3, 5, 6, 7, 8]
-    assert [row.status for row in await store.deliveries_of_event("evt_0_3_0")] == ["pending"]
-    assert await store.deliveries_of_event("evt_0_1_0") == []
-    assert [a.attempt for a in await store.delivery_attempts("evt_0_3_0")] == [1]
-    assert [a.attempt for a in await store.delivery_attempts("evt_0_4_0")] == [1]
-    assert await store.delivery_attempts("evt_0_1_0") == []
-    assert len(await store.load_journal(0)) == 8
+    assert [row.status for row in await store.webhooks.deliveries_of_event("evt_0_3_0")] == ["pending"]
+    assert await store.webhooks.deliveries_of_event("evt_0_1_0") == []
+    assert [a.attempt for a in await store.webhooks.attempts_of_event("evt_0_3_0")] == [1]
+    assert [a.attempt for a in await store.webhooks.attempts_of_event("evt_0_4_0")] == [1]
+    assert await store.webhooks.attempts_of_event("evt_0_1_0") == []
+    assert len(await store.journal.load(0)) == 8
     # Archived events that were pruned are still in the archive, and verify
     # does not mistake their absence from the hot table for tampering.
     assert (await audit.verify(store, LocalArchive(tmp_path))).ok
@@ -370,14 +365,14 @@ async def test_prune_keeps_events_not_yet_queued_for_webhooks(store, tmp_path):
     await seed(store, 0, 1, 2, created_s=NOW_S - 40 * DAY_S)
     await audit.export(store, LocalArchive(tmp_path))
     assert (await audit.prune(store, 1)).events == 0
-    await store.add_deliveries([], queued={0: (1, 0)})
+    await store.webhooks.add_deliveries([], queued={0: (1, 0)})
     assert (await audit.prune(store, 1)).events == 1
 
 
 async def test_archive_forever_survives_an_unreachable_database(store, tmp_path, monkeypatch):
     archive = LocalArchive(tmp_path)
     await seed(store, 0, 1, 2)
-    monkeypatch.setattr(store, "audit_take_lease", FailOnce(store.audit_take_lease, StoreUnavailable("database unavailable: test")))
+    monkeypatch.setattr(store.audit, "take_lease", FailOnce(store.audit.take_lease, StoreUnavailable("database unavailable: test")))
     async with trio.open_nursery() as nursery:
         await nursery.start(audit.archive_forever, store, archive, 0.5)
         await trio.sleep(0.25)

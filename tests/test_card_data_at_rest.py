@@ -29,9 +29,9 @@ import msgspec
 from gateway.forms import decode_form
 from shards import idempotency
 from shards.idempotency import IdempotencyRecords
-from shards.memory_store import MemoryStore
-from shards.store import IdempotencyRow
 from shards.vault import Vault
+from store.memory import MemoryStore
+from store.rows import IdempotencyRow
 from tests.conftest import NodeProcess
 
 PAYMENT_METHODS = "/v1/payment_methods"
@@ -321,8 +321,8 @@ def test_a_legacy_unkeyed_fingerprint_is_rekeyed_at_start_and_its_retry_still_re
 
 async def test_rekeying_rewrites_every_legacy_row_in_bounded_batches_and_only_those(store) -> None:
     vault = Vault(bytes(range(32)))
-    for journal in (store, MemoryStore()):
-        records = IdempotencyRecords(journal, vault)
+    for backend in (store, MemoryStore()):
+        records = IdempotencyRecords(backend, vault)
         forms = {f"old-{index}": card_form("4242424242424242", str(100 + index), "4") for index in range(5)}
         legacy = {key: old_fingerprint("POST", PAYMENT_METHODS, decoded(form)) for key, form in forms.items()}
         keyed = {f"new-{index}": records.fingerprint("POST", PAYMENT_METHODS, decoded(card_form("5555555555554444", None, str(index + 1)))) for index in range(2)}
@@ -331,10 +331,10 @@ async def test_rekeying_rewrites_every_legacy_row_in_bounded_batches_and_only_th
             for merchant in ("acct_a", "acct_b")
             for key, fingerprint in {**legacy, **keyed}.items()
         ]
-        await journal.append(0, [], idempotency=rows)
+        await backend.journal.append(0, [], idempotency=rows)
 
-        assert await idempotency.rekey_legacy_fingerprints(journal, vault, batch_rows_max=3) == 10
-        stored = {(merchant, key): fingerprint for merchant, key, fingerprint in await journal.idempotency_fingerprints_after(("", ""), 100)}
+        assert await idempotency.rekey_legacy_fingerprints(backend, vault, batch_rows_max=3) == 10
+        stored = {(merchant, key): fingerprint for merchant, key, fingerprint in await backend.idempotency.fingerprints_after(("", ""), 100)}
         assert len(stored) == 14
         for (merchant, key), fingerprint in stored.items():
             if key in keyed:
@@ -343,4 +343,4 @@ async def test_rekeying_rewrites_every_legacy_row_in_bounded_batches_and_only_th
             assert fingerprint == idempotency.rekeyed_legacy(vault.idempotency_key, legacy[key])
             assert records.matches(fingerprint, "POST", PAYMENT_METHODS, decoded(forms[key]))
             assert not records.matches(fingerprint, "POST", PAYMENT_METHODS, decoded({**forms[key], "card[exp_month]": "5"}))
-        assert await idempotency.rekey_legacy_fingerprints(journal, vault, batch_rows_max=3) == 0
+        assert await idempotency.rekey_legacy_fingerprints(backend, vault, batch_rows_max=3) == 0

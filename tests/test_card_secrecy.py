@@ -99,11 +99,10 @@ async def test_card_number_is_nowhere_in_clear(store) -> None:
     assert NUMBER[:12] not in repr(logs)
 
     async def dump(query: str) -> str:
-        async def run(pool):  # runs on the asyncio side of the bridge
-            async with pool.acquire() as connection:
-                return "\n".join(str(tuple(row)) for row in await connection.fetch(query))
+        async def run(connection):  # runs on the asyncio side of the bridge
+            return "\n".join(str(tuple(row)) for row in await connection.fetch(query))
 
-        return await store._call(run, store._pool)
+        return await store.database.call(run)
 
     tables = await dump("SELECT payment_methods::text FROM payment_methods") + await dump("SELECT journal::text FROM journal")
     assert method["id"] in tables

@@ -5,12 +5,25 @@ from __future__ import annotations
 
 import time
 
+import socket
+
 import httpx
 import pytest
 import stripe
 import trio
+import trio_asyncio
+from structlog.testing import capture_logs
 
 from gateway import signing
+from gateway.app import create_app
+from shards.merchants import create_merchant
+from shards.node import NodeConfig, run_node
+from shards.outbox import OutboxRelay
+from shards.vault import Vault
+from simulators.card_network import CardNetwork
+from store.errors import RedisUnavailable, StoreError
+from store.postgres import Store
+from store.redis_link import RedisLink
 from tests.conftest import NodeProcess, create_merchant_keys
 
 PAY = {"amount": "1500", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}
@@ -162,3 +175,74 @@ def test_payments_go_on_when_redis_is_gone(new_node, tmp_path) -> None:
     body = b"amount=1500&currency=usd"
     refused = signed_post(node, signed, "/v1/payment_intents", body)
     assert refused.status_code == 503 and "Retry-After" in refused.headers
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (connections to it are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_a_redis_outage_is_not_reported_as_a_database_failure(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RedisUnavailable was a kind of StoreUnavailable, so whatever handled a
+    database outage also took a Redis one for it. Now the gateway names what
+    cannot be checked and the workers log which service they wait for."""
+    assert not issubclass(RedisUnavailable, StoreError)
+    vault = Vault(bytes(range(32)))
+    body = b"amount=1500&currency=usd"
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database_url, connections_max=4)
+        redis = await RedisLink.open(f"redis://127.0.0.1:{closed_port()}/0")
+        try:
+            await store.migrate(4)
+            plain = await create_merchant(store, "Plain shop")
+            signed = await create_merchant(store, "Signed shop", signing_vault=vault)
+            assert signed.signing_secret is not None
+            with capture_logs() as logs:
+                async with trio.open_nursery() as nursery:
+                    node = await nursery.start(run_node, store, vault, CardNetwork(seed=1), NodeConfig(partitions=4))
+                    node.redis = redis
+                    async with create_app(node).test_app() as test_app:
+                        client = test_app.test_client()
+                        paid = await client.post("/v1/payment_intents", form=PAY, headers={"Authorization": f"Bearer {plain.secret_key}"})
+                        header = signing.sign(signed.signing_secret, "POST", "/v1/payment_intents", body)
+                        refused = await client.post(
+                            "/v1/payment_intents",
+                            data=body,
+                            headers={
+                                "Authorization": f"Bearer {signed.secret_key}",
+                                "Content-Type": "application/x-www-form-urlencoded",
+                                signing.HEADER: header,
+                            },
+                        )
+
+                        async def redis_behind_the_key(secret: str) -> None:
+                            raise RedisUnavailable("redis unavailable: ConnectionError")
+
+                        # Whatever Redis call a route may make that nothing
+                        # catches still gets a 503 that does not blame the database.
+                        monkeypatch.setattr(node, "authenticate", redis_behind_the_key)
+                        unchecked = await client.get("/v1/balance", headers={"Authorization": f"Bearer {plain.secret_key}"})
+                    intent = await paid.get_json()
+                    relay = OutboxRelay(store, redis, node.partition_of_intent(intent["id"]), retry_s=0.05)
+                    with trio.move_on_after(10):
+                        nursery.start_soon(relay.run)
+                        while not any(entry["event"] == "outbox_relay_waiting" for entry in logs):
+                            await trio.sleep(0.05)
+                    node.stop_accepting()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await redis.close()
+            await store.close()
+    assert paid.status_code == 200 and intent["status"] == "succeeded"
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    assert (await refused.get_json())["error"]["message"] == "Signed requests cannot be checked right now. Retry shortly."
+    assert unchecked.status_code == 503
+    assert (await unchecked.get_json())["error"]["message"] == (
+        "Rate limits and request signatures cannot be checked right now. Retry shortly."
+    )
+    assert any(entry["event"] == "rate_limit_skipped" and entry["reason"] == "redis_unavailable" for entry in logs)
+    waiting = [entry for entry in logs if entry["event"] == "outbox_relay_waiting"]
+    assert waiting and {entry["waiting_for"] for entry in waiting} == {"redis"}
+    assert all("database" not in str(entry) for entry in logs if "redis" in str(entry)), logs

@@ -25,12 +25,13 @@ from engine import intent as machine
 from engine.results import Result
 from shards import checks
 from shards.actor import ShardState
-from shards.memory_store import MemoryStore
 from shards.node import Node, NodeConfig, Overloaded, run_node
-from shards.store import PaymentMethodRow, StoreUnavailable
 from shards.vault import Vault
 from simulators.card_network import CardNetwork
 from simulators.faults import FaultSpec
+from store.errors import StoreUnavailable
+from store.memory import MemoryStore
+from store.rows import PaymentMethodRow
 
 SEEDS = int(os.environ.get("PAYMENTS_SIMULATION_SEEDS", "200"))
 MERCHANT = "acct_sim"
@@ -111,7 +112,7 @@ async def simulate(seed: int) -> tuple[Run, checks.Report, bytes, CardNetwork]:
     methods = []
     for index, number in enumerate(CARDS):
         method_id = ids.make_id("pm", 0, 1_700_000_000_000 + index, bytes(9) + bytes([index]))
-        store.payment_methods[method_id] = PaymentMethodRow(
+        store.tables.payment_methods[method_id] = PaymentMethodRow(
             method_id, MERCHANT, False, "visa", number[-4:], 12, 2040, "fp", vault.seal(number, method_id), 0
         )
         methods.append(method_id)
@@ -137,10 +138,10 @@ async def simulate(seed: int) -> tuple[Run, checks.Report, bytes, CardNetwork]:
     states = []
     for partition in range(PARTITIONS):
         state = ShardState(partition)
-        state.replay(await store.load_journal(partition))
+        state.replay(await store.journal.load(partition))
         states.append(state)
     operations = [msgspec.structs.asdict(operation) for operation in network.operations()]
-    report = checks.check(states, store.idempotency.values(), operations)
+    report = checks.check(states, await store.idempotency.records(), operations)
     # I4 from the client's side: what it was told is in the journal, in
     # that status or a later one.
     recovered = {intent.id: intent for state in states for intent in state.intents.values()}

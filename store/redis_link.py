@@ -1,11 +1,13 @@
-"""The one module that knows redis-py (an asyncio library) exists.
+"""The Redis link: the other asyncio bridge, and the one module that knows
+redis-py (an asyncio library) exists.
 
 Redis (or Valkey) holds what may be lost without harm to money: rate-limit
 buckets, the nonces of signed requests, and the event streams (one per
 partition), which the outbox in PostgreSQL can always fill again. Each
-public method makes one
-bridged call, and every library error becomes `RedisUnavailable`, so callers
-decide for themselves whether to fail open or closed.
+public method makes one bridged call, and every library error becomes
+`RedisUnavailable`, so callers decide for themselves whether to fail open or
+closed. It is not a `StoreError`: a Redis outage is never reported as the
+database's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import redis.asyncio
 import redis.exceptions
 import trio_asyncio
 
-from shards.store import EventRow, StoreUnavailable
+from store.errors import RedisUnavailable
+from store.rows import EventRow
 
 # A token bucket refilled continuously at `rate` tokens a second up to
 # `burst`, kept as a hash {tokens, at_ms}. The server's clock is used so that
@@ -45,10 +48,6 @@ if allowed == 0 then
 end
 return {allowed, math.floor(tokens / 1000), wait_ms, math.ceil((burst - tokens) / rate)}
 """
-
-
-class RedisUnavailable(StoreUnavailable):
-    """Redis could not be reached or did not answer in time."""
 
 
 class Bucket(msgspec.Struct, frozen=True):
@@ -91,6 +90,7 @@ class RedisLink:
             raise RedisUnavailable(f"redis unavailable: {type(error).__name__}") from error
 
     async def ping(self) -> None:
+        """Return once Redis answers; RedisUnavailable when it does not."""
         await self._call(self._client.ping)
 
     async def take_token(self, name: str, rate_per_s: int, burst: int) -> Bucket:
@@ -160,6 +160,7 @@ class RedisLink:
         return entries
 
     async def ack(self, group: str, entries: list[StreamEntry]) -> None:
+        """Acknowledge entries for `group`, all streams in one round trip."""
         by_stream: dict[str, list[str]] = {}
         for entry in entries:
             by_stream.setdefault(entry.stream, []).append(entry.entry_id)
@@ -197,8 +198,8 @@ class RedisLink:
         return await self._call(run)
 
     async def close(self) -> None:
+        """Close the client's connections."""
         await self._call(self._client.aclose)
-
 
 
 def _parse_id(entry_id: str) -> tuple[int, int]:

@@ -1,0 +1,111 @@
+"""The journal: append-only rows per partition, with the postings, events and
+idempotency records written in the same statement, and reading it back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from store.batch import Batch, BatchWriter
+from store.database import Database, columns
+from store.rows import JournalRow
+
+# Batches in one statement (one round trip, one implicit transaction, one
+# fsync): each table's rows arrive as parallel arrays and are inserted by
+# data-modifying CTEs, which PostgreSQL runs as one atomic statement. The
+# batches may come from several partitions (a node's group commit).
+APPEND_SQL = """
+WITH journal_rows AS (
+    INSERT INTO journal (partition, seq, entity_id, kind, body)
+    SELECT partition, seq, entity_id, kind, body::jsonb
+    FROM unnest($1::smallint[], $2::bigint[], $3::text[], $4::text[], $5::text[]) AS r (partition, seq, entity_id, kind, body)
+), posting_rows AS (
+    INSERT INTO postings (id, partition, journal_seq, intent_id, debit_account_id, credit_account_id, amount,
+                          currency, kind, code, pending_id, created_s, available_on_s)
+    SELECT * FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[],
+                         $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::bigint[])
+), event_rows AS (
+    INSERT INTO events (id, partition, seq, idx, merchant_id, livemode, type, intent_id, object_id, created_s, intent)
+    SELECT * FROM unnest($19::text[], $20::smallint[], $21::bigint[], $22::smallint[], $23::text[], $24::boolean[],
+                         $25::text[], $26::text[], $27::text[], $28::bigint[], $29::bytea[])
+)
+INSERT INTO idempotency_keys (merchant_id, key, fingerprint, status_code, body, object_id, expires_at_s)
+SELECT * FROM unnest($30::text[], $31::text[], $32::bytea[], $33::smallint[], $34::bytea[], $35::text[], $36::bigint[])
+ON CONFLICT (merchant_id, key) DO UPDATE
+    SET status_code = EXCLUDED.status_code, body = EXCLUDED.body
+    WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.fingerprint = EXCLUDED.fingerprint
+"""
+
+
+def append_arguments(batches: Sequence[Batch]) -> list[Any]:
+    """The 36 column arrays of `APPEND_SQL` for these batches."""
+    journal = columns(
+        [(batch.partition, row.seq, row.entity_id, row.kind, row.body.decode()) for batch in batches for row in batch.rows], 5
+    )
+    postings = columns(
+        [
+            (
+                transfer.id, batch.partition, row.seq, transfer.intent_id, transfer.debit_account_id,
+                transfer.credit_account_id, transfer.amount, transfer.currency, str(transfer.kind), transfer.code,
+                transfer.pending_id, transfer.created_s, transfer.available_on_s,
+            )
+            for batch in batches
+            for row in batch.rows
+            for transfer in row.transfers
+        ],
+        13,
+    )
+    raised = columns(
+        [
+            (e.id, e.partition, e.seq, e.idx, e.merchant_id, e.livemode, e.type, e.intent_id, e.object_id, e.created_s, e.intent)
+            for batch in batches
+            for e in batch.events
+        ],
+        11,
+    )
+    # One row per key: a statement may not upsert the same row twice.
+    latest = {(row.merchant_id, row.key): msgspec.structs.astuple(row) for batch in batches for row in batch.idempotency}
+    keys = columns(list(latest.values()), 7)
+    return [*journal, *postings, *raised, *keys]
+
+
+async def _append(connection: asyncpg.Connection, arguments: list[Any]) -> None:
+    await connection.execute(APPEND_SQL, *arguments)
+
+
+async def _position(connection: asyncpg.Connection, partition: int) -> int:
+    return await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal WHERE partition = $1", partition)
+
+
+async def _load(connection: asyncpg.Connection, partition: int) -> list[JournalRow]:
+    rows = await connection.fetch(
+        "SELECT seq, entity_id, kind, body::text AS body FROM journal"
+        " WHERE partition = $1 ORDER BY seq",
+        partition,
+    )
+    return [JournalRow(row["seq"], row["entity_id"], row["kind"], row["body"].encode()) for row in rows]
+
+
+class Journal(BatchWriter):
+    """The journal of every partition. Each method is one bridged call and
+    raises StoreUnavailable when the database is away."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def append_many(self, batches: Sequence[Batch]) -> None:
+        """Write the batches of several partitions at once, in one statement
+        (one transaction, one fsync): all or none. Raises JournalConflict
+        when a position is taken."""
+        await self._database.call(_append, append_arguments(batches))
+
+    async def position(self, partition: int) -> int:
+        """The last sequence number written to a partition's journal (0 if none)."""
+        return await self._database.call(_position, partition)
+
+    async def load(self, partition: int) -> list[JournalRow]:
+        """A partition's journal, in order."""
+        return await self._database.call(_load, partition)
