@@ -69,6 +69,16 @@ def unavailable(message: str) -> ApiError:
     return ApiError(503, "api_error", message, code="service_unavailable", headers={"Retry-After": "1"})
 
 
+def idempotency_key_reused() -> ApiError:
+    """An Idempotency-Key sent again with other parameters than the first time."""
+    return ApiError(
+        400,
+        "idempotency_error",
+        "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+        code="idempotency_key_reused",
+    )
+
+
 def card_error(code: str, message: str, *, param: str | None = None, decline_code: str | None = None) -> ApiError:
     return ApiError(402, "card_error", message, code=code, param=param, decline_code=decline_code)
 

@@ -1,0 +1,234 @@
+"""What every API call does around its command: who is calling (API key,
+rate limit, request signature), what it sent (body and query string), its
+Idempotency-Key (claimed, replayed or refused) and the hand-off to the node.
+
+The app holds one `Calls` over its node; the methods read quart's request in
+hand, so they are called from inside a request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import structlog
+from quart import g, request
+
+from engine import intent as machine
+from engine.results import Result
+from gateway import errors, params, signing
+from gateway.errors import ApiError
+from gateway.forms import BodyError, decode_form, decode_json
+from shards import idempotency
+from shards.actor import Outcome
+from shards.idempotency import Claim, Render
+from shards.node import Node, Overloaded, hash_key
+from store.errors import RedisUnavailable
+from store.rows import ApiKeyRow
+
+log = structlog.get_logger("gateway")
+
+BODY_BYTES_MAX = 64 * 1024
+# A body without a content type is read as a form, as curl -d sends it.
+FORM_CONTENT_TYPES = ("", "application/x-www-form-urlencoded", "application/json")
+API_KEY_CHARS_MAX = 256
+ID_CHARS_MAX = 255
+
+T = TypeVar("T")
+
+
+class Replayed(Exception):
+    """The stored first response to a request with this idempotency key."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+class Calls:
+    """The request helpers of one node's app."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def authenticate(self, *, publishable_allowed: bool = False) -> ApiKeyRow:
+        """The caller's key, after its rate limit and, where the merchant asks
+        for it, its request signature. Without a working key the caller's
+        address is rate-limited instead. Raises the 401 or 429 to answer."""
+        node = self.node
+        secret = _secret(request.headers.get("Authorization", ""))
+        row = None
+        if secret and len(secret) <= API_KEY_CHARS_MAX and secret.isascii():
+            row = await node.authenticate(secret)
+        if row is None:
+            await self._limit(f"ip:{request.remote_addr}", node.config.anonymous_rate_per_s, node.config.anonymous_burst)
+            if not secret:
+                raise ApiError(
+                    401,
+                    "invalid_request_error",
+                    "You did not provide an API key. Provide it as 'Authorization: Bearer YOUR_SECRET_KEY'.",
+                )
+            raise ApiError(401, "invalid_request_error", f"Invalid API Key provided: {mask(secret)}", code="api_key_invalid")
+        await self._limit("key:" + hash_key(secret).hex()[:32], row.rate_limit_per_s, row.rate_limit_burst)
+        if row.require_signed_requests:
+            await self._check_signature(row)
+        if row.kind == "publishable" and not publishable_allowed:
+            raise ApiError(401, "invalid_request_error", "This API call cannot be made with a publishable API key.")
+        return row
+
+    async def _limit(self, bucket_name: str, rate_per_s: int, burst: int) -> None:
+        """Take a token or answer 429. Fails open when Redis is down: rate
+        limits protect capacity, not money, and payments must go on."""
+        redis = self.node.redis
+        if redis is None:
+            return
+        try:
+            bucket = await redis.take_token(bucket_name, rate_per_s, burst)
+        except RedisUnavailable:
+            log.warning("rate_limit_skipped", reason="redis_unavailable")
+            return
+        g.rate_limit = {
+            "X-RateLimit-Limit": str(burst),
+            "X-RateLimit-Remaining": str(bucket.remaining),
+            "X-RateLimit-Reset": str(int(time.time()) + (bucket.full_in_ms + 999) // 1000),
+        }
+        if not bucket.allowed:
+            raise ApiError(
+                429,
+                "invalid_request_error",
+                "Too many requests hit the API too quickly. Retry after the time in Retry-After.",
+                code="rate_limit",
+                headers={"Retry-After": str(max(1, (bucket.retry_after_ms + 999) // 1000))},
+            )
+
+    async def _check_signature(self, key: ApiKeyRow) -> None:
+        """Pass a request signed with the merchant's secret and a nonce not
+        seen before; raise the 401 (or the 503 while nonces cannot be
+        remembered) otherwise."""
+        node = self.node
+        secret = node.signing_secret(key)
+        assert secret is not None, key.merchant_id
+        body = await request.get_data(cache=True, as_text=False)
+        g.body_read = True
+        path = request.path + ("?" + request.query_string.decode("latin-1") if request.query_string else "")
+        try:
+            nonce = signing.verify(secret, request.headers.get(signing.HEADER), request.method, path, body, int(time.time()))
+        except signing.SignatureError as error:
+            raise ApiError(401, "invalid_request_error", str(error), code="signature_invalid") from None
+        if node.redis is None:
+            # Without somewhere to remember nonces a replay cannot be told
+            # apart: refuse rather than accept signed requests blindly.
+            raise errors.unavailable("Signed requests cannot be checked right now. Retry shortly.")
+        try:
+            fresh = await node.redis.remember_once(f"nonce:{key.merchant_id}:{nonce}", 2 * signing.TOLERANCE_S)
+        except RedisUnavailable:
+            raise errors.unavailable("Signed requests cannot be checked right now. Retry shortly.") from None
+        if not fresh:
+            raise ApiError(401, "invalid_request_error", "This request's nonce was already used.", code="signature_replayed")
+
+    async def read_body(self) -> dict[str, Any]:
+        """The request's form or JSON body as nested values; raises a 400
+        naming what is wrong with it."""
+        if request.content_length is not None and request.content_length > BODY_BYTES_MAX:
+            raise errors.invalid_request(
+                f"The request body is larger than {BODY_BYTES_MAX} bytes.", code="request_too_large"
+            )
+        body = await request.get_data(cache=True, as_text=False)
+        g.body_read = True
+        content_type = (request.mimetype or "").lower()
+        if body and content_type not in FORM_CONTENT_TYPES:
+            raise errors.invalid_request(
+                "Send the body as application/x-www-form-urlencoded or application/json.", code="body_invalid"
+            )
+        try:
+            if content_type == "application/json":
+                return decode_json(body)
+            return decode_form(body)
+        except BodyError as error:
+            raise errors.invalid_request(error.message, param=error.param, code=error.code) from None
+
+    def query(self, schema: type[T]) -> T:
+        """The query string as `schema`; raises a 400 naming what is wrong with it."""
+        try:
+            values = decode_form(request.query_string)
+        except BodyError as error:
+            raise errors.invalid_request(error.message, param=error.param, code=error.code) from None
+        return params.convert(values, schema)
+
+    def idempotency_key(self) -> str | None:
+        """The request's Idempotency-Key, if it sent one; raises a 400 when
+        its length is out of bounds."""
+        header = request.headers.get("Idempotency-Key")
+        if header is not None and not 1 <= len(header) <= idempotency.KEY_CHARS_MAX:
+            raise errors.invalid_request(
+                f"Idempotency keys are 1 to {idempotency.KEY_CHARS_MAX} characters long.", code="idempotency_key_invalid"
+            )
+        return header
+
+    @contextlib.asynccontextmanager
+    async def idempotent(self, key: ApiKeyRow, values: dict[str, Any], render_outcome: Render) -> AsyncIterator[Claim | None]:
+        """Claim the request's Idempotency-Key for the block, or replay the
+        response stored under it (raises Replayed), or refuse it."""
+        header = self.idempotency_key()
+        if header is None:
+            yield None
+            return
+        records = self.node.idempotency
+        if not records.begin_nowait(key.merchant_id, header):
+            raise ApiError(
+                409,
+                "idempotency_error",
+                "There is currently another in-progress request using this idempotency key. Retry shortly.",
+                code="idempotency_key_in_use",
+            )
+        try:
+            now_s = int(time.time())
+            found = await records.find(key.merchant_id, header, now_s)
+            request_fingerprint = records.fingerprint(request.method, request.path, values)
+            if found is not None:
+                if not records.matches(found.fingerprint, request.method, request.path, values):
+                    raise errors.idempotency_key_reused()
+                if found.status_code is not None and found.body is not None:
+                    raise Replayed(found.status_code, found.body)
+                # Started, never finished, and not running here: the node
+                # that ran it stopped. The object's state now is the answer.
+                intent = None if found.object_id is None else self.node.intent(found.object_id)
+                if intent is None:
+                    raise errors.unavailable("The first request with this idempotency key did not finish. Retry shortly.")
+                last = intent.attempts[-1].id if intent.attempts else None
+                raise Replayed(*render_outcome(Outcome(Result.ok, intent, attempt_id=last)))
+            yield Claim(key.merchant_id, header, request_fingerprint, render_outcome, now_s + records.ttl_s)
+        finally:
+            records.end(key.merchant_id, header)
+
+    async def submit(self, command: machine.Command, claim: Claim | None = None) -> Outcome:
+        """The outcome of `command` on its intent's shard; raises a 503 when
+        too many requests are already waiting on that intent."""
+        try:
+            return await self.node.submit(command, claim)
+        except Overloaded:
+            raise errors.unavailable("Too many requests are in flight for this payment. Retry shortly.") from None
+
+
+def _secret(header: str) -> str:
+    """The API key in an Authorization header (Bearer, or Basic as the user
+    name); empty when there is none to read."""
+    if header.startswith("Bearer "):
+        return header[len("Bearer ") :].strip()
+    if header.startswith("Basic "):
+        try:
+            return base64.b64decode(header[len("Basic ") :], validate=True).decode().split(":", 1)[0]
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+    return ""
+
+
+def mask(secret: str) -> str:
+    """Show a key the way Stripe does: its kind and last four characters."""
+    head = secret[:8] if secret[:3] in ("sk_", "pk_") else ""
+    return f"{head}{'*' * 8}{secret[-4:] if len(secret) > 12 else ''}"

@@ -1,0 +1,19 @@
+"""The API's routes, one module per kind of object. Each module declares
+its views in a table, `ROUTES` (gateway/routing.py), added to the app here.
+"""
+
+from __future__ import annotations
+
+from quart_trio import QuartTrio
+
+from gateway.calls import Calls
+from gateway.routes import balance, disputes, events, payment_intents, payment_methods, refunds, webhook_endpoints
+
+# In this order the URL map, and so /openapi.json, lists routes as it always has.
+MODULES = (events, webhook_endpoints, payment_methods, payment_intents, refunds, balance, disputes)
+
+
+def register(app: QuartTrio, calls: Calls) -> None:
+    """Add every API route to `app`, bound to `calls`."""
+    for module in MODULES:
+        module.ROUTES.register(app, calls)

@@ -1,0 +1,157 @@
+"""Routes for PaymentIntents: create, retrieve, confirm, list, capture and
+cancel. Each change is one engine command handed to the intent's shard."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any
+
+from quart import Response
+
+from engine import intent as machine
+from engine.results import Result
+from engine.urls import return_url_allowed
+from gateway import errors, objects, ownership, pages, params
+from gateway.calls import Calls
+from gateway.openapi import api
+from gateway.responses import json_response, raw_response, render_intent
+from gateway.routing import Routes
+from store.rows import ApiKeyRow
+
+ROUTES = Routes()
+
+
+@ROUTES.post("/v1/payment_intents")
+@api("Create a PaymentIntent, optionally confirming it", objects.PaymentIntentObject, body=params.CreatePaymentIntent)
+async def create_payment_intent(calls: Calls, key: ApiKeyRow) -> Response:
+    body = await calls.read_body()
+    values = params.convert(body, params.CreatePaymentIntent)
+    render_outcome = functools.partial(render_intent, amount=values.amount)
+    refusal = machine.check_create_shape(
+        values.amount, values.currency.lower(), values.metadata, values.description, values.return_url, key.livemode
+    )
+    if refusal is not None:
+        raise errors.from_result(refusal.result, refusal.param, amount=values.amount)
+    async with calls.idempotent(key, body, render_outcome) as claim:
+        return raw_response(*render_outcome(await calls.submit(await _create_command(calls, key, values), claim)))
+
+
+@ROUTES.get("/v1/payment_intents/<intent_id>")
+@api("Retrieve a PaymentIntent", objects.PaymentIntentObject)
+async def retrieve_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:
+    return json_response(objects.payment_intent(ownership.intent(calls.node, intent_id, key)))
+
+
+@ROUTES.post("/v1/payment_intents/<intent_id>/confirm")
+@api("Confirm a PaymentIntent", objects.PaymentIntentObject, body=params.ConfirmPaymentIntent, publishable=True)
+async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:
+    node = calls.node
+    intent = ownership.intent(node, intent_id, key)
+    body = await calls.read_body()
+    values = params.convert(body, params.ConfirmPaymentIntent)
+    if values.return_url is not None and not return_url_allowed(values.return_url, key.livemode):
+        raise errors.from_result(Result.return_url_invalid, "return_url")
+    if key.kind == "publishable" and not (
+        values.client_secret is not None and hmac.compare_digest(values.client_secret.encode(), intent.client_secret.encode())
+    ):
+        # A browser holding only the publishable key must also hold the
+        # intent's client secret; without it the intent is not its to see.
+        raise errors.not_found("payment_intent", intent_id, "intent")
+    async with calls.idempotent(key, body, render_intent) as claim:
+        payment_method_id = None
+        if values.payment_method is not None:
+            payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
+        command = machine.ConfirmIntent(
+            intent_id=intent_id,
+            merchant_id=key.merchant_id,
+            livemode=key.livemode,
+            attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+            at_s=int(time.time()),
+            payment_method_id=payment_method_id,
+            return_url=values.return_url,
+        )
+        return raw_response(*render_intent(await calls.submit(command, claim)))
+
+
+@ROUTES.get("/v1/payment_intents")
+@api("List PaymentIntents, newest first", objects.ListObject[objects.PaymentIntentObject], query=params.ListParams)
+async def list_payment_intents(calls: Calls, key: ApiKeyRow) -> Response:
+    values = calls.query(params.ListParams)
+    intents = calls.node.merchant_intents(key.merchant_id, key.livemode)
+    return json_response(
+        pages.page(intents, values, url="/v1/payment_intents", kind="payment_intent", key=lambda i: (i.created_s, i.id), render=objects.payment_intent)
+    )
+
+
+@ROUTES.post("/v1/payment_intents/<intent_id>/capture")
+@api("Capture an authorized PaymentIntent", objects.PaymentIntentObject, body=params.CaptureParams)
+async def capture_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:
+    return await _intent_command(calls, key, intent_id, params.CaptureParams, _capture)
+
+
+@ROUTES.post("/v1/payment_intents/<intent_id>/cancel")
+@api("Cancel a PaymentIntent", objects.PaymentIntentObject, body=params.CancelParams)
+async def cancel_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:
+    return await _intent_command(calls, key, intent_id, params.CancelParams, _cancel)
+
+
+def _capture(values: params.CaptureParams, common: dict[str, Any]) -> machine.Command:
+    return machine.CaptureIntent(**common, amount_to_capture=values.amount_to_capture)
+
+
+def _cancel(values: params.CancelParams, common: dict[str, Any]) -> machine.Command:
+    return machine.CancelIntent(**common, cancellation_reason=values.cancellation_reason)
+
+
+async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePaymentIntent) -> machine.CreateIntent:
+    """The command that creates the intent `values` describe, with new ids;
+    raises a 400 when its payment method is not the caller's."""
+    node = calls.node
+    payment_method_id = None
+    if values.payment_method is not None:
+        payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
+    intent_id = node.new_id("pi")
+    partition = node.partition_of_intent(intent_id)
+    return machine.CreateIntent(
+        intent_id=intent_id,
+        merchant_id=key.merchant_id,
+        livemode=key.livemode,
+        amount=values.amount,
+        currency=values.currency.lower(),
+        capture_method=machine.CaptureMethod(values.capture_method),
+        client_secret=node.client_secret(intent_id),
+        at_s=int(time.time()),
+        attempt_id=node.new_id("att", partition),
+        payment_method_id=payment_method_id,
+        confirm=values.confirm,
+        description=values.description,
+        metadata=values.metadata,
+        return_url=values.return_url,
+        fee_basis_points=key.fee_basis_points,
+        fee_fixed_minor=key.fee_fixed_minor,
+        settlement_delay_s=node.config.settlement_delay_s,
+        dispute_fee_minor=node.config.dispute_fee_minor,
+    )
+
+
+async def _intent_command(
+    calls: Calls, key: ApiKeyRow, intent_id: str, schema: type, build: Callable[[Any, dict[str, Any]], machine.Command]
+) -> Response:
+    """Run a command on one of the caller's intents that opens an attempt."""
+    node = calls.node
+    ownership.intent(node, intent_id, key)
+    body = await calls.read_body()
+    values = params.convert(body, schema)
+    common = {
+        "intent_id": intent_id,
+        "merchant_id": key.merchant_id,
+        "livemode": key.livemode,
+        "attempt_id": node.new_id("att", node.partition_of_intent(intent_id)),
+        "at_s": int(time.time()),
+    }
+    command = build(values, common)
+    async with calls.idempotent(key, body, render_intent) as claim:
+        return raw_response(*render_intent(await calls.submit(command, claim)))
