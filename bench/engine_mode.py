@@ -51,6 +51,8 @@ from simulators import faults
 from simulators.card_network import CardNetwork
 from store.errors import StoreError, StoreUnavailable
 from store.postgres import Store
+from workers import reconciliation
+from workers.node_workers import run_node_workers
 
 PROGRESS_EVERY_S = 0.5
 READY_TIMEOUT_S = 120.0
@@ -173,7 +175,7 @@ async def _settle(node: Any) -> int:
     (faults leave some), bounded in time. Returns how many are left."""
     with trio.move_on_after(SETTLE_S_MAX):
         while any(shard.state.unknown for shard in node.shards.values()):
-            await node.reconcile_once()
+            await reconciliation.reconcile_once(node)
             await trio.sleep(0.2)
     return sum(len(shard.state.unknown) for shard in node.shards.values())
 
@@ -196,6 +198,7 @@ async def _worker(connection: Any, config: WorkerConfig) -> dict[str, Any]:
             measured: dict[str, Any] = {}
             async with trio.open_nursery() as nursery:
                 node = await nursery.start(run_node, store, Vault(config.card_key), network, node_config)
+                await nursery.start(run_node_workers, node)
                 try:
                     exp_year = time.gmtime().tm_year + 3
                     methods = {}

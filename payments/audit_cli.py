@@ -1,4 +1,4 @@
-"""`payments audit export|verify|prune`: the audit archive (shards/audit.py).
+"""`payments audit export|verify|prune`: the audit archive (workers/audit/).
 
 Wired into the `payments` command by `register(commands)`; `command_audit`
 runs whichever subcommand was chosen (each leaf parser carries its handler
@@ -18,10 +18,10 @@ import trio_asyncio
 
 from gateway.logs import configure_logging
 from payments.arguments import DEFAULT_DATA_DIR, bounded_int
-from shards import audit
-from shards.audit import ArchiveInconsistent, ArchiveUnavailable, ExportBusy, archive_from_environment
 from store.errors import StoreError
 from store.postgres import Store
+from workers import audit
+from workers.audit import ArchiveInconsistent, ArchiveUnavailable, ExportBusy, archive_from_environment
 
 DESCRIPTION = """\
 The audit archive: the journal and its events, copied out of PostgreSQL into

@@ -23,13 +23,14 @@ from payments.up import UpSettings, run_up
 from shards import operations
 from shards.merchants import create_merchant, roll_key
 from shards.vault import Vault
-from shards.webhooks import ScheduleError, parse_schedule
 from simulators import faults, receiver_cli
 from simulators.faults import fault_spec, latency_range
 from simulators.service import run_sim
 from store.errors import RedisLinkError, StoreError
 from store.postgres import Store
 from store.rows import MerchantTerms
+from workers import reconciliation
+from workers.webhook_delivery import ScheduleError, parse_schedule
 
 
 def parser() -> argparse.ArgumentParser:
@@ -333,7 +334,7 @@ def command_reconcile(arguments: argparse.Namespace) -> int:
         print("error: reconcile needs the simulator service: --simulator-url or PAYMENTS_SIMULATOR_URL", file=sys.stderr)
         return 2
     summary = trio.run(
-        _with_store, arguments.data_dir, functools.partial(operations.reconcile, simulator_url=arguments.simulator_url, data_dir=arguments.data_dir)
+        _with_store, arguments.data_dir, functools.partial(reconciliation.reconcile_database, simulator_url=arguments.simulator_url, data_dir=arguments.data_dir)
     )
     print(summary)
     return 0 if summary.endswith("mismatches: 0") else 1

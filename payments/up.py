@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 from collections.abc import AsyncIterator
 import signal
@@ -30,17 +31,19 @@ from gateway.objects import render_event
 from shards.merchants import MerchantKeys, create_merchant
 from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, hash_key, run_node
-from shards import audit
 from shards import idempotency
 from shards.vault import Vault
 from shards.network_client import HttpCardNetwork
-from shards.webhooks import DispatchConfig, EventWorkers, parse_schedule
 from simulators import faults
 from simulators import routes as simulator_routes
 from simulators.card_network import CardNetwork
 from store.errors import RedisUnavailable
 from store.postgres import Store
 from store.redis_link import RedisLink
+from workers import audit
+from workers.events import EventWorkers
+from workers.node_workers import run_node_workers
+from workers.webhook_delivery import DispatchConfig, parse_schedule
 
 log = structlog.get_logger("payments.up")
 
@@ -144,7 +147,7 @@ async def _archive(store: Store, settings: UpSettings, scope: trio.CancelScope) 
         if settings.archive_every_s <= 0:
             return
         archive = audit.archive_from_environment(settings.data_dir)
-        await audit.archive_forever(store, archive, settings.archive_every_s, retention_days=settings.retention_days)
+        await audit.run_audit_archive(store, archive, audit.ArchiveBounds(settings.archive_every_s, settings.retention_days))
 
 
 async def _serve_http(app: Any, config: HypercornConfig, limits: ConnectionLimits, stop: trio.Event, node: Node, *, task_status: Any) -> None:
@@ -178,17 +181,16 @@ async def run_up(settings: UpSettings) -> None:
                     settlement_delay_s=settings.settlement_delay_s,
                     dispute_fee_minor=settings.dispute_fee_minor,
                 )
-                node = await nursery.start(run_node, store, vault, network, node_config)
-                node.redis = redis
-                node.events = EventWorkers(store, redis, vault, render_event, dispatch_config(allow_private=settings.allow_private_webhooks))
-                await nursery.start(node.events.run, node.shards)
+                events = EventWorkers(store, redis, vault, render_event, dispatch_config(allow_private=settings.allow_private_webhooks))
+                node = await nursery.start(functools.partial(run_node, redis=redis, events=events), store, vault, network, node_config)
+                await nursery.start(run_node_workers, node, events)
                 config = hypercorn_config(settings.host, settings.port)
                 stop = trio.Event()
                 limits = ConnectionLimits(per_client_max=settings.connections_per_client_max, header_timeout_s=settings.header_timeout_s)
                 # The simulator's pages go only where the simulator runs in this process.
                 mounts = [simulator_routes.mount(network)] if isinstance(network, CardNetwork) else []
                 binds = await nursery.start(_serve_http, create_app(node, mounts=mounts), config, limits, stop, node)
-                node.public_url = binds[0]
+                node.set_public_url(binds[0])
                 announce(binds[0], keys, allow_private_webhooks=settings.allow_private_webhooks)
                 archiving = trio.CancelScope()
                 nursery.start_soon(_archive, store, settings, archiving)

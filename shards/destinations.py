@@ -15,7 +15,7 @@ reach, never by how the URL spells it:
   check at create time sees what a connection would;
 - `resolve_destination` looks a name up once and refuses it whole if any
   answer is not allowed. The caller must then connect to those very
-  addresses (shards/webhooks.py pins them): a second lookup could answer
+  addresses (workers/webhook_sender.py pins them): a second lookup could answer
   differently (DNS rebinding).
 
 `allow_private` (`payments up --allow-private-webhooks`) switches the policy

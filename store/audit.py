@@ -1,5 +1,5 @@
 """The audit archive's side of the database (the archive itself is
-shards/audit.py): the journal as the archive keeps it, the mirror of the
+workers/audit/): the journal as the archive keeps it, the mirror of the
 archive's manifest, each partition's archived position and the export lease."""
 
 from __future__ import annotations

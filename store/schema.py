@@ -163,7 +163,7 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 );
 """
 
-# Tables of the audit archive (shards/audit.py), created with the rest.
+# Tables of the audit archive (workers/audit/), created with the rest.
 AUDIT_SCHEMA_SQL = """
 -- Every entry of the archive's manifest, as the exact line the archive holds,
 -- so that rewriting both a segment and the manifest is still caught.

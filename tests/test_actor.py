@@ -325,29 +325,6 @@ async def test_uncaptured_authorization_expires_and_releases_the_hold(store) -> 
     assert kinds == ["IntentCreated", "AttemptStarted", "AttemptApproved", "IntentCanceled", "AttemptApproved"]
 
 
-async def test_the_node_compares_settlement_and_logs_each_mismatch(store) -> None:
-    from structlog.testing import capture_logs
-
-    from engine.network import AuthorizationRequest
-
-    await seed_merchant(store)
-    network = CardNetwork(seed=17, latency_ms=(1, 2))
-    with capture_logs() as logs:
-        async with running_node(store, network, settlement_check_every_s=0.2) as node:
-            method = await new_payment_method(node)
-            paid = await node.submit(create_command(node, payment_method_id=method, confirm=True))
-            assert paid.intent.status == machine.Status.succeeded
-            await trio.sleep(0.5)
-            # A charge at the network that our journal knows nothing of.
-            stray = AuthorizationRequest("att_stray", "4242424242424242", 12, 2040, 999, "usd", True)
-            await network.authorize(stray)
-            await trio.sleep(0.5)
-    compared = [entry for entry in logs if entry["event"] == "settlement_compared"]
-    assert compared and compared[0]["mismatches"] == 0 and compared[0]["entries"] == 1
-    mismatches = [entry for entry in logs if entry["event"] == "settlement_mismatch"]
-    assert mismatches and mismatches[0]["detail"] == "att_stray: ours None, network 999"
-
-
 async def test_a_commit_whose_answer_was_lost_is_found_and_acknowledged(store) -> None:
     """Regression: a PostgreSQL restart lost the answer to a commit that had
     happened; the actor took it for a failure, reused its journal positions

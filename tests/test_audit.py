@@ -1,4 +1,4 @@
-"""The audit archive (shards/audit.py) on the real PostgreSQL.
+"""The audit archive (workers/audit/) on the real PostgreSQL.
 
 Journal rows and events are seeded straight through store.journal.append, then
 exported to a local archive under tmp_path. The tampering tests change the
@@ -24,16 +24,16 @@ import trio
 import trio_asyncio
 
 from payments import audit_cli
-from shards import audit
-from shards.audit import (
+from store.errors import StoreUnavailable
+from store.postgres import Store
+from store.rows import DeliveryAttemptRow, DeliveryRow, EventRow, JournalRow
+from workers import audit
+from workers.audit import (
     ArchiveInconsistent,
     ArchiveUnavailable,
     ExportBusy,
     LocalArchive,
 )
-from store.errors import StoreUnavailable
-from store.postgres import Store
-from store.rows import DeliveryAttemptRow, DeliveryRow, EventRow, JournalRow
 
 NOW_S = int(time.time())
 DAY_S = 86_400
@@ -369,12 +369,12 @@ async def test_prune_keeps_events_not_yet_queued_for_webhooks(store, tmp_path):
     assert (await audit.prune(store, 1)).events == 1
 
 
-async def test_archive_forever_survives_an_unreachable_database(store, tmp_path, monkeypatch):
+async def test_the_archive_worker_survives_an_unreachable_database_and_counts_it(store, tmp_path, monkeypatch):
     archive = LocalArchive(tmp_path)
     await seed(store, 0, 1, 2)
     monkeypatch.setattr(store.audit, "take_lease", FailOnce(store.audit.take_lease, StoreUnavailable("database unavailable: test")))
     async with trio.open_nursery() as nursery:
-        await nursery.start(audit.archive_forever, store, archive, 0.5)
+        errors = await nursery.start(audit.run_audit_archive, store, archive, audit.ArchiveBounds(every_s=0.5))
         await trio.sleep(0.25)
         assert not (tmp_path / "manifest.jsonl").exists()
         with trio.fail_after(10):
@@ -382,6 +382,7 @@ async def test_archive_forever_survives_an_unreachable_database(store, tmp_path,
                 await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
     assert len(manifest(tmp_path)) == 1
+    assert errors.counts == {"audit_export_postponed": 1}
 
 
 # ----------------------------------------------------------------------- CLI

@@ -3,6 +3,7 @@ and what happens when Redis is gone."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import socket
@@ -18,13 +19,13 @@ from gateway import signing
 from gateway.app import create_app
 from shards.merchants import create_merchant
 from shards.node import NodeConfig, run_node
-from shards.outbox import OutboxRelay
 from shards.vault import Vault
 from simulators.card_network import CardNetwork
 from store.errors import RedisUnavailable, StoreError
 from store.postgres import Store
 from store.redis_link import RedisLink
 from tests.conftest import NodeProcess, create_merchant_keys
+from workers.outbox import RelayBounds, run_outbox_relay
 
 PAY = {"amount": "1500", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}
 
@@ -201,8 +202,7 @@ async def test_a_redis_outage_is_not_reported_as_a_database_failure(database_url
             assert signed.signing_secret is not None
             with capture_logs() as logs:
                 async with trio.open_nursery() as nursery:
-                    node = await nursery.start(run_node, store, vault, CardNetwork(seed=1), NodeConfig(partitions=4))
-                    node.redis = redis
+                    node = await nursery.start(functools.partial(run_node, redis=redis), store, vault, CardNetwork(seed=1), NodeConfig(partitions=4))
                     async with create_app(node).test_app() as test_app:
                         client = test_app.test_client()
                         paid = await client.post("/v1/payment_intents", form=PAY, headers={"Authorization": f"Bearer {plain.secret_key}"})
@@ -225,9 +225,9 @@ async def test_a_redis_outage_is_not_reported_as_a_database_failure(database_url
                         monkeypatch.setattr(node, "authenticate", redis_behind_the_key)
                         unchecked = await client.get("/v1/balance", headers={"Authorization": f"Bearer {plain.secret_key}"})
                     intent = await paid.get_json()
-                    relay = OutboxRelay(store, redis, node.partition_of_intent(intent["id"]), retry_s=0.05)
+                    partition = node.partition_of_intent(intent["id"])
                     with trio.move_on_after(10):
-                        nursery.start_soon(relay.run)
+                        await nursery.start(run_outbox_relay, store, redis, partition, RelayBounds(retry_s=0.05))
                         while not any(entry["event"] == "outbox_relay_waiting" for entry in logs):
                             await trio.sleep(0.05)
                     node.stop_accepting()

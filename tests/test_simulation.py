@@ -32,6 +32,8 @@ from simulators.faults import FaultSpec
 from store.errors import StoreUnavailable
 from store.memory import MemoryStore
 from store.rows import PaymentMethodRow
+from workers.node_workers import NodeWorkerBounds, run_node_workers
+from workers.reconciliation import ReconcileBounds
 
 SEEDS = int(os.environ.get("PAYMENTS_SIMULATION_SEEDS", "200"))
 MERCHANT = "acct_sim"
@@ -107,7 +109,8 @@ async def simulate(seed: int) -> tuple[Run, checks.Report, bytes, CardNetwork]:
     store = MemoryStore()
     vault = Vault(bytes(32))
     network = CardNetwork(seed=seed, faults=faults_for(rng), latency_ms=(1, 5))
-    config = NodeConfig(partitions=PARTITIONS, network_timeout_s=0.5, reply_timeout_s=2.0, reconcile_every_s=0.25)
+    config = NodeConfig(partitions=PARTITIONS, network_timeout_s=0.5, reply_timeout_s=2.0)
+    workers = NodeWorkerBounds(reconciliation=ReconcileBounds(every_s=0.25))
     entropy = random.Random(f"{seed}:ids")
     methods = []
     for index, number in enumerate(CARDS):
@@ -121,6 +124,7 @@ async def simulate(seed: int) -> tuple[Run, checks.Report, bytes, CardNetwork]:
     for phase in range(phases):
         async with trio.open_nursery() as crash:
             node: Node = await crash.start(functools.partial(run_node, random_bytes=entropy.randbytes), store, vault, network, config)
+            await crash.start(run_node_workers, node, None, workers)
             async with trio.open_nursery() as clients:
                 for _ in range(rng.randint(1, 4)):
                     clients.start_soon(client, node, random.Random(rng.random()), methods, run, rng.randint(5, 30))

@@ -1,7 +1,7 @@
 """Webhook SSRF: a merchant's endpoint URL may not make the node send to
 itself, its private network or a metadata service, whatever the mode, the
 spelling of the address, or the DNS answers (shards/destinations.py and
-WebhookSender in shards/webhooks.py).
+WebhookSender in workers/webhook_sender.py).
 
 The sending tests run real HTTP(S) servers on loopback. Where a *public*
 server is needed, a fake network backend routes one public address to a
@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shards.destinations import DestinationRefused, address_allowed, literal_address, resolve_destination
-from shards.webhooks import EndpointUrlError, WebhookSender, check_url
+from shards.webhooks import EndpointUrlError, check_url
 from tests.conftest import NodeProcess
 from tests.test_webhooks import client_for, wait_for
+from workers.webhook_sender import WebhookSender
 
 REFUSED = "destination address not allowed"
 PUBLIC = "93.184.216.34"  # stands for any public server; routed to loopback by FakeInternet

@@ -23,15 +23,10 @@ import stripe
 from engine import intent as machine
 from engine import notifications
 from engine.intent import CaptureMethod
-from shards.webhooks import (
-    EndpointUrlError,
-    ScheduleError,
-    check_url,
-    next_delay_s,
-    parse_schedule,
-    signature_header,
-)
+from shards.webhooks import EndpointUrlError, check_url
 from tests.conftest import REDIS_URL, NodeProcess, create_merchant_keys
+from workers.webhook_delivery import ScheduleError, next_delay_s, parse_schedule
+from workers.webhook_sender import signature_header
 
 # The receivers below listen on loopback, which nodes refuse without this.
 ALLOW_PRIVATE = "--allow-private-webhooks"

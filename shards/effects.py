@@ -1,0 +1,201 @@
+"""Effects: the network calls the actors ask for, performed outside their
+turns.
+
+An actor's decision can ask for a `NetworkCall`; the actor runs `perform`
+as a child task and gets back the command that records the answer
+(approved, declined, action required, or unknown), which it decides like
+any other. The payment method is read and its card number unsealed only
+here, for the one request that carries it. The attempt id is the reference
+the network sees, so a repeated call is the same operation (DESIGN section
+5).
+
+The network also reports things later, unasked (a refund that failed after
+it was accepted, a 3-D Secure challenge completed, a dispute):
+`run_notice_relay` turns each report into a command for the owning actor.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import structlog
+import trio
+
+from engine import intent as machine
+from engine.intent import Command, NetworkCall
+from engine.network import (
+    AuthorizationRequest,
+    CaptureRequest,
+    NetworkAnswer,
+    NetworkNotice,
+    NetworkOutcomeUnknown,
+    NetworkRefused,
+    RefundRequest,
+    VoidRequest,
+)
+from shards.payment_methods import PaymentMethods
+from shards.router import Router
+from shards.vault import Vault
+from store.errors import StoreUnavailable
+
+log = structlog.get_logger("shards.effects")
+
+DECLINE_MESSAGES = {
+    "payment_intent_authentication_failure": "We are unable to authenticate your payment method. Please choose a different payment method and try again.",
+    "card_declined": "Your card was declined.",
+    "insufficient_funds": "Your card has insufficient funds.",
+    "expired_card": "Your card has expired.",
+    "incorrect_cvc": "Your card's security code is incorrect.",
+    "incorrect_number": "Your card number is incorrect.",
+    "processing_error": "An error occurred while processing your card. Try again in a little bit.",
+}
+
+
+class CardNetwork(Protocol):
+    async def authorize(self, request: AuthorizationRequest) -> NetworkAnswer: ...
+    async def capture(self, request: CaptureRequest) -> NetworkAnswer: ...
+    async def void(self, request: VoidRequest) -> NetworkAnswer: ...
+    async def refund(self, request: RefundRequest) -> NetworkAnswer: ...
+    async def next_notice(self) -> NetworkNotice: ...
+    async def inquire(self, reference: str) -> NetworkAnswer: ...
+
+
+def decline(intent_id: str, attempt_id: str, at_s: int, code: str, decline_code: str | None) -> Command:
+    """The command recording a declined attempt, with Stripe's message for its code."""
+    return machine.RecordDecline(
+        intent_id=intent_id,
+        attempt_id=attempt_id,
+        at_s=at_s,
+        code=code,
+        decline_code=decline_code,
+        message=DECLINE_MESSAGES.get(code, DECLINE_MESSAGES["card_declined"]),
+    )
+
+
+class Effects:
+    def __init__(self, network: CardNetwork, vault: Vault, payment_methods: PaymentMethods, router: Router, *, timeout_s: float) -> None:
+        self.network = network
+        self.vault = vault
+        self.payment_methods = payment_methods
+        self.router = router
+        self.timeout_s = timeout_s
+        # The address cardholders reach this node at (for 3-D Secure pages),
+        # known once the HTTP server listens (Node.set_public_url).
+        self.public_url = "http://127.0.0.1"
+
+    async def perform(self, effect: NetworkCall) -> Command:
+        """Call the network and return the command recording its answer.
+        Never raises for the network: no answer is an unknown outcome, a
+        refusal (nothing happened there) a decline."""
+        try:
+            answer = await self.call_network(effect)
+        except NetworkRefused:
+            # Nothing happened at the network, for certain: the attempt failed.
+            return decline(effect.intent_id, effect.attempt_id, int(time.time()), "processing_error", "processing_error")
+        at_s = int(time.time())
+        if answer is None:
+            log.warning("network_outcome_unknown", intent_id=effect.intent_id, attempt_id=effect.attempt_id, kind=effect.kind)
+            return machine.RecordUnknownOutcome(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=at_s)
+        return self.command_for(effect.intent_id, effect.attempt_id, answer)
+
+    async def call_network(self, effect: NetworkCall) -> NetworkAnswer | None:
+        """The network's answer, or None when it is unknown (no answer in
+        time, or an ambiguous failure). Raises NetworkRefused when the
+        network did not act."""
+        answer: NetworkAnswer | None = None
+        if effect.kind in ("authorize", "charge"):
+            request = await self._authorization_request(effect)
+            if request is None:
+                raise NetworkRefused("the payment method could not be read, so the network was not called")
+            with trio.move_on_after(self.timeout_s):
+                try:
+                    answer = await self.network.authorize(request)
+                except NetworkOutcomeUnknown:
+                    return None
+        else:
+            assert effect.parent_id is not None, effect
+            with trio.move_on_after(self.timeout_s):
+                try:
+                    answer = await self._call_other(effect)
+                except NetworkOutcomeUnknown:
+                    return None
+        return answer
+
+    async def _call_other(self, effect: NetworkCall) -> NetworkAnswer:
+        assert effect.parent_id is not None
+        if effect.kind == "capture":
+            return await self.network.capture(CaptureRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency))
+        if effect.kind == "void":
+            return await self.network.void(VoidRequest(effect.attempt_id, effect.parent_id))
+        assert effect.kind == "refund", effect
+        return await self.network.refund(RefundRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency))
+
+    def command_for(self, intent_id: str, reference: str, answer: NetworkAnswer) -> Command:
+        """The command recording the network's answer for an operation."""
+        at_s = int(time.time())
+        if answer.approved:
+            return machine.RecordApproval(intent_id=intent_id, attempt_id=reference, at_s=at_s)
+        if answer.code == "authentication_required":
+            url = f"{self.public_url}/simulator/3ds/{reference}"
+            return machine.RecordActionRequired(intent_id=intent_id, attempt_id=reference, at_s=at_s, url=url)
+        return decline(intent_id, reference, at_s, answer.code or "card_declined", answer.decline_code)
+
+    async def _authorization_request(self, effect: NetworkCall) -> AuthorizationRequest | None:
+        try:
+            method = await self.payment_methods.get(effect.payment_method_id)
+        except StoreUnavailable:
+            return None
+        if method is None:
+            return None
+        return AuthorizationRequest(
+            reference=effect.attempt_id,
+            card_number=self.vault.unseal(method.sealed_number, method.id),
+            exp_month=method.exp_month,
+            exp_year=method.exp_year,
+            amount_minor=effect.amount,
+            currency=effect.currency,
+            capture=effect.kind == "charge",
+        )
+
+
+def command_for_notice(notice: NetworkNotice, intent_id: str, at_s: int) -> Command | None:
+    """The command recording a notice, None for a kind we do not know."""
+    if notice.kind == "dispute_opened":
+        return machine.RecordDisputeOpened(intent_id=intent_id, dispute_id=notice.reference, amount=notice.amount_minor, at_s=at_s)
+    if notice.kind == "dispute_closed":
+        return machine.RecordDisputeClosed(intent_id=intent_id, dispute_id=notice.reference, won=bool(notice.won), at_s=at_s)
+    if notice.kind == "refund_failed":
+        return machine.RecordRefundFailure(
+            intent_id=intent_id, refund_id=notice.reference, at_s=at_s, failure_reason=notice.code or "unknown"
+        )
+    if notice.kind == "authorization_completed" and notice.code is None:
+        return machine.RecordApproval(intent_id=intent_id, attempt_id=notice.reference, at_s=at_s)
+    if notice.kind == "authorization_completed":
+        return decline(intent_id, notice.reference, at_s, notice.code, None)
+    return None
+
+
+async def run_notice_relay(network: Any, router: Router, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Turn the network's later reports into commands for the owning actors
+    until cancelled, or until the actors stop taking messages. A notice for
+    an operation this node does not have, or of an unknown kind, is logged
+    as an error and dropped. Returns at once for a network without notices."""
+    task_status.started()
+    next_notice = getattr(network, "next_notice", None)
+    if next_notice is None:
+        return
+    while True:
+        notice = await next_notice()
+        # A dispute is new to us: it finds its intent by the charge it names.
+        named = notice.parent_reference if notice.kind.startswith("dispute_") else notice.reference
+        intent_id = None if named is None else router.intent_of_reference(named)
+        if intent_id is None:
+            log.error("network_notice_unmatched", reference=notice.reference, kind=notice.kind)
+            continue
+        command = command_for_notice(notice, intent_id, int(time.time()))
+        if command is None:
+            log.error("network_notice_unknown", reference=notice.reference, kind=notice.kind)
+            continue
+        if not await router.send(intent_id, command):
+            return

@@ -1,0 +1,88 @@
+"""A node's event workers: one outbox relay per partition, the stream
+trimmer, the webhook ingest and the webhook dispatcher; and what the API
+asks of them (send an event again, reload endpoints after a change)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from shards.actor import ShardActor
+from shards.vault import Vault
+from store.postgres import Store
+from store.redis_link import RedisLink
+from store.rows import EventRow
+from workers.errors import WorkerErrors
+from workers.outbox import OutboxRelay, RelayBounds, TrimBounds, run_outbox_relay, run_stream_trimming
+from workers.webhook_delivery import DispatchConfig, Dispatcher, run_webhook_delivery
+from workers.webhook_endpoints import EndpointCache, new_deliveries, now_ms
+from workers.webhook_ingest import IngestBounds, run_webhook_ingest
+
+
+class EventWorkers:
+    """Made before the node (which hands it to the API as `node.events`),
+    run by `run_event_workers` once the node's actors are up."""
+
+    def __init__(
+        self,
+        store: Store,
+        redis: RedisLink,
+        vault: Vault,
+        render: Callable[[EventRow], bytes],
+        config: DispatchConfig = DispatchConfig(),
+        *,
+        relay: RelayBounds = RelayBounds(),
+        trim: TrimBounds = TrimBounds(),
+        ingest: IngestBounds = IngestBounds(),
+    ) -> None:
+        self.store = store
+        self.redis = redis
+        self.relay_bounds = relay
+        self.trim_bounds = trim
+        self.ingest_bounds = ingest
+        self.errors = {name: WorkerErrors(name) for name in ("outbox_relay", "stream_trimming", "webhook_ingest", "webhook_delivery")}
+        self.endpoints = EndpointCache(store)
+        self.dispatcher = Dispatcher(store, vault, self.endpoints, render, config, errors=self.errors["webhook_delivery"])
+        self.relays: dict[int, OutboxRelay] = {}
+
+    def endpoints_changed(self) -> None:
+        self.endpoints.invalidate()
+
+    async def retry(self, event: EventRow) -> list[str]:
+        """Send an event again to the endpoints that gave up on it, and to
+        matching endpoints that never had it. Returns those endpoints.
+        Raises StoreUnavailable when the database cannot be reached."""
+        await self.endpoints.refresh(force=True)
+        stamp = now_ms()
+        await self.store.webhooks.add_deliveries(new_deliveries(event, self.endpoints.matching(event), stamp))
+        retried = await self.store.webhooks.retry_dead(event.id, stamp)
+        queued = {delivery.endpoint_id for delivery in await self.store.webhooks.deliveries_of_event(event.id) if delivery.status == "pending"}
+        self.dispatcher.wake(queued)
+        return sorted(queued | set(retried))
+
+
+async def run_event_workers(events: EventWorkers, shards: dict[int, ShardActor], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the relays of `shards` (each actor wakes its relay after a commit
+    that wrote events), the trimmer, the ingest and the dispatcher until
+    cancelled. Everything not yet published or delivered when cancelled is
+    in PostgreSQL and goes out after the next start."""
+    store, redis, errors = events.store, events.redis, events.errors
+    partitions = sorted(shards)
+    async with trio.open_nursery() as nursery:
+        for partition, shard in shards.items():
+            relay = await nursery.start(
+                functools.partial(run_outbox_relay, store, redis, partition, events.relay_bounds, errors=errors["outbox_relay"])
+            )
+            shard.on_events = relay.wake
+            events.relays[partition] = relay
+        await nursery.start(functools.partial(run_stream_trimming, redis, partitions, events.trim_bounds, errors=errors["stream_trimming"]))
+        ingest = functools.partial(
+            run_webhook_ingest, store, redis, partitions, events.endpoints, events.dispatcher.wake, events.ingest_bounds,
+            errors=errors["webhook_ingest"],
+        )
+        await nursery.start(ingest)
+        await nursery.start(run_webhook_delivery, events.dispatcher)
+        task_status.started()
