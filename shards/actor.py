@@ -104,6 +104,9 @@ class Message(msgspec.Struct):
     command: Command
     reply: Reply | None
     claim: Claim | None = None  # the idempotency key the request came with
+    # The HTTP request behind the command, or behind the command whose
+    # network call this answers: the transition logs carry it.
+    request_id: str | None = None
 
 
 def waits_on(decision: machine.Decision) -> str | None:
@@ -235,7 +238,9 @@ class ShardActor:
         if not self.state.accepting or self._client_queued >= self.config.mailbox_commands_max:
             raise trio.WouldBlock
         reply = Reply()
-        self.mailbox_send.send_nowait(Message(command, reply, claim))
+        # Taken from the caller's log context (the gateway binds it per request).
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        self.mailbox_send.send_nowait(Message(command, reply, claim, request_id))
         self._client_queued += 1
         return reply
 
@@ -453,7 +458,14 @@ class ShardActor:
             else:
                 # Late or repeated internal commands (an answer after a crash
                 # marked it unknown, an expiry after a capture) change nothing.
-                log.info("internal_command_refused", partition=self.state.partition, result=str(decision.result), command=type(command).__name__, intent_id=command.intent_id)
+                log.info(
+                    "internal_command_refused",
+                    partition=self.state.partition,
+                    result=str(decision.result),
+                    command=type(command).__name__,
+                    intent_id=command.intent_id,
+                    request_id=message.request_id,
+                )
             return
         assert current is not None
         for event in decision.events:
@@ -465,14 +477,16 @@ class ShardActor:
                 status = event.dispute.status
             else:
                 status = event.status
-            log.debug(LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status))
+            log.debug(
+                LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status), request_id=message.request_id
+            )
         awaited = waits_on(decision) if message.reply is not None else None
         if awaited is not None:
             assert message.reply is not None
             message.reply.journaled = True
             self._awaiting_answer[awaited] = (message.reply, message.claim)
         for effect in decision.effects:
-            self._calls.start_soon(self._call_network, effect)
+            self._calls.start_soon(self._call_network, effect, message.request_id)
         if isinstance(command, ANSWER_TYPES):
             waiting = self._awaiting_answer.pop(command.attempt_id, None)
             if waiting is not None:
@@ -480,10 +494,10 @@ class ShardActor:
         elif awaited is None and message.reply is not None:
             message.reply.set(Outcome(Result.ok, current))
 
-    async def _call_network(self, effect: NetworkCall) -> None:
+    async def _call_network(self, effect: NetworkCall, request_id: str | None = None) -> None:
         async with self._network_limiter:
             answer = await self._perform(effect)
-        message = Message(answer, None)
+        message = Message(answer, None, request_id=request_id)
         try:
             await self.mailbox_send.send(message)
         except trio.ClosedResourceError:

@@ -75,3 +75,36 @@ async def test_every_log_line_inside_a_request_carries_its_request_id(database_u
     # The id is unbound when its request ends: nothing logged outside a request carries one.
     outside = [line for line in logs if line not in lines_of["created"] and line not in lines_of["failed"]]
     assert all("request_id" not in line for line in outside), outside
+
+
+async def test_the_actor_transition_logs_carry_the_request_id_of_the_command_that_caused_them(database_url: str) -> None:
+    """The actor's turn runs in its own task, outside the request's log
+    context, so its transition logs (and those of the network answer a
+    confirm waits for) could not be tied to the request that caused them."""
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database_url, connections_max=4)
+        try:
+            await store.migrate(4)
+            merchant = await create_merchant(store, "Traced shop")
+            headers = {"Authorization": f"Bearer {merchant.secret_key}"}
+            with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+                async with trio.open_nursery() as nursery:
+                    node = await nursery.start(run_node, store, Vault(bytes(range(32))), CardNetwork(seed=1), NodeConfig(partitions=4))
+                    node.redis = RefusingRedis()
+                    async with create_app(node).test_app() as test_app:
+                        client = test_app.test_client()
+                        paid = await client.post(
+                            "/v1/payment_intents",
+                            form={"amount": "2000", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"},
+                            headers=headers,
+                        )
+                    node.stop_accepting()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await store.close()
+    assert paid.status_code == 200
+    assert (await paid.get_json())["status"] == "succeeded"
+    request_id = paid.headers["Request-Id"]
+    transitions = {line["event"]: line for line in logs if line["event"] in ("intent_created", "attempt_started", "attempt_approved")}
+    assert set(transitions) == {"intent_created", "attempt_started", "attempt_approved"}
+    assert {line["request_id"] for line in transitions.values()} == {request_id}
