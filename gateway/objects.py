@@ -387,7 +387,9 @@ def event(row: EventRow) -> EventObject:
         shown = None if found is None else dispute(intent, found)
     if shown is None:
         shown = payment_intent(intent)
-    return EventObject(id=row.id, type=row.type, created=row.created_s, livemode=row.livemode, data=EventData(shown))
+    return EventObject(
+        id=row.id, type=row.type, created=row.created_s, livemode=row.livemode, data=EventData(shown), request=EventRequest(id=row.request_id)
+    )
 
 
 def webhook_endpoint(row: WebhookEndpointRow, secret: str | None = None) -> WebhookEndpointObject:

@@ -347,7 +347,7 @@ class ShardActor:
                 before, current = current, machine.evolve(current, event)
                 rows.append(JournalRow(seq, intent_id, type(event).__name__, machine.event_encoder.encode(event), machine.transfers_of(event)))
                 events.append(event)
-                self._raise_events(raised, seq, before, event, current, now_s)
+                self._raise_events(raised, seq, before, event, current, now_s, message.request_id)
                 seq += 1
             if decision.events:
                 assert current is not None
@@ -385,8 +385,10 @@ class ShardActor:
         event: machine.Event,
         after: PaymentIntent,
         now_s: int,
+        request_id: str | None,
     ) -> None:
-        """The Stripe events one journal row raises, as outbox rows of its batch."""
+        """The Stripe events one journal row raises, as outbox rows of its
+        batch, each naming the request behind it (Stripe's `request.id`)."""
         notices = notifications.notices(before, event, after)
         if not notices:
             return
@@ -405,6 +407,7 @@ class ShardActor:
                     object_id=object_id,
                     created_s=now_s,
                     intent=snapshot,
+                    request_id=request_id,
                 )
             )
 

@@ -28,12 +28,12 @@ WITH journal_rows AS (
     SELECT * FROM unnest($6::text[], $7::smallint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[],
                          $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::bigint[])
 ), event_rows AS (
-    INSERT INTO events (id, partition, seq, idx, merchant_id, livemode, type, intent_id, object_id, created_s, intent)
+    INSERT INTO events (id, partition, seq, idx, merchant_id, livemode, type, intent_id, object_id, created_s, intent, request_id)
     SELECT * FROM unnest($19::text[], $20::smallint[], $21::bigint[], $22::smallint[], $23::text[], $24::boolean[],
-                         $25::text[], $26::text[], $27::text[], $28::bigint[], $29::bytea[])
+                         $25::text[], $26::text[], $27::text[], $28::bigint[], $29::bytea[], $30::text[])
 )
 INSERT INTO idempotency_keys (merchant_id, key, fingerprint, status_code, body, object_id, expires_at_s)
-SELECT * FROM unnest($30::text[], $31::text[], $32::bytea[], $33::smallint[], $34::bytea[], $35::text[], $36::bigint[])
+SELECT * FROM unnest($31::text[], $32::text[], $33::bytea[], $34::smallint[], $35::bytea[], $36::text[], $37::bigint[])
 ON CONFLICT (merchant_id, key) DO UPDATE
     SET status_code = EXCLUDED.status_code, body = EXCLUDED.body
     WHERE idempotency_keys.status_code IS NULL AND idempotency_keys.fingerprint = EXCLUDED.fingerprint
@@ -41,7 +41,7 @@ ON CONFLICT (merchant_id, key) DO UPDATE
 
 
 def append_arguments(batches: Sequence[Batch]) -> list[Any]:
-    """The 36 column arrays of `APPEND_SQL` for these batches."""
+    """The 37 column arrays of `APPEND_SQL` for these batches."""
     journal = columns(
         [(batch.partition, row.seq, row.entity_id, row.kind, row.body.decode()) for batch in batches for row in batch.rows], 5
     )
@@ -60,11 +60,11 @@ def append_arguments(batches: Sequence[Batch]) -> list[Any]:
     )
     raised = columns(
         [
-            (e.id, e.partition, e.seq, e.idx, e.merchant_id, e.livemode, e.type, e.intent_id, e.object_id, e.created_s, e.intent)
+            (e.id, e.partition, e.seq, e.idx, e.merchant_id, e.livemode, e.type, e.intent_id, e.object_id, e.created_s, e.intent, e.request_id)
             for batch in batches
             for e in batch.events
         ],
-        11,
+        12,
     )
     # One row per key: a statement may not upsert the same row twice.
     latest = {(row.merchant_id, row.key): msgspec.structs.astuple(row) for batch in batches for row in batch.idempotency}

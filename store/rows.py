@@ -48,6 +48,9 @@ class EventRow(msgspec.Struct, frozen=True):
     object_id: str
     created_s: int
     intent: bytes
+    # The API request that caused the change (Stripe's `request.id`); None
+    # for changes nobody asked for (an expiry, a network's later notice).
+    request_id: str | None = None
 
 
 class EventQuery(msgspec.Struct, frozen=True):

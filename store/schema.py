@@ -104,6 +104,7 @@ CREATE TABLE IF NOT EXISTS events (
     intent bytea NOT NULL,         -- the intent as this event left it (msgspec JSON)
     UNIQUE (partition, seq, idx)
 );
+ALTER TABLE events ADD COLUMN IF NOT EXISTS request_id text;
 CREATE INDEX IF NOT EXISTS events_merchant ON events (merchant_id, livemode, created_s DESC, id DESC);
 CREATE INDEX IF NOT EXISTS events_created ON events (created_s);
 CREATE TABLE IF NOT EXISTS outbox_cursor (

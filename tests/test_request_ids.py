@@ -108,3 +108,32 @@ async def test_the_actor_transition_logs_carry_the_request_id_of_the_command_tha
     transitions = {line["event"]: line for line in logs if line["event"] in ("intent_created", "attempt_started", "attempt_approved")}
     assert set(transitions) == {"intent_created", "attempt_started", "attempt_approved"}
     assert {line["request_id"] for line in transitions.values()} == {request_id}
+
+
+async def test_an_event_names_the_request_that_caused_it(database_url: str) -> None:
+    """Events said `request: {"id": null}` whatever caused them, so a
+    merchant could not match a webhook to the API call behind it."""
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database_url, connections_max=4)
+        try:
+            await store.migrate(4)
+            merchant = await create_merchant(store, "Evented shop")
+            headers = {"Authorization": f"Bearer {merchant.secret_key}"}
+            async with trio.open_nursery() as nursery:
+                node = await nursery.start(run_node, store, Vault(bytes(range(32))), CardNetwork(seed=1), NodeConfig(partitions=4))
+                node.redis = RefusingRedis()
+                async with create_app(node).test_app() as test_app:
+                    client = test_app.test_client()
+                    paid = await client.post(
+                        "/v1/payment_intents",
+                        form={"amount": "2000", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"},
+                        headers=headers,
+                    )
+                    listed = await client.get("/v1/events", headers=headers)
+                node.stop_accepting()
+                nursery.cancel_scope.cancel()
+        finally:
+            await store.close()
+    events = (await listed.get_json())["data"]
+    assert {event["type"] for event in events} >= {"payment_intent.created", "payment_intent.succeeded"}
+    assert {event["request"]["id"] for event in events} == {paid.headers["Request-Id"]}

@@ -110,6 +110,9 @@ class ArchivedEvent(msgspec.Struct, frozen=True, tag="event", tag_field="t", for
     object_id: str
     created_s: int
     intent: str                 # the intent snapshot (msgspec JSON) as text
+    # The API request behind the event; segments written before it was
+    # recorded lack it, and read as None.
+    request_id: str | None = None
 
 
 SegmentLine = SegmentHeader | ArchivedJournalRow | ArchivedEvent
