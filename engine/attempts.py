@@ -20,6 +20,7 @@ from engine.commands import (
     RecordActionRequired,
     RecordApproval,
     RecordDecline,
+    RecordNotSent,
     RecordUnknownOutcome,
 )
 from engine.decisions import Decision, Effect, network_call, refuse
@@ -27,6 +28,7 @@ from engine.events import (
     AttemptActionRequired,
     AttemptApproved,
     AttemptDeclined,
+    AttemptNotSent,
     AttemptOutcomeUnknown,
     AttemptStarted,
     Event,
@@ -211,11 +213,18 @@ def decide_expire(intent: PaymentIntent, command: ExpireAuthorization) -> Decisi
 
 
 def decide_answer(
-    intent: PaymentIntent, command: RecordApproval | RecordDecline | RecordActionRequired | RecordUnknownOutcome
+    intent: PaymentIntent, command: RecordApproval | RecordDecline | RecordActionRequired | RecordUnknownOutcome | RecordNotSent
 ) -> Decision:
     """The network's answer to one of the intent's attempts (not a refund's)."""
     attempt = intent.attempt(command.attempt_id)
     if attempt is None or attempt.status not in OPEN_ATTEMPT:
+        return refuse(Result.attempt_not_pending, "attempt")
+    if isinstance(command, RecordNotSent) and (
+        attempt.status is not AttemptStatus.pending or attempt.kind not in (AttemptKind.authorize, AttemptKind.charge)
+    ):
+        # Only a pending authorization can be known not to have left: once
+        # unknown, it may have reached the network, and only reconciliation
+        # may close it.
         return refuse(Result.attempt_not_pending, "attempt")
     if isinstance(command, RecordUnknownOutcome) and attempt.status is AttemptStatus.unknown:
         return refuse(Result.attempt_not_pending, "attempt")
@@ -236,6 +245,8 @@ def decide_answer(
         event = _decline(intent, attempt, target, command)
     elif isinstance(command, RecordActionRequired):
         event = AttemptActionRequired(intent_id=intent.id, attempt_id=attempt.id, status=target, url=command.url)
+    elif isinstance(command, RecordNotSent):
+        event = AttemptNotSent(intent_id=intent.id, attempt_id=attempt.id, status=target)
     else:
         event = AttemptOutcomeUnknown(intent_id=intent.id, attempt_id=attempt.id, status=target)
     return Decision(result=Result.ok, events=(event,))

@@ -125,6 +125,17 @@ class RecordUnknownOutcome(msgspec.Struct, frozen=True, tag=True):
     at_s: int
 
 
+class RecordNotSent(msgspec.Struct, frozen=True, tag=True):
+    """The network was never called for this attempt: what it needed (the
+    payment method) could not be read. Nothing happened anywhere, so the
+    attempt is closed without a decline and the intent can be confirmed
+    again."""
+
+    intent_id: str
+    attempt_id: str
+    at_s: int
+
+
 class RecordRefundFailure(msgspec.Struct, frozen=True, tag=True):
     """The network reports that a refund it had accepted failed afterwards."""
 
@@ -161,9 +172,10 @@ Command = (
     | RecordDecline
     | RecordActionRequired
     | RecordUnknownOutcome
+    | RecordNotSent
     | RecordRefundFailure
     | RecordDisputeOpened
     | RecordDisputeClosed
 )
 # The network's answers to one attempt or refund, named by its reference.
-ANSWERS = (RecordApproval, RecordDecline, RecordActionRequired, RecordUnknownOutcome)
+ANSWERS = (RecordApproval, RecordDecline, RecordActionRequired, RecordUnknownOutcome, RecordNotSent)

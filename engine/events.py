@@ -56,6 +56,12 @@ class AttemptOutcomeUnknown(msgspec.Struct, frozen=True, tag=True):
     status: Status
 
 
+class AttemptNotSent(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    attempt_id: str
+    status: Status
+
+
 class IntentCanceled(msgspec.Struct, frozen=True, tag=True):
     intent_id: str
     status: Status
@@ -102,6 +108,7 @@ Event = (
     | AttemptDeclined
     | AttemptActionRequired
     | AttemptOutcomeUnknown
+    | AttemptNotSent
     | IntentCanceled
     | RefundCreated
     | RefundUpdated

@@ -30,13 +30,13 @@ from engine.attempts import decide_answer, decide_cancel, decide_capture, decide
 from engine.commands import (
     ANSWERS, CancelIntent, CaptureIntent, CaptureMethod, Command, ConfirmIntent, CreateIntent, CreateRefund,
     ExpireAuthorization, RecordActionRequired, RecordApproval, RecordDecline, RecordDisputeClosed,
-    RecordDisputeOpened, RecordRefundFailure, RecordUnknownOutcome,
+    RecordDisputeOpened, RecordNotSent, RecordRefundFailure, RecordUnknownOutcome,
 )
 from engine.decisions import Decision, Effect, NetworkCall, refuse
 from engine.disputes import DISPUTE_TRANSITIONS, decide_dispute_closed, decide_dispute_opened
 from engine.events import (
-    AttemptActionRequired, AttemptApproved, AttemptDeclined, AttemptOutcomeUnknown, AttemptStarted, DisputeClosed,
-    DisputeOpened, Event, IntentCanceled, IntentCreated, RefundCreated, RefundUpdated, entity_id_of, event_decoder,
+    AttemptActionRequired, AttemptApproved, AttemptDeclined, AttemptNotSent, AttemptOutcomeUnknown, AttemptStarted,
+    DisputeClosed, DisputeOpened, Event, IntentCanceled, IntentCreated, RefundCreated, RefundUpdated, entity_id_of, event_decoder,
     event_encoder, transfers_of,
 )
 from engine.postings import ledger_release_hold, ledger_single
@@ -63,12 +63,13 @@ __all__ = [
     # engine.commands
     "ANSWERS", "CancelIntent", "CaptureIntent", "CaptureMethod", "Command", "ConfirmIntent", "CreateIntent",
     "CreateRefund", "ExpireAuthorization", "RecordActionRequired", "RecordApproval", "RecordDecline",
-    "RecordDisputeClosed", "RecordDisputeOpened", "RecordRefundFailure", "RecordUnknownOutcome",
+    "RecordDisputeClosed", "RecordDisputeOpened", "RecordNotSent", "RecordRefundFailure", "RecordUnknownOutcome",
     # engine.records
     "OPEN_ATTEMPT", "Attempt", "AttemptKind", "AttemptStatus", "Dispute", "DisputeStatus", "PaymentError",
     "PaymentIntent", "Refund", "RefundStatus",
     # engine.events
-    "AttemptActionRequired", "AttemptApproved", "AttemptDeclined", "AttemptOutcomeUnknown", "AttemptStarted",
+    "AttemptActionRequired", "AttemptApproved", "AttemptDeclined", "AttemptNotSent", "AttemptOutcomeUnknown",
+    "AttemptStarted",
     "DisputeClosed", "DisputeOpened", "Event", "IntentCanceled", "IntentCreated", "RefundCreated", "RefundUpdated",
     "entity_id_of", "event_decoder", "event_encoder", "transfers_of",
     # engine.decisions
@@ -172,6 +173,13 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
         )
     if isinstance(event, AttemptActionRequired):
         return replace(intent, status=event.status, next_action_url=event.url)
+    if isinstance(event, AttemptNotSent):
+        # The payment method stays: nothing was wrong with it.
+        return replace(
+            intent,
+            status=event.status,
+            attempts=_with_attempt_status(intent, event.attempt_id, AttemptStatus.not_sent),
+        )
     if isinstance(event, AttemptOutcomeUnknown):
         return replace(
             intent,

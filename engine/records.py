@@ -27,6 +27,9 @@ class AttemptStatus(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     unknown = "unknown"
+    # Closed without reaching the network (its payment method could not be
+    # read): not a decline, and not an operation the network knows.
+    not_sent = "not_sent"
 
 
 class DisputeStatus(enum.StrEnum):

@@ -61,6 +61,7 @@ from engine.commands import (
     RecordApproval,
     RecordDecline,
     RecordDisputeOpened,
+    RecordNotSent,
     RecordUnknownOutcome,
 )
 
@@ -91,6 +92,8 @@ TRANSITIONS: dict[Status, dict[type, Status]] = {
         RecordDecline: Status.requires_payment_method,  # or requires_capture for a capture
         RecordActionRequired: Status.requires_action,
         RecordUnknownOutcome: Status.processing,
+        # The network was never called: the customer may confirm again.
+        RecordNotSent: Status.requires_confirmation,
     },
     Status.requires_capture: {
         CaptureIntent: Status.processing,

@@ -200,8 +200,11 @@ class Calls:
                 intent = None if found.object_id is None else self.node.intent(found.object_id)
                 if intent is None:
                     raise errors.unavailable("The first request with this idempotency key did not finish. Retry shortly.")
-                last = intent.attempts[-1].id if intent.attempts else None
-                raise Replayed(*render_outcome(Outcome(Result.ok, intent, attempt_id=last)))
+                last = intent.attempts[-1] if intent.attempts else None
+                # A first run whose attempt never left (not_sent) answered a
+                # 503 and stored nothing: this retry runs the command again.
+                if last is None or last.status is not machine.AttemptStatus.not_sent:
+                    raise Replayed(*render_outcome(Outcome(Result.ok, intent, attempt_id=None if last is None else last.id)))
             yield Claim(key.merchant_id, header, request_fingerprint, render_outcome, now_s + records.ttl_s)
         finally:
             records.end(key.merchant_id, header)

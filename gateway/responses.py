@@ -22,8 +22,11 @@ _json = msgspec.json.Encoder()
 
 
 def raw_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
-    """A response of JSON bytes already encoded."""
+    """A response of JSON bytes already encoded. A 503 always says when to
+    retry (a rendered outcome carries no headers of its own)."""
     response = Response(body, status=status, content_type="application/json")
+    if status == 503:
+        response.headers["Retry-After"] = "1"
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -65,6 +68,10 @@ def intent_body(outcome: Outcome, amount: object = None) -> dict[str, Any]:
         raise error
     assert intent is not None
     attempt = next((a for a in intent.attempts if a.id == outcome.attempt_id), None)
+    if attempt is not None and attempt.status is machine.AttemptStatus.not_sent:
+        # A database blip kept the card from being read: not the customer's
+        # doing, and nothing was charged. Retrying the same call is right.
+        raise errors.unavailable("The payment could not be started just now; nothing was charged. Retry shortly.")
     if attempt is not None and attempt.status is machine.AttemptStatus.failed:
         failure = intent.last_payment_error
         if attempt.kind is machine.AttemptKind.capture or failure is None:

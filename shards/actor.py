@@ -51,6 +51,7 @@ LOG_EVENT_NAMES = {
     machine.AttemptApproved: "attempt_approved",
     machine.AttemptDeclined: "attempt_declined",
     machine.AttemptOutcomeUnknown: "attempt_outcome_unknown",
+    machine.AttemptNotSent: "attempt_not_sent",
     machine.AttemptActionRequired: "attempt_action_required",
     machine.IntentCanceled: "intent_canceled",
     machine.RefundCreated: "refund_created",
@@ -439,7 +440,9 @@ class ShardActor:
             command = message.command
             if isinstance(command, ANSWER_TYPES) and decision.result is Result.ok:
                 waiting = self._awaiting_answer.get(command.attempt_id)
-                if waiting is not None and waiting[1] is not None:
+                # An attempt that never left answers a retryable 503: its key
+                # keeps only its "started" mark, so a retry runs again.
+                if waiting is not None and waiting[1] is not None and not isinstance(command, machine.RecordNotSent):
                     outcome = Outcome(Result.ok, current, attempt_id=command.attempt_id)
                     rows.append(waiting[1].completed(outcome, command.intent_id))
         return rows

@@ -52,6 +52,14 @@ DECLINE_MESSAGES = {
 }
 
 
+# Waits between tries to read an attempt's payment method; None: give up.
+PAYMENT_METHOD_RETRY_DELAYS_S = (0.05, 0.25, 1.0, None)
+
+
+class PaymentMethodUnavailable(Exception):
+    """The database could not give the payment method: the network was not called."""
+
+
 class CardNetwork(Protocol):
     async def authorize(self, request: AuthorizationRequest) -> NetworkAnswer: ...
     async def capture(self, request: CaptureRequest) -> NetworkAnswer: ...
@@ -87,9 +95,14 @@ class Effects:
     async def perform(self, effect: NetworkCall) -> Command:
         """Call the network and return the command recording its answer.
         Never raises for the network: no answer is an unknown outcome, a
-        refusal (nothing happened there) a decline."""
+        refusal (nothing happened there) a decline, and a payment method
+        the database could not give (so the network was never called) an
+        attempt not sent, which is no decline."""
         try:
             answer = await self.call_network(effect)
+        except PaymentMethodUnavailable as error:
+            log.warning("attempt_not_sent", intent_id=effect.intent_id, attempt_id=effect.attempt_id, error=str(error))
+            return machine.RecordNotSent(intent_id=effect.intent_id, attempt_id=effect.attempt_id, at_s=int(time.time()))
         except NetworkRefused:
             # Nothing happened at the network, for certain: the attempt failed.
             return decline(effect.intent_id, effect.attempt_id, int(time.time()), "processing_error", "processing_error")
@@ -142,10 +155,17 @@ class Effects:
         return decline(intent_id, reference, at_s, answer.code or "card_declined", answer.decline_code)
 
     async def _authorization_request(self, effect: NetworkCall) -> AuthorizationRequest | None:
-        try:
-            method = await self.payment_methods.get(effect.payment_method_id)
-        except StoreUnavailable:
-            return None
+        """The request for an authorization, None when its payment method
+        does not exist. Raises PaymentMethodUnavailable when the database
+        could not give it after a few short tries."""
+        for delay_s in PAYMENT_METHOD_RETRY_DELAYS_S:
+            try:
+                method = await self.payment_methods.get(effect.payment_method_id)
+                break
+            except StoreUnavailable as error:
+                if delay_s is None:
+                    raise PaymentMethodUnavailable(str(error)) from None
+                await trio.sleep(delay_s)
         if method is None:
             return None
         return AuthorizationRequest(
