@@ -23,6 +23,7 @@ from shards.node import Node, NodeConfig, Overloaded, run_node
 from shards.vault import Vault
 from simulators.card_network import CardNetwork
 from store.errors import StoreUnavailable
+from tests.helpers import wait_until_async
 
 VAULT_KEY = bytes(range(32))
 
@@ -33,6 +34,9 @@ class FaultyJournal:
     def __init__(self, journal: Any) -> None:
         self._journal = journal
         self.fail_appends = 0
+        # Appends let through before `fail_appends` takes effect, so a test
+        # can fail a later commit without watching for the earlier ones.
+        self.pass_appends = 0
         self.lose_commit_answers = 0
         self.hold_appends: trio.Event | None = None
         self.appends = 0
@@ -45,7 +49,9 @@ class FaultyJournal:
         self.appends += 1
         if self.hold_appends is not None:
             await self.hold_appends.wait()
-        if self.fail_appends:
+        if self.pass_appends:
+            self.pass_appends -= 1
+        elif self.fail_appends:
             self.fail_appends -= 1
             raise StoreUnavailable("injected commit failure")
         await self._journal.append_many(batches)
@@ -71,9 +77,11 @@ class SilentNetwork:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.called = trio.Event()
 
     async def authorize(self, request: Any) -> Any:
         self.calls += 1
+        self.called.set()
         await trio.sleep_forever()
 
 
@@ -206,20 +214,13 @@ async def test_network_answer_survives_a_failed_commit(store) -> None:
     async with running_node(faulty, network) as node:
         method = await new_payment_method(node)
         command = create_command(node, payment_method_id=method, confirm=True)
-        async with trio.open_nursery() as nursery:
-            outcome: list = []
-
-            async def pay() -> None:
-                outcome.append(await node.submit(command))
-
-            nursery.start_soon(pay)
-            # Once the attempt is journaled the network call is under way; make
-            # the commit of its answer fail once.
-            while node.intent(command.intent_id) is None:
-                await trio.sleep(0.001)
-            faulty.journal.fail_appends = 1
-        assert outcome[0].result is Result.ok
-        assert outcome[0].intent.status == machine.Status.succeeded
+        # The batch that journals the attempt goes through, and the network
+        # call is made; the commit of its answer fails once.
+        faulty.journal.pass_appends, faulty.journal.fail_appends = 1, 1
+        outcome = await node.submit(command)
+        assert faulty.journal.fail_appends == 0, "the answer's commit failed once"
+        assert outcome.result is Result.ok
+        assert outcome.intent.status == machine.Status.succeeded
         assert network.calls_total() == 1
         assert await journal_kinds(store, node, command.intent_id) == ["IntentCreated", "AttemptStarted", "AttemptApproved"]
 
@@ -253,17 +254,19 @@ async def test_restart_recovers_state_and_marks_pending_attempts_unknown(store) 
             settled = await node.submit(create_command(node, payment_method_id=method))
             pending = create_command(node, payment_method_id=method, confirm=True)
             crash.start_soon(node.submit, pending)
-            while network.calls == 0:
-                await trio.sleep(0.001)
+            await network.called.wait()
             # The attempt is journaled as pending and the call is in flight: crash.
             crash.cancel_scope.cancel()
     assert await journal_kinds(store, node, pending.intent_id) == ["IntentCreated", "AttemptStarted"]
     async with running_node(store) as recovered:
         assert recovered.intent(settled.intent.id) == settled.intent
+        # Recovery marks the attempt in its own batch, soon after the start.
+        await wait_until_async(
+            lambda: recovered.intent(pending.intent_id).attempts[0].status is not machine.AttemptStatus.pending,
+            10,
+            "the recovered attempt to leave pending",
+        )
         intent = recovered.intent(pending.intent_id)
-        while intent.attempts[0].status is machine.AttemptStatus.pending:
-            await trio.sleep(0.001)
-            intent = recovered.intent(pending.intent_id)
         assert intent.status == machine.Status.processing
         assert intent.attempts[0].status is machine.AttemptStatus.unknown
         # Never a second attempt while the first is not known to have failed.
@@ -307,13 +310,14 @@ async def test_uncaptured_authorization_expires_and_releases_the_hold(store) -> 
         shard_ledger = node.shards[node.partition_of_intent(intent_id)].state.ledger
         receivable = ledger.account_id("acct_test", ledger.NETWORK_RECEIVABLE)
         assert shard_ledger.balance(receivable, "usd").debits_pending == 1000
-        with trio.fail_after(10):
-            while node.intent(intent_id).status != machine.Status.canceled:
-                await trio.sleep(0.05)
-            expired = node.intent(intent_id)
-            while expired.attempts[-1].status is machine.AttemptStatus.pending:
-                await trio.sleep(0.01)
-                expired = node.intent(intent_id)
+        # The real clock: the expiry is the behaviour under test, and the
+        # journal is a real PostgreSQL (see tests/helpers.py).
+        def expired_and_voided() -> machine.PaymentIntent | None:
+            intent = node.intent(intent_id)
+            voided = intent.status == machine.Status.canceled and intent.attempts[-1].status is not machine.AttemptStatus.pending
+            return intent if voided else None
+
+        expired = await wait_until_async(expired_and_voided, 10, "the authorization to expire and its void to be answered")
         assert expired.cancellation_reason == "automatic"
         assert expired.amount_capturable == 0
         assert shard_ledger.balance(receivable, "usd").debits_pending == 0

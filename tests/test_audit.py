@@ -27,6 +27,7 @@ from payments import audit_cli
 from store.errors import StoreUnavailable
 from store.postgres import Store
 from store.rows import DeliveryAttemptRow, DeliveryRow, EventRow, JournalRow
+from tests.helpers import wait_until_async
 from workers import audit
 from workers.audit import (
     ArchiveInconsistent,
@@ -144,7 +145,7 @@ async def test_a_gap_in_the_journal_is_waited_for_not_skipped(store, tmp_path):
 async def test_export_is_refused_while_another_exporter_holds_the_lease(store, tmp_path):
     await seed(store, 0, 1, 2)
     assert await store.audit.take_lease("someone-else", 60)
-    with pytest.raises(ExportBusy):
+    with pytest.raises(ExportBusy, match=r"^another export holds the archive lease$"):
         await audit.export(store, LocalArchive(tmp_path))
     await store.audit.release_lease("someone-else")
     assert len((await audit.export(store, LocalArchive(tmp_path))).segments) == 1
@@ -264,7 +265,7 @@ async def test_a_crash_before_the_mirror_commit_is_adopted_by_the_next_export(st
     archive = LocalArchive(tmp_path)
     await seed(store, 0, 1, 6)
     monkeypatch.setattr(store.audit, "commit", FailOnce(store.audit.commit, StoreUnavailable("database unavailable: test")))
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailable, match=r"^database unavailable: test$"):
         await audit.export(store, archive, segment_rows=4)
     assert len(manifest(tmp_path)) == 1 and (await store.audit.state()).head_sequence == 0
     interrupted = await audit.verify(store, archive)
@@ -281,7 +282,7 @@ async def test_a_crash_before_the_manifest_append_writes_the_segment_again(store
     archive = LocalArchive(tmp_path)
     await seed(store, 0, 1, 3)
     monkeypatch.setattr(archive, "append", FailOnce(archive.append, ArchiveUnavailable("archive: test")))
-    with pytest.raises(ArchiveUnavailable):
+    with pytest.raises(ArchiveUnavailable, match=r"^archive: test$"):
         await audit.export(store, archive)
     assert not (tmp_path / "manifest.jsonl").exists()
     orphan = await audit.verify(store, archive)
@@ -375,11 +376,10 @@ async def test_the_archive_worker_survives_an_unreachable_database_and_counts_it
     monkeypatch.setattr(store.audit, "take_lease", FailOnce(store.audit.take_lease, StoreUnavailable("database unavailable: test")))
     async with trio.open_nursery() as nursery:
         errors = await nursery.start(audit.run_audit_archive, store, archive, audit.ArchiveBounds(every_s=0.5))
-        await trio.sleep(0.25)
+        # The real clock: the store is a real PostgreSQL (see tests/helpers.py).
+        await wait_until_async(lambda: errors.counts, 10, "the first export to fail", interval_s=0.01)
         assert not (tmp_path / "manifest.jsonl").exists()
-        with trio.fail_after(10):
-            while not (tmp_path / "manifest.jsonl").exists():
-                await trio.sleep(0.05)
+        await wait_until_async((tmp_path / "manifest.jsonl").exists, 10, "the next export, every_s later", interval_s=0.05)
         nursery.cancel_scope.cancel()
     assert len(manifest(tmp_path)) == 1
     assert errors.counts == {"audit_export_postponed": 1}
@@ -433,7 +433,7 @@ def test_the_cli_exit_codes(database_url, tmp_path, capsys, monkeypatch):
     assert audit_cli.main(["audit", "verify", *archive, "--database-url", unreachable]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: cannot connect to the database") and "Traceback" not in error
-    with pytest.raises(SystemExit) as usage:
+    with pytest.raises(SystemExit) as usage:  # argparse's: its text is the exit code, checked below
         audit_cli.main(["audit", "prune", *database])
     assert usage.value.code == 2
 

@@ -765,7 +765,7 @@ async def test_outage_window_refuses_every_call_by_the_trio_clock(autojump_clock
     # An outage refuses at once rather than after the latency.
     assert trio.current_time() == created + 10
     await trio.sleep_until(created + 14.999)
-    with pytest.raises(NetworkRefused):
+    with pytest.raises(NetworkRefused, match=r"^network outage: capture cap_1 was not performed$"):
         await network.capture(_capture("cap_1", "att_before"))
     await trio.sleep_until(created + 15)
     assert (await network.authorize(_request("att_after"))).approved
@@ -787,7 +787,7 @@ async def test_outage_counts_from_the_first_call_when_built_outside_a_run(
     first_call = trio.current_time()
     assert (await network.authorize(_request("att_1"))).approved
     await trio.sleep_until(first_call + 12)
-    with pytest.raises(NetworkRefused):
+    with pytest.raises(NetworkRefused, match=r"^network outage: authorize att_2 was not performed$"):
         await network.authorize(_request("att_2"))
 
 
@@ -851,15 +851,15 @@ async def test_seeded_faults_are_reproducible_and_do_not_shift_latencies(autojum
 async def test_per_network_faults_follow_the_card_brand():
     network = CardNetwork(today=_today, faults=FaultSpec(per_network={"amex": FaultSpec(error=1.0)}))
     assert (await network.authorize(_request("att_visa", "4242424242424242", capture=False))).approved
-    with pytest.raises(NetworkRefused):
+    with pytest.raises(NetworkRefused, match=r"^network error: authorize att_amex was not performed$"):
         await network.authorize(_request("att_amex", "378282246310005"))
     # Captures, voids and refunds go by the brand of the authorization they name.
     network.set_faults(faults.parse("error=1,visa.error=0"))
     assert (await network.capture(_capture("cap_1", "att_visa"))).approved
     assert (await network.refund(_refund("re_1", "att_visa", amount_minor=10))).approved
-    with pytest.raises(NetworkRefused):
+    with pytest.raises(NetworkRefused, match=r"^network error: void void_1 was not performed$"):
         await network.void(_void("void_1", "att_unknown"))
-    with pytest.raises(NetworkRefused):
+    with pytest.raises(NetworkRefused, match=r"^network error: authorize att_mastercard was not performed$"):
         await network.authorize(_request("att_mastercard", "5555555555554444"))
     assert [op.reference for op in network.operations()] == ["att_visa", "cap_1", "re_1"]
     assert network.fault_counts() == _counts(error=3)
@@ -988,7 +988,7 @@ async def test_inquire_never_times_out_by_fault(autojump_clock):
 
 async def test_fault_messages_hold_no_card_number():
     network = CardNetwork(today=_today, faults=FaultSpec(error=1.0))
-    with pytest.raises(NetworkRefused) as caught:
+    with pytest.raises(NetworkRefused, match=r"^network error: authorize att_1 was not performed$") as caught:
         await network.authorize(_request(card_number="4242424242424242"))
     assert "4242424242" not in str(caught.value)
     assert "4242424242" not in repr(vars(network))

@@ -36,7 +36,7 @@ def test_vault_round_trip_is_bound_to_its_payment_method() -> None:
     sealed = vault.seal(NUMBER, "pm_a")
     assert NUMBER.encode() not in sealed
     assert vault.unseal(sealed, "pm_a") == NUMBER
-    with pytest.raises(InvalidTag):
+    with pytest.raises(InvalidTag):  # cryptography's, and it carries no message
         vault.unseal(sealed, "pm_b")
     assert vault.seal(NUMBER, "pm_a") != sealed  # fresh nonce every time
 

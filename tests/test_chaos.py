@@ -84,7 +84,7 @@ class Load:
                 try:
                     response = await client.post("/v1/payment_intents", data=body)
                 except httpx.HTTPError:
-                    await trio.sleep(0.05)  # the node is down: not acknowledged
+                    await trio.sleep(0.05)  # the node is down: not acknowledged; pacing, not a wait
                     continue
                 self.answers[response.status_code] = self.answers.get(response.status_code, 0) + 1
                 payload = response.json()
@@ -125,7 +125,7 @@ async def settle_and_check(node: NodeProcess, load: Load, simulator: Simulator) 
         if result.returncode == 0:
             break
         assert time.monotonic() < deadline, f"invariants still broken after 90 s:\n{result.stdout}{result.stderr}"
-        await trio.sleep(1)
+        await trio.sleep(1)  # a bounded poll already: each check is a process of its own
     reconciled_s = time.monotonic() - started
     async with httpx.AsyncClient(base_url=node.url, auth=(node.secret_key, ""), timeout=15) as client:
         for intent_id, told in load.acknowledged.items():
@@ -166,7 +166,7 @@ async def test_postgres_restart_mid_run(new_node, database_url, tmp_path, simula
     load = Load(seed=2)
 
     async def restart_postgres() -> None:
-        await trio.sleep(CHAOS_S / 3)
+        await trio.sleep(CHAOS_S / 3)  # the scenario: PostgreSQL goes down a third into the load
         version = os.listdir("/etc/postgresql")[0]
         await trio.run_process(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"])
 
@@ -194,6 +194,7 @@ async def test_redis_stopped_for_a_while(new_node, database_url, tmp_path, simul
     load = Load(seed=3)
 
     async def outage() -> None:
+        # The scenario: Redis is gone for the middle half of the load.
         await trio.sleep(CHAOS_S / 4)
         valkey.stop()
         await trio.sleep(CHAOS_S / 2)

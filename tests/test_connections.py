@@ -11,6 +11,7 @@ import httpx
 
 from gateway.app import BODY_BYTES_MAX
 from tests.conftest import NodeProcess
+from tests.helpers import wait_until
 
 
 def _connect(node: NodeProcess) -> socket.socket:
@@ -94,7 +95,8 @@ def test_slowloris_headers_are_cut_off_after_the_header_timeout(new_node) -> Non
         started = time.monotonic()
         closed = False
         # Well past the 1 s deadline, but bounded: a busy machine may be slow
-        # to act on it, a node without the deadline never would.
+        # to act on it, a node without the deadline never would. The pause
+        # between header lines is the slow client under test, not a wait.
         for _ in range(20):
             time.sleep(0.4)
             try:
@@ -113,7 +115,11 @@ def test_one_client_cannot_hold_more_than_its_connection_cap(new_node) -> None: 
     node = new_node(None, None, "--connections-per-client-max", "3", "--header-timeout-s", "30")
     held = [_connect(node) for _ in range(3)]
     try:
-        time.sleep(0.3)  # let the node accept all three
+        # An answer on each shows the node has accepted it and counts it:
+        # connections accepted together may be counted in any order.
+        for connection in held:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+            assert _read_response_head(connection).startswith(b"HTTP/1.1 200"), "one of the first three was refused"
         with _connect(node) as extra:
             head = _read_response_head(extra)
             assert head.startswith(b"HTTP/1.1 503"), head[:80]
@@ -121,6 +127,11 @@ def test_one_client_cannot_hold_more_than_its_connection_cap(new_node) -> None: 
     finally:
         for connection in held:
             connection.close()
-    time.sleep(0.3)
-    # Once they are closed the client gets in again.
-    assert httpx.get(node.url + "/healthz").status_code == 200
+    # Once they are closed (and the node has seen it) the client gets in again.
+    def let_in() -> bool:
+        try:
+            return httpx.get(node.url + "/healthz").status_code == 200
+        except httpx.TransportError:
+            return False  # refused while the node still counted the old ones
+
+    wait_until(let_in, 10, "a connection to be let in again")

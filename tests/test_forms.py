@@ -90,13 +90,13 @@ def test_decode_form_refuses_mixing_a_value_and_a_nested_object(body, message, p
 
 
 def test_decode_form_refuses_a_duplicate_array_index():
-    with pytest.raises(BodyError) as caught:
+    with pytest.raises(BodyError, match=r"^The parameter 'items\[0\]' is given more than once\.$") as caught:
         decode_form(b"items[0]=a&items[0]=b")
     assert caught.value.param in ("items", "items[0]")
 
 
 def test_decode_form_refuses_a_value_over_a_nested_array_item():
-    with pytest.raises(BodyError) as caught:
+    with pytest.raises(BodyError, match=r"^The parameter 'items\[0\]' mixes a value and a nested object\.$") as caught:
         decode_form(b"items[0][price]=x&items[0]=a")
     assert caught.value.param == "items"
 
@@ -147,7 +147,7 @@ def test_decode_form_refuses_an_empty_name():
 
 def test_decode_form_cuts_an_overlong_name_short_in_the_error():
     key = "k" * 10_000
-    with pytest.raises(BodyError) as caught:
+    with pytest.raises(BodyError, match=r"^Invalid parameter name: 'k{200}'\.$") as caught:
         decode_form(f"{key}=1".encode())
     assert caught.value.param == "k" * 200
     assert len(caught.value.message) < 300
@@ -170,7 +170,7 @@ def test_decode_form_refuses_invalid_utf8(body):
 
 
 def test_decode_form_error_does_not_echo_a_card_number_typed_into_a_name():
-    with pytest.raises(BodyError) as caught:
+    with pytest.raises(BodyError, match=r"^Invalid parameter name: 'card\[number\]\[redacted\]'\.$") as caught:
         decode_form(b"card[number]4242424242424242")
     assert "4242424242424242" not in caught.value.message
     assert "4242424242424242" not in (caught.value.param or "")

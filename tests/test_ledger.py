@@ -1,6 +1,7 @@
 """The double-entry ledger: result codes as tables, two-phase transfers, I5, fees."""
 
 import copy
+import re
 from fractions import Fraction
 
 import msgspec
@@ -54,6 +55,11 @@ def single(**changes) -> Transfer:
     )
     fields.update(changes)
     return Transfer(**fields)
+
+
+def refused_by(result: LedgerResult, transfer: Transfer) -> str:
+    """The message of `apply`'s assert on a transfer `check` refuses: the result and the transfer."""
+    return rf"^\({re.escape(repr(result))}, {re.escape(repr(transfer))}\)$"
 
 
 def hold(**changes) -> Transfer:
@@ -164,7 +170,7 @@ def test_pending_closes_once(closed_by, closing):
     ledger = ledger_with(hold(), closed_by)
     before = state_of(ledger)
     assert ledger.check(closing) == R.pending_already_closed
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=refused_by(R.pending_already_closed, closing)):
         ledger.apply(closing)
     assert state_of(ledger) == before
 
@@ -181,22 +187,24 @@ def test_closed_pending_exceeded_is_already_closed_first():
 
 
 @pytest.mark.parametrize(
-    "transfer",
+    ("transfer", "named"),
     [
-        single(kind=K.post_pending),
-        single(pending_id=HOLD_ID),
-        single(currency="USD"),
-        single(currency="xyz"),
-        single(debit_account_id="receivable"),
-        single(id=""),
-        hold(id="tr_hold_2", available_on_s=CREATED_S),
-        void(available_on_s=CREATED_S),
+        (single(kind=K.post_pending), "the transfer"),
+        (single(pending_id=HOLD_ID), "the transfer"),
+        (single(currency="USD"), "USD"),
+        (single(currency="xyz"), "xyz"),
+        (single(debit_account_id="receivable"), "the transfer"),
+        (single(id=""), "the transfer"),
+        (hold(id="tr_hold_2", available_on_s=CREATED_S), "the transfer"),
+        (void(available_on_s=CREATED_S), "the transfer"),
     ],
 )
-def test_engine_bug_is_an_assert_not_a_result(transfer):
+def test_engine_bug_is_an_assert_not_a_result(transfer, named):
     ledger = standard_ledger()
     before = state_of(ledger)
-    with pytest.raises(AssertionError):
+    # The assert names what is wrong: the whole transfer, or the one field checked on its own.
+    message = repr(transfer) if named == "the transfer" else named
+    with pytest.raises(AssertionError, match=f"^{re.escape(message)}$"):
         ledger.check(transfer)
     assert state_of(ledger) == before
 
@@ -371,7 +379,7 @@ def test_balance_is_a_copy():
 
 def test_account_id():
     assert account_id("acct_x", MERCHANT_BALANCE) == "acct_x:merchant_balance"
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"^acct:x$"):
         account_id("acct:x", MERCHANT_BALANCE)
 
 
@@ -427,11 +435,20 @@ def test_fee_with_rates(amount_minor, percent_basis_points, fixed_minor, fee_exp
 
 
 @pytest.mark.parametrize(
-    ("amount_minor", "percent_basis_points", "fixed_minor"),
-    [(0, 290, 30), (-1, 290, 30), (True, 290, 30), (10.0, 290, 30), (100, 2.9, 30), (100, -1, 30), (100, 290, -1)],
+    ("amount_minor", "percent_basis_points", "fixed_minor", "named"),
+    [
+        (0, 290, 30, "0"),
+        (-1, 290, 30, "-1"),
+        (True, 290, 30, "True"),
+        (10.0, 290, 30, "10.0"),
+        (100, 2.9, 30, "2.9"),
+        (100, -1, 30, "-1"),
+        (100, 290, -1, "-1"),
+    ],
 )
-def test_fee_refuses_what_no_caller_may_pass(amount_minor, percent_basis_points, fixed_minor):
-    with pytest.raises(AssertionError):
+def test_fee_refuses_what_no_caller_may_pass(amount_minor, percent_basis_points, fixed_minor, named):
+    # The assert names the value it refused.
+    with pytest.raises(AssertionError, match=f"^{re.escape(named)}$"):
         fee_minor(amount_minor, percent_basis_points, fixed_minor)
 
 
@@ -510,7 +527,7 @@ def test_random_transfers_keep_the_ledger_balanced(data):
             ledger.apply(transfer)
             applied.append(transfer)
         else:
-            with pytest.raises(AssertionError):
+            with pytest.raises(AssertionError, match=refused_by(result, transfer)):
                 ledger.apply(transfer)
             assert state_of(ledger) == before
         assert ledger.verify() == []

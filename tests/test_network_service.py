@@ -3,7 +3,8 @@
 Each test starts the simulator on a free port inside its own nursery and
 talks to it with the node's client, on the real clock: the autojump clock
 would jump while a task waits on a socket, so it is used only for the
-breaker on its own, where no I/O happens.
+breaker on its own, where no I/O happens. Where a test over HTTP must let
+a cooldown pass, it runs on a mock clock at real speed and jumps it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 import pytest
 import structlog
 import trio
+import trio.testing
 
 from engine.network import (
     AuthorizationRequest,
@@ -33,6 +35,14 @@ VISA = "4242424242424242"
 DECLINED = "4000000000000002"
 REFUND_FAILS_LATER = "4000000000005126"
 TEST_TIMEOUT_S = 15
+
+
+@pytest.fixture
+def jumping_clock() -> trio.testing.MockClock:
+    """Trio's clock at real speed, so sockets keep their real timeouts, which
+    the test jumps forward past a wait that is the behaviour under test. It
+    jumps only while no call is in flight."""
+    return trio.testing.MockClock(rate=1)
 
 
 def authorization(reference: str, card_number: str = VISA, *, capture: bool = False) -> AuthorizationRequest:
@@ -106,7 +116,8 @@ async def test_timeout_after_is_unknown_but_performed_and_inquire_finds_the_appr
         async with simulator(call_timeout_s=0.5, retries=2) as (_, client):
             await client.set_faults("timeout_after=1")
             before = await calls_total(client)
-            with pytest.raises(NetworkOutcomeUnknown):
+            # Our deadline and httpx's are the same length: either may end a try.
+            with pytest.raises(NetworkOutcomeUnknown, match=r"^no answer for att_lost_reply after 3 tries: (timeout|ReadTimeout)$"):
                 await client.authorize(authorization("att_lost_reply"))
             tries = await calls_total(client) - before
             recorded = await client.operations()
@@ -122,7 +133,7 @@ async def test_timeout_before_is_unknown_and_inquire_closes_the_reference():
     with trio.fail_after(TEST_TIMEOUT_S):
         async with simulator(call_timeout_s=0.5, retries=1) as (_, client):
             await client.set_faults("timeout_before=1")
-            with pytest.raises(NetworkOutcomeUnknown):
+            with pytest.raises(NetworkOutcomeUnknown, match=r"^no answer for att_lost_call after 2 tries: (timeout|ReadTimeout)$"):
                 await client.authorize(authorization("att_lost_call"))
             recorded = await client.operations()
             await client.set_faults("")
@@ -145,7 +156,7 @@ async def test_connection_refused_before_sending_is_refused_for_certain():
                 await client.authorize(authorization("att_nobody"))
 
 
-async def test_breaker_opens_on_refusals_fails_fast_then_half_opens_after_cooldown():
+async def test_breaker_opens_on_refusals_fails_fast_then_half_opens_after_cooldown(jumping_clock):
     options = {"breaker_window": 4, "breaker_error_ratio": 0.5, "breaker_cooldown_s": 0.3}
     with trio.fail_after(TEST_TIMEOUT_S):
         async with simulator(**options) as (_, client):
@@ -159,13 +170,13 @@ async def test_breaker_opens_on_refusals_fails_fast_then_half_opens_after_cooldo
                 await client.authorize(authorization("att_fast_fail"))
             calls_while_open = await calls_total(client) - before
             other_brand = client.breaker_state("default")
-            await trio.sleep(0.35)
+            jumping_clock.jump(0.3)
             state_after_cooldown = client.breaker_state("visa")
             # The probe fails too: open again, with a fresh cooldown.
             with pytest.raises(NetworkRefused, match=r"^the network refused the call"):
                 await client.authorize(authorization("att_probe_1"))
             state_after_failed_probe = client.breaker_state("visa")
-            await trio.sleep(0.35)
+            jumping_clock.jump(0.3)
             await client.set_faults("")
             probe = await client.authorize(authorization("att_probe_2"))
             state_after_good_probe = client.breaker_state("visa")
@@ -286,7 +297,7 @@ async def test_card_number_never_appears_in_operations_settlement_or_logs():
             async with simulator(call_timeout_s=0.5, retries=1) as (url, client):
                 await client.authorize(authorization("att_secret", capture=True))
                 await client.set_faults("timeout_after=1")
-                with pytest.raises(NetworkOutcomeUnknown):
+                with pytest.raises(NetworkOutcomeUnknown, match=r"^no answer for att_secret_lost after 2 tries: (timeout|ReadTimeout)$"):
                     await client.authorize(authorization("att_secret_lost"))
                 async with httpx.AsyncClient(base_url=url) as raw:
                     operations = (await raw.get("/v1/operations")).content
@@ -342,7 +353,7 @@ async def test_a_refusal_after_a_try_that_may_have_arrived_is_unknown_not_refuse
                     return await original(kind, reference, brand, decide)
 
                 network._call = first_lost_then_refused  # type: ignore[method-assign]
-                with pytest.raises(NetworkOutcomeUnknown):
+                with pytest.raises(NetworkOutcomeUnknown, match=r"^refused after an earlier try of att_lost_then_refused may have arrived$"):
                     await client.authorize(authorization("att_lost_then_refused"))
             assert network.lookup("att_lost_then_refused").approved
             nursery.cancel_scope.cancel()

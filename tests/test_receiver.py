@@ -3,7 +3,9 @@
 Signatures are made here with the test's own HMAC, so the receiver is
 checked against the format, not against itself; one test also hands such a
 signature to the official stripe SDK's verifier, so the format is Stripe's.
-The HTTP tests run the receiver on a free port on the real clock.
+The HTTP tests run the receiver on a free port on the real clock (the
+autojump clock would jump while a task waits on a socket); one that must
+let a mode run out jumps a mock clock that otherwise runs at real speed.
 """
 
 from __future__ import annotations
@@ -23,11 +25,20 @@ import httpx
 import pytest
 import stripe
 import trio
+import trio.testing
 
 from simulators.receiver import run_receiver, verify_signature
 
 SECRET = "whsec_test_receiver_secret"
 TEST_TIMEOUT_S = 15
+
+
+@pytest.fixture
+def jumping_clock() -> trio.testing.MockClock:
+    """Trio's clock at real speed, so sockets keep their real timeouts, which
+    the test jumps forward past a wait that is the behaviour under test. It
+    jumps only while no request is in flight."""
+    return trio.testing.MockClock(rate=1)
 
 
 def signed_header(secret: str, body: bytes, timestamp: int | None = None, *extra_v1: str) -> str:
@@ -87,7 +98,7 @@ def test_the_signature_format_is_the_one_the_stripe_sdk_verifies():
     event = stripe.Webhook.construct_event(body.decode(), header, SECRET)
     assert (event.id, event.type) == ("evt_sdk", "payment_intent.succeeded")
     assert check(header, body) is None
-    with pytest.raises(stripe.SignatureVerificationError):
+    with pytest.raises(stripe.SignatureVerificationError):  # the SDK's own text, not ours
         stripe.Webhook.construct_event(body.decode(), signed_header("whsec_other", body), SECRET)
 
 
@@ -180,12 +191,12 @@ async def test_fail_mode_answers_its_status_then_reverts_after_count():
     assert [(d["mode"], d["status"], d["attempt"]) for d in deliveries] == [("fail", 503, 1), ("fail", 503, 2), ("ok", 200, 3)]
 
 
-async def test_fail_mode_for_some_seconds_reverts_by_itself():
+async def test_fail_mode_for_some_seconds_reverts_by_itself(jumping_clock):
     with trio.fail_after(TEST_TIMEOUT_S):
         async with receiver() as client:
             await set_mode(client, mode="fail", for_s=0.3)
             first = await deliver(client, event_body())
-            await trio.sleep(0.4)
+            jumping_clock.jump(0.3)  # the mode's time runs out at once
             later = await deliver(client, event_body())
     assert (first.status_code, later.status_code) == (500, 200)
 
@@ -209,7 +220,7 @@ async def test_timeout_mode_holds_the_request_until_the_client_gives_up():
     with trio.fail_after(TEST_TIMEOUT_S):
         async with receiver() as client:
             await set_mode(client, mode="timeout", count=1)
-            with pytest.raises(httpx.ReadTimeout):
+            with pytest.raises(httpx.ReadTimeout):  # httpx's own text, not ours
                 await deliver(client, event_body("evt_t"), timeout=0.5)
             after = await deliver(client, event_body("evt_t"))
             deliveries = await recorded(client)

@@ -6,6 +6,7 @@ import pytest
 import stripe
 
 from tests.conftest import NodeProcess
+from tests.helpers import sdk_error
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_manual_capture_requires_capture(client: stripe.StripeClient) -> None:
 
 
 def test_declined_card_raises_card_error(client: stripe.StripeClient) -> None:
-    with pytest.raises(stripe.CardError) as raised:
+    with pytest.raises(stripe.CardError, match=sdk_error("Your card was declined.")) as raised:
         client.v1.payment_intents.create(
             params={"amount": 1000, "currency": "usd", "payment_method": "pm_card_chargeDeclined", "confirm": True}
         )
@@ -63,12 +64,12 @@ def test_declined_card_raises_card_error(client: stripe.StripeClient) -> None:
 def test_insufficient_funds_then_retry_with_another_card(client: stripe.StripeClient) -> None:
     intent = client.v1.payment_intents.create(params={"amount": 700, "currency": "usd"})
     assert intent.status == "requires_payment_method"
-    with pytest.raises(stripe.CardError) as raised:
+    with pytest.raises(stripe.CardError, match=sdk_error("Your card was declined.")) as raised:
         client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_chargeDeclinedInsufficientFunds"})
     assert raised.value.error is not None and raised.value.error.decline_code == "insufficient_funds"
     declined = client.v1.payment_intents.retrieve(intent.id)
     assert declined.payment_method is None  # the declined card is kept only on last_payment_error
-    with pytest.raises(stripe.InvalidRequestError) as missing:
+    with pytest.raises(stripe.InvalidRequestError, match=sdk_error("You cannot confirm this PaymentIntent because it's missing a payment method.")) as missing:
         client.v1.payment_intents.confirm(intent.id)
     assert missing.value.error is not None and missing.value.error.param == "payment_method"
     retried = client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_mastercard"})
@@ -93,7 +94,7 @@ def test_confirm_twice_is_refused(client: stripe.StripeClient) -> None:
     intent = client.v1.payment_intents.create(
         params={"amount": 100, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
     )
-    with pytest.raises(stripe.InvalidRequestError) as raised:
+    with pytest.raises(stripe.InvalidRequestError, match=sdk_error("This PaymentIntent's status is succeeded, which does not allow this action.")) as raised:
         client.v1.payment_intents.confirm(intent.id)
     assert raised.value.http_status == 400
     assert raised.value.code == "payment_intent_unexpected_state"
@@ -102,11 +103,11 @@ def test_confirm_twice_is_refused(client: stripe.StripeClient) -> None:
 def test_another_merchants_key_gets_404(client: stripe.StripeClient, node: NodeProcess, merchant_keys: dict) -> None:
     intent = client.v1.payment_intents.create(params={"amount": 999, "currency": "usd", "payment_method": "pm_card_visa"})
     other = stripe.StripeClient(merchant_keys["secret_key"], base_addresses={"api": node.url}, max_network_retries=0)
-    with pytest.raises(stripe.InvalidRequestError) as raised:
+    with pytest.raises(stripe.InvalidRequestError, match=sdk_error(f"No such payment_intent: '{intent.id}'")) as raised:
         other.v1.payment_intents.retrieve(intent.id)
     assert raised.value.http_status == 404
     assert raised.value.code == "resource_missing"
-    with pytest.raises(stripe.InvalidRequestError) as raised:
+    with pytest.raises(stripe.InvalidRequestError, match=sdk_error(f"No such payment_intent: '{intent.id}'")) as raised:
         other.v1.payment_intents.confirm(intent.id)
     assert raised.value.http_status == 404
     # The owner still sees it untouched.
@@ -115,7 +116,7 @@ def test_another_merchants_key_gets_404(client: stripe.StripeClient, node: NodeP
 
 def test_bad_key_is_401(node: NodeProcess) -> None:
     bad = stripe.StripeClient("sk_test_not_a_real_key_000000000000", base_addresses={"api": node.url}, max_network_retries=0)
-    with pytest.raises(stripe.AuthenticationError) as raised:
+    with pytest.raises(stripe.AuthenticationError, match=sdk_error("Invalid API Key provided: sk_test_********0000")) as raised:
         bad.v1.payment_intents.create(params={"amount": 100, "currency": "usd"})
     assert raised.value.http_status == 401
     assert "not_a_real_key" not in str(raised.value)

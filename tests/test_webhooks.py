@@ -25,6 +25,7 @@ from engine import notifications
 from engine.intent import CaptureMethod
 from shards.webhooks import EndpointUrlError, check_url
 from tests.conftest import REDIS_URL, NodeProcess, create_merchant_keys
+from tests.helpers import wait_until
 from workers.webhook_delivery import ScheduleError, next_delay_s, parse_schedule
 from workers.webhook_sender import signature_header
 
@@ -40,14 +41,8 @@ MANUAL_FLOW = [
 ]
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+# Kept under its old name for the modules that import it from here.
+wait_for = wait_until
 
 
 # ------------------------------------------------------------ pure parts
@@ -143,15 +138,20 @@ def test_the_signature_is_what_the_stripe_sdk_verifies() -> None:
     header = signature_header("whsec_test", body, int(time.time()))
     event = stripe.Webhook.construct_event(body.decode(), header, "whsec_test")
     assert event.type == "payment_intent.succeeded"
-    with pytest.raises(stripe.SignatureVerificationError):
+    with pytest.raises(stripe.SignatureVerificationError):  # the SDK's own text, not ours
         stripe.Webhook.construct_event(body.decode(), header, "whsec_other")
 
 
 def test_the_retry_schedule_parses_bounds_and_jitters() -> None:
     assert parse_schedule("1, 2.5,60") == (1.0, 2.5, 60.0)
     assert parse_schedule("") == ()
-    for bad in ("1,x", "-1", "1e9", ",".join(["1"] * 51)):
-        with pytest.raises(ScheduleError):
+    for bad, message in (
+        ("1,x", r"^retry schedule: 'x' is not a number of seconds$"),
+        ("-1", r"^retry schedule: each delay must be from 0 to 604800 seconds$"),
+        ("1e9", r"^retry schedule: each delay must be from 0 to 604800 seconds$"),
+        (",".join(["1"] * 51), r"^retry schedule: at most 50 delays$"),
+    ):
+        with pytest.raises(ScheduleError, match=message):
             parse_schedule(bad)
     rng = random.Random(7)
     delays = [next_delay_s((10.0, 100.0), 1, rng) for _ in range(200)]
@@ -188,10 +188,19 @@ def test_live_mode_needs_https_and_a_public_looking_name(url: str) -> None:
     assert check_url(url, livemode=False) == url, "test mode takes them: their addresses are checked at delivery"
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/x", "https://user:pw@example.com/", "/relative", "https://", "http://exa mple.com/"])
-def test_malformed_urls_are_refused_in_both_modes(url: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://example.com/x", r"^Invalid URL: it must be an absolute http or https URL\.$"),
+        ("https://user:pw@example.com/", r"^Invalid URL: credentials may not be part of the URL\.$"),
+        ("/relative", r"^Invalid URL: it must be an absolute http or https URL\.$"),
+        ("https://", r"^Invalid URL: it must be an absolute http or https URL\.$"),
+        ("http://exa mple.com/", r"^Invalid URL\.$"),
+    ],
+)
+def test_malformed_urls_are_refused_in_both_modes(url: str, message: str) -> None:
     for livemode in (False, True):
-        with pytest.raises(EndpointUrlError):
+        with pytest.raises(EndpointUrlError, match=message):
             check_url(url, livemode)
 
 
@@ -304,7 +313,10 @@ def test_a_payment_reaches_the_merchant_as_a_verified_signed_event(new_node: Cal
         paid = client.post("/v1/payment_intents", data={"amount": "2000", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"})
         assert paid.json()["status"] == "succeeded"
         wait_for(lambda: capture.received, what="the webhook")
-        time.sleep(0.5)  # anything else would have come by now
+        # Not a wait for something to happen but a window for a wrong thing
+        # to show: an event sent against the filter would arrive in it. No
+        # condition says that nothing more will come.
+        time.sleep(0.5)
         assert len(capture.received) == 1, "only the enabled event type is sent"
         headers, body = capture.received[0]
         event = stripe.Webhook.construct_event(body.decode(), headers["Stripe-Signature"], endpoint["secret"])
@@ -364,14 +376,19 @@ def test_a_dead_letter_is_sent_again_on_request(new_node: Callable[..., NodeProc
             return [event["id"] for event in listed["data"] if event["data"]["object"]["id"] == intent_id]
 
         event_ids = wait_for(undelivered, 10, "the event in the undelivered list")
-        time.sleep(1.0)
+
+        def dead_letters() -> list[dict[str, Any]]:
+            listed = subprocess.run(
+                [sys.executable, "-m", "payments.cli", "events", "dead-letters", "--json", "--data-dir", str(node.data_dir)],
+                capture_output=True, text=True, timeout=60, env={**os.environ, "PAYMENTS_DATABASE_URL": node.database_url},
+            )
+            assert listed.returncode == 0, listed.stderr
+            return [json.loads(line) for line in listed.stdout.splitlines()]
+
+        # Once it is a dead letter nothing retries it, so the tries below are all there will be.
+        dead = wait_for(dead_letters, 20, "the delivery to be given up", interval_s=0.2)
         tries = receiver.deliveries()
         assert len(tries) == 3 and all(d["status"] == 500 for d in tries), "one try and two retries, then it is dead"
-        listed = subprocess.run(
-            [sys.executable, "-m", "payments.cli", "events", "dead-letters", "--json", "--data-dir", str(node.data_dir)],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PAYMENTS_DATABASE_URL": node.database_url},
-        )
-        dead = [json.loads(line) for line in listed.stdout.splitlines()]
         assert [(row["event_id"], row["endpoint_id"], row["attempts"]) for row in dead] == [(event_ids[0], endpoint["id"], 3)]
         receiver.mode(mode="ok")
         retried = client.post(f"/v1/events/{event_ids[0]}/retry")
@@ -394,6 +411,8 @@ def test_events_committed_but_never_published_go_out_after_a_crash(
         endpoint = add_endpoint(client, receiver.base + "/hooks/c", ["*"])
         receiver.set_secret("/hooks/c", endpoint["secret"])
         intents = [pay_manually(client) for _ in range(3)]
+    # A window for a wrong delivery to show, not a wait: with Redis cut off
+    # the node has nothing to publish from, and nothing to poll for.
     time.sleep(0.5)
     assert receiver.deliveries() == []
     cut_off.kill()

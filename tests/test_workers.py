@@ -22,6 +22,7 @@ from shards.vault import Vault
 from simulators.card_network import CardNetwork
 from store.errors import StoreUnavailable
 from store.rows import DeliveryRow, EventRow, WebhookEndpointRow
+from tests.helpers import wait_until_async
 from tests.test_actor import create_command, new_payment_method, running_node, seed_merchant
 from workers.errors import WorkerErrors
 from workers.node_workers import run_node_workers
@@ -32,6 +33,10 @@ from workers.webhook_delivery import DispatchConfig, Dispatcher, run_webhook_del
 from workers.webhook_endpoints import EndpointCache
 
 DOWN = "database unavailable: injected"
+
+
+def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
 
 
 class FailingPurge:
@@ -107,19 +112,21 @@ async def test_the_settlement_check_logs_each_mismatch(store: Any) -> None:
     network = CardNetwork(seed=17, latency_ms=(1, 2))
     with capture_logs() as logs:
         async with running_node(store, network) as node, trio.open_nursery() as workers:
-            errors = await workers.start(run_settlement_check, node, SettlementBounds(every_s=0.2))
             method = await new_payment_method(node)
             paid = await node.submit(create_command(node, payment_method_id=method, confirm=True))
             assert paid.intent.status == machine.Status.succeeded
-            await trio.sleep(0.5)
+            # Started after the payment, so its first comparison sees it. The
+            # real clock: the journal is a real PostgreSQL (see tests/helpers.py).
+            errors = await workers.start(run_settlement_check, node, SettlementBounds(every_s=0.2))
+            await wait_until_async(lambda: events_named(logs, "settlement_compared"), 10, "a first comparison")
             # A charge at the network that our journal knows nothing of.
             stray = AuthorizationRequest("att_stray", "4242424242424242", 12, 2040, 999, "usd", True)
             await network.authorize(stray)
-            await trio.sleep(0.5)
+            await wait_until_async(lambda: events_named(logs, "settlement_mismatch"), 10, "a comparison that finds the stray charge")
             workers.cancel_scope.cancel()
-    compared = [entry for entry in logs if entry["event"] == "settlement_compared"]
+    compared = events_named(logs, "settlement_compared")
     assert compared and compared[0]["mismatches"] == 0 and compared[0]["entries"] == 1
-    mismatches = [entry for entry in logs if entry["event"] == "settlement_mismatch"]
+    mismatches = events_named(logs, "settlement_mismatch")
     assert mismatches and mismatches[0]["detail"] == "att_stray: ours None, network 999"
     assert errors.total == 0
 
@@ -158,6 +165,7 @@ class Webhooks:
         self.event = EventRow("evt_test", 0, 1, 0, "acct_test", False, "payment_intent.succeeded", "pi_test", "pi_test", 0, b"{}")
         self.delivery = DeliveryRow(ENDPOINT_ID, "evt_test", 0, 1, 0, "pi_test", "pending", 0, 0, 0)
         self.recorded: list[DeliveryRow] = []
+        self.dead = trio.Event()
 
     async def list_endpoints(self, merchant_id: Any) -> list[WebhookEndpointRow]:
         return [self.endpoint]
@@ -177,6 +185,8 @@ class Webhooks:
             raise StoreUnavailable(DOWN)
         self.delivery = moved
         self.recorded.append(moved)
+        if moved.status == "dead":
+            self.dead.set()
 
 
 async def test_a_failed_webhook_delivery_is_logged_and_counted_and_a_lost_record_does_not_end_it() -> None:
@@ -188,12 +198,14 @@ async def test_a_failed_webhook_delivery_is_logged_and_counted_and_a_lost_record
     store = SimpleNamespace(webhooks=webhooks, events=webhooks)
     config = DispatchConfig(schedule_s=(0.05,), timeout_s=2, poll_s=0.05, allow_private=True)
     dispatcher = Dispatcher(store, VAULT, EndpointCache(store), lambda event: b"{}", config)
+    # The real clock: each try really connects to a closed local port, and
+    # the dispatcher reads due times from the wall clock, which the mock
+    # clock does not move (it would spin on to the deadline).
     with capture_logs() as logs, trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(run_webhook_delivery, dispatcher)
             dispatcher.wake([ENDPOINT_ID])
-            while webhooks.delivery.status != "dead":
-                await trio.sleep(0.01)
+            await webhooks.dead.wait()
             nursery.cancel_scope.cancel()
     assert [row.status for row in webhooks.recorded] == ["pending", "dead"]
     assert dispatcher.errors.counts == {"webhook_delivery_failed": 3, "webhook_dispatch_waiting": 1}
