@@ -92,6 +92,7 @@ COMMANDS: dict[str, Callable[[], tuple[machine.PaymentIntent | None, machine.Com
     ),
     "RecordActionRequired": lambda: (processing(), machine.RecordActionRequired(intent_id=INTENT, attempt_id=ATTEMPT, at_s=AT_S + 1, url="http://127.0.0.1/simulator/3ds/x")),
     "RecordUnknownOutcome": lambda: (processing(), machine.RecordUnknownOutcome(intent_id=INTENT, attempt_id=ATTEMPT, at_s=AT_S + 1)),
+    "RecordNotSent": lambda: (processing(), machine.RecordNotSent(intent_id=INTENT, attempt_id=ATTEMPT, at_s=AT_S + 1)),
     "RecordRefundFailure": lambda: (refunded(), machine.RecordRefundFailure(intent_id=INTENT, refund_id=REFUND, at_s=AT_S + 5, failure_reason="refund_failed")),
     "RecordDisputeOpened": lambda: (approved(), machine.RecordDisputeOpened(intent_id=INTENT, dispute_id=DISPUTE, amount=2000, at_s=AT_S + 4)),
     "RecordDisputeClosed": lambda: (disputed(), machine.RecordDisputeClosed(intent_id=INTENT, dispute_id=DISPUTE, won=True, at_s=AT_S + 5)),
