@@ -191,7 +191,7 @@ class Calls:
             found = await records.find(key.merchant_id, header, now_s)
             request_fingerprint = records.fingerprint(request.method, request.path, values)
             if found is not None:
-                if not records.matches(found.fingerprint, request.method, request.path, values):
+                if not records.matches(found.fingerprint, request.method, request.path, values, request_fingerprint):
                     raise errors.idempotency_key_reused()
                 if found.status_code is not None and found.body is not None:
                     raise Replayed(found.status_code, found.body)

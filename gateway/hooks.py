@@ -17,6 +17,7 @@ from gateway import errors
 from gateway.calls import BODY_BYTES_MAX, Replayed
 from gateway.errors import ApiError
 from gateway.responses import error_response, json_response, raw_response
+from shards.actor import REQUEST_ID
 from store.errors import RedisUnavailable, StoreUnavailable
 
 log = structlog.get_logger("gateway")
@@ -27,6 +28,7 @@ async def start_request() -> None:
     makes carries it (gateway/logs.py merges bound context into each line)."""
     g.request_id = "req_" + secrets.token_urlsafe(12)
     g.request_id_tokens = structlog.contextvars.bind_contextvars(request_id=g.request_id)
+    g.request_id_token = REQUEST_ID.set(g.request_id)
 
 
 async def finish_response(response: Response) -> Response:
@@ -46,6 +48,7 @@ async def end_request(error: BaseException | None) -> None:
     """Unbind the request's id as the request ends: nothing that runs after
     it in the same context (a server may reuse one) is part of it."""
     structlog.contextvars.reset_contextvars(**g.request_id_tokens)
+    REQUEST_ID.reset(g.request_id_token)
 
 
 def body_left_unread() -> bool:

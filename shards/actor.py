@@ -22,6 +22,7 @@ is what lets a synchronous API report `succeeded` or a decline.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,10 @@ from store.errors import StoreUnavailable
 from store.rows import EventRow, IdempotencyRow, JournalRow
 
 log = structlog.get_logger("shards.actor")
+
+# The id of the HTTP request a command comes from, set by the gateway for
+# the request's task; the actor's turn runs elsewhere, so a message carries it.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("payments_request_id", default=None)
 
 ANSWER_TYPES = machine.ANSWERS
 # One log event per journaled transition (at debug level: at thousands a
@@ -239,9 +244,7 @@ class ShardActor:
         if not self.state.accepting or self._client_queued >= self.config.mailbox_commands_max:
             raise trio.WouldBlock
         reply = Reply()
-        # Taken from the caller's log context (the gateway binds it per request).
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        self.mailbox_send.send_nowait(Message(command, reply, claim, request_id))
+        self.mailbox_send.send_nowait(Message(command, reply, claim, REQUEST_ID.get()))
         self._client_queued += 1
         return reply
 

@@ -115,15 +115,22 @@ def rekeyed_legacy(key: bytes, digest: bytes) -> bytes:
 
 
 def matches(
-    stored: bytes, key: bytes, method: str, path: str, params: dict[str, Any], card_fingerprint: CardFingerprint
+    stored: bytes,
+    key: bytes,
+    method: str,
+    path: str,
+    params: dict[str, Any],
+    card_fingerprint: CardFingerprint,
+    keyed: bytes | None = None,
 ) -> bool:
     """Whether a request is the one whose fingerprint was stored, whichever
-    form it was stored in. An unknown form matches nothing."""
+    form it was stored in. An unknown form matches nothing. `keyed` is the
+    request's keyed fingerprint when the caller has it already."""
     if len(stored) == LEGACY_DIGEST_BYTES:
         # Not rewritten yet (an older node wrote it after this one started).
         return hmac.compare_digest(stored, legacy_digest(method, path, params))
     if stored[:1] == bytes([FINGERPRINT_KEYED]):
-        return hmac.compare_digest(stored, fingerprint(key, method, path, params, card_fingerprint))
+        return hmac.compare_digest(stored, keyed if keyed is not None else fingerprint(key, method, path, params, card_fingerprint))
     if stored[:1] == bytes([FINGERPRINT_LEGACY]):
         return hmac.compare_digest(stored, rekeyed_legacy(key, legacy_digest(method, path, params)))
     return False
@@ -183,9 +190,10 @@ class IdempotencyRecords:
         """The keyed fingerprint to store for a request."""
         return fingerprint(self._key, method, path, params, self._card_fingerprint)
 
-    def matches(self, stored: bytes, method: str, path: str, params: dict[str, Any]) -> bool:
-        """Whether a request is the same as the one a stored record is for."""
-        return matches(stored, self._key, method, path, params, self._card_fingerprint)
+    def matches(self, stored: bytes, method: str, path: str, params: dict[str, Any], keyed: bytes | None = None) -> bool:
+        """Whether a request is the same as the one a stored record is for
+        (`keyed`: its fingerprint, if already computed)."""
+        return matches(stored, self._key, method, path, params, self._card_fingerprint, keyed)
 
     def begin_nowait(self, merchant_id: str, key: str) -> bool:
         """Mark the key as running here; False if it already is."""

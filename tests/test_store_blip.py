@@ -4,19 +4,12 @@ is never called, so nothing may be recorded as declined."""
 from __future__ import annotations
 
 import pytest
-import trio
-import trio_asyncio
 
 from engine.intent import AttemptStatus, RecordNotSent, RecordUnknownOutcome, Status, decide, evolve
-from gateway.app import create_app
 from shards import effects
-from shards.merchants import create_merchant
-from shards.node import NodeConfig, run_node
-from shards.vault import Vault
 from simulators.card_network import CardNetwork
 from store.errors import StoreUnavailable
-from store.postgres import Store
-from tests.test_request_ids import RefusingRedis
+from tests.test_request_ids import in_process_node
 from tests.test_intent_machine import NEW_ATTEMPT_ID, S, accept, confirm, make_intent
 
 
@@ -36,40 +29,26 @@ async def test_a_database_blip_while_reading_the_payment_method_is_a_503_not_a_d
 ) -> None:
     monkeypatch.setattr(effects, "PAYMENT_METHOD_RETRY_DELAYS_S", (0.0, 0.0, None))
     network = CardNetwork(seed=1)
-    async with trio_asyncio.open_loop():
-        store = await Store.open(database_url, connections_max=4)
-        try:
-            await store.migrate(4)
-            merchant = await create_merchant(store, "Blip shop")
-            headers = {"Authorization": f"Bearer {merchant.secret_key}"}
-            async with trio.open_nursery() as nursery:
-                node = await nursery.start(run_node, store, Vault(bytes(range(32))), network, NodeConfig(partitions=4))
-                node.redis = RefusingRedis()
-                async with create_app(node).test_app() as test_app:
-                    client = test_app.test_client()
-                    method = await (await client.post(
-                        "/v1/payment_methods",
-                        form={"type": "card", "card[number]": "4242424242424242", "card[exp_month]": "4", "card[exp_year]": "2040"},
-                        headers=headers,
-                    )).get_json()
-                    intent = await (await client.post(
-                        "/v1/payment_intents", form={"amount": "2000", "currency": "usd", "payment_method": method["id"]}, headers=headers
-                    )).get_json()
-                    confirm = f"/v1/payment_intents/{intent['id']}/confirm"
-                    keyed = {**headers, "Idempotency-Key": "confirm-once"}
-                    readable = node.effects.payment_methods
-                    unreadable = UnreadableMethods()
-                    node.effects.payment_methods = unreadable
-                    refused = await client.post(confirm, form={}, headers=keyed)
-                    after_blip = await (await client.get(f"/v1/payment_intents/{intent['id']}", headers=headers)).get_json()
-                    node.effects.payment_methods = readable
-                    # The same call with the same key runs again once the database is back.
-                    retried = await client.post(confirm, form={}, headers=keyed)
-                    replayed = await client.post(confirm, form={}, headers=keyed)
-                node.stop_accepting()
-                nursery.cancel_scope.cancel()
-        finally:
-            await store.close()
+    async with in_process_node(database_url, "Blip shop", network) as (node, client, headers):
+        method = await (await client.post(
+            "/v1/payment_methods",
+            form={"type": "card", "card[number]": "4242424242424242", "card[exp_month]": "4", "card[exp_year]": "2040"},
+            headers=headers,
+        )).get_json()
+        intent = await (await client.post(
+            "/v1/payment_intents", form={"amount": "2000", "currency": "usd", "payment_method": method["id"]}, headers=headers
+        )).get_json()
+        confirm = f"/v1/payment_intents/{intent['id']}/confirm"
+        keyed = {**headers, "Idempotency-Key": "confirm-once"}
+        readable = node.effects.payment_methods
+        unreadable = UnreadableMethods()
+        node.effects.payment_methods = unreadable
+        refused = await client.post(confirm, form={}, headers=keyed)
+        after_blip = await (await client.get(f"/v1/payment_intents/{intent['id']}", headers=headers)).get_json()
+        node.effects.payment_methods = readable
+        # The same call with the same key runs again once the database is back.
+        retried = await client.post(confirm, form={}, headers=keyed)
+        replayed = await client.post(confirm, form={}, headers=keyed)
     assert unreadable.reads == 3
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert (await refused.get_json())["error"]["code"] == "service_unavailable"
