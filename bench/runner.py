@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import socket
 import tempfile
@@ -190,9 +191,60 @@ def run(arguments: argparse.Namespace, command: str) -> int:
     return status
 
 
+@dataclasses.dataclass
+class _LoadOutcome:
+    """What driving the load left behind, whichever the mode."""
+
+    after: MachineSample
+    processes: list[dict[str, Any]]
+    # Engine mode: each worker's check against its in-process network.
+    worker_checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    engine_counters: dict[str, Any] | None = None
+    # Http mode: the simulator's record of the operations, for the checks.
+    operations: list[dict[str, Any]] | None = None
+
+
 def _run(arguments: argparse.Namespace, command: str, url: str, console: Console) -> int:
     machine = machine_info()
-    settings = {
+    settings = _settings(arguments)
+    load = LoadSettings(rate_per_s=arguments.rate, duration_s=arguments.duration, mix=arguments.mix, seed=arguments.seed, drain_s=arguments.drain)
+    merchant = trio.run(_prepare, url, arguments.partitions)
+    merged = Merged()
+    display = Display(console, arguments.mode, arguments.rate, arguments.duration, arguments.quiet)
+    before = MachineSample()
+    if arguments.mode == "engine":
+        outcome = _drive_engine(arguments, url, merchant, load, merged, display)
+    else:
+        outcome = _drive_http(arguments, url, merchant, load, merged, display)
+    cost = _cost(before, outcome.after, outcome.processes)
+    journal = database.journal_figures(url)
+    say(console, "bench: checking invariants I1 to I6 over the whole database")
+    invariants = _invariants(url, outcome.operations, outcome.worker_checks)
+    measured_baselines = _baselines(arguments, url, console)
+    built = report.build(
+        settings=settings,
+        command=command,
+        machine={**machine, "load_average_at_end": [round(value, 2) for value in os.getloadavg()], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        merged=merged,
+        processes=outcome.processes,
+        engine_counters=outcome.engine_counters,
+        journal=journal,
+        cost=cost,
+        invariants=invariants,
+        baselines=measured_baselines,
+    )
+    report.print_summary(built, console)
+    if not built["invariants_ok"]:
+        _print_violations(console, invariants, outcome.worker_checks)
+    if arguments.report is not None:
+        paths = report.write(built, arguments.report)
+        say(console, "bench: report in " + ", ".join(str(path) for path in paths))
+    return 0 if built["invariants_ok"] else 1
+
+
+def _settings(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings as the report shows them."""
+    return {
         "mode": arguments.mode,
         "rate_per_s": arguments.rate,
         "duration_s": arguments.duration,
@@ -206,93 +258,115 @@ def _run(arguments: argparse.Namespace, command: str, url: str, console: Console
         "drain_s": arguments.drain,
         "log_level": arguments.log_level,
     }
-    load = LoadSettings(rate_per_s=arguments.rate, duration_s=arguments.duration, mix=arguments.mix, seed=arguments.seed, drain_s=arguments.drain)
-    keys = trio.run(_prepare, url, arguments.partitions)
-    merged = Merged()
-    display = Display(console, arguments.mode, arguments.rate, arguments.duration, arguments.quiet)
+
+
+def _drive_engine(
+    arguments: argparse.Namespace, url: str, merchant: Any, load: LoadSettings, merged: Merged, display: Display
+) -> _LoadOutcome:
+    """Engine mode: worker processes, each a node with its in-process network
+    and its share of the load; their recorders go into `merged`."""
+    with display:
+        results = engine_mode.run(
+            database_url=url,
+            partitions=arguments.partitions,
+            processes=arguments.processes,
+            merchant_id=merchant.id,
+            card_key=os.urandom(32),
+            network_latency_ms=arguments.network_latency_ms,
+            faults=arguments.faults,
+            load=load,
+            log_level=arguments.log_level,
+            on_progress=display.update,
+        )
+    after = MachineSample()
     worker_checks: list[dict[str, Any]] = []
-    engine_counters = None
-    operations = None
-    before = MachineSample()
-    if arguments.mode == "engine":
-        with display:
-            results = engine_mode.run(
-                database_url=url,
-                partitions=arguments.partitions,
-                processes=arguments.processes,
-                merchant_id=keys.id,
-                card_key=os.urandom(32),
-                network_latency_ms=arguments.network_latency_ms,
-                faults=arguments.faults,
-                load=load,
-                log_level=arguments.log_level,
-                on_progress=display.update,
-            )
-        after = MachineSample()
-        processes = []
-        for index, result in enumerate(results):
-            merged.add(result["recorder"])
-            worker_checks.append(result["network_check"])
-            processes.append(
-                {
-                    "name": f"worker {index} (node + load, partitions {','.join(map(str, result['partitions']))})",
-                    "cpu_s": round(result["cpu_s"], 2),
-                    "cpu_fraction": round(result["cpu_s"] / result["wall_s"], 3) if result["wall_s"] else 0.0,
-                    "peak_rss_mb": round(result["peak_rss_mb"], 1),
-                    "unknown_outcomes_left": result["unknown_left"],
-                    "gc": result["gc"],
-                }
-            )
-        commits = sum(result["commits"] for result in results)
-        commands = sum(result["commands"] for result in results)
-        wall_s = max(result["wall_s"] for result in results)
-        payments = max(1, merged.completed + merged.failed)
-        engine_counters = {
-            "commits": commits,
-            "commands": commands,
-            "commits_per_s": round(commits / wall_s, 1),
-            "commands_per_s": round(commands / wall_s, 1),
-            "mean_batch_commands": round(commands / commits, 2) if commits else 0.0,
-            "commands_per_payment": round(commands / payments, 3),
-        }
-    else:
-        with tempfile.TemporaryDirectory(prefix="payments-bench-") as scratch:
-            log_dir = arguments.report if arguments.report is not None else Path(scratch)
-            log_dir.mkdir(parents=True, exist_ok=True)
-            node_arguments = [
-                "--partitions", str(arguments.partitions), "--seed", str(arguments.seed), "--log-level", arguments.log_level,
-                "--network-latency-ms", f"{arguments.network_latency_ms[0]}..{arguments.network_latency_ms[1]}",
-                # Every bench connection comes from loopback: one client to the node's cap.
-                "--connections-per-client-max", str(arguments.connections + 16),
-            ]
-            if arguments.faults:
-                node_arguments += ["--faults", arguments.faults]
-            node = http_mode.NodeProcess(url, Path(scratch), node_arguments, log_dir / "node.log").start()
-            try:
-                with display:
-                    result = trio.run(http_mode.drive, node.url, keys.secret_key, arguments.connections, load, display.update, node.pid)
-                after = MachineSample()
-                node.check_alive()
-                operations = http_mode.fetch_operations(node.url, keys.secret_key)
-            finally:
-                node.stop()
-                node.forget_redis_keys()
+    processes = []
+    for index, result in enumerate(results):
         merged.add(result["recorder"])
-        processes = [
+        worker_checks.append(result["network_check"])
+        processes.append(
             {
-                "name": "node (gateway + actors)",
-                "cpu_s": round(result["node_cpu_s"], 2),
-                "cpu_fraction": round(result["node_cpu_s"] / result["wall_s"], 3),
-                "peak_rss_mb": round(result["node_peak_rss_mb"], 1),
-                "unknown_outcomes_left": result["unknown_left"],
-            },
-            {
-                "name": "load generator",
+                "name": f"worker {index} (node + load, partitions {','.join(map(str, result['partitions']))})",
                 "cpu_s": round(result["cpu_s"], 2),
-                "cpu_fraction": round(result["cpu_s"] / result["wall_s"], 3),
+                "cpu_fraction": round(result["cpu_s"] / result["wall_s"], 3) if result["wall_s"] else 0.0,
                 "peak_rss_mb": round(result["peak_rss_mb"], 1),
-            },
-        ]
+                "unknown_outcomes_left": result["unknown_left"],
+                "gc": result["gc"],
+            }
+        )
+    return _LoadOutcome(
+        after=after, processes=processes, worker_checks=worker_checks, engine_counters=_engine_counters(results, merged)
+    )
+
+
+def _engine_counters(results: list[dict[str, Any]], merged: Merged) -> dict[str, Any]:
+    """Commits and commands over all workers, and what they come to per second and per payment."""
+    commits = sum(result["commits"] for result in results)
+    commands = sum(result["commands"] for result in results)
+    wall_s = max(result["wall_s"] for result in results)
+    payments = max(1, merged.completed + merged.failed)
+    return {
+        "commits": commits,
+        "commands": commands,
+        "commits_per_s": round(commits / wall_s, 1),
+        "commands_per_s": round(commands / wall_s, 1),
+        "mean_batch_commands": round(commands / commits, 2) if commits else 0.0,
+        "commands_per_payment": round(commands / payments, 3),
+    }
+
+
+def _drive_http(
+    arguments: argparse.Namespace, url: str, merchant: Any, load: LoadSettings, merged: Merged, display: Display
+) -> _LoadOutcome:
+    """Http mode: one node process, loaded over HTTP from this one; its
+    recorder goes into `merged`. The node is stopped whatever happens."""
+    with tempfile.TemporaryDirectory(prefix="payments-bench-") as scratch:
+        log_dir = arguments.report if arguments.report is not None else Path(scratch)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        node = http_mode.NodeProcess(url, Path(scratch), _node_arguments(arguments), log_dir / "node.log").start()
+        try:
+            with display:
+                result = trio.run(http_mode.drive, node.url, merchant.secret_key, arguments.connections, load, display.update, node.pid)
+            after = MachineSample()
+            node.check_alive()
+            operations = http_mode.fetch_operations(node.url, merchant.secret_key)
+        finally:
+            node.stop()
+            node.forget_redis_keys()
+    merged.add(result["recorder"])
+    processes = [
+        {
+            "name": "node (gateway + actors)",
+            "cpu_s": round(result["node_cpu_s"], 2),
+            "cpu_fraction": round(result["node_cpu_s"] / result["wall_s"], 3),
+            "peak_rss_mb": round(result["node_peak_rss_mb"], 1),
+            "unknown_outcomes_left": result["unknown_left"],
+        },
+        {
+            "name": "load generator",
+            "cpu_s": round(result["cpu_s"], 2),
+            "cpu_fraction": round(result["cpu_s"] / result["wall_s"], 3),
+            "peak_rss_mb": round(result["peak_rss_mb"], 1),
+        },
+    ]
+    return _LoadOutcome(after=after, processes=processes, operations=operations)
+
+
+def _node_arguments(arguments: argparse.Namespace) -> list[str]:
+    """The command line of the node that http mode starts."""
+    node_arguments = [
+        "--partitions", str(arguments.partitions), "--seed", str(arguments.seed), "--log-level", arguments.log_level,
+        "--network-latency-ms", f"{arguments.network_latency_ms[0]}..{arguments.network_latency_ms[1]}",
+        # Every bench connection comes from loopback: one client to the node's cap.
+        "--connections-per-client-max", str(arguments.connections + 16),
+    ]
+    if arguments.faults:
+        node_arguments += ["--faults", arguments.faults]
+    return node_arguments
+
+
+def _cost(before: MachineSample, after: MachineSample, processes: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the run cost the machine, from two samples around the load."""
     cost = after.since(before)
     # What neither the bench's processes nor PostgreSQL used: other load on
     # the machine (a test suite, say), which makes the figures noisy.
@@ -301,14 +375,22 @@ def _run(arguments: argparse.Namespace, command: str, url: str, console: Console
         if cost["postgres_cpu_s"] is None
         else round(cost["machine_busy_cpu_s"] - cost["postgres_cpu_s"] - sum(process["cpu_s"] for process in processes), 2)
     )
-    journal = database.journal_figures(url)
-    say(console, "bench: checking invariants I1 to I6 over the whole database")
+    return cost
+
+
+def _invariants(url: str, operations: list[dict[str, Any]] | None, worker_checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The checks over the whole database, joined with the workers' own."""
     invariants = trio.run(_check, url, operations)
     invariants["workers"] = worker_checks
     invariants["ok"] = invariants["ok"] and all(check["ok"] for check in worker_checks)
     invariants["network_checked"] = invariants["network_checked"] or bool(worker_checks)
     violations = invariants["violations_total"] + sum(check["violations_total"] for check in worker_checks)
     invariants["summary"] = f"{violations} violations" + ("" if invariants["network_checked"] else " (network side not checked)")
+    return invariants
+
+
+def _baselines(arguments: argparse.Namespace, url: str, console: Console) -> dict[str, Any]:
+    """The baselines to compare the run against; none when they are off."""
     measured_baselines: dict[str, Any] = {}
     if arguments.baseline_seconds > 0:
         say(console, f"bench: baselines, {arguments.baseline_seconds:g} s each")
@@ -316,25 +398,11 @@ def _run(arguments: argparse.Namespace, command: str, url: str, console: Console
         measured_baselines["actor"] = baseline_runs.actor(arguments.baseline_seconds)
         if arguments.mode == "http":
             measured_baselines["http"] = baseline_runs.bare_http(arguments.connections, arguments.baseline_seconds)
-    built = report.build(
-        settings=settings,
-        command=command,
-        machine={**machine, "load_average_at_end": [round(value, 2) for value in os.getloadavg()], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        merged=merged,
-        processes=processes,
-        engine_counters=engine_counters,
-        journal=journal,
-        cost=cost,
-        invariants=invariants,
-        baselines=measured_baselines,
-    )
-    report.print_summary(built, console)
-    if not built["invariants_ok"]:
-        console.print(invariants["table"], highlight=False, markup=False)
-        for check in worker_checks:
-            for violation in check["violations"][:20]:
-                say(console, f"  {violation['invariant']} {violation['subject']}: {violation['detail']}")
-    if arguments.report is not None:
-        paths = report.write(built, arguments.report)
-        say(console, "bench: report in " + ", ".join(str(path) for path in paths))
-    return 0 if built["invariants_ok"] else 1
+    return measured_baselines
+
+
+def _print_violations(console: Console, invariants: dict[str, Any], worker_checks: list[dict[str, Any]]) -> None:
+    console.print(invariants["table"], highlight=False, markup=False)
+    for check in worker_checks:
+        for violation in check["violations"][:20]:
+            say(console, f"  {violation['invariant']} {violation['subject']}: {violation['detail']}")

@@ -39,6 +39,7 @@ latencies: one draw per call says whether the call is refused
 nothing happens), or performed with its answer lost (it hangs, and money
 may have moved). An outage window refuses every call. A hanging call ends
 only by the caller's own timeout, as it would against a real network.
+The draws of latencies and faults live in simulators.wire.
 
 `inquire` is how reconciliation asks what became of a reference. Asking
 about a reference the network has never seen closes it with a tombstone,
@@ -73,6 +74,7 @@ from engine.network import (
     VoidRequest,
 )
 from simulators.faults import FaultSpec
+from simulators.wire import Wire
 
 __all__ = [
     "AuthorizationRequest",
@@ -108,8 +110,6 @@ AUTHENTICATION_FAILED = "payment_intent_authentication_failure"
 # with it afterwards: reconciliation has concluded that nothing happened
 # under it, so nothing ever may.
 REFERENCE_CLOSED = "reference_closed"
-
-FAULT_KINDS = ("timeout_before", "timeout_after", "error", "outage")
 
 _NETWORK_UNKNOWN = "unknown"
 
@@ -186,24 +186,17 @@ class CardNetwork:
         faults: FaultSpec | None = None,
         latency_ticks: bool = False,
     ) -> None:
-        latency_ms_min, latency_ms_max = latency_ms
-        # With ticks, latencies are rounded up to whole milliseconds so that
-        # calls due together share a timer (the bench's in-process network,
-        # where the simulator's cost counts against the engine's).
-        self._latency_ticks = latency_ticks
-        assert 0 <= latency_ms_min <= latency_ms_max
+        # How long each call takes and which fault it meets: seeded streams
+        # of their own, apart from what the network decides.
+        self._wire = Wire(seed=seed, latency_ms=latency_ms, faults=faults, latency_ticks=latency_ticks)
         delay_ms_min, delay_ms_max = refund_failure_delay_ms
         assert 0 <= delay_ms_min <= delay_ms_max
-        self._latency_us_range = (latency_ms_min * 1000, latency_ms_max * 1000)
         self._refund_failure_delay_us_range = (delay_ms_min * 1000, delay_ms_max * 1000)
-        self._random = random.Random(seed)
         # A stream of its own, so that a failing refund does not shift every
         # later latency; str seeds are hashed stably across runs.
         self._refund_failure_random = random.Random(f"{seed}:refund_failure")
         self._today = today if today is not None else _today_utc
         self._operations: dict[str, Operation] = {}
-        # Calls answering at the same millisecond tick share one timer.
-        self._ticks: dict[int, trio.Event] = {}
         self._charges: dict[str, _Charge] = {}
         # (due time, sequence of the refund, refund reference); the sequence
         # breaks ties in scheduling order.
@@ -217,12 +210,6 @@ class CardNetwork:
         # Disputes by reference: (charge reference, amount, closed?).
         self._disputes: dict[str, tuple[str, int, bool]] = {}
         self._dispute_random = random.Random(f"{seed}:dispute")
-        self._faults = faults if faults is not None else FaultSpec()
-        self._fault_random = random.Random(f"{seed}:faults")
-        self._fault_counts = dict.fromkeys(FAULT_KINDS, 0)
-        # Outage windows count from here. A network built outside a trio run
-        # (at import, say) has no clock yet; its first call starts it.
-        self._created_at: float | None = _trio_time_or_none()
 
     # -- calls ---------------------------------------------------------------
 
@@ -279,11 +266,11 @@ class CardNetwork:
         self._apply_due_failures()
         operation = self._operations.get(reference)
         brand = operation.network if operation is not None else _NETWORK_UNKNOWN
-        spec = self._faults_for(brand)
-        latency_us = self._latency_us(spec)
-        fault = self._draw_fault(spec, timeouts=False)
+        spec = self._wire.spec_for(brand)
+        latency_us = self._wire.latency_us(spec)
+        fault = self._wire.draw_fault(spec, timeouts=False)
         if fault is not None:
-            await self._refuse(fault, latency_us, f"inquire {reference}")
+            await self._wire.refuse(fault, latency_us, f"inquire {reference}")
         if operation is None:
             operation = Operation(
                 reference=reference,
@@ -301,7 +288,7 @@ class CardNetwork:
             self._operations[reference] = operation
         # A pending challenge's record already answers authentication_required.
         answer = _answer_of(operation)
-        await self._wait_latency(latency_us)
+        await self._wire.wait_latency(latency_us)
         return answer
 
     # -- faults ----------------------------------------------------------------
@@ -311,11 +298,13 @@ class CardNetwork:
 
         Calls already hanging stay hung: their fault was decided on arrival.
         """
-        self._faults = spec if spec is not None else FaultSpec()
+        self._wire.set_faults(spec)
 
     def fault_counts(self) -> dict[str, int]:
-        """How many times each fault was injected, by kind (FAULT_KINDS), zeros included."""
-        return dict(self._fault_counts)
+        """How many times each fault was injected, by kind (wire.FAULT_KINDS), zeros included."""
+        return self._wire.fault_counts()
+
+    # -- notices, challenges and disputes ----------------------------------------
 
     async def next_notice(self) -> NetworkNotice:
         """Wait until a scheduled notice is due and return it.
@@ -436,17 +425,17 @@ class CardNetwork:
         # overlapping calls with one reference see a single decision.
         self._calls_total += 1
         self._apply_due_failures()
-        spec = self._faults_for(brand)
+        spec = self._wire.spec_for(brand)
         # Drawn on every call, repeats and faulted calls included, so that
         # the sequence of delays depends only on the seed and the order of
         # calls, never on which calls were faulted.
-        latency_us = self._latency_us(spec)
+        latency_us = self._wire.latency_us(spec)
         # A refusal says "not performed", which is only true of a reference
         # the network has not acted on; for one it has, it answers as it did
         # the first time.
-        fault = self._draw_fault(spec, timeouts=True, refusals=reference not in self._operations)
+        fault = self._wire.draw_fault(spec, timeouts=True, refusals=reference not in self._operations)
         if fault in ("outage", "error"):
-            await self._refuse(fault, latency_us, f"{kind} {reference}")
+            await self._wire.refuse(fault, latency_us, f"{kind} {reference}")
         if fault == "timeout_before":
             # Lost on the way: the network never saw it, so nothing is recorded.
             await trio.sleep_forever()
@@ -454,7 +443,7 @@ class CardNetwork:
         if fault == "timeout_after":
             # Performed and recorded above; only the answer is lost.
             await trio.sleep_forever()
-        await self._wait_latency(latency_us)
+        await self._wire.wait_latency(latency_us)
         return answer
 
     def _decide_and_record(
@@ -487,87 +476,6 @@ class CardNetwork:
         if operation is None or operation.kind != "authorize":
             return _NETWORK_UNKNOWN
         return operation.network
-
-    def _faults_for(self, brand: str) -> FaultSpec:
-        return self._faults.per_network.get(brand, self._faults)
-
-    async def _wait_latency(self, latency_us: int) -> None:
-        """Wait out a call's latency; with ticks, rounded up to the next
-        millisecond tick.
-
-        Every call due at one tick waits on one timer: under load that is a
-        few timers a millisecond instead of one per call (a timer's wake-up
-        is one of trio's dearer operations). Should the call holding the
-        timer be cancelled, the others are answered at once rather than
-        never.
-        """
-        if not self._latency_ticks:
-            await trio.sleep(latency_us / 1_000_000)
-            return
-        tick = math.ceil((trio.current_time() + latency_us / 1_000_000) * 1000)
-        waiter = self._ticks.get(tick)
-        if waiter is not None:
-            await waiter.wait()
-            return
-        waiter = self._ticks[tick] = trio.Event()
-        try:
-            await trio.sleep_until(tick / 1000)
-        finally:
-            del self._ticks[tick]
-            waiter.set()
-
-    def _latency_us(self, spec: FaultSpec) -> int:
-        if spec.latency_ms is None:
-            return self._random.randint(*self._latency_us_range)
-        latency_ms_min, latency_ms_max = spec.latency_ms
-        return self._random.randint(latency_ms_min * 1000, latency_ms_max * 1000)
-
-    def _draw_fault(self, spec: FaultSpec, *, timeouts: bool, refusals: bool = True) -> str | None:
-        """The fault to inject into this call, counted, or None.
-
-        One draw per call whatever happens, outage or not, so that the
-        faults of later calls depend only on the seed and the order of
-        calls, not on the clock.
-        """
-        draw = self._fault_random.random()
-        if self._created_at is None:
-            self._created_at = trio.current_time()
-        fault = None
-        if self._in_outage(spec):
-            fault = "outage"
-        elif draw < spec.error:
-            fault = "error"
-        elif draw < spec.error + spec.timeout_before:
-            fault = "timeout_before"
-        elif draw < spec.error + spec.timeout_before + spec.timeout_after:
-            fault = "timeout_after"
-        if fault in ("timeout_before", "timeout_after") and not timeouts:
-            return None
-        if fault in ("outage", "error") and not refusals:
-            return None
-        if fault is not None:
-            self._fault_counts[fault] += 1
-        return fault
-
-    def _in_outage(self, spec: FaultSpec) -> bool:
-        if spec.outage is None:
-            return False
-        assert self._created_at is not None
-        start_s, end_s = spec.outage
-        return start_s <= trio.current_time() - self._created_at < end_s
-
-    async def _refuse(self, fault: str, latency_us: int, what: str) -> None:
-        """Raise NetworkRefused for an "outage" or "error" fault.
-
-        An outage refuses at once, as a connection that cannot be opened
-        does; an error is an answer, so it takes the network's latency.
-        """
-        if fault == "outage":
-            await trio.lowlevel.checkpoint()
-            raise NetworkRefused(f"network outage: {what} was not performed")
-        assert fault == "error", fault
-        await self._wait_latency(latency_us)
-        raise NetworkRefused(f"network error: {what} was not performed")
 
     # -- decisions: pure apart from the final mutation of a charge ------------
 
@@ -751,13 +659,6 @@ class CardNetwork:
             self._notices_due.append(
                 NetworkNotice(reference=reference, kind="refund_failed", code=REFUND_FAILED)
             )
-
-
-def _trio_time_or_none() -> float | None:
-    try:
-        return trio.current_time()
-    except RuntimeError:
-        return None
 
 
 def _first_failing(*checks: tuple[bool, str]) -> str | None:

@@ -328,6 +328,14 @@ def create_app(receiver: Receiver) -> QuartTrio:
     app = QuartTrio("webhook_receiver")
     app.config["MAX_CONTENT_LENGTH"] = BODY_BYTES_MAX
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
+    _register_error_handlers(app)
+    _register_control(app, receiver)
+    _register_delivery(app, receiver)
+    return app
+
+
+def _register_error_handlers(app: QuartTrio) -> None:
+    """Every failure answers JSON: bad control input 400, a bug 500."""
 
     @app.errorhandler(BadRequest)
     async def bad_request(error: BadRequest) -> Response:
@@ -341,6 +349,10 @@ def create_app(receiver: Receiver) -> QuartTrio:
     async def unexpected(error: Exception) -> Response:
         log.error("receiver_request_failed", path=request.path[:200], error_type=type(error).__name__)
         return _error(500, "internal error")
+
+
+def _register_control(app: QuartTrio, receiver: Receiver) -> None:
+    """The control API under /_control/; see the module docstring."""
 
     @app.get("/_control/mode")
     async def mode_report() -> Response:
@@ -403,6 +415,11 @@ def create_app(receiver: Receiver) -> QuartTrio:
     async def unknown_control(rest: str) -> Response:
         return _error(404, "no such control route")
 
+
+def _register_delivery(app: QuartTrio, receiver: Receiver) -> None:
+    """Any other POST: a webhook delivery, checked, recorded and answered
+    as the current mode says."""
+
     @app.post("/")
     @app.post("/<path:rest>")
     async def delivery(rest: str = "") -> Response:
@@ -417,14 +434,7 @@ def create_app(receiver: Receiver) -> QuartTrio:
             )
         event_id, event_type, object_id = _event_fields(body)
         mode = receiver.take_mode()
-        if mode.mode == "fail":
-            status: int | None = mode.status
-        elif mode.mode == "timeout":
-            status = None
-        elif signature_error is not None and secret is not None:
-            status = 400
-        else:
-            status = 200
+        status = _status_for(mode, signature_error, secret)
         delivery = receiver.record(
             path=path,
             event_id=event_id,
@@ -451,7 +461,18 @@ def create_app(receiver: Receiver) -> QuartTrio:
         assert status is not None
         return _error(status, signature_error if status == 400 and signature_error else f"answered {status} by the {mode.mode} mode")
 
-    return app
+
+def _status_for(mode: ModeSetting, signature_error: str | None, secret: str | None) -> int | None:
+    """What a delivery is answered: the mode's failure status, None when the
+    timeout mode holds it, 400 when it fails a check against a known secret,
+    otherwise 200."""
+    if mode.mode == "fail":
+        return mode.status
+    if mode.mode == "timeout":
+        return None
+    if signature_error is not None and secret is not None:
+        return 400
+    return 200
 
 
 async def run_receiver(

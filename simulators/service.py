@@ -132,9 +132,16 @@ def create_app(network: CardNetwork, *, faults: fault_specs.FaultSpec | None = N
     app = QuartTrio("card_network_simulator")
     app.config["MAX_CONTENT_LENGTH"] = BODY_BYTES_MAX
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
-    # The spec most recently set through /admin/faults, or the one the
-    # network was built with, so that GET can show what is in force.
-    current_spec: list[fault_specs.FaultSpec] = [faults if faults is not None else fault_specs.FaultSpec()]
+    _register_error_handlers(app)
+    _register_calls(app, network)
+    _register_inspection(app, network)
+    _register_cardholder_and_issuer(app, network)
+    _register_fault_controls(app, network, faults if faults is not None else fault_specs.FaultSpec())
+    return app
+
+
+def _register_error_handlers(app: QuartTrio) -> None:
+    """Every failure answers JSON: a refusal 503, bad input 400, a bug 500."""
 
     @app.errorhandler(BadRequest)
     async def bad_request(error: BadRequest) -> Response:
@@ -157,7 +164,9 @@ def create_app(network: CardNetwork, *, faults: fault_specs.FaultSpec | None = N
         log.error("simulator_request_failed", path=request.path[:200], error_type=type(error).__name__)
         return _error(500, "internal error")
 
-    # -- the operations the engine performs ------------------------------------
+
+def _register_calls(app: QuartTrio, network: CardNetwork) -> None:
+    """The operations the engine performs, the inquiry and the notice poll."""
 
     @app.post("/v1/authorize")
     async def authorize() -> Response:
@@ -194,7 +203,9 @@ def create_app(network: CardNetwork, *, faults: fault_specs.FaultSpec | None = N
             return _json(await network.next_notice())
         return Response(b"", status=204)
 
-    # -- inspection, for checks and tests ----------------------------------------
+
+def _register_inspection(app: QuartTrio, network: CardNetwork) -> None:
+    """The network's own record, for checks and tests."""
 
     @app.get("/v1/operations")
     async def operations() -> Response:
@@ -211,7 +222,10 @@ def create_app(network: CardNetwork, *, faults: fault_specs.FaultSpec | None = N
     async def settlement() -> Response:
         return _json(network.settlement_report())
 
-    # -- what cardholders and issuers do -----------------------------------------
+
+def _register_cardholder_and_issuer(app: QuartTrio, network: CardNetwork) -> None:
+    """What cardholders and issuers do: answer 3-D Secure challenges, open
+    and decide disputes."""
 
     @app.get("/v1/challenges/<reference>")
     async def challenge_pending(reference: str) -> Response:
@@ -239,7 +253,12 @@ def create_app(network: CardNetwork, *, faults: fault_specs.FaultSpec | None = N
             return _json({"closed": False, "error": "no open dispute"}, 404)
         return _json({"closed": True})
 
-    # -- chaos ---------------------------------------------------------------------
+
+def _register_fault_controls(app: QuartTrio, network: CardNetwork, initial_spec: fault_specs.FaultSpec) -> None:
+    """Chaos: show and set the faults the network injects."""
+    # The spec most recently set through /admin/faults, or the one the
+    # network was built with, so that GET can show what is in force.
+    current_spec: list[fault_specs.FaultSpec] = [initial_spec]
 
     @app.get("/admin/faults")
     async def faults_report() -> Response:
@@ -263,8 +282,6 @@ def create_app(network: CardNetwork, *, faults: fault_specs.FaultSpec | None = N
         network.set_faults(spec)
         current_spec[0] = spec
         return _json({"spec": fault_specs.format(spec), "counts": network.fault_counts()})
-
-    return app
 
 
 async def serve_network(
