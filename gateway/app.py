@@ -21,7 +21,8 @@ from quart_trio import QuartTrio
 from gateway import hooks, openapi, routes
 from gateway.calls import BODY_BYTES_MAX, ID_CHARS_MAX, Calls
 from gateway.responses import json_response
-from shards.node import Node
+from gateway.forwarding import Forwarder
+from shards.node import Node, NotServed
 
 # The composition root, the simulator's routes and tests import these from here.
 __all__ = ["BODY_BYTES_MAX", "ID_CHARS_MAX", "Mount", "create_app", "json_response", "published_document"]
@@ -43,6 +44,7 @@ def create_app(node: Node, *, mounts: Sequence[Mount] = ()) -> QuartTrio:
     app.teardown_request(hooks.end_request)
     for kind, handler in hooks.ERROR_HANDLERS:
         app.register_error_handler(kind, handler)
+    app.register_error_handler(NotServed, Forwarder(node).not_served)
     calls = Calls(node)
     routes.register(app, calls)
     for mount in mounts:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -21,12 +22,13 @@ from quart import g, request
 from engine import intent as machine
 from engine.results import Result
 from gateway import errors, params, signing
+from gateway.forwarding import forwarded_from
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
 from shards import idempotency
 from shards.actor import Outcome
 from shards.idempotency import Claim, Render
-from shards.node import Node, Overloaded, hash_key
+from shards.node import Node, NotServed, Overloaded, hash_key
 from store.errors import RedisUnavailable
 from store.rows import ApiKeyRow
 
@@ -65,8 +67,11 @@ class Calls:
         row = None
         if secret and len(secret) <= API_KEY_CHARS_MAX and secret.isascii():
             row = await node.authenticate(secret)
+        # A request a peer forwarded was limited and checked there.
+        checked = forwarded_from(node) is not None
         if row is None:
-            await self._limit(f"ip:{request.remote_addr}", node.config.anonymous_rate_per_s, node.config.anonymous_burst)
+            if not checked:
+                await self._limit(f"ip:{request.remote_addr}", node.config.anonymous_rate_per_s, node.config.anonymous_burst)
             if not secret:
                 raise ApiError(
                     401,
@@ -74,8 +79,9 @@ class Calls:
                     "You did not provide an API key. Provide it as 'Authorization: Bearer YOUR_SECRET_KEY'.",
                 )
             raise ApiError(401, "invalid_request_error", f"Invalid API Key provided: {mask(secret)}", code="api_key_invalid")
-        await self._limit("key:" + hash_key(secret).hex()[:32], row.rate_limit_per_s, row.rate_limit_burst)
-        if row.require_signed_requests:
+        if not checked:
+            await self._limit("key:" + hash_key(secret).hex()[:32], row.rate_limit_per_s, row.rate_limit_burst)
+        if row.require_signed_requests and not checked:
             await self._check_signature(row)
         if row.kind == "publishable" and not publishable_allowed:
             raise ApiError(401, "invalid_request_error", "This API call cannot be made with a publishable API key.")
@@ -170,6 +176,21 @@ class Calls:
             )
         return header
 
+    def partition_for_new(self, key: ApiKeyRow) -> int | None:
+        """The partition a new intent goes to. With an Idempotency-Key, the
+        one the merchant and key hash to, so that a request and its retries
+        meet on one node wherever they arrive (raises NotServed when another
+        node serves it: the request is forwarded there); else None, the
+        node's next."""
+        header = self.idempotency_key()
+        if header is None:
+            return None
+        digest = hashlib.sha256(f"{key.merchant_id}\n{header}".encode()).digest()
+        partition = int.from_bytes(digest[:4], "big") % self.node.config.partitions
+        if partition not in self.node.shards:
+            raise NotServed(partition)
+        return partition
+
     @contextlib.asynccontextmanager
     async def idempotent(self, key: ApiKeyRow, values: dict[str, Any], render_outcome: Render) -> AsyncIterator[Claim | None]:
         """Claim the request's Idempotency-Key for the block, or replay the
@@ -214,6 +235,8 @@ class Calls:
         too many requests are already waiting on that intent."""
         try:
             return await self.node.submit(command, claim)
+        except NotServed:
+            raise  # the owner, elsewhere, takes it (gateway/forwarding.py)
         except Overloaded:
             raise errors.unavailable("Too many requests are in flight for this payment. Retry shortly.") from None
 

@@ -17,9 +17,10 @@ import trio_asyncio
 from bench.cli import register as register_bench
 from engine import ids
 from gateway.logs import configure_logging
-from payments import audit_cli
+from payments import audit_cli, cluster_cli
 from payments.arguments import DEFAULT_DATA_DIR, bounded_int, database_url, embedded_default, redis_url
-from payments.up import UpSettings, run_up
+from payments.up import PartitionsMismatch, UpSettings, run_up
+from shards.cluster import NodeIdTaken
 from shards import operations
 from shards.merchants import create_merchant, roll_key
 from shards.vault import Vault
@@ -52,7 +53,15 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default 8080)")
     data_dir_option(up)
-    up.add_argument("--partitions", type=bounded_int(1, 1024), default=16, help="partitions, fixed when the database is created (default 16)")
+    up.add_argument(
+        "--partitions", type=bounded_int(1, 1024), default=None,
+        help="partitions of a new database (default 16); fixed when the database is created, another count is refused",
+    )
+    up.add_argument(
+        "--nodes", type=bounded_int(1, 64), default=1, metavar="N",
+        help="node processes sharing the partitions, node i on port P+i, with one simulator service (default 1: one process)",
+    )
+    cluster_cli.cluster_options(up)
     up.add_argument("--seed", type=int, default=0, help="seed of the simulator's randomness (default 0)")
     up.add_argument("--network-latency-ms", type=latency_range, default=(1, 5), metavar="MIN..MAX", help="simulated card-network latency (default 1..5)")
     up.add_argument(
@@ -141,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     data_dir_option(retry)
 
 
+    cluster_cli.register(commands, data_dir_option)
     receiver_cli.register(commands)
     audit_cli.register(commands)
     register_bench(commands)
@@ -271,38 +281,81 @@ def settings_error() -> str | None:
     return None
 
 
+def _up_settings(arguments: argparse.Namespace, redis: str, *, test_merchant: bool) -> UpSettings:
+    """What `up` and `node` run with, from their options and the environment."""
+    return UpSettings(
+        host=arguments.host,
+        port=arguments.port,
+        data_dir=arguments.data_dir,
+        partitions=arguments.partitions,
+        database_url=database_url(arguments.data_dir),
+        redis_url=redis,
+        seed=getattr(arguments, "seed", 0),
+        network_latency_ms=getattr(arguments, "network_latency_ms", (1, 5)),
+        redis_prefix=os.environ.get("PAYMENTS_REDIS_PREFIX", "payments:"),
+        authorization_expiry_s=getattr(arguments, "authorization_expiry_s", 7 * 86_400),
+        settlement_delay_s=getattr(arguments, "settlement_delay_s", 2 * 86_400),
+        simulator_url=os.environ.get("PAYMENTS_SIMULATOR_URL") or None,
+        dispute_fee_minor=getattr(arguments, "dispute_fee_minor", 1500),
+        faults=getattr(arguments, "faults", ""),
+        archive_every_s=float(os.environ.get("PAYMENTS_ARCHIVE_EVERY_S", "300")),
+        retention_days=int(os.environ.get("PAYMENTS_RETENTION_DAYS", "30")),
+        # The embedded servers mean a developer's machine: webhooks to a
+        # local receiver are what they want, and `up` says it allows them.
+        allow_private_webhooks=getattr(arguments, "allow_private_webhooks", False) or embedded_default(),
+        connections_per_client_max=getattr(arguments, "connections_per_client_max", 256),
+        header_timeout_s=getattr(arguments, "header_timeout_s", 10),
+        node_id=arguments.node_id,
+        lease_ttl_s=arguments.lease_ttl_s,
+        public_url=arguments.public_url,
+        test_merchant=test_merchant,
+    )
+
+
 def command_up(arguments: argparse.Namespace) -> int:
     problem = settings_error()
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if arguments.nodes > 1:
+        if arguments.node_id is not None or arguments.public_url is not None:
+            print("error: --node-id and --public-url name one node; with --nodes the nodes are node-0 to node-N-1", file=sys.stderr)
+            return 2
+        return cluster_cli.run_cluster(arguments, arguments.nodes)
     arguments.data_dir.mkdir(parents=True, exist_ok=True)
     with redis_url(arguments.data_dir) as redis:
-        settings = UpSettings(
-            host=arguments.host,
-            port=arguments.port,
-            data_dir=arguments.data_dir,
-            partitions=arguments.partitions,
-            database_url=database_url(arguments.data_dir),
-            redis_url=redis,
-            seed=arguments.seed,
-            network_latency_ms=arguments.network_latency_ms,
-            redis_prefix=os.environ.get("PAYMENTS_REDIS_PREFIX", "payments:"),
-            authorization_expiry_s=arguments.authorization_expiry_s,
-            settlement_delay_s=arguments.settlement_delay_s,
-            simulator_url=os.environ.get("PAYMENTS_SIMULATOR_URL") or None,
-            dispute_fee_minor=arguments.dispute_fee_minor,
-            faults=arguments.faults,
-            archive_every_s=float(os.environ.get("PAYMENTS_ARCHIVE_EVERY_S", "300")),
-            retention_days=int(os.environ.get("PAYMENTS_RETENTION_DAYS", "30")),
-            # The embedded servers mean a developer's machine: webhooks to a
-            # local receiver are what they want, and `up` says it allows them.
-            allow_private_webhooks=arguments.allow_private_webhooks or embedded_default(),
-            connections_per_client_max=arguments.connections_per_client_max,
-            header_timeout_s=arguments.header_timeout_s,
-        )
+        return _run_node(_up_settings(arguments, redis, test_merchant=True))
+
+
+def command_node(arguments: argparse.Namespace) -> int:
+    problem = settings_error()
+    missing = cluster_cli.missing_servers() + ([] if os.environ.get("PAYMENTS_SIMULATOR_URL") else ["PAYMENTS_SIMULATOR_URL"])
+    if problem is None and missing:
+        problem = f"payments node needs {', '.join(missing)} (the cluster's servers; `payments up` starts embedded ones)"
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    with redis_url(arguments.data_dir) as redis:
+        return _run_node(_up_settings(arguments, redis, test_merchant=False))
+
+
+def _run_node(settings: UpSettings) -> int:
+    status = 0
+    try:
         trio.run(run_up, settings)
-    return 0
+    except* (PartitionsMismatch, NodeIdTaken) as group:
+        for error in leaves(group):
+            print(f"error: {error}", file=sys.stderr)
+        status = 2
+    return status
+
+
+def leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions in a group, however deeply nurseries nested it."""
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found
 
 
 def command_sim(arguments: argparse.Namespace) -> int:
@@ -354,18 +407,25 @@ def main(argv: list[str] | None = None) -> int:
         "roll-key": command_merchant_roll_key,
         "dead-letters": command_dead_letters,
         "retry": command_events_retry,
+        "node": command_node,
+        "status": cluster_cli.command_cluster_status,
     }
     handlers["audit"] = audit_cli.command_audit
     status = 0
     try:
         handler = getattr(arguments, "handler", None)
         if handler is None:
-            name = getattr(arguments, "merchant_command", None) or getattr(arguments, "events_command", None) or arguments.command
+            name = (
+                getattr(arguments, "merchant_command", None)
+                or getattr(arguments, "events_command", None)
+                or getattr(arguments, "cluster_command", None)
+                or arguments.command
+            )
             handler = handlers[name]
         status = handler(arguments)
     except* (StoreError, RedisLinkError) as group:
         # Infrastructure trouble is reported in one line, never as a traceback.
-        for error in group.exceptions:
+        for error in leaves(group):
             print(f"error: {error}", file=sys.stderr)
         status = 2
     except* KeyboardInterrupt:

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import redis
 
+from shards.cluster import process_alive
+
 PASSWORD_FILE = "postgres.password"
 # pgserver's record of the processes using a cluster, and the user it runs
 # the cluster as when we are root.
@@ -93,16 +95,6 @@ def _require_password(server: object, pgdata: Path, password: str) -> None:
     server.psql("SELECT pg_reload_conf();")  # type: ignore[attr-defined]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _forget_dead_users(pgdata: Path, also: int | None = None) -> list[int]:
     """Drop from pgserver's list of the processes using the cluster those
     that are gone (and `also`); returns who is left. A process killed with
@@ -111,7 +103,7 @@ def _forget_dead_users(pgdata: Path, also: int | None = None) -> list[int]:
     path = pgdata / HANDLE_LIST_FILE
     if not path.exists():
         return []
-    users = [pid for pid in json.loads(path.read_text() or "[]") if pid != also and _alive(pid)]
+    users = [pid for pid in json.loads(path.read_text() or "[]") if pid != also and process_alive(pid)]
     path.write_text(json.dumps(users))
     return users
 
@@ -183,7 +175,7 @@ def database_url(data_dir: Path) -> str:
     return uri.replace("postgresql://postgres:@", f"postgresql://postgres:{password}@", 1)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """In the child, before exec: be killed when the parent dies, however it
     dies, and keep what the server writes private."""
     os.umask(0o077)
@@ -247,7 +239,7 @@ def valkey(data_dir: Path) -> Iterator[str]:
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: _die_with_parent(parent_pid),
+        preexec_fn=lambda: die_with_parent(parent_pid),
     )
     try:
         assert process.stdin is not None

@@ -13,6 +13,8 @@ import base64
 import contextlib
 import functools
 import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 import signal
 from pathlib import Path
@@ -30,6 +32,7 @@ from gateway.listener import ConnectionLimits, hypercorn_config, serve_guarded
 from gateway.objects import render_event
 from shards.merchants import MerchantKeys, create_merchant
 from shards.actor import ShardConfig
+from shards.cluster import ClusterConfig
 from shards.node import Node, NodeConfig, hash_key, run_node
 from shards import idempotency
 from shards.vault import Vault
@@ -54,7 +57,9 @@ class UpSettings(msgspec.Struct, frozen=True):
     host: str
     port: int
     data_dir: Path
-    partitions: int
+    # None: the database's count (16 for a new database); another count
+    # than the database's is refused (ids already issued encode it).
+    partitions: int | None
     database_url: str
     redis_url: str
     seed: int = 0
@@ -70,6 +75,14 @@ class UpSettings(msgspec.Struct, frozen=True):
     allow_private_webhooks: bool = False
     connections_per_client_max: int = 256
     header_timeout_s: int = 10
+    # The node's id in the cluster sharing the database (None: this
+    # machine's name and the port), its lease TTL, and the URL peers forward
+    # requests to (None: where it listens).
+    node_id: str | None = None
+    lease_ttl_s: float = 10.0
+    public_url: str | None = None
+    # Make (once) and print the local test merchant's keys.
+    test_merchant: bool = True
 
 
 class StoredTestMerchant(msgspec.Struct, frozen=True):
@@ -157,59 +170,102 @@ async def _serve_http(app: Any, config: HypercornConfig, limits: ConnectionLimit
         node.stop_accepting()
 
 
+class PartitionsMismatch(Exception):
+    """The partition count asked for is not the database's."""
+
+
+async def _prepare(store: Store, redis: RedisLink, settings: UpSettings) -> int:
+    """Migrate and check the database; returns its partition count. Raises
+    PartitionsMismatch."""
+    partitions = await store.migrate(settings.partitions or 16)
+    if settings.partitions is not None and partitions != settings.partitions:
+        raise PartitionsMismatch(
+            f"the database has {partitions} partitions and this node was started with --partitions {settings.partitions};"
+            " the count is fixed when the database is created (ids encode it): start with --partitions"
+            f" {partitions} or leave it out"
+        )
+    try:
+        await redis.ping()
+    except RedisUnavailable as error:
+        # Payments go on without Redis: rate limits fail open, signed
+        # requests are refused, events wait in the outbox.
+        log.warning("redis_unavailable_at_start", error=str(error))
+    return partitions
+
+
+NODE_ID_FILE = "node_id"
+
+
+def node_id_default(data_dir: Path) -> str:
+    """The node id kept in the data dir, made once (this machine's name and
+    a random suffix): a node restarted on the same data dir comes back
+    under its id, and takes its partitions back at once when its earlier
+    process is gone (shards/cluster.py)."""
+    path = data_dir / NODE_ID_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{socket.gethostname()}-{secrets.token_hex(3)}\n")
+    return path.read_text().strip()
+
+
 async def run_up(settings: UpSettings) -> None:
     async with trio_asyncio.open_loop():
         store = await Store.open(settings.database_url)
         redis = await RedisLink.open(settings.redis_url, prefix=settings.redis_prefix)
         try:
-            partitions = await store.migrate(settings.partitions)
-            if partitions != settings.partitions:
-                log.warning("partitions_fixed_by_database", requested=settings.partitions, partitions=partitions)
-            try:
-                await redis.ping()
-            except RedisUnavailable as error:
-                # Payments go on without Redis: rate limits fail open, signed
-                # requests are refused, events wait in the outbox.
-                log.warning("redis_unavailable_at_start", error=str(error))
+            partitions = await _prepare(store, redis, settings)
             vault = Vault.from_config(settings.data_dir)
-            keys = await test_merchant(store, settings.data_dir, vault)
+            keys = await test_merchant(store, settings.data_dir, vault) if settings.test_merchant else None
             await idempotency.rekey_legacy_fingerprints(store, vault)
-            async with open_network(settings) as network, trio.open_nursery() as nursery:
-                node_config = NodeConfig(
-                    partitions=partitions,
-                    shard=ShardConfig(authorization_expiry_s=settings.authorization_expiry_s),
-                    settlement_delay_s=settings.settlement_delay_s,
-                    dispute_fee_minor=settings.dispute_fee_minor,
-                )
-                events = EventWorkers(store, redis, vault, render_event, dispatch_config(allow_private=settings.allow_private_webhooks))
-                node = await nursery.start(functools.partial(run_node, redis=redis, events=events), store, vault, network, node_config)
-                await nursery.start(run_node_workers, node, events)
-                config = hypercorn_config(settings.host, settings.port)
-                stop = trio.Event()
-                limits = ConnectionLimits(per_client_max=settings.connections_per_client_max, header_timeout_s=settings.header_timeout_s)
-                # The simulator's pages go only where the simulator runs in this process.
-                mounts = [simulator_routes.mount(network)] if isinstance(network, CardNetwork) else []
-                binds = await nursery.start(_serve_http, create_app(node, mounts=mounts), config, limits, stop, node)
-                node.set_public_url(binds[0])
-                announce(binds[0], keys, allow_private_webhooks=settings.allow_private_webhooks)
-                archiving = trio.CancelScope()
-                nursery.start_soon(_archive, store, settings, archiving)
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for received in signals:
-                        log.info("shutdown_requested", signal=signal.Signals(received).name)
-                        break
-                archiving.cancel()
-                stop.set()
+            async with open_network(settings) as network:
+                await _serve(settings, store, redis, vault, network, partitions, keys)
         finally:
             await store.close()
             await redis.close()
 
 
-def announce(url: str, keys: MerchantKeys, *, allow_private_webhooks: bool = False) -> None:
+async def _serve(
+    settings: UpSettings, store: Store, redis: RedisLink, vault: Vault, network: Any, partitions: int, keys: MerchantKeys | None
+) -> None:
+    """The node, its workers and its HTTP server until SIGINT or SIGTERM."""
+    async with trio.open_nursery() as nursery:
+        node_config = NodeConfig(
+            partitions=partitions,
+            shard=ShardConfig(authorization_expiry_s=settings.authorization_expiry_s),
+            settlement_delay_s=settings.settlement_delay_s,
+            dispute_fee_minor=settings.dispute_fee_minor,
+            cluster=ClusterConfig(settings.node_id or node_id_default(settings.data_dir), lease_ttl_s=settings.lease_ttl_s),
+        )
+        events = EventWorkers(store, redis, vault, render_event, dispatch_config(allow_private=settings.allow_private_webhooks))
+        start_node = functools.partial(run_node, redis=redis, events=events, url=settings.public_url)
+        node = await nursery.start(start_node, store, vault, network, node_config)
+        await nursery.start(run_node_workers, node, events)
+        config = hypercorn_config(settings.host, settings.port)
+        stop = trio.Event()
+        limits = ConnectionLimits(per_client_max=settings.connections_per_client_max, header_timeout_s=settings.header_timeout_s)
+        # The simulator's pages go only where the simulator runs in this process.
+        mounts = [simulator_routes.mount(network)] if isinstance(network, CardNetwork) else []
+        binds = await nursery.start(_serve_http, create_app(node, mounts=mounts), config, limits, stop, node)
+        node.set_public_url(settings.public_url or binds[0])
+        announce(binds[0], keys, node_config, allow_private_webhooks=settings.allow_private_webhooks)
+        archiving = trio.CancelScope()
+        nursery.start_soon(_archive, store, settings, archiving)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for received in signals:
+                log.info("shutdown_requested", signal=signal.Signals(received).name)
+                break
+        archiving.cancel()
+        stop.set()
+
+
+def announce(url: str, keys: MerchantKeys | None, config: NodeConfig, *, allow_private_webhooks: bool = False) -> None:
     print(f"payments up: listening on {url}", flush=True)
-    print(f"test merchant: {keys.id}", flush=True)
-    print(f"secret key:    {keys.secret_key}", flush=True)
-    print(f"publishable:   {keys.publishable_key}", flush=True)
+    if config.cluster is not None:
+        print(f"node:          {config.cluster.node_id} (partitions leased for {config.cluster.lease_ttl_s:g} s at a time)", flush=True)
+    if keys is not None:
+        print(f"test merchant: {keys.id}", flush=True)
+        print(f"secret key:    {keys.secret_key}", flush=True)
+        print(f"publishable:   {keys.publishable_key}", flush=True)
     if allow_private_webhooks:
         print("webhooks:      endpoints on loopback and private addresses allowed (local development)", flush=True)
-    print("Ctrl-C drains the mailboxes and stops.", flush=True)
+    print("Ctrl-C drains the mailboxes, hands the partitions off and stops.", flush=True)

@@ -38,7 +38,7 @@ from engine.intent import Command, NetworkCall, PaymentIntent
 from engine.ledger import Ledger
 from engine.results import Result
 from shards.idempotency import Claim
-from store.errors import StoreUnavailable
+from store.errors import Fenced, StoreError, StoreUnavailable
 from store.rows import EventRow, IdempotencyRow, JournalRow
 
 log = structlog.get_logger("shards.actor")
@@ -83,13 +83,13 @@ class Reply:
 
     def __init__(self) -> None:
         self._done = trio.Event()
-        self.value: Outcome | StoreUnavailable | None = None
+        self.value: Outcome | StoreError | None = None
         # Set when the command is durable but its reply waits for the network.
         self.journaled = False
         # Set when the caller stopped waiting (the node's reply timeout).
         self.expired = False
 
-    def set(self, value: Outcome | StoreUnavailable) -> None:
+    def set(self, value: Outcome | StoreError) -> None:
         if self._done.is_set():
             return  # the caller gave up waiting; nobody reads this any more
         self.value = value
@@ -100,7 +100,7 @@ class Reply:
             self.expired = True
             self._done.set()
 
-    async def wait(self) -> Outcome | StoreUnavailable | None:
+    async def wait(self) -> Outcome | StoreError | None:
         """The outcome, or None when the reply expired first."""
         await self._done.wait()
         return self.value
@@ -235,6 +235,10 @@ class ShardActor:
         self._retry: list[Message] = []
         self.commits_total = 0
         self.commands_total = 0
+        # Set when a write was refused because the partition's lease moved
+        # on: the actor stops at once and its node drops the partition.
+        self.fenced: Fenced | None = None
+        self._closed = trio.Event()
         # Called after a commit that wrote events: wakes the outbox relay.
         self.on_events: Callable[[], None] = lambda: None
 
@@ -252,6 +256,7 @@ class ShardActor:
         """Stop taking client commands; `run` drains what is queued and returns."""
         self.state.accepting = False
         self.mailbox_send.close()
+        self._closed.set()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until the mailbox is closed, then finish open network calls,
@@ -264,8 +269,30 @@ class ShardActor:
             calls.start_soon(self._expire_authorizations)
             await self._serve()
             # Shutting down: wait for the answers of calls in flight.
-            while self._retry or calls.child_tasks:
+            while not self.fenced and (self._retry or calls.child_tasks):
                 await self._serve_answers_after_close()
+            if self.fenced:
+                self._abandon(self.fenced)
+                calls.cancel_scope.cancel()
+
+    def _abandon(self, error: Fenced) -> None:
+        """After a fenced write: nothing more can be journaled here. Callers
+        still waiting are told (their commands were not written; a retry
+        reaches the new owner); network answers not journaled are left to
+        the new owner, which finds their attempts pending and has them
+        reconciled (DESIGN section 5, step 5)."""
+        self.close()
+        while True:
+            try:
+                message = self._mailbox_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if message.reply is not None:
+                message.reply.set(error)
+        for reply, _ in self._awaiting_answer.values():
+            reply.set(error)
+        self._awaiting_answer.clear()
+        self._retry.clear()
 
     def _recover_open_attempts(self) -> None:
         """A pending attempt or refund found at start has no call behind it any
@@ -303,11 +330,12 @@ class ShardActor:
                     await self.mailbox_send.send(Message(command, None))
                 except trio.ClosedResourceError:
                     return
-            await trio.sleep(self.config.expiry_check_s)
+            with trio.move_on_after(self.config.expiry_check_s):
+                await self._closed.wait()
 
     async def _serve(self) -> None:
         receive = self._mailbox_receive
-        while True:
+        while not self.fenced:
             if self._retry:
                 batch, self._retry = self._retry, []
             else:
@@ -361,6 +389,13 @@ class ShardActor:
         if rows or idempotency:
             try:
                 await self._append(self.state.partition, rows, idempotency, raised)
+            except Fenced as error:
+                log.warning("partition_fenced", partition=self.state.partition, commands=len(outcomes))
+                self.fenced = error
+                for message, _, _ in outcomes:
+                    if message.reply is not None:
+                        message.reply.set(error)
+                return
             except StoreUnavailable as error:
                 # The commit may have happened with only its answer lost:
                 # find out before telling anyone anything.

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from engine import ids
 from engine import intent as machine
 from engine.intent import AttemptKind, AttemptStatus, PaymentIntent, RefundStatus
 from shards.actor import ShardState
@@ -166,7 +167,21 @@ def settlement_mismatches(states: Sequence[ShardState], settlement: Sequence[dic
                     ours[refund.id] = refund.amount
                 if refund.status is RefundStatus.pending:
                     still_open.add(refund.id)
-    theirs = {entry["reference"]: entry["amount_minor"] for entry in settlement if not entry.get("failed_later", False)}
+    # The report's entries for these partitions, and those naming none of
+    # ours at all: in a cluster the other partitions' are their owners' to
+    # compare.
+    partitions = {state.partition for state in states} | {None}
+    theirs = {
+        entry["reference"]: entry["amount_minor"]
+        for entry in settlement
+        if not entry.get("failed_later", False) and _partition_of_reference(entry["reference"]) in partitions
+    }
     references = sorted((set(ours) | set(theirs)) - still_open)
     problems = [f"{reference}: ours {ours.get(reference)}, network {theirs.get(reference)}" for reference in references if ours.get(reference) != theirs.get(reference)]
     return problems
+
+
+def _partition_of_reference(reference: str) -> int | None:
+    """The partition an attempt or refund id names."""
+    prefix = reference.partition("_")[0]
+    return ids.partition_of(reference, prefix) if prefix in ("att", "re") else None

@@ -17,6 +17,7 @@ it was accepted, a 3-D Secure challenge completed, a dispute):
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any, Protocol
 
 import structlog
@@ -65,7 +66,7 @@ class CardNetwork(Protocol):
     async def capture(self, request: CaptureRequest) -> NetworkAnswer: ...
     async def void(self, request: VoidRequest) -> NetworkAnswer: ...
     async def refund(self, request: RefundRequest) -> NetworkAnswer: ...
-    async def next_notice(self) -> NetworkNotice: ...
+    async def next_notice(self, partitions: Collection[int] | None = None) -> NetworkNotice: ...
     async def inquire(self, reference: str) -> NetworkAnswer: ...
 
 
@@ -206,7 +207,9 @@ async def run_notice_relay(network: Any, router: Router, *, task_status: Any = t
     if next_notice is None:
         return
     while True:
-        notice = await next_notice()
+        # Only notices about the partitions served here (in a cluster, each
+        # owner asks for its own); the set is read again at every poll.
+        notice = await next_notice(router.shards.keys())
         # A dispute is new to us: it finds its intent by the charge it names.
         named = notice.parent_reference if notice.kind.startswith("dispute_") else notice.reference
         intent_id = None if named is None else router.intent_of_reference(named)

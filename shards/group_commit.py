@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from store.batch import Batch
-from store.errors import StoreError
+from store.errors import Fenced, StoreError
 from store.rows import EventRow, IdempotencyRow, JournalRow
 
 
@@ -56,9 +56,10 @@ class GroupCommit:
         rows: list[JournalRow],
         idempotency: list[IdempotencyRow] = (),  # type: ignore[assignment]
         events: list[EventRow] = (),  # type: ignore[assignment]
+        fence: tuple[str, int] | None = None,
     ) -> None:
         """Same contract as `Journal.append`, shared with the node's other actors."""
-        waiting = _Waiting(Batch(partition, rows, idempotency, events))
+        waiting = _Waiting(Batch(partition, rows, idempotency, events, fence))
         await self._send.send(waiting)
         await waiting.done.wait()
         if waiting.error is not None:
@@ -70,6 +71,25 @@ class GroupCommit:
                 nursery.start_soon(self._write_forever)
             task_status.started()
 
+    async def _write(self, group: list[_Waiting]) -> None:
+        """Write the group; when some batches' leases have moved on, those
+        fail with Fenced and the rest are written again without them
+        (nothing was written the first time)."""
+        try:
+            await self._append_many([waiting.batch for waiting in group])
+        except Fenced as error:
+            kept = []
+            for waiting in group:
+                if waiting.batch.partition in error.partitions:
+                    waiting.error = error
+                else:
+                    kept.append(waiting)
+            if kept:
+                await self._write(kept)
+        except StoreError as error:
+            for waiting in group:
+                waiting.error = error
+
     async def _write_forever(self) -> None:
         receive = self._receive
         while True:
@@ -79,11 +99,7 @@ class GroupCommit:
                     group.append(receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            try:
-                await self._append_many([waiting.batch for waiting in group])
-            except StoreError as error:
-                for waiting in group:
-                    waiting.error = error
+            await self._write(group)
             self.writes_total += 1
             self.batches_total += len(group)
             for waiting in group:

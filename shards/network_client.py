@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import math
 from types import TracebackType
+from collections.abc import Collection
 from typing import Any, Self
 
 import httpx
@@ -221,8 +222,9 @@ class HttpCardNetwork:
         late arrival of the original call can no longer be performed."""
         return await self._perform("/v1/inquire", {"reference": reference}, reference, DEFAULT_BREAKER)
 
-    async def next_notice(self) -> NetworkNotice:
-        """Wait for the network's next notice, however long it takes.
+    async def next_notice(self, partitions: Collection[int] | None = None) -> NetworkNotice:
+        """Wait for the network's next notice (with `partitions`, one about
+        an operation in them), however long it takes.
 
         Polls the server (NOTICE_POLL_S per poll); a failed poll is logged
         and retried after NOTICE_ERROR_BACKOFF_S, so this never returns
@@ -232,9 +234,10 @@ class HttpCardNetwork:
         timeout = httpx.Timeout(NOTICE_POLL_S + NOTICE_POLL_MARGIN_S, connect=self._call_timeout_s)
         while True:
             try:
-                response = await self._client.get(
-                    "/v1/notices/next", params={"timeout_s": NOTICE_POLL_S}, timeout=timeout
-                )
+                params: dict[str, Any] = {"timeout_s": NOTICE_POLL_S}
+                if partitions is not None:
+                    params["partitions"] = ",".join(str(partition) for partition in sorted(partitions))
+                response = await self._client.get("/v1/notices/next", params=params, timeout=timeout)
                 if response.status_code == 200:
                     return self._notice_decoder.decode(response.content)
                 if response.status_code == 204:

@@ -30,22 +30,23 @@ import trio
 
 from engine import intent as machine
 from engine.intent import Command
-from shards.actor import Outcome, ShardActor, ShardConfig, ShardState
+from shards.actor import Journal, Outcome, ShardActor, ShardConfig, ShardState
 from shards.api_keys import ApiKeyCache, hash_key
 from shards.effects import CardNetwork, Effects, run_notice_relay
 from shards.group_commit import GroupCommit
 from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
 from shards.payment_methods import PaymentMethods
 from shards.replies import ReplyTimer, run_reply_timer
-from shards.router import Overloaded, Router
+from shards.cluster import ClusterConfig, Membership, run_membership
+from shards.router import NotServed, Overloaded, Router
 from shards.vault import Vault
-from store.errors import StoreUnavailable
+from store.errors import Fenced, StoreError, StoreUnavailable
 from store.postgres import Store
 from store.redis_link import RedisLink
 from store.rows import EventRow
 
 # The gateway and the composition root import these from here.
-__all__ = ["CardNetwork", "Events", "Node", "NodeConfig", "Overloaded", "hash_key", "run_node"]
+__all__ = ["CardNetwork", "ClusterConfig", "Events", "Node", "NodeConfig", "NotServed", "Overloaded", "hash_key", "run_node"]
 
 log = structlog.get_logger("shards.node")
 
@@ -67,9 +68,12 @@ class NodeConfig(msgspec.Struct, frozen=True):
     # Requests without a working key are limited per client address.
     anonymous_rate_per_s: int = 20
     anonymous_burst: int = 40
-    # The partitions this node serves (None: all). Nodes sharing a database
-    # are given disjoint sets, fixed at start.
+    # The partitions this node serves, fixed at start (None: all). Nodes
+    # sharing a database are given disjoint sets. Ignored with `cluster`.
     owned_partitions: tuple[int, ...] | None = None
+    # Partitions leased from the database and shared with other nodes
+    # (shards/cluster.py); None serves the fixed set above without leases.
+    cluster: ClusterConfig | None = None
     # One write for the batches of all the node's actors (shards.group_commit).
     group_commit: bool = True
 
@@ -87,6 +91,8 @@ class Events(Protocol):
     async def retry(self, event: EventRow) -> list[str]: ...
 
     def endpoints_changed(self) -> None: ...
+
+    def wake(self, partition: int) -> None: ...
 
 
 class Node:
@@ -115,7 +121,7 @@ class Node:
         # The event workers, when the node runs with Redis.
         self.events = events
         self.idempotency = IdempotencyRecords(store, vault, ttl_s=config.idempotency_ttl_s)
-        self.router = Router(config.served_partitions(), random_bytes)
+        self.router = Router(random_bytes)
         self.shards: dict[int, ShardActor] = self.router.shards
         self.payment_methods = PaymentMethods(store, vault, self.router.new_id, entries_max=config.cache_entries_max)
         self.api_keys = ApiKeyCache(store, vault, entries_max=config.cache_entries_max, ttl_s=config.key_cache_s)
@@ -124,6 +130,16 @@ class Node:
         # The notice relay and the reply timer; cancelled by stop_accepting.
         self._background = trio.CancelScope()
         self._stop_requested = trio.Event()
+        # Where cardholders and other nodes reach this node, once it listens.
+        self.url: str | None = None
+        # The leases this node holds, when it is in a cluster (run_node).
+        self.membership: Membership | None = None
+        # partition -> epoch of every actor still running here (None: a
+        # fixed partition), and the event set when each has stopped.
+        self._epochs: dict[int, int | None] = {}
+        self._stopped: dict[int, trio.Event] = {}
+        self._actors: trio.Nursery | None = None
+        self._append: Journal | None = None
         # What the gateway, the simulator's pages and the workers call on the node.
         self.new_id = self.router.new_id
         self.partition_of_intent = self.router.partition_of_intent
@@ -151,7 +167,7 @@ class Node:
         """
         partition, shard = self.router.actor_of_intent(command.intent_id)
         if shard is None:
-            raise Overloaded(f"partition {partition} is not served by this node")
+            raise NotServed(partition)
         if self.replies.waiting >= self.config.in_flight_max:
             raise Overloaded("too many commands in flight on this node")
         try:
@@ -159,7 +175,10 @@ class Node:
         except (trio.WouldBlock, trio.ClosedResourceError) as error:
             raise Overloaded(f"partition {partition} is busy") from error
         value = await self.replies.wait(reply)
-        if isinstance(value, StoreUnavailable):
+        if isinstance(value, Fenced):
+            # Not written: the partition has a new owner, who can take it.
+            raise NotServed(partition)
+        if isinstance(value, StoreError):
             raise value
         if value is not None:
             return value
@@ -169,21 +188,87 @@ class Node:
             # idempotency key will find it.
             raise StoreUnavailable("the command could not be journaled in time")
         # Journaled and waiting for the network: the intent as it is on disk.
-        return Outcome(machine.Result.ok, self.intent(command.intent_id))
+        try:
+            return Outcome(machine.Result.ok, self.intent(command.intent_id))
+        except NotServed:
+            # Handed off meanwhile: journaled, so not to be sent again elsewhere.
+            raise StoreUnavailable("the partition moved to another node; retry to see the result") from None
 
     def set_public_url(self, url: str) -> None:
-        """Where cardholders reach this node (3-D Secure pages), once the
-        HTTP server listens."""
+        """Where cardholders (3-D Secure pages) and other nodes (forwarded
+        requests) reach this node, once the HTTP server listens."""
+        self.url = url
         self.effects.public_url = url
+
+    # ---------------------------------------------------------- partitions
+
+    def held(self) -> dict[int, int]:
+        """partition -> lease epoch of every leased actor still running here
+        (serving, or draining after a handoff began)."""
+        return {partition: epoch for partition, epoch in self._epochs.items() if epoch is not None}
+
+    def mailbox_depth(self) -> int:
+        """Commands queued in this node's actors."""
+        return sum(shard.mailbox_send.statistics().current_buffer_used for shard in self.shards.values())
+
+    async def take(self, partition: int, epoch: int | None) -> None:
+        """Load the partition from the journal and serve it with a new actor,
+        whose writes are fenced by `epoch` (None: a fixed partition). Raises
+        StoreUnavailable when the journal cannot be read."""
+        stopping = self._stopped.get(partition)
+        if stopping is not None:
+            await stopping.wait()  # the last actor of this partition here is still draining
+        assert self._actors is not None and self._append is not None, "take runs inside run_node"
+        state = ShardState(partition)
+        state.replay(await self.store.journal.load(partition))
+        append = self._append
+        if epoch is not None:
+            assert self.config.cluster is not None
+            append = functools.partial(append, fence=(self.config.cluster.node_id, epoch))
+        shard = ShardActor(state, append, self.perform, self.config.shard, functools.partial(self.new_id, partition=partition), self.store.journal.position)
+        if self.events is not None:
+            shard.on_events = functools.partial(self.events.wake, partition)
+        self._epochs[partition] = epoch
+        self._stopped[partition] = trio.Event()
+        await self._actors.start(self._run_actor, partition, shard)
+        self.router.serve(partition, shard)
+
+    async def _run_actor(self, partition: int, shard: ShardActor, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await shard.run(task_status=task_status)
+            if shard.fenced is not None:
+                log.warning("partition_dropped_fenced", partition=partition)
+        finally:
+            self.router.unserve(partition, shard)
+            del self._epochs[partition]
+            self._stopped.pop(partition).set()
+
+    def drop(self, partition: int) -> None:
+        """Stop routing to the partition at once and close its actor, which
+        drains in the background (its writes fenced if the lease moved)."""
+        shard = self.router.shards.get(partition)
+        if shard is not None:
+            self.router.unserve(partition, shard)
+            shard.close()
+
+    async def give_up(self, partition: int) -> None:
+        """Close the partition's actor and wait until it has drained its
+        mailbox, finished its network calls and committed their answers."""
+        stopping = self._stopped.get(partition)
+        self.drop(partition)
+        if stopping is not None:
+            await stopping.wait()
 
     def stop_accepting(self) -> None:
         """Begin a clean shutdown: actors drain their mailboxes and finish
-        their network calls, then `run_node` returns; workers watching
+        their network calls (in a cluster, each partition is then handed
+        off), then `run_node` returns; workers watching
         `wait_stop_requested` stop."""
         self._background.cancel()
         self._stop_requested.set()
-        for shard in self.shards.values():
-            shard.close()
+        if self.membership is None:
+            for partition in list(self.shards):
+                self.drop(partition)
 
     async def wait_stop_requested(self) -> None:
         """Wait until `stop_accepting` is called."""
@@ -199,19 +284,38 @@ async def run_node(
     random_bytes: Callable[[int], bytes] = os.urandom,
     redis: RedisLink | None = None,
     events: Events | None = None,
+    url: str | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Recover every partition from the journal, start the node (passed to
-    `task_status.started`), then serve until `stop_accepting`. Raises
-    StoreUnavailable when the journal cannot be read at start."""
+    """Start the node (passed to `task_status.started`) with its partitions
+    recovered from the journal, then serve until `stop_accepting`. With
+    `config.cluster`, the partitions are leased (the node joins the cluster
+    at `url`, takes its share, and hands it off when stopped); else the fixed
+    set is served. Raises StoreUnavailable when the journal cannot be read
+    at start, NodeIdTaken when a live node has the cluster node id."""
     node = Node(store, vault, network, config, random_bytes=random_bytes, redis=redis, events=events)
+    node.url = url
+    if config.cluster is not None:
+        node.membership = Membership(store.leases, config.cluster, config.partitions, node)
+        await node.membership.join()
     async with trio.open_nursery() as writing:
-        append = store.journal.append
+        node._append = store.journal.append
         if config.group_commit:
             group_commit = GroupCommit(store.journal.append_many)
             await writing.start(group_commit.run)
-            append = group_commit.append
-        await _serve_partitions(node, append, tune_garbage_collection, task_status)
+            node._append = group_commit.append
+        async with trio.open_nursery() as actors:
+            node._actors = actors
+            if config.cluster is None:
+                for partition in config.served_partitions():
+                    await node.take(partition, None)
+            else:
+                assert node.membership is not None
+                await actors.start(run_membership, node.membership, node.wait_stop_requested)
+            tune_garbage_collection()
+            actors.start_soon(_run_background, node)
+            log.info("node_started", partitions=sorted(node.shards), intents=sum(len(s.state.intents) for s in node.shards.values()))
+            task_status.started(node)
         # Every actor has drained and journaled its last answers.
         writing.cancel_scope.cancel()
     log.info("node_stopped")
@@ -226,23 +330,6 @@ def tune_garbage_collection() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-
-
-async def _serve_partitions(node: Node, append: Any, after_recovery: Callable[[], None], task_status: Any) -> None:
-    store, config = node.store, node.config
-    async with trio.open_nursery() as nursery:
-        for partition in config.served_partitions():
-            state = ShardState(partition)
-            state.replay(await store.journal.load(partition))
-            shard = ShardActor(
-                state, append, node.perform, config.shard, functools.partial(node.new_id, partition=partition), store.journal.position
-            )
-            node.router.serve(partition, shard)
-            await nursery.start(shard.run)
-        after_recovery()
-        nursery.start_soon(_run_background, node)
-        log.info("node_started", partitions=config.partitions, intents=sum(len(s.state.intents) for s in node.shards.values()))
-        task_status.started(node)
 
 
 async def _run_background(node: Node) -> None:

@@ -28,28 +28,50 @@ class Overloaded(Exception):
     """The owning actor's mailbox is full, or it is not serving: try again later."""
 
 
+class NotServed(Overloaded):
+    """The id names a partition this node does not serve (now): its owner,
+    if another node, can take the request."""
+
+    def __init__(self, partition: int | None) -> None:
+        super().__init__(f"partition {partition} is not served by this node")
+        self.partition = partition
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 class Router:
-    def __init__(self, partitions: tuple[int, ...], random_bytes: Callable[[int], bytes]) -> None:
+    def __init__(self, random_bytes: Callable[[int], bytes]) -> None:
         # Where ids and secrets get their randomness: the OS, except in the
         # deterministic simulation, which passes a seeded source.
         self.random_bytes = random_bytes
         self.shards: dict[int, ShardActor] = {}
-        self._next_partition = itertools.cycle(partitions)
+        self._turn = itertools.count()
 
     def serve(self, partition: int, shard: ShardActor) -> None:
         """Route the partition's ids to this actor from now on."""
         assert partition not in self.shards, partition
         self.shards[partition] = shard
 
+    def unserve(self, partition: int, shard: ShardActor) -> None:
+        """Stop routing to this actor (if it still has the partition)."""
+        if self.shards.get(partition) is shard:
+            del self.shards[partition]
+
+    def next_partition(self) -> int:
+        """The partition a new intent goes to: the served ones in turn.
+        Raises NotServed when none is served (yet)."""
+        served = list(self.shards)
+        if not served:
+            raise NotServed(None)
+        return served[next(self._turn) % len(served)]
+
     # ------------------------------------------------------------------ ids
 
     def new_id(self, prefix: str, partition: int | None = None) -> str:
         if partition is None:
-            partition = next(self._next_partition)
+            partition = self.next_partition()
         return ids.make_id(prefix, partition, now_ms(), self.random_bytes(ids.RANDOM_BYTES))
 
     @staticmethod
@@ -82,14 +104,26 @@ class Router:
 
     # ---------------------------------------------------------------- reads
 
+    def _served(self, object_id: str, prefix: str) -> ShardActor | None:
+        """The actor of the partition an id names; None for an id that names
+        none. Raises NotServed for a partition served elsewhere."""
+        partition = ids.partition_of(object_id, prefix)
+        if partition is None:
+            return None
+        shard = self.shards.get(partition)
+        if shard is None:
+            raise NotServed(partition)
+        return shard
+
     def intent(self, intent_id: str) -> PaymentIntent | None:
-        """The committed state of an intent, or None for an id that is not ours."""
-        _, shard = self.actor_of_intent(intent_id)
+        """The committed state of an intent, or None for an id that is not
+        one of ours. Raises NotServed when another node serves its partition."""
+        shard = self._served(intent_id, "pi")
         return None if shard is None else shard.state.intents.get(intent_id)
 
     def refund(self, refund_id: str) -> tuple[PaymentIntent, Refund] | None:
-        partition = ids.partition_of(refund_id, "re")
-        shard = None if partition is None else self.shards.get(partition)
+        """Raises NotServed when another node serves its partition."""
+        shard = self._served(refund_id, "re")
         intent_id = None if shard is None else shard.state.references.get(refund_id)
         if intent_id is None:
             return None

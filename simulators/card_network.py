@@ -58,12 +58,12 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import msgspec
 import trio
 
-from engine import cards
+from engine import cards, ids
 from engine.network import (
     AuthorizationRequest,
     CaptureRequest,
@@ -306,8 +306,10 @@ class CardNetwork:
 
     # -- notices, challenges and disputes ----------------------------------------
 
-    async def next_notice(self) -> NetworkNotice:
-        """Wait until a scheduled notice is due and return it.
+    async def next_notice(self, partitions: Collection[int] | None = None) -> NetworkNotice:
+        """Wait until a scheduled notice is due and return it: with
+        `partitions`, only one whose operation's id names one of them or
+        none (a node in a cluster asks for the partitions it owns).
 
         Each notice is returned once, to one caller, in order of due time
         (ties in the order the refunds were approved). A caller cancelled
@@ -316,16 +318,19 @@ class CardNetwork:
         # A checkpoint first, and none after taking a notice, so that a
         # cancellation can never drop a notice already taken off the queue.
         await trio.lowlevel.checkpoint()
-        while not self._notices_due:
+        while True:
             self._apply_due_failures()
-            if self._notices_due:
-                break
+            for index, notice in enumerate(self._notices_due):
+                partition = notice_partition(notice)
+                # One that names no partition goes to whoever asks.
+                if partitions is None or partition is None or partition in partitions:
+                    del self._notices_due[index]
+                    return notice
             deadline = self._failures_pending[0][0] if self._failures_pending else math.inf
             # A refund approved meanwhile may fall due before `deadline`, so
             # its scheduling wakes us to look again.
             with trio.move_on_at(deadline):
                 await self._notice_scheduled.wait()
-        return self._notices_due.popleft()
 
     def open_dispute(self, charge_reference: str) -> str | None:
         """The cardholder disputes a captured charge. Returns the dispute's
@@ -685,3 +690,13 @@ def _moves_money(operation: Operation) -> bool:
     if operation.kind == "authorize":
         return operation.capture
     return operation.kind in ("capture", "refund")
+
+
+def notice_partition(notice: NetworkNotice) -> int | None:
+    """The partition of the operation a notice is about (for a dispute, the
+    charge disputed), from the engine's id; None for an id that names none."""
+    named = notice.parent_reference if notice.kind.startswith("dispute_") else notice.reference
+    if named is None:
+        return None
+    prefix = named.partition("_")[0]
+    return ids.partition_of(named, prefix) if prefix in ("att", "re") else None

@@ -198,10 +198,24 @@ def _register_calls(app: QuartTrio, network: CardNetwork) -> None:
             raise BadRequest("timeout_s must be a number of seconds") from None
         if not math.isfinite(timeout_s) or timeout_s < 0:
             raise BadRequest("timeout_s must be a number of seconds, 0 or more")
+        partitions = _partitions_arg(request.args.get("partitions"))
         with trio.move_on_after(min(timeout_s, NOTICE_POLL_S_MAX)):
             # next_notice loses nothing when cancelled while waiting.
-            return _json(await network.next_notice())
+            return _json(await network.next_notice(partitions))
         return Response(b"", status=204)
+
+
+def _partitions_arg(text: str | None) -> frozenset[int] | None:
+    """`partitions=0,3,7` (a node asking only for its partitions' notices)."""
+    if text is None:
+        return None
+    try:
+        partitions = frozenset(int(part) for part in text[:8192].split(",") if part)
+    except ValueError:
+        raise BadRequest("partitions must be whole numbers separated by commas") from None
+    if any(not 0 <= partition < 65536 for partition in partitions):
+        raise BadRequest("partitions must be from 0 to 65535")
+    return partitions
 
 
 def _register_inspection(app: QuartTrio, network: CardNetwork) -> None:

@@ -18,6 +18,10 @@ class Batch(msgspec.Struct, frozen=True):
     rows: Sequence[JournalRow]
     idempotency: Sequence[IdempotencyRow] = ()
     events: Sequence[EventRow] = ()
+    # (owner, epoch) of the partition's lease the batch was decided under:
+    # the write is refused (Fenced) unless the lease still has them. None
+    # for a node given fixed partitions, which takes no leases.
+    fence: tuple[str, int] | None = None
 
 
 class BatchWriter:
@@ -26,7 +30,8 @@ class BatchWriter:
     async def append_many(self, batches: Sequence[Batch]) -> None:
         """Write the batches of several partitions at once: all or none.
         Raises StoreUnavailable (nothing written, as far as the caller can
-        tell) or JournalConflict (a position was taken)."""
+        tell), Fenced (a batch's lease has moved on: nothing written) or
+        JournalConflict (a position was taken)."""
         raise NotImplementedError
 
     async def append(
@@ -35,8 +40,9 @@ class BatchWriter:
         rows: Sequence[JournalRow],
         idempotency: Sequence[IdempotencyRow] = (),
         events: Sequence[EventRow] = (),
+        fence: tuple[str, int] | None = None,
     ) -> None:
         """Write one batch of journal rows, their postings, the events they
         raise (the outbox) and the idempotency records of the requests behind
         them, as `append_many` writes a batch."""
-        await self.append_many([Batch(partition, rows, idempotency, events)])
+        await self.append_many([Batch(partition, rows, idempotency, events, fence)])

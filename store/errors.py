@@ -26,6 +26,16 @@ class JournalConflict(StoreError):
     """A journal position was already taken: two writers for one partition."""
 
 
+class Fenced(StoreError):
+    """A batch was decided under a partition lease that has since passed to
+    another epoch: nothing was written, and this node no longer owns
+    `partitions`."""
+
+    def __init__(self, partitions: frozenset[int]) -> None:
+        super().__init__(f"partitions {sorted(partitions)} are owned under a newer lease")
+        self.partitions = partitions
+
+
 class SchemaMismatch(StoreError):
     """The database was created with settings this node cannot serve."""
 

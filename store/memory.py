@@ -17,7 +17,7 @@ import msgspec
 import trio
 
 from store.batch import Batch, BatchWriter
-from store.errors import JournalConflict, StoreUnavailable
+from store.errors import Fenced, JournalConflict, StoreUnavailable
 from store.rows import ApiKeyRow, EventRow, IdempotencyRow, JournalRow, PaymentMethodRow
 
 
@@ -31,6 +31,8 @@ class MemoryTables:
         self.payment_methods: dict[str, PaymentMethodRow] = {}
         self.idempotency: dict[tuple[str, str], IdempotencyRow] = {}
         self.api_keys: dict[bytes, ApiKeyRow] = {}
+        # partition -> (owner, epoch) of its lease, for fenced batches.
+        self.leases: dict[int, tuple[str, int]] = {}
         # Set to make the next calls fail, as a database outage would.
         self.unavailable = False
 
@@ -49,9 +51,13 @@ class MemoryJournal(BatchWriter):
     async def append_many(self, batches: Sequence[Batch]) -> None:
         """All or none, as the database does: every batch is checked before
         any is written, and nothing yields in between. Raises JournalConflict
-        when a batch does not start right after its partition's last row."""
+        when a batch does not start right after its partition's last row,
+        Fenced when a batch's lease is not the partition's any more."""
         tables = self._tables
         await tables.io()
+        stale = frozenset(b.partition for b in batches if b.fence is not None and tables.leases.get(b.partition) != b.fence)
+        if stale:
+            raise Fenced(stale)
         for batch in batches:
             journal = tables.journal.get(batch.partition, [])
             expected = journal[-1].seq + 1 if journal else 1

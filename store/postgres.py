@@ -12,6 +12,7 @@ from store.database import Database
 from store.events import Events
 from store.idempotency import IdempotencyKeys
 from store.journal import Journal
+from store.leases import Leases
 from store.merchants import Merchants
 from store.purge import Purge
 from store.webhooks import Webhooks
@@ -23,6 +24,7 @@ class Store:
     def __init__(self, database: Database) -> None:
         self.database = database
         self.journal = Journal(database)
+        self.leases = Leases(database)
         self.merchants = Merchants(database)
         self.idempotency = IdempotencyKeys(database)
         self.events = Events(database)

@@ -3,6 +3,8 @@ them and fixes the database's settings on first use."""
 
 from __future__ import annotations
 
+import secrets
+
 import asyncpg
 
 from store.errors import SchemaMismatch
@@ -13,6 +15,36 @@ SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS settings (
     key text PRIMARY KEY,
     value text NOT NULL
+);
+-- Who owns each partition: a lease with a fencing epoch (store/leases.py).
+-- A journal append names the epoch it writes under and is refused once
+-- the lease has moved on. Times are the database's clock, never a node's.
+CREATE TABLE IF NOT EXISTS partition_leases (
+    partition smallint PRIMARY KEY,
+    owner text,
+    epoch bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT 'epoch'
+);
+-- Workers that run once per cluster, on whichever node holds their lease.
+CREATE TABLE IF NOT EXISTS worker_leases (
+    name text PRIMARY KEY,
+    owner text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+-- The nodes of the cluster that shares this database: where each listens
+-- (requests for partitions it owns are forwarded there) and when it last
+-- said it was alive.
+CREATE TABLE IF NOT EXISTS cluster_nodes (
+    node_id text PRIMARY KEY,
+    url text,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    leaving boolean NOT NULL DEFAULT false,
+    mailbox_depth integer NOT NULL DEFAULT 0,
+    -- The machine and process it runs as: a node restarting under its id
+    -- on the same machine can tell that the previous process is gone.
+    host text NOT NULL DEFAULT '',
+    pid integer NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS merchants (
     id text PRIMARY KEY,
@@ -208,6 +240,14 @@ async def migrate(connection: asyncpg.Connection, partitions: int) -> dict[str, 
         " ('partitions', $2) ON CONFLICT (key) DO NOTHING",
         str(SCHEMA_VERSION),
         str(partitions),
+    )
+    # The secret nodes sign forwarded requests with (shards/cluster.py).
+    await connection.execute(
+        "INSERT INTO settings (key, value) VALUES ('cluster_secret', $1) ON CONFLICT (key) DO NOTHING", secrets.token_hex(32)
+    )
+    count = int(await connection.fetchval("SELECT value FROM settings WHERE key = 'partitions'"))
+    await connection.execute(
+        "INSERT INTO partition_leases (partition) SELECT generate_series(0, $1 - 1) ON CONFLICT (partition) DO NOTHING", count
     )
     rows = await connection.fetch("SELECT key, value FROM settings")
     return {row["key"]: row["value"] for row in rows}

@@ -5,12 +5,11 @@ asks of them (send an event again, reload endpoints after a change)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
-from shards.actor import ShardActor
 from shards.vault import Vault
 from store.postgres import Store
 from store.redis_link import RedisLink
@@ -51,6 +50,12 @@ class EventWorkers:
     def endpoints_changed(self) -> None:
         self.endpoints.invalidate()
 
+    def wake(self, partition: int) -> None:
+        """A commit wrote events for `partition`: wake its relay, if it runs here."""
+        relay = self.relays.get(partition)
+        if relay is not None:
+            relay.wake()
+
     async def retry(self, event: EventRow) -> list[str]:
         """Send an event again to the endpoints that gave up on it, and to
         matching endpoints that never had it. Returns those endpoints.
@@ -64,25 +69,33 @@ class EventWorkers:
         return sorted(queued | set(retried))
 
 
-async def run_event_workers(events: EventWorkers, shards: dict[int, ShardActor], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the relays of `shards` (each actor wakes its relay after a commit
-    that wrote events), the trimmer, the ingest and the dispatcher until
-    cancelled. Everything not yet published or delivered when cancelled is
-    in PostgreSQL and goes out after the next start."""
+async def run_event_workers(events: EventWorkers, partitions: Iterable[int], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the relays of `partitions` (an actor here wakes its relay after a
+    commit that wrote events, through `events.wake`; the others look every
+    `idle_s`), the trimmer, the ingest and the dispatcher until cancelled.
+    Everything not yet published or delivered when cancelled is in
+    PostgreSQL and goes out after the next start, here or on another node."""
     store, redis, errors = events.store, events.redis, events.errors
-    partitions = sorted(shards)
-    async with trio.open_nursery() as nursery:
-        for partition, shard in shards.items():
-            relay = await nursery.start(
-                functools.partial(run_outbox_relay, store, redis, partition, events.relay_bounds, errors=errors["outbox_relay"])
-            )
-            shard.on_events = relay.wake
-            events.relays[partition] = relay
-        await nursery.start(functools.partial(run_stream_trimming, redis, partitions, events.trim_bounds, errors=errors["stream_trimming"]))
-        ingest = functools.partial(
-            run_webhook_ingest, store, redis, partitions, events.endpoints, events.dispatcher.wake, events.ingest_bounds,
-            errors=errors["webhook_ingest"],
-        )
-        await nursery.start(ingest)
-        await nursery.start(run_webhook_delivery, events.dispatcher)
-        task_status.started()
+    partitions = sorted(partitions)
+    try:
+        async with trio.open_nursery() as nursery:
+            for partition in partitions:
+                events.relays[partition] = await nursery.start(
+                    functools.partial(run_outbox_relay, store, redis, partition, events.relay_bounds, errors=errors["outbox_relay"])
+                )
+            await _start_stream_workers(events, partitions, nursery)
+            task_status.started()
+    finally:
+        events.relays.clear()
+
+
+async def _start_stream_workers(events: EventWorkers, partitions: list[int], nursery: trio.Nursery) -> None:
+    """The trimmer, the webhook ingest and the dispatcher, in `nursery`."""
+    store, redis, errors = events.store, events.redis, events.errors
+    await nursery.start(functools.partial(run_stream_trimming, redis, partitions, events.trim_bounds, errors=errors["stream_trimming"]))
+    ingest = functools.partial(
+        run_webhook_ingest, store, redis, partitions, events.endpoints, events.dispatcher.wake, events.ingest_bounds,
+        errors=errors["webhook_ingest"],
+    )
+    await nursery.start(ingest)
+    await nursery.start(run_webhook_delivery, events.dispatcher)

@@ -35,8 +35,9 @@ async def create_payment_intent(calls: Calls, key: ApiKeyRow) -> Response:
     )
     if refusal is not None:
         raise errors.from_result(refusal.result, refusal.param, amount=values.amount)
+    partition = calls.partition_for_new(key)
     async with calls.idempotent(key, body, render_outcome) as claim:
-        return raw_response(*render_outcome(await calls.submit(await _create_command(calls, key, values), claim)))
+        return raw_response(*render_outcome(await calls.submit(await _create_command(calls, key, values, partition), claim)))
 
 
 @ROUTES.get("/v1/payment_intents/<intent_id>")
@@ -106,14 +107,15 @@ def _cancel(values: params.CancelParams, common: dict[str, Any]) -> machine.Comm
     return machine.CancelIntent(**common, cancellation_reason=values.cancellation_reason)
 
 
-async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePaymentIntent) -> machine.CreateIntent:
-    """The command that creates the intent `values` describe, with new ids;
-    raises a 400 when its payment method is not the caller's."""
+async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePaymentIntent, partition: int | None) -> machine.CreateIntent:
+    """The command that creates the intent `values` describe, with new ids
+    (in `partition`, or the node's next); raises a 400 when its payment
+    method is not the caller's."""
     node = calls.node
     payment_method_id = None
     if values.payment_method is not None:
         payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
-    intent_id = node.new_id("pi")
+    intent_id = node.new_id("pi", partition)
     partition = node.partition_of_intent(intent_id)
     return machine.CreateIntent(
         intent_id=intent_id,
