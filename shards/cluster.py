@@ -49,6 +49,10 @@ HOST = socket.gethostname()
 class ClusterConfig(msgspec.Struct, frozen=True):
     node_id: str
     lease_ttl_s: float = 10.0
+    # A passer-by (`payments reconcile` while nodes serve) takes only the
+    # partitions no live node holds and is never counted in the spread, so
+    # serving nodes never hand it theirs.
+    passer_by: bool = False
 
     @property
     def heartbeat_s(self) -> float:
@@ -85,14 +89,11 @@ def target_changes(
     held = sorted(held)
     if leaving:
         return [], held
-    live = {m.node_id for m in view.members if m.silent_s < ttl_s and not m.leaving} | {me}
+    dead = set(dead_nodes(view))
+    live = {m.node_id for m in view.members if m.silent_s < ttl_s and not m.leaving and m.node_id not in dead} | {me}
     ceiling = math.ceil(partitions / len(live))
     floor = partitions // len(live)
-    free = [
-        lease.partition
-        for lease in view.leases
-        if lease.owner is None or lease.expires_in_s <= 0 or (lease.owner == me and lease.partition not in held)
-    ]
+    free = free_partitions(view, me, held)
     if len(held) < ceiling:
         return free[: ceiling - len(held)], []
     excess = len(held) - ceiling
@@ -105,6 +106,27 @@ def target_changes(
     # Hand off the highest-numbered ones: any choice works, a fixed one
     # keeps two nodes from trading the same partitions back and forth.
     return [], held[len(held) - excess :] if excess > 0 else []
+
+
+def dead_nodes(view: ClusterView) -> list[str]:
+    """Nodes of this machine whose process has exited (a crash): their
+    leases need not be waited out."""
+    return [member.node_id for member in view.members if member.host == HOST and member.pid and not process_alive(member.pid)]
+
+
+def free_partitions(view: ClusterView, me: str, held: Iterable[int]) -> list[int]:
+    """Partitions nobody holds: free, expired, left under our id by an
+    earlier process of this node, or held by a node known dead."""
+    held = set(held)
+    dead = set(dead_nodes(view))
+    return [
+        lease.partition
+        for lease in view.leases
+        if lease.owner is None
+        or lease.expires_in_s <= 0
+        or lease.owner in dead
+        or (lease.owner == me and lease.partition not in held)
+    ]
 
 
 def owner_url(view: ClusterView | None, partition: int, me: str, ttl_s: float) -> str | None:
@@ -154,6 +176,7 @@ class Membership:
         # When the last heartbeat that renewed our leases started (trio clock).
         self._renewed_at = -math.inf
         self._beat = trio.Event()
+        self._rebalancing = trio.Lock()
 
     @property
     def node_id(self) -> str:
@@ -171,6 +194,16 @@ class Membership:
         return next(
             (m.url for m in view.members if m.node_id in owners and m.url and m.silent_s < self.config.lease_ttl_s and not m.leaving), None
         )
+
+    def held_by_silent_nodes(self) -> list[int]:
+        """Partitions whose lease has not run out though their owner has
+        stopped heartbeating (it died or is cut off): a passer-by waits for
+        those."""
+        view = self.view
+        if view is None:
+            return []
+        talking = {m.node_id for m in view.members if m.silent_s < 2 * self.config.heartbeat_s}
+        return [l.partition for l in view.leases if l.owner and l.owner != self.node_id and l.expires_in_s > 0 and l.owner not in talking]
 
     async def refresh_view(self) -> None:
         """Read the leases and nodes again (a request found no owner in the
@@ -198,7 +231,13 @@ class Membership:
         started = trio.current_time()
         held = self.member.held()
         view = await self.leases.heartbeat(
-            self.node_id, self.member.url, held, self.config.lease_ttl_s, mailbox_depth=self.member.mailbox_depth(), leaving=self.leaving
+            self.node_id,
+            self.member.url,
+            held,
+            self.config.lease_ttl_s,
+            mailbox_depth=self.member.mailbox_depth(),
+            # Others leave a leaving node (and a passer-by) out of the spread.
+            leaving=self.leaving or self.config.passer_by,
         )
         self.view = view
         self._renewed_at = started
@@ -208,14 +247,22 @@ class Membership:
                 self.member.drop(partition)
 
     async def rebalance(self) -> None:
-        """Take and hand off partitions toward an even spread."""
+        """Take and hand off partitions toward an even spread; one pass at a
+        time (two at once could both take a partition)."""
+        async with self._rebalancing:
+            await self._rebalance()
+
+    async def _rebalance(self) -> None:
         if self.view is None:
             return
-        take, hand_off = target_changes(self.view, self.node_id, self.member.held(), self.partitions, self.config.lease_ttl_s, self.leaving)
+        if self.config.passer_by and not self.leaving:
+            take, hand_off = free_partitions(self.view, self.node_id, self.member.held()), []
+        else:
+            take, hand_off = target_changes(self.view, self.node_id, self.member.held(), self.partitions, self.config.lease_ttl_s, self.leaving)
         for partition in hand_off:
             await self.hand_off(partition)
         if take:
-            taken = await self.leases.acquire(self.node_id, take, self.config.lease_ttl_s)
+            taken = await self.leases.acquire(self.node_id, take, self.config.lease_ttl_s, dead=dead_nodes(self.view))
             for partition, epoch in sorted(taken.items()):
                 log.info("partition_taken", partition=partition, epoch=epoch)
                 await self.member.take(partition, epoch)

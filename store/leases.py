@@ -114,14 +114,15 @@ async def _members(connection: asyncpg.Connection) -> list[Member]:
     ]
 
 
-async def _acquire(connection: asyncpg.Connection, node_id: str, partitions: list[int], ttl_s: float) -> dict[int, int]:
+async def _acquire(connection: asyncpg.Connection, node_id: str, partitions: list[int], ttl_s: float, dead: list[str]) -> dict[int, int]:
     rows = await connection.fetch(
         "UPDATE partition_leases SET owner = $1, epoch = epoch + 1, expires_at = now() + make_interval(secs => $3)"
-        " WHERE partition = ANY($2::smallint[]) AND (owner IS NULL OR owner = $1 OR expires_at < now())"
+        " WHERE partition = ANY($2::smallint[]) AND (owner IS NULL OR owner = $1 OR owner = ANY($4::text[]) OR expires_at < now())"
         " RETURNING partition, epoch",
         node_id,
         partitions,
         float(ttl_s),
+        dead,
     )
     return {row["partition"]: row["epoch"] for row in rows}
 
@@ -191,12 +192,12 @@ class Leases:
         holds those still this node's: any other has been lost."""
         return await self._database.call(_heartbeat, node_id, url, held, ttl_s, mailbox_depth, leaving, transaction=True)
 
-    async def acquire(self, node_id: str, partitions: Sequence[int], ttl_s: float) -> dict[int, int]:
-        """Take those of `partitions` that are free, expired or left under
-        this node id by an earlier process, each under a new epoch (which
-        fences the earlier holder); returns partition -> epoch of those
-        taken."""
-        return await self._database.call(_acquire, node_id, list(partitions), ttl_s)
+    async def acquire(self, node_id: str, partitions: Sequence[int], ttl_s: float, *, dead: Sequence[str] = ()) -> dict[int, int]:
+        """Take those of `partitions` that are free, expired, left under
+        this node id by an earlier process, or held by one of the `dead`
+        nodes (known to have exited), each under a new epoch (which fences
+        the earlier holder); returns partition -> epoch of those taken."""
+        return await self._database.call(_acquire, node_id, list(partitions), ttl_s, list(dead))
 
     async def release(self, node_id: str, held: dict[int, int]) -> int:
         """Give up leases still held under these epochs; how many were."""

@@ -10,6 +10,9 @@ at `batch_max` unknown operations at most.
 
 from __future__ import annotations
 
+import os
+import socket
+
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import trio
 
 from engine.network import NetworkAnswer, NetworkOutcomeUnknown, NetworkRefused
 from shards import checks
+from shards.cluster import ClusterConfig
 from shards.network_client import HttpCardNetwork
 from shards.node import Node, NodeConfig, run_node
 from shards.operations import load_states
@@ -118,16 +122,35 @@ async def run_reconciliation(
         await trio.sleep(bounds.every_s)
 
 
+async def _wait_for_silent_owners(node: Node) -> None:
+    """Until the leases of nodes that stopped heartbeating have run out and
+    been taken here (at most a lease TTL and a heartbeat or two)."""
+    membership = node.membership
+    assert membership is not None
+    ttl_s = membership.config.lease_ttl_s
+    with trio.move_on_after(ttl_s + 3 * membership.config.heartbeat_s):
+        while membership.held_by_silent_nodes() or not membership.view:
+            await trio.sleep(0.2)
+    # The rebalance after the last heartbeat takes what ran out.
+    await membership.heartbeat()
+    await membership.rebalance()
+
+
 async def reconcile_database(store: Store, *, simulator_url: str, data_dir: Path) -> str:
-    """`payments reconcile`: start the actors (no HTTP), ask the network about
-    every unknown outcome until none is left or the passes run out, then
-    compare settlement; a report in lines. Run it while no node serves this
-    database: partitions have no leases yet to keep two writers apart.
-    Raises StoreUnavailable, or NetworkRefused when the settlement report
-    cannot be read."""
+    """`payments reconcile`: start the actors (no HTTP) of every partition no
+    live node holds (taking their leases; a serving node reconciles its own
+    partitions all the time), ask the network about every unknown outcome
+    until none is left or the passes run out, then compare settlement over
+    all partitions; a report in lines. Safe while nodes serve. Raises
+    StoreUnavailable, or NetworkRefused when the settlement report cannot
+    be read."""
     partitions = await store.migrate(16)
+    passer_by = ClusterConfig(f"reconcile-{socket.gethostname()}-{os.getpid()}", passer_by=True)
+    config = NodeConfig(partitions=partitions, cluster=passer_by)
     async with HttpCardNetwork(simulator_url) as network, trio.open_nursery() as nursery:
-        node: Node = await nursery.start(run_node, store, Vault.from_config(data_dir), network, NodeConfig(partitions=partitions))
+        node: Node = await nursery.start(run_node, store, Vault.from_config(data_dir), network, config)
+        await _wait_for_silent_owners(node)
+        reconciled_here = sorted(node.shards)
         unknown_before = sum(len(shard.state.unknown) for shard in node.shards.values())
         started = trio.current_time()
         resolved = 0
@@ -142,6 +165,7 @@ async def reconcile_database(store: Store, *, simulator_url: str, data_dir: Path
         node.stop_accepting()
     mismatches = checks.settlement_mismatches(await load_states(store), settlement)
     lines = [
+        f"partitions reconciled here: {len(reconciled_here)} of {partitions} (the others by the nodes serving them)",
         f"unknown before: {unknown_before}",
         f"resolved: {resolved} in {elapsed:.1f} s",
         f"still unknown: {still_unknown}",
