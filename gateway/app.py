@@ -21,7 +21,6 @@ from quart_trio import QuartTrio
 from gateway import hooks, openapi, routes
 from gateway.calls import BODY_BYTES_MAX, ID_CHARS_MAX, Calls
 from gateway.responses import json_response
-from gateway.forwarding import Forwarder
 from shards.node import Node, NotServed
 
 # The composition root, the simulator's routes and tests import these from here.
@@ -44,8 +43,8 @@ def create_app(node: Node, *, mounts: Sequence[Mount] = ()) -> QuartTrio:
     app.teardown_request(hooks.end_request)
     for kind, handler in hooks.ERROR_HANDLERS:
         app.register_error_handler(kind, handler)
-    app.register_error_handler(NotServed, Forwarder(node).not_served)
     calls = Calls(node)
+    app.register_error_handler(NotServed, calls.forwarder.not_served)
     routes.register(app, calls)
     for mount in mounts:
         mount(app, node, calls.authenticate, calls.read_body)

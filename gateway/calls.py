@@ -22,7 +22,7 @@ from quart import g, request
 from engine import intent as machine
 from engine.results import Result
 from gateway import errors, params, signing
-from gateway.forwarding import forwarded_from
+from gateway.forwarding import Forwarder, forwarded_from
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
 from shards import idempotency
@@ -57,6 +57,8 @@ class Calls:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        # Requests and list pages for partitions other nodes serve.
+        self.forwarder = Forwarder(node)
 
     async def authenticate(self, *, publishable_allowed: bool = False) -> ApiKeyRow:
         """The caller's key, after its rate limit and, where the merchant asks

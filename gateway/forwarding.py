@@ -19,6 +19,7 @@ import time
 
 import httpx
 import structlog
+import trio
 from quart import Response, g, request
 
 from gateway import errors
@@ -90,6 +91,45 @@ class Forwarder:
                 return None
         return None
 
+    def _signed_headers(self) -> dict[str, str]:
+        """The caller's headers, with this node's signature for the peer."""
+        membership = self.node.membership
+        assert membership is not None
+        headers = {name: value for name, value in request.headers.items() if name.lower() not in _HOP_HEADERS}
+        headers[FORWARDED_HEADER] = forward_signature(membership.secret, membership.node_id, int(time.time()), request.method, request.path)
+        headers[FORWARDED_FOR_HEADER] = client_address(self.node) or ""
+        return headers
+
+    async def peer_answers(self) -> list[httpx.Response]:
+        """The current (bodiless) request as each other live node serving
+        partitions answers it for its own partitions. Raises a 503 when one
+        cannot be asked: an answer without its partitions would be wrong."""
+        membership = self.node.membership
+        assert membership is not None
+        # Who holds what now, not at the last heartbeat: a partition handed
+        # off since would otherwise be missed. Raises StoreUnavailable.
+        await membership.refresh_view()
+        urls = membership.peer_urls()
+        headers = self._signed_headers()
+        answers: list[httpx.Response] = []
+        # A peer that took partitions before saying where it listens.
+        unreachable: list[str | None] = [url for url in urls if url is None]
+
+        async def ask(url: str) -> None:
+            try:
+                answers.append(await self._http().get(url.rstrip("/") + request.full_path.rstrip("?"), headers=headers))
+            except httpx.HTTPError as failure:
+                log.warning("peer_unreachable", peer=url, error=type(failure).__name__)
+                unreachable.append(url)
+
+        async with trio.open_nursery() as nursery:
+            for url in urls:
+                if url is not None:
+                    nursery.start_soon(ask, url)
+        if unreachable:
+            raise errors.unavailable("A node holding part of this list did not answer. Retry shortly.")
+        return answers
+
     async def not_served(self, error: NotServed) -> Response:
         """The error handler for NotServed: the owner's answer, or a 503."""
         node, membership = self.node, self.node.membership
@@ -98,10 +138,7 @@ class Forwarder:
         url = await self._owner(error.partition)
         if url is None:
             return error_response(errors.unavailable("No node serves this payment right now. Retry shortly."))
-        headers = {name: value for name, value in request.headers.items() if name.lower() not in _HOP_HEADERS}
-        timestamp = int(time.time())
-        headers[FORWARDED_HEADER] = forward_signature(membership.secret, membership.node_id, timestamp, request.method, request.path)
-        headers[FORWARDED_FOR_HEADER] = client_address(node) or ""
+        headers = self._signed_headers()
         body = await request.get_data()
         g.body_read = True
         target = url.rstrip("/") + request.full_path.rstrip("?")

@@ -275,32 +275,25 @@ def payment_intent(intent: PaymentIntent) -> PaymentIntentObject:
     )
 
 
+def _about_a_charge(intent: PaymentIntent, item: Refund | Dispute) -> dict[str, Any]:
+    """What a refund and a dispute both say of themselves and their charge."""
+    return {
+        "id": item.id,
+        "amount": item.amount,
+        "currency": intent.currency,
+        "payment_intent": intent.id,
+        "charge": _charge_id(intent),
+        "created": item.created_s,
+        "status": str(item.status),
+    }
+
+
 def refund(intent: PaymentIntent, item: Refund) -> RefundObject:
-    return RefundObject(
-        id=item.id,
-        amount=item.amount,
-        currency=intent.currency,
-        payment_intent=intent.id,
-        charge=_charge_id(intent),
-        created=item.created_s,
-        reason=item.reason,
-        status=str(item.status),  # type: ignore[arg-type]
-        failure_reason=item.failure_reason,
-        metadata=item.metadata,
-    )
+    return RefundObject(**_about_a_charge(intent, item), reason=item.reason, failure_reason=item.failure_reason, metadata=item.metadata)
 
 
 def dispute(intent: PaymentIntent, item: Dispute) -> DisputeObject:
-    return DisputeObject(
-        id=item.id,
-        amount=item.amount,
-        currency=intent.currency,
-        payment_intent=intent.id,
-        charge=_charge_id(intent),
-        created=item.created_s,
-        status=str(item.status),  # type: ignore[arg-type]
-        livemode=intent.livemode,
-    )
+    return DisputeObject(**_about_a_charge(intent, item), livemode=intent.livemode)
 
 
 def balance(funds: dict[str, tuple[int, int]], livemode: bool) -> BalanceObject:

@@ -278,6 +278,11 @@ def settings_error() -> str | None:
             raise ValueError
     except ValueError:
         return "PAYMENTS_RETENTION_DAYS: expected whole days from 30 to 36500"
+    try:
+        if not 2 <= int(os.environ.get("PAYMENTS_DATABASE_CONNECTIONS", "20")) <= 500:
+            raise ValueError
+    except ValueError:
+        return "PAYMENTS_DATABASE_CONNECTIONS: expected a whole number from 2 to 500"
     return None
 
 
@@ -309,6 +314,7 @@ def _up_settings(arguments: argparse.Namespace, redis: str, *, test_merchant: bo
         lease_ttl_s=arguments.lease_ttl_s,
         public_url=arguments.public_url,
         test_merchant=test_merchant,
+        database_connections=int(os.environ.get("PAYMENTS_DATABASE_CONNECTIONS", "20")),
     )
 
 

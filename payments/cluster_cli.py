@@ -37,6 +37,9 @@ from store.postgres import Store
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
 LISTENING = "listening on "
+# PostgreSQL connections the nodes of `up --nodes N` share, and each's least.
+CONNECTIONS_TOTAL = 20
+CONNECTIONS_PER_NODE_MIN = 6
 
 
 def lease_ttl(text: str) -> float:
@@ -256,6 +259,8 @@ def run_cluster(arguments: argparse.Namespace, nodes: int) -> int:
         database = database_url(data_dir)
         partitions, keys = trio.run(_prepare, database, data_dir, arguments.partitions)
         environ = {**os.environ, "PAYMENTS_DATABASE_URL": database, "PAYMENTS_REDIS_URL": redis}
+        # The nodes share one server's connections: 20 among them unless set.
+        environ.setdefault("PAYMENTS_DATABASE_CONNECTIONS", str(max(CONNECTIONS_PER_NODE_MIN, CONNECTIONS_TOTAL // nodes)))
         children: list[Child] = []
         try:
             simulator_url = os.environ.get("PAYMENTS_SIMULATOR_URL")

@@ -83,6 +83,9 @@ class UpSettings(msgspec.Struct, frozen=True):
     public_url: str | None = None
     # Make (once) and print the local test merchant's keys.
     test_merchant: bool = True
+    # The node's PostgreSQL connections (PAYMENTS_DATABASE_CONNECTIONS):
+    # nodes sharing one server share its max_connections.
+    database_connections: int = 20
 
 
 class StoredTestMerchant(msgspec.Struct, frozen=True):
@@ -210,7 +213,7 @@ def node_id_default(data_dir: Path) -> str:
 
 async def run_up(settings: UpSettings) -> None:
     async with trio_asyncio.open_loop():
-        store = await Store.open(settings.database_url)
+        store = await Store.open(settings.database_url, connections_max=settings.database_connections)
         redis = await RedisLink.open(settings.redis_url, prefix=settings.redis_prefix)
         try:
             partitions = await _prepare(store, redis, settings)

@@ -185,15 +185,18 @@ class Membership:
     def owner_url(self, partition: int) -> str | None:
         return owner_url(self.view, partition, self.node_id, self.config.lease_ttl_s)
 
-    def any_peer_url(self) -> str | None:
-        """Where some other live node that serves partitions listens."""
+    def peer_urls(self) -> list[str | None]:
+        """Where each other node holding a live lease listens (None: it has
+        not said yet)."""
         view = self.view
         if view is None:
-            return None
+            return []
         owners = {lease.owner for lease in view.leases if lease.expires_in_s > 0} - {self.node_id}
-        return next(
-            (m.url for m in view.members if m.node_id in owners and m.url and m.silent_s < self.config.lease_ttl_s and not m.leaving), None
-        )
+        return [m.url for m in view.members if m.node_id in owners]
+
+    def any_peer_url(self) -> str | None:
+        """Where some other node that serves partitions listens."""
+        return next((url for url in self.peer_urls() if url), None)
 
     def held_by_silent_nodes(self) -> list[int]:
         """Partitions whose lease has not run out though their owner has
@@ -266,6 +269,9 @@ class Membership:
             for partition, epoch in sorted(taken.items()):
                 log.info("partition_taken", partition=partition, epoch=epoch)
                 await self.member.take(partition, epoch)
+        if take or hand_off:
+            # Forwarding reads the view: let it show what just moved.
+            await self.refresh_view()
 
     async def hand_off(self, partition: int) -> None:
         """Drain and close the partition's actor, then release its lease."""

@@ -197,3 +197,40 @@ async def test_a_second_live_node_with_the_same_id_is_refused(database_url: str)
         except* NodeIdTaken as refused:
             refusals = list(refused.exceptions)
         assert len(refusals) == 1 and "a live node already uses the id 'node-a'" in str(refusals[0])
+
+
+async def test_lists_cover_every_node_and_page_across_them(database_url: str) -> None:
+    async with cluster(database_url) as (start, headers, _, _):
+        a = await start("node-a")
+        b = await start("node-b")
+        await wait_until_async(lambda: len(served(a)) == len(served(b)) == PARTITIONS // 2, 15, "an even spread")
+        async with httpx.AsyncClient(headers=headers, timeout=30) as http:
+            made = {(await http.post(f"{node.url}/v1/payment_intents", data=PAY)).json()["id"] for node in (a, b, a, b, a, b, a)}
+            homes = {b.node.partition_of_intent(intent_id) in served(b) for intent_id in made}
+            assert homes == {True, False}, "intents on both nodes"
+            for node in (a, b):
+                whole = (await http.get(f"{node.url}/v1/payment_intents", params={"limit": 100})).json()
+                assert {intent["id"] for intent in whole["data"]} == made and not whole["has_more"]
+                newest_first = [(intent["created"], intent["id"]) for intent in whole["data"]]
+                assert newest_first == sorted(newest_first, reverse=True)
+                # Three at a time, the cursor naming objects on either node.
+                seen: list[str] = []
+                cursor: dict[str, str] = {}
+                while True:
+                    page = (await http.get(f"{node.url}/v1/payment_intents", params={"limit": 3, **cursor})).json()
+                    seen += [intent["id"] for intent in page["data"]]
+                    if not page["has_more"]:
+                        break
+                    cursor = {"starting_after": page["data"][-1]["id"]}
+                assert seen == [intent_id for _, intent_id in newest_first], "every intent once, in order"
+                back = (await http.get(f"{node.url}/v1/payment_intents", params={"limit": 2, "ending_before": seen[-1]})).json()
+                assert [intent["id"] for intent in back["data"]] == seen[-3:-1]
+            # Refunds, likewise.
+            refunded = sorted(made)[:3]
+            for intent_id in refunded:
+                assert (await http.post(f"{a.url}/v1/refunds", data={"payment_intent": intent_id})).status_code == 200
+            refunds = (await http.get(f"{b.url}/v1/refunds", params={"limit": 100})).json()
+            assert sorted(refund["payment_intent"] for refund in refunds["data"]) == refunded
+            # A peer's signature cannot be made up: a forged header is not trusted.
+            forged = await http.get(f"{a.url}/v1/payment_intents", params={"limit": 100}, headers={"Payments-Forwarded-By": "node-b,1,00"})
+            assert {intent["id"] for intent in forged.json()["data"]} == made

@@ -23,4 +23,4 @@ async def retrieve_dispute(calls: Calls, key: ApiKeyRow, dispute_id: str) -> Res
 @ROUTES.get("/v1/disputes")
 @api("List disputes, newest first", objects.ListObject[objects.DisputeObject], query=params.ListParams)
 async def list_disputes(calls: Calls, key: ApiKeyRow) -> Response:
-    return ownership.child_page(calls, key, "disputes", "/v1/disputes", "dispute", objects.dispute)
+    return await ownership.child_page(calls, key, "disputes", "/v1/disputes", "dispute", objects.dispute)

@@ -14,8 +14,9 @@ from quart import Response
 from engine import intent as machine
 from engine.results import Result
 from engine.urls import return_url_allowed
-from gateway import errors, objects, ownership, pages, params
+from gateway import errors, objects, ownership, params
 from gateway.calls import Calls
+from gateway.lists import cluster_page, created_s
 from gateway.openapi import api
 from gateway.responses import json_response, raw_response, render_intent
 from gateway.routing import Routes
@@ -83,7 +84,10 @@ async def list_payment_intents(calls: Calls, key: ApiKeyRow) -> Response:
     values = calls.query(params.ListParams)
     intents = calls.node.merchant_intents(key.merchant_id, key.livemode)
     return json_response(
-        pages.page(intents, values, url="/v1/payment_intents", kind="payment_intent", key=lambda i: (i.created_s, i.id), render=objects.payment_intent)
+        await cluster_page(
+            calls.forwarder, intents, values, url="/v1/payment_intents", kind="payment_intent", key=lambda i: (i.created_s, i.id),
+            render=objects.payment_intent,
+        )
     )
 
 
@@ -125,7 +129,8 @@ async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePay
         currency=values.currency.lower(),
         capture_method=machine.CaptureMethod(values.capture_method),
         client_secret=node.client_secret(intent_id),
-        at_s=int(time.time()),
+        # Created at its id's second: a list cursor naming it is placed from the id alone (gateway/lists.py).
+        at_s=created_s(intent_id, "pi"),
         attempt_id=node.new_id("att", partition),
         payment_method_id=payment_method_id,
         confirm=values.confirm,

@@ -3,7 +3,6 @@ and list. A refund lives inside its intent."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ from engine.results import Result
 from gateway import errors, objects, ownership, params
 from gateway.calls import Calls
 from gateway.errors import ApiError
+from gateway.lists import created_s
 from gateway.openapi import api
 from gateway.responses import raw_response, render
 from gateway.routing import Routes
@@ -40,7 +40,7 @@ async def create_refund(calls: Calls, key: ApiKeyRow) -> Response:
         merchant_id=key.merchant_id,
         livemode=key.livemode,
         refund_id=refund_id,
-        at_s=int(time.time()),
+        at_s=created_s(refund_id, "re"),
         amount=values.amount,
         reason=values.reason,
         metadata=values.metadata,
@@ -59,7 +59,7 @@ async def retrieve_refund(calls: Calls, key: ApiKeyRow, refund_id: str) -> Respo
 @ROUTES.get("/v1/refunds")
 @api("List refunds, newest first", objects.ListObject[objects.RefundObject], query=params.ListParams)
 async def list_refunds(calls: Calls, key: ApiKeyRow) -> Response:
-    return ownership.child_page(calls, key, "refunds", "/v1/refunds", "refund", objects.refund)
+    return await ownership.child_page(calls, key, "refunds", "/v1/refunds", "refund", objects.refund)
 
 
 def render_refund(refund_id: str) -> Callable[[Outcome], tuple[int, bytes]]:
