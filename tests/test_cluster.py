@@ -234,3 +234,23 @@ async def test_lists_cover_every_node_and_page_across_them(database_url: str) ->
             # A peer's signature cannot be made up: a forged header is not trusted.
             forged = await http.get(f"{a.url}/v1/payment_intents", params={"limit": 100}, headers={"Payments-Forwarded-By": "node-b,1,00"})
             assert {intent["id"] for intent in forged.json()["data"]} == made
+
+
+async def test_a_dispute_is_found_from_any_node(database_url: str) -> None:
+    async with cluster(database_url) as (start, headers, _, network):
+        a = await start("node-a")
+        b = await start("node-b")
+        await wait_until_async(lambda: len(served(a)) == len(served(b)) == PARTITIONS // 2, 15, "an even spread")
+        async with httpx.AsyncClient(headers=headers, timeout=30) as http:
+            intent = (await http.post(f"{a.url}/v1/payment_intents", data=PAY)).json()
+            owner, other = (a, b) if a.node.partition_of_intent(intent["id"]) in served(a) else (b, a)
+            dispute_id = network.open_dispute(intent["latest_charge"])
+            assert dispute_id is not None
+            # The notice goes to the node that polls for the intent's partition.
+            await wait_until_async(lambda: owner.node.dispute(dispute_id) is not None, 15, "the owner recording the dispute")
+            found = await http.get(f"{other.url}/v1/disputes/{dispute_id}")
+            assert found.status_code == 200 and found.json()["payment_intent"] == intent["id"], found.text
+            listed = (await http.get(f"{other.url}/v1/disputes")).json()
+            assert [dispute["id"] for dispute in listed["data"]] == [dispute_id]
+            missing = await http.get(f"{other.url}/v1/disputes/dp_unknown")
+            assert missing.status_code == 404

@@ -1,5 +1,7 @@
 """Routes for disputes: retrieve and list. A dispute lives inside the intent
-it disputes; the API only reads them."""
+it disputes; the API only reads them. In a cluster, lists cover every node
+(gateway/lists.py; a cursor naming another node's dispute is not placed
+yet), and a dispute another node holds is found by asking the others."""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ from quart import Response
 
 from gateway import objects, ownership, params
 from gateway.calls import Calls
+from gateway.errors import ApiError
+from gateway.forwarding import forwarded_from
 from gateway.openapi import api
+from gateway.responses import raw_response
 from gateway.routing import Routes
 from store.rows import ApiKeyRow
 
@@ -17,7 +22,17 @@ ROUTES = Routes()
 @ROUTES.get("/v1/disputes/<dispute_id>")
 @api("Retrieve a dispute", objects.DisputeObject)
 async def retrieve_dispute(calls: Calls, key: ApiKeyRow, dispute_id: str) -> Response:
-    return ownership.child_object(key, dispute_id, "dispute", calls.node.dispute, objects.dispute)
+    try:
+        return ownership.child_object(key, dispute_id, "dispute", calls.node.dispute, objects.dispute)
+    except ApiError as missing:
+        # Dispute ids come from the network and name no partition: in a
+        # cluster, the node holding it is found by asking every one.
+        if missing.status != 404 or calls.node.membership is None or forwarded_from(calls.node) is not None:
+            raise
+        for answer in await calls.forwarder.peer_answers():
+            if answer.status_code == 200:
+                return raw_response(200, answer.content)
+        raise
 
 
 @ROUTES.get("/v1/disputes")
