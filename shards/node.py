@@ -175,9 +175,13 @@ class Node:
         except (trio.WouldBlock, trio.ClosedResourceError) as error:
             raise Overloaded(f"partition {partition} is busy") from error
         value = await self.replies.wait(reply)
-        if isinstance(value, Fenced):
+        if isinstance(value, Fenced) and not reply.journaled:
             # Not written: the partition has a new owner, who can take it.
             raise NotServed(partition)
+        if isinstance(value, Fenced):
+            # Journaled, then its network answer was fenced: sent again to
+            # the new owner it would run twice; that owner resolves it.
+            raise StoreUnavailable("the partition moved to another node; retry to see the result")
         if isinstance(value, StoreError):
             raise value
         if value is not None:

@@ -94,8 +94,12 @@ class Router:
     async def send(self, intent_id: str, command: Command) -> bool:
         """Hand an internal command (a network answer or notice) to the
         intent's actor; such commands are not bounded by the mailbox limit.
-        False when the actor no longer takes messages (shutting down)."""
-        shard = self.shards[self.partition_of_intent(intent_id)]
+        False when the actor no longer takes messages (shutting down), or
+        the partition is not served here any more (handed off or lost
+        since the caller looked)."""
+        shard = self.shards.get(self.partition_of_intent(intent_id))
+        if shard is None:
+            return False
         try:
             await shard.mailbox_send.send(Message(command, None))
         except trio.ClosedResourceError:

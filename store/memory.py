@@ -1,6 +1,6 @@
 """An in-memory store with the shape of `store.postgres.Store`, for what it
-implements: `journal`, `merchants` (keys and payment methods), `idempotency`
-and `purge`, with the same method names and promises.
+implements: `journal`, `leases`, `merchants` (keys and payment methods),
+`idempotency` and `purge`, with the same method names and promises.
 
 Only for tests and the deterministic simulation: it performs no I/O, so a
 whole node (actors, network calls, faults, crashes) can run under trio's
@@ -11,6 +11,7 @@ position is written once. Everything else is the minimum the node touches.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import msgspec
@@ -18,6 +19,7 @@ import trio
 
 from store.batch import Batch, BatchWriter
 from store.errors import Fenced, JournalConflict, StoreUnavailable
+from store.leases import ClusterView, Lease, Member
 from store.rows import ApiKeyRow, EventRow, IdempotencyRow, JournalRow, PaymentMethodRow
 
 
@@ -79,6 +81,139 @@ class MemoryJournal(BatchWriter):
     async def load(self, partition: int) -> list[JournalRow]:
         await self._tables.io()
         return list(self._tables.journal.get(partition, []))
+
+
+class _LeaseRow(msgspec.Struct):
+    owner: str | None = None
+    epoch: int = 0
+    # By trio's clock; -inf: released ('epoch' in PostgreSQL).
+    expires_at: float = -math.inf
+
+
+class _NodeRow(msgspec.Struct):
+    url: str | None
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    leaving: bool = False
+    mailbox_depth: int = 0
+
+
+class MemoryLeases:
+    """The partition leases, the cluster's nodes and the worker leases with
+    the semantics of store/leases.py, judged by trio's clock (the MockClock
+    in a simulation) where PostgreSQL uses its own. Each call is one round
+    trip: a checkpoint, then no yield while it reads and writes. The
+    (owner, epoch) of every owned lease is kept in `tables.leases`, which is
+    what a fenced append checks."""
+
+    def __init__(self, tables: MemoryTables) -> None:
+        self._tables = tables
+        self._partitions: dict[int, _LeaseRow] = {}
+        self._nodes: dict[str, _NodeRow] = {}
+        # name -> (owner, expires_at)
+        self._workers: dict[str, tuple[str, float]] = {}
+        # What nodes sign forwarded requests with: nothing here is reachable
+        # from outside the process, so a fixed one does.
+        self.secret = bytes(32)
+
+    def add_partitions(self, count: int) -> None:
+        """A free lease row for each partition that has none (as migrate makes them)."""
+        for partition in range(count):
+            self._partitions.setdefault(partition, _LeaseRow())
+
+    async def join(self, node_id: str, url: str | None, ttl_s: float, *, host: str = "", pid: int = 0, gone: int | None = None) -> Member | None:
+        await self._tables.io()
+        now = trio.current_time()
+        row = self._nodes.get(node_id)
+        if row is not None and not (row.heartbeat_at < now - ttl_s or row.leaving or (row.host == host and row.pid == gone)):
+            return self._member(node_id, row, now)
+        self._nodes[node_id] = _NodeRow(url, host, pid, started_at=now, heartbeat_at=now)
+        return None
+
+    async def heartbeat(
+        self, node_id: str, url: str | None, held: dict[int, int], ttl_s: float, *, mailbox_depth: int = 0, leaving: bool = False
+    ) -> ClusterView:
+        await self._tables.io()
+        now = trio.current_time()
+        row = self._nodes.get(node_id)
+        if row is not None:
+            row.heartbeat_at, row.url, row.leaving, row.mailbox_depth = now, url, leaving, mailbox_depth
+        renewed = {}
+        for partition, epoch in sorted(held.items()):
+            lease = self._partitions.get(partition)
+            if lease is not None and lease.owner == node_id and lease.epoch == epoch:
+                lease.expires_at = now + ttl_s
+                renewed[partition] = epoch
+        return ClusterView(self._leases(now), self._members(now), renewed)
+
+    async def acquire(self, node_id: str, partitions: Sequence[int], ttl_s: float, *, dead: Sequence[str] = ()) -> dict[int, int]:
+        await self._tables.io()
+        now = trio.current_time()
+        taken = {}
+        for partition in sorted(set(partitions)):
+            lease = self._partitions.get(partition)
+            if lease is not None and (lease.owner in (None, node_id, *dead) or lease.expires_at < now):
+                lease.owner, lease.epoch, lease.expires_at = node_id, lease.epoch + 1, now + ttl_s
+                self._tables.leases[partition] = (node_id, lease.epoch)
+                taken[partition] = lease.epoch
+        return taken
+
+    async def release(self, node_id: str, held: dict[int, int]) -> int:
+        await self._tables.io()
+        released = 0
+        for partition, epoch in sorted(held.items()):
+            lease = self._partitions.get(partition)
+            if lease is not None and lease.owner == node_id and lease.epoch == epoch:
+                self._free(partition)
+                released += 1
+        return released
+
+    async def leave(self, node_id: str) -> None:
+        await self._tables.io()
+        for partition in [p for p, lease in self._partitions.items() if lease.owner == node_id]:
+            self._free(partition)
+        self._nodes.pop(node_id, None)
+
+    async def view(self) -> ClusterView:
+        await self._tables.io()
+        now = trio.current_time()
+        return ClusterView(self._leases(now), self._members(now), {})
+
+    async def take_worker(self, name: str, owner: str, ttl_s: float) -> bool:
+        await self._tables.io()
+        now = trio.current_time()
+        holder = self._workers.get(name)
+        if holder is not None and holder[0] != owner and holder[1] >= now:
+            return False
+        self._workers[name] = (owner, now + ttl_s)
+        return True
+
+    async def release_worker(self, name: str, owner: str) -> None:
+        await self._tables.io()
+        if self._workers.get(name, ("", 0.0))[0] == owner:
+            del self._workers[name]
+
+    async def cluster_secret(self) -> bytes:
+        await self._tables.io()
+        return self.secret
+
+    def _free(self, partition: int) -> None:
+        lease = self._partitions[partition]
+        lease.owner, lease.expires_at = None, -math.inf
+        self._tables.leases.pop(partition, None)
+
+    def _leases(self, now: float) -> list[Lease]:
+        # Clamped as the SQL clamps a released lease's 'epoch' expiry.
+        return [Lease(p, lease.owner, lease.epoch, max(lease.expires_at - now, -1e9)) for p, lease in sorted(self._partitions.items())]
+
+    def _members(self, now: float) -> list[Member]:
+        return [self._member(node_id, row, now) for node_id, row in sorted(self._nodes.items())]
+
+    @staticmethod
+    def _member(node_id: str, row: _NodeRow, now: float) -> Member:
+        return Member(node_id, row.url, now - row.heartbeat_at, row.leaving, row.mailbox_depth, row.started_at, row.host, row.pid)
 
 
 class MemoryMerchants:
@@ -148,13 +283,20 @@ class MemoryStore:
     def __init__(self) -> None:
         self.tables = MemoryTables()
         self.journal = MemoryJournal(self.tables)
+        self.leases = MemoryLeases(self.tables)
         self.merchants = MemoryMerchants(self.tables)
         self.idempotency = MemoryIdempotencyKeys(self.tables)
         self.purge = MemoryPurge(self.tables)
+        self.partitions: int | None = None
 
     async def migrate(self, partitions: int) -> int:
+        """As `Store.migrate`: the first call fixes the partition count,
+        which every call returns, and makes the partitions' lease rows."""
         await self.tables.io()
-        return partitions
+        if self.partitions is None:
+            self.partitions = partitions
+        self.leases.add_partitions(self.partitions)
+        return self.partitions
 
     def snapshot(self) -> bytes:
         """The whole journal, encoded: two runs of one seed must produce the same bytes."""

@@ -58,40 +58,60 @@ def faults_for(rng: random.Random) -> FaultSpec:
     )
 
 
+def payment_methods(store: MemoryStore, vault: Vault) -> list[str]:
+    """The merchant's saved cards (one of each in CARDS), put in the store; their ids."""
+    methods = []
+    for index, number in enumerate(CARDS):
+        method_id = ids.make_id("pm", 0, 1_700_000_000_000 + index, bytes(9) + bytes([index]))
+        store.tables.payment_methods[method_id] = PaymentMethodRow(
+            method_id, MERCHANT, False, "visa", number[-4:], 12, 2040, "fp", vault.seal(number, method_id), 0
+        )
+        methods.append(method_id)
+    return methods
+
+
+def random_command(node: Node, rng: random.Random, methods: list[str], mine: list[str]) -> machine.Command:
+    """A merchant's next command: a new intent (often confirmed at once), or
+    a confirm, capture, cancel or refund of one of `mine`, its ids minted by
+    `node`. Raises NotServed when a new intent is due and `node` serves no
+    partition."""
+    action = rng.random()
+    now_s = int(time.time())
+    if action < 0.5 or not mine:
+        intent_id = node.new_id("pi")
+        return machine.CreateIntent(
+            intent_id=intent_id,
+            merchant_id=MERCHANT,
+            livemode=False,
+            amount=rng.randint(50, 100_000),
+            currency="usd",
+            capture_method=rng.choice([machine.CaptureMethod.automatic, machine.CaptureMethod.manual]),
+            client_secret=node.client_secret(intent_id),
+            at_s=now_s,
+            attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+            payment_method_id=rng.choice(methods),
+            confirm=rng.random() < 0.8,
+        )
+    intent_id = rng.choice(mine)
+    attempt_id = node.new_id("att", node.partition_of_intent(intent_id))
+    common = {"intent_id": intent_id, "merchant_id": MERCHANT, "livemode": False, "at_s": now_s}
+    return rng.choice(
+        [
+            machine.ConfirmIntent(**common, attempt_id=attempt_id, payment_method_id=rng.choice(methods)),
+            machine.CaptureIntent(**common, attempt_id=attempt_id, amount_to_capture=None),
+            machine.CancelIntent(**common, attempt_id=attempt_id),
+            machine.CreateRefund(**common, refund_id=node.new_id("re", node.partition_of_intent(intent_id)), amount=None),
+        ]
+    )
+
+
 async def client(node: Node, rng: random.Random, methods: list[str], run: Run, operations: int) -> None:
     """A merchant doing random things, remembering what it was told."""
     mine: list[str] = []
     for _ in range(operations):
         await trio.sleep(rng.uniform(0, 0.05))
-        action = rng.random()
-        now_s = int(time.time())
-        if action < 0.5 or not mine:
-            intent_id = node.new_id("pi")
-            command: machine.Command = machine.CreateIntent(
-                intent_id=intent_id,
-                merchant_id=MERCHANT,
-                livemode=False,
-                amount=rng.randint(50, 100_000),
-                currency="usd",
-                capture_method=rng.choice([machine.CaptureMethod.automatic, machine.CaptureMethod.manual]),
-                client_secret=node.client_secret(intent_id),
-                at_s=now_s,
-                attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
-                payment_method_id=rng.choice(methods),
-                confirm=rng.random() < 0.8,
-            )
-        else:
-            intent_id = rng.choice(mine)
-            attempt_id = node.new_id("att", node.partition_of_intent(intent_id))
-            common = {"intent_id": intent_id, "merchant_id": MERCHANT, "livemode": False, "at_s": now_s}
-            command = rng.choice(
-                [
-                    machine.ConfirmIntent(**common, attempt_id=attempt_id, payment_method_id=rng.choice(methods)),
-                    machine.CaptureIntent(**common, attempt_id=attempt_id, amount_to_capture=None),
-                    machine.CancelIntent(**common, attempt_id=attempt_id),
-                    machine.CreateRefund(**common, refund_id=node.new_id("re", node.partition_of_intent(intent_id)), amount=None),
-                ]
-            )
+        command = random_command(node, rng, methods, mine)
+        intent_id = command.intent_id
         try:
             outcome = await node.submit(command)
         except (Overloaded, StoreUnavailable):
@@ -112,13 +132,7 @@ async def simulate(seed: int) -> tuple[Run, checks.Report, bytes, CardNetwork]:
     config = NodeConfig(partitions=PARTITIONS, network_timeout_s=0.5, reply_timeout_s=2.0)
     workers = NodeWorkerBounds(reconciliation=ReconcileBounds(every_s=0.25))
     entropy = random.Random(f"{seed}:ids")
-    methods = []
-    for index, number in enumerate(CARDS):
-        method_id = ids.make_id("pm", 0, 1_700_000_000_000 + index, bytes(9) + bytes([index]))
-        store.tables.payment_methods[method_id] = PaymentMethodRow(
-            method_id, MERCHANT, False, "visa", number[-4:], 12, 2040, "fp", vault.seal(number, method_id), 0
-        )
-        methods.append(method_id)
+    methods = payment_methods(store, vault)
     run = Run()
     phases = rng.randint(1, 3)  # the node is crashed at the end of all but the last
     for phase in range(phases):
