@@ -7,7 +7,7 @@ import the other.
 
 import msgspec
 
-from engine import cards
+from engine import cards, ids
 
 
 class AuthorizationRequest(msgspec.Struct, frozen=True):
@@ -113,6 +113,18 @@ class NetworkNotice(msgspec.Struct, frozen=True):
     parent_reference: str | None = None
     amount_minor: int = 0
     won: bool | None = None
+
+    @property
+    def named(self) -> str | None:
+        """The operation of ours it is about: for a dispute, the charge."""
+        return self.parent_reference if self.kind.startswith("dispute_") else self.reference
+
+    def partition(self) -> int | None:
+        """The partition of the operation it is about, from the engine's
+        id; None for an id that names none."""
+        named = self.named
+        prefix = None if named is None else named.partition("_")[0]
+        return ids.partition_of(named, prefix) if named is not None and prefix in ("att", "re") else None
 
 
 class NetworkRefused(Exception):

@@ -19,12 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import structlog
 import trio
 
 from engine import intent as machine
 from engine.intent import Command, NetworkCall
+from engine.urls import return_url_allowed
 from engine.network import (
     AuthorizationRequest,
     CaptureRequest,
@@ -36,7 +38,7 @@ from engine.network import (
     VoidRequest,
 )
 from shards.payment_methods import PaymentMethods
-from shards.router import Router
+from shards.router import NotServed, Router
 from shards.vault import Vault
 from store.errors import StoreUnavailable
 
@@ -55,6 +57,8 @@ DECLINE_MESSAGES = {
 
 # Waits between tries to read an attempt's payment method; None: give up.
 PAYMENT_METHOD_RETRY_DELAYS_S = (0.05, 0.25, 1.0, None)
+# Waits between tries to give a notice back to the network (seconds).
+NOTICE_RETURN_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 class PaymentMethodUnavailable(Exception):
@@ -151,9 +155,26 @@ class Effects:
         if answer.approved:
             return machine.RecordApproval(intent_id=intent_id, attempt_id=reference, at_s=at_s)
         if answer.code == "authentication_required":
-            url = f"{self.public_url}/simulator/3ds/{reference}"
+            url = self.challenge_url(intent_id, reference)
             return machine.RecordActionRequired(intent_id=intent_id, attempt_id=reference, at_s=at_s, url=url)
         return decline(intent_id, reference, at_s, answer.code or "card_declined", answer.decline_code)
+
+    def challenge_url(self, intent_id: str, reference: str) -> str:
+        """Where the cardholder answers a 3-D Secure challenge: the network's
+        own page when it has one (the simulator service; it sends them back
+        to the intent's return URL), else this node's simulator page."""
+        page = getattr(self.network, "challenge_page", None)
+        if page is None:
+            return f"{self.public_url}/simulator/3ds/{reference}"
+        try:
+            intent = self.router.intent(intent_id)
+        except NotServed:
+            intent = None  # handed off meanwhile: no way back, the page says done
+        return_to = None
+        if intent is not None and intent.return_url and return_url_allowed(intent.return_url, intent.livemode):
+            separator = "&" if "?" in intent.return_url else "?"
+            return_to = intent.return_url + separator + urlencode({"payment_intent": intent.id})
+        return page(reference, return_to)
 
     async def _authorization_request(self, effect: NetworkCall) -> AuthorizationRequest | None:
         """The request for an authorization, None when its payment method
@@ -199,9 +220,10 @@ def command_for_notice(notice: NetworkNotice, intent_id: str, at_s: int) -> Comm
 
 async def run_notice_relay(network: Any, router: Router, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Turn the network's later reports into commands for the owning actors
-    until cancelled, or until the actors stop taking messages. A notice for
-    an operation this node does not have, or of an unknown kind, is logged
-    as an error and dropped. Returns at once for a network without notices."""
+    until cancelled. A notice about a partition this node does not serve
+    (any more) goes back to the network for its owner; one for an operation
+    nobody has, or of an unknown kind, is logged as an error and dropped.
+    Returns at once for a network without notices."""
     task_status.started()
     next_notice = getattr(network, "next_notice", None)
     if next_notice is None:
@@ -211,8 +233,13 @@ async def run_notice_relay(network: Any, router: Router, *, task_status: Any = t
         # owner asks for its own); the set is read again at every poll.
         notice = await next_notice(router.shards.keys())
         # A dispute is new to us: it finds its intent by the charge it names.
-        named = notice.parent_reference if notice.kind.startswith("dispute_") else notice.reference
+        named = notice.named
         intent_id = None if named is None else router.intent_of_reference(named)
+        partition = notice.partition()
+        if intent_id is None and partition is not None and partition not in router.shards:
+            # Asked for just before the partition was handed off: its owner takes it.
+            await _give_back(network, notice)
+            continue
         if intent_id is None:
             log.error("network_notice_unmatched", reference=notice.reference, kind=notice.kind)
             continue
@@ -221,4 +248,23 @@ async def run_notice_relay(network: Any, router: Router, *, task_status: Any = t
             log.error("network_notice_unknown", reference=notice.reference, kind=notice.kind)
             continue
         if not await router.send(intent_id, command):
+            # Handed off (or closing) since the lookup: its next owner takes it.
+            await _give_back(network, notice)
+
+
+async def _give_back(network: Any, notice: NetworkNotice) -> None:
+    """Return a notice for another node's partition to the network, trying
+    until it is taken back (it exists nowhere else)."""
+    give_back = getattr(network, "return_notice", None)
+    if give_back is None:
+        log.error("network_notice_not_ours", reference=notice.reference, kind=notice.kind)
+        return
+    for delay_s in NOTICE_RETURN_DELAYS_S:
+        try:
+            await give_back(notice)
+            log.info("network_notice_returned", reference=notice.reference, kind=notice.kind, partition=notice.partition())
             return
+        except NetworkRefused as error:
+            log.warning("network_notice_return_failed", reference=notice.reference, error=str(error))
+            await trio.sleep(delay_s)
+    log.error("network_notice_dropped", reference=notice.reference, kind=notice.kind)

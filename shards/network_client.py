@@ -33,6 +33,7 @@ import math
 from types import TracebackType
 from collections.abc import Collection
 from typing import Any, Self
+from urllib.parse import quote, urlencode
 
 import httpx
 import msgspec
@@ -176,6 +177,7 @@ class HttpCardNetwork:
             "cooldown_s": breaker_cooldown_s,
         }
         self._breakers: dict[str, CircuitBreaker] = {}
+        self.base_url = base_url.rstrip("/")
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(call_timeout_s),
@@ -221,6 +223,24 @@ class HttpCardNetwork:
         closed by the network (a tombstone) and comes back declined, so a
         late arrival of the original call can no longer be performed."""
         return await self._perform("/v1/inquire", {"reference": reference}, reference, DEFAULT_BREAKER)
+
+    async def return_notice(self, notice: NetworkNotice) -> None:
+        """Give back a notice about a partition this node no longer serves
+        (it asked just before a handoff), for its owner to take. Raises
+        NetworkRefused when the simulator cannot be reached."""
+        try:
+            response = await self._client.post("/v1/notices/return", content=self._encoder.encode(notice))
+        except httpx.HTTPError as error:
+            raise NetworkRefused(f"the notice could not be returned: {type(error).__name__}") from error
+        if response.status_code != 200:
+            raise NetworkRefused(f"the notice could not be returned: status {response.status_code}")
+
+    def challenge_page(self, reference: str, return_to: str | None) -> str:
+        """Where a cardholder answers the 3-D Secure challenge of
+        `reference`: the simulator's own page, which sends them on to
+        `return_to` afterwards."""
+        query = "" if return_to is None else "?" + urlencode({"return_to": return_to})
+        return f"{self.base_url}/3ds/{quote(reference, safe='')}{query}"
 
     async def next_notice(self, partitions: Collection[int] | None = None) -> NetworkNotice:
         """Wait for the network's next notice (with `partitions`, one about

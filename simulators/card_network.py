@@ -63,7 +63,7 @@ from collections.abc import Callable, Collection
 import msgspec
 import trio
 
-from engine import cards, ids
+from engine import cards
 from engine.network import (
     AuthorizationRequest,
     CaptureRequest,
@@ -321,7 +321,7 @@ class CardNetwork:
         while True:
             self._apply_due_failures()
             for index, notice in enumerate(self._notices_due):
-                partition = notice_partition(notice)
+                partition = notice.partition()
                 # One that names no partition goes to whoever asks.
                 if partitions is None or partition is None or partition in partitions:
                     del self._notices_due[index]
@@ -331,6 +331,13 @@ class CardNetwork:
             # its scheduling wakes us to look again.
             with trio.move_on_at(deadline):
                 await self._notice_scheduled.wait()
+
+    async def return_notice(self, notice: NetworkNotice) -> None:
+        """Take back a notice handed to a node that no longer serves its
+        partition (it asked just before a handoff): it goes out again first."""
+        self._notices_due.appendleft(notice)
+        self._notice_scheduled.set()
+        self._notice_scheduled = trio.Event()
 
     def open_dispute(self, charge_reference: str) -> str | None:
         """The cardholder disputes a captured charge. Returns the dispute's
@@ -691,12 +698,3 @@ def _moves_money(operation: Operation) -> bool:
         return operation.capture
     return operation.kind in ("capture", "refund")
 
-
-def notice_partition(notice: NetworkNotice) -> int | None:
-    """The partition of the operation a notice is about (for a dispute, the
-    charge disputed), from the engine's id; None for an id that names none."""
-    named = notice.parent_reference if notice.kind.startswith("dispute_") else notice.reference
-    if named is None:
-        return None
-    prefix = named.partition("_")[0]
-    return ids.partition_of(named, prefix) if prefix in ("att", "re") else None

@@ -20,12 +20,11 @@ node talking to real networks (or to the simulator service) never has them.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
-from quart import Response, redirect, request
+from quart import Response, redirect
 from quart_trio import QuartTrio
 
 from engine.urls import return_url_allowed
@@ -33,31 +32,7 @@ from gateway import errors, params
 from gateway.app import ID_CHARS_MAX, Mount, json_response
 from shards.node import Node
 from simulators.card_network import CardNetwork
-
-REFERENCE_CHARS_MAX = 64
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>3-D Secure test page</title></head>
-<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
-<h1>3-D Secure test payment</h1>
-<p>This page stands in for the card issuer's authentication. Choose an outcome.</p>
-<form method="post"><input type="hidden" name="result" value="pass">
-<button type="submit">Complete authentication</button></form>
-<form method="post" style="margin-top: 1em"><input type="hidden" name="result" value="fail">
-<button type="submit">Fail authentication</button></form>
-</body></html>
-"""
-
-DONE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>3-D Secure test page</title></head>
-<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
-<h1>{title}</h1><p>You can close this page.</p></body></html>
-"""
-
-
-def _page(body: str, status: int = 200) -> Response:
-    return Response(body, status=status, content_type="text/html; charset=utf-8")
-
+from simulators import challenge
 
 def mount(network: CardNetwork) -> Mount:
     """The routes above, over the simulator `network` the node runs."""
@@ -70,23 +45,15 @@ def mount(network: CardNetwork) -> Mount:
 
 
 def _register_challenge(app: QuartTrio, node: Node, network: CardNetwork) -> None:
-    def challenge_pending(reference: str) -> bool:
-        return len(reference) <= REFERENCE_CHARS_MAX and network.challenge_pending(reference)
-
     @app.get("/simulator/3ds/<reference>")
     async def show_challenge(reference: str) -> Response:
-        if not challenge_pending(reference):
-            return _page(DONE.format(title="No authentication is waiting here"), 404)
-        return _page(PAGE)
+        return challenge.show(network, reference)
 
     @app.post("/simulator/3ds/<reference>")
     async def answer_challenge(reference: str) -> Response:
-        form = await request.form
-        result = form.get("result")
-        if result not in ("pass", "fail"):
-            return _page(DONE.format(title="Choose pass or fail"), 400)
-        if not challenge_pending(reference) or not network.complete_challenge(reference, result == "pass"):
-            return _page(DONE.format(title="No authentication is waiting here"), 404)
+        refused, passed = await challenge.answer(network, reference)
+        if refused is not None:
+            return refused
         intent_id = node.intent_of_reference(reference)
         intent = None if intent_id is None else node.intent(intent_id)
         # Checked again here: an intent journaled before return URLs were
@@ -94,8 +61,7 @@ def _register_challenge(app: QuartTrio, node: Node, network: CardNetwork) -> Non
         if intent is not None and intent.return_url and return_url_allowed(intent.return_url, intent.livemode):
             separator = "&" if "?" in intent.return_url else "?"
             return redirect(intent.return_url + separator + urlencode({"payment_intent": intent.id}), 303)
-        title = "Authentication complete" if result == "pass" else "Authentication failed"
-        return _page(DONE.format(title=html.escape(title)))
+        return challenge.finished(passed)
 
 
 def _register_disputes(app: QuartTrio, node: Node, network: CardNetwork, authenticate: Any, read_body: Any) -> None:

@@ -36,18 +36,21 @@ import msgspec
 import structlog
 import trio
 from hypercorn.trio import serve
-from quart import Response, request
+from quart import Response, redirect, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine.network import (
     AuthorizationRequest,
     CaptureRequest,
+    NetworkNotice,
     NetworkRefused,
     RefundRequest,
     VoidRequest,
 )
+from engine.urls import return_url_allowed
 from gateway.listener import hypercorn_config
+from simulators import challenge
 from simulators import faults as fault_specs
 from simulators.card_network import CardNetwork
 
@@ -189,6 +192,11 @@ def _register_calls(app: QuartTrio, network: CardNetwork) -> None:
         body: InquiryBody = await _decoded(InquiryBody)
         return _json(await network.inquire(body.reference))
 
+    @app.post("/v1/notices/return")
+    async def return_notice() -> Response:
+        await network.return_notice(await _decoded(NetworkNotice))
+        return _json({"returned": True})
+
     @app.get("/v1/notices/next")
     async def next_notice() -> Response:
         text = request.args.get("timeout_s", str(NOTICE_POLL_S_DEFAULT))
@@ -238,8 +246,9 @@ def _register_inspection(app: QuartTrio, network: CardNetwork) -> None:
 
 
 def _register_cardholder_and_issuer(app: QuartTrio, network: CardNetwork) -> None:
-    """What cardholders and issuers do: answer 3-D Secure challenges, open
-    and decide disputes."""
+    """What cardholders and issuers do: answer 3-D Secure challenges (by API,
+    or on the test page a node's `next_action` sends them to), open and
+    decide disputes."""
 
     @app.get("/v1/challenges/<reference>")
     async def challenge_pending(reference: str) -> Response:
@@ -251,6 +260,22 @@ def _register_cardholder_and_issuer(app: QuartTrio, network: CardNetwork) -> Non
         if not network.complete_challenge(reference, body.passed):
             return _json({"completed": False, "error": "no challenge pending"}, 404)
         return _json({"completed": True})
+
+    @app.get("/3ds/<reference>")
+    async def show_challenge(reference: str) -> Response:
+        return challenge.show(network, reference)
+
+    @app.post("/3ds/<reference>")
+    async def answer_challenge(reference: str) -> Response:
+        """The cardholder's answer; then back to `return_to` (the merchant's
+        return URL, as the node built it) when there is one."""
+        refused, passed = await challenge.answer(network, reference)
+        if refused is not None:
+            return refused
+        return_to = request.args.get("return_to", "")
+        if return_to and return_url_allowed(return_to, livemode=False):
+            return redirect(return_to, 303)
+        return challenge.finished(passed)
 
     @app.post("/v1/disputes")
     async def open_dispute() -> Response:

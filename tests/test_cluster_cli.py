@@ -74,6 +74,23 @@ def test_up_with_two_nodes_serves_any_request_anywhere_and_stops_on_ctrl_c(make_
                 for url in urls:
                     answer = http.get(f"{url}/v1/payment_intents/{intent['id']}")
                     assert answer.status_code == 200 and answer.json()["amount"] == 2500
+            # 3-D Secure: the challenge page is the simulator service's own,
+            # and the answer reaches whichever node owns the intent.
+            challenged = http.post(
+                f"{urls[0]}/v1/payment_intents",
+                data={**PAY, "payment_method": "pm_card_threeDSecure2Required", "return_url": "https://shop.example/done"},
+            ).json()
+            assert challenged["status"] == "requires_action", challenged
+            page = challenged["next_action"]["redirect_to_url"]["url"]
+            assert "/3ds/" in page and http.get(page).status_code == 200
+            answered = http.post(page, data={"result": "pass"})
+            assert answered.status_code == 303
+            assert answered.headers["location"] == f"https://shop.example/done?payment_intent={challenged['id']}"
+
+            def succeeded() -> bool:
+                return http.get(f"{urls[1]}/v1/payment_intents/{challenged['id']}").json()["status"] == "succeeded"
+
+            wait_until(succeeded, 30, "the challenged payment succeeding")
         table = _cli("cluster", "status", "--data-dir", str(tmp_path), environ=environ).stdout
         assert "node-0" in table and "node-1" in table and "16 partitions, 0 without a live owner" in table
         process.send_signal(signal.SIGINT)
