@@ -36,12 +36,14 @@ from engine.status import TRANSITIONS
 REFUNDS_PER_INTENT_MAX = 100
 
 # A refund's own moves: the answer to its network call, then possibly a late
-# failure reported by the network.
+# failure reported by the network. That failure may overtake the answer (lost
+# or still on its way): the network's last word is the refund's end either way.
 REFUND_TRANSITIONS: dict[RefundStatus, dict[type, RefundStatus]] = {
     RefundStatus.pending: {
         RecordApproval: RefundStatus.succeeded,
         RecordDecline: RefundStatus.failed,
         RecordUnknownOutcome: RefundStatus.pending,
+        RecordRefundFailure: RefundStatus.failed,
     },
     RefundStatus.succeeded: {RecordRefundFailure: RefundStatus.failed},
     RefundStatus.failed: {},
@@ -125,8 +127,9 @@ def decide_refund_answer(
 
 
 def decide_refund_failure(intent: PaymentIntent, command: RecordRefundFailure) -> Decision:
-    """Records the network's late failure of a refund that had succeeded, and
-    gives the amount back to the merchant's balance."""
+    """Records the network's late failure of a refund that had succeeded (or
+    whose answer it overtook), and gives the amount back to the merchant's
+    balance."""
     refund = intent.refund(command.refund_id)
     if refund is None:
         return refuse(Result.attempt_not_pending, "refund")

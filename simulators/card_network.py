@@ -114,6 +114,10 @@ REFERENCE_CLOSED = "reference_closed"
 _NETWORK_UNKNOWN = "unknown"
 
 
+# How often a wait for notices of some partitions looks again (they may
+# have changed hands meanwhile).
+PARTITIONS_RESCAN_S = 1.0
+
 class Operation(msgspec.Struct, frozen=True):
     """The network's own record of one distinct operation.
 
@@ -327,10 +331,20 @@ class CardNetwork:
                     del self._notices_due[index]
                     return notice
             deadline = self._failures_pending[0][0] if self._failures_pending else math.inf
+            if partitions is not None:
+                # The caller's partitions may change (a handoff): look again.
+                deadline = min(deadline, trio.current_time() + PARTITIONS_RESCAN_S)
             # A refund approved meanwhile may fall due before `deadline`, so
             # its scheduling wakes us to look again.
             with trio.move_on_at(deadline):
                 await self._notice_scheduled.wait()
+
+    def notices_outstanding(self) -> int:
+        """Notices not yet taken by the engine, and refund failures still to
+        come (each will be one): what a run must wait for before it checks
+        our record against the network's."""
+        self._apply_due_failures()
+        return len(self._notices_due) + len(self._failures_pending)
 
     async def return_notice(self, notice: NetworkNotice) -> None:
         """Take back a notice handed to a node that no longer serves its

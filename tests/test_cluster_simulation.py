@@ -184,7 +184,7 @@ class Simulation:
             servers = [running.node_id for running in self.nodes if partition in running.node.shards]
             if servers != [owners.get(partition, ("", 0))[0]]:
                 return False
-        return all(settled(running.node) for running in self.nodes)
+        return all(settled(running.node) for running in self.nodes) and not self.network.notices_outstanding()
 
     async def finish(self) -> None:
         """Heal the network, wait until the cluster has settled, then stop every node cleanly."""

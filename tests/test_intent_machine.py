@@ -1010,13 +1010,13 @@ REFUND_EXPECTED = [
     (RefundStatus.pending, False, RecordUnknownOutcome, RefundStatus.pending),
     (RefundStatus.pending, False, RecordActionRequired, (N, "attempt")),  # a refund has no cardholder to challenge
     (RefundStatus.pending, False, RecordNotSent, (N, "attempt")),  # a refund reads no payment method
-    (RefundStatus.pending, False, RecordRefundFailure, (N, "refund")),
+    (RefundStatus.pending, False, RecordRefundFailure, RefundStatus.failed),  # the failure overtook the answer
     (RefundStatus.pending, True, RecordApproval, RefundStatus.succeeded),
     (RefundStatus.pending, True, RecordDecline, RefundStatus.failed),
     (RefundStatus.pending, True, RecordUnknownOutcome, (N, "attempt")),  # already unknown
     (RefundStatus.pending, True, RecordActionRequired, (N, "attempt")),
     (RefundStatus.pending, True, RecordNotSent, (N, "attempt")),  # a refund reads no payment method
-    (RefundStatus.pending, True, RecordRefundFailure, (N, "refund")),
+    (RefundStatus.pending, True, RecordRefundFailure, RefundStatus.failed),
     (RefundStatus.succeeded, False, RecordApproval, (N, "attempt")),
     (RefundStatus.succeeded, False, RecordDecline, (N, "attempt")),
     (RefundStatus.succeeded, False, RecordUnknownOutcome, (N, "attempt")),

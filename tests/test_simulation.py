@@ -37,7 +37,7 @@ from workers.reconciliation import ReconcileBounds
 
 SEEDS = int(os.environ.get("PAYMENTS_SIMULATION_SEEDS", "200"))
 MERCHANT = "acct_sim"
-CARDS = ["4242424242424242", "4242424242424242", "5555555555554444", "4000000000000002", "4000000000009995"]
+CARDS = ["4242424242424242", "4242424242424242", "5555555555554444", "4000000000000002", "4000000000009995", "4000000000005126"]
 PARTITIONS = 2
 
 
@@ -150,7 +150,7 @@ async def simulate(seed: int) -> tuple[Run, checks.Report, bytes, CardNetwork]:
                 # The network heals; reconciliation must now clear every unknown.
                 network.set_faults(FaultSpec())
                 with trio.fail_after(120):
-                    while not settled(node):
+                    while not settled(node) or network.notices_outstanding():
                         await trio.sleep(0.25)
                 node.stop_accepting()
     states = []
