@@ -19,6 +19,7 @@ from simulators.faults import fault_spec, latency_range
 RATE_PER_S_MAX = 100_000
 DURATION_S_MAX = 3600
 PROCESSES_MAX = 16
+NODES_MAX = 16
 CONNECTIONS_MAX = 1024
 
 DESCRIPTION = """\
@@ -30,6 +31,12 @@ and memory. At the end it checks invariants I1 to I6 over everything the run
 did and exits 1 on any violation. Baselines measured in the same run (raw
 PostgreSQL ingest, one trio actor's request/reply ceiling, and in http mode a
 bare quart-trio endpoint) put every headline figure in proportion.
+
+http mode with --nodes N starts `payments up --nodes N`: N node processes
+sharing the partitions and one card-network simulator service. The
+connections are spread over the nodes and each payment goes to the next node
+in turn; a node forwards what belongs to another's partitions. The report
+shows each process's CPU and memory and the nodes' total.
 
 A payment is create, then confirm, then what its scenario needs:
   auto     automatic capture (confirm ends succeeded)
@@ -50,6 +57,7 @@ EPILOG = """\
 examples:
   payments bench --rate 2000 --duration 20 --report bench-report
   payments bench --mode http --rate 300 --duration 30 --report bench-http
+  payments bench --mode http --nodes 2 --rate 300 --duration 30 --report bench-http-2
   payments bench --rate 500 --duration 30 --faults timeout_after=0.01,error=0.01
 
 exit status: 0 all invariants hold; 1 an invariant was violated;
@@ -88,6 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--processes", type=_bounded_number(1, PROCESSES_MAX, whole=True), default=2, metavar="K",
         help="engine mode: node processes, each serving a fixed share of the partitions, each with its share of the load (default 2)",
     )
+    parser.add_argument(
+        "--nodes", type=_bounded_number(1, NODES_MAX, whole=True), default=1, metavar="N",
+        help="http mode: node processes sharing the partitions (payments up --nodes N), the connections spread over them (default 1)",
+    )
     parser.add_argument("--faults", type=fault_spec, default="", metavar="SPEC", help="card-network faults, e.g. timeout_after=0.01,error=0.01,latency_ms=5..50 (see payments sim --help)")
     parser.add_argument("--mix", type=_mix, default=DEFAULT_MIX, metavar="SPEC", help=f"scenario weights (default {DEFAULT_MIX})")
     parser.add_argument("--seed", type=_bounded_number(0, 2**31 - 1, whole=True), default=0, metavar="N", help="seed of arrivals, amounts, mix and simulator (default 0)")
@@ -116,8 +128,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def handle(arguments: argparse.Namespace, argv: list[str] | None = None) -> int:
+def argument_problem(arguments: argparse.Namespace) -> str | None:
+    """What is wrong with a combination of arguments, for a person; None when nothing."""
+    if arguments.nodes > 1 and arguments.mode != "http":
+        return "argument --nodes: http mode only (--mode http); in engine mode the node processes are --processes"
+    if arguments.nodes > arguments.connections:
+        return f"argument --connections: at least one per node, so at least {arguments.nodes} with --nodes {arguments.nodes}"
+    return None
 
+
+def handle(arguments: argparse.Namespace, argv: list[str] | None = None) -> int:
+    problem = argument_problem(arguments)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     command = "payments bench " + shlex.join(argv if argv is not None else _bench_argv())
     return runner.run(arguments, command)
 

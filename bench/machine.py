@@ -9,6 +9,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -43,18 +44,41 @@ def postgres_cpu_s() -> float:
     (the kernel adds a reaped child's time to its parent's cutime/cstime)."""
     total = 0.0
     ticks = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
+    for _, name, fields in _live_processes():
+        if name.startswith("postgres"):
+            total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
+    return total
+
+
+def child_processes(parent_pid: int) -> dict[int, list[str]]:
+    """The live children of a process: pid to command line. Found by each
+    process's parent in /proc (psutil does the same; not every kernel has
+    /proc/<pid>/task/<tid>/children)."""
+    children = {}
+    for pid, _, fields in _live_processes():
+        if int(fields[1]) == parent_pid:
+            try:
+                children[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+            except OSError:
+                continue  # it exited meanwhile
+    return children
+
+
+def _live_processes() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, name, the fields of /proc/<pid>/stat after the name) of every
+    process that can be read; nothing where there is no /proc."""
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return
+    for entry in entries:
         if not entry.name.isdigit():
             continue
         try:
             text = (entry / "stat").read_text()
         except OSError:
             continue
-        name = text[text.find("(") + 1 : text.rfind(")")]
-        if name.startswith("postgres"):
-            fields = text.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
-    return total
+        yield int(entry.name), text[text.find("(") + 1 : text.rfind(")")], text.rsplit(")", 1)[1].split()
 
 
 class MachineSample:

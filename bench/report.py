@@ -34,6 +34,7 @@ def build(
     machine: dict[str, Any],
     merged: Merged,
     processes: list[dict[str, Any]],
+    nodes_total: dict[str, Any] | None = None,
     engine_counters: dict[str, float] | None,
     journal: dict[str, Any],
     cost: dict[str, float],
@@ -50,6 +51,8 @@ def build(
     requests_per_payment = merged.requests / payments
     figures: dict[str, Any] = {
         "mode": settings["mode"],
+        # Http mode: the node processes serving the load (None in engine mode).
+        "nodes": settings.get("nodes"),
         "rate_requested_per_s": settings["rate_per_s"],
         "offered_payments_per_s": round(merged.arrived / duration_s, 1),
         "achieved_payments_per_s": round(achieved, 1),
@@ -80,6 +83,7 @@ def build(
             "commits_per_s": round(journal["journal_commits"] / measured_s, 1),
         },
         "processes": processes,
+        **({"nodes_total": nodes_total} if nodes_total is not None else {}),
         "machine_cost": cost,
         "invariants": invariants,
         "invariants_ok": bool(invariants["ok"]),
@@ -117,7 +121,7 @@ def _baselines_with_equivalents(
     actor = result.get("actor")
     if actor and "round_trips_per_s" in actor:
         commands_per_payment = (figures.get("actor") or {}).get("commands_per_payment")
-        node_processes = settings["processes"] if settings["mode"] == "engine" else 1
+        node_processes = settings["processes"]
         actor["node_processes"] = node_processes
         if commands_per_payment:
             actor["commands_per_payment"] = commands_per_payment
@@ -261,6 +265,11 @@ def headline_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("mean batch (commands/commit)", _number(report["mean_batch_commands"]), ""))
     for process in report["processes"]:
         rows.append((f"CPU {process['name']}", f"{process['cpu_s']:.1f} s", f"{process['cpu_fraction']:.0%} of a core, peak {process['peak_rss_mb']:.0f} MiB"))
+    total = report.get("nodes_total")
+    if total is not None:
+        rows.append(
+            (f"CPU {total['name']}", f"{total['cpu_s']:.1f} s", f"{total['cpu_fraction']:.0%} of a core over {total['nodes']} nodes, peaks summed {total['peak_rss_mb']:.0f} MiB")
+        )
     cost = report["machine_cost"]
     rows.append(
         ("machine busy", f"{cost['machine_busy_fraction']:.0%}", f"PostgreSQL CPU {_seconds(cost['postgres_cpu_s'])}, other processes {_seconds(cost.get('other_cpu_s'))}")
@@ -269,8 +278,13 @@ def headline_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def heading(report: dict[str, Any]) -> str:
+    nodes = report.get("nodes") or 1
+    return f"payments bench: {report['mode']} mode" + (f", {nodes} nodes" if nodes > 1 else "")
+
+
 def print_summary(report: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"payments bench: {report['mode']} mode", show_lines=False)
+    table = Table(title=heading(report), show_lines=False)
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("note")
@@ -309,7 +323,7 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
 def to_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [
-        f"# payments bench: {report['mode']} mode",
+        f"# {heading(report)}",
         "",
         f"Command: `{report['command']}`",
         "",

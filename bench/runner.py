@@ -202,6 +202,8 @@ class _LoadOutcome:
     engine_counters: dict[str, Any] | None = None
     # Http mode: the simulator's record of the operations, for the checks.
     operations: list[dict[str, Any]] | None = None
+    # Http mode with several nodes: their processes' figures summed.
+    nodes_total: dict[str, Any] | None = None
 
 
 def _run(arguments: argparse.Namespace, command: str, url: str, console: Console) -> int:
@@ -227,6 +229,7 @@ def _run(arguments: argparse.Namespace, command: str, url: str, console: Console
         machine={**machine, "load_average_at_end": [round(value, 2) for value in os.getloadavg()], "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         merged=merged,
         processes=outcome.processes,
+        nodes_total=outcome.nodes_total,
         engine_counters=outcome.engine_counters,
         journal=journal,
         cost=cost,
@@ -249,7 +252,9 @@ def _settings(arguments: argparse.Namespace) -> dict[str, Any]:
         "rate_per_s": arguments.rate,
         "duration_s": arguments.duration,
         "partitions": arguments.partitions,
-        "processes": arguments.processes if arguments.mode == "engine" else 1,
+        # The node processes: engine mode's workers, or http mode's nodes.
+        "processes": arguments.processes if arguments.mode == "engine" else arguments.nodes,
+        "nodes": arguments.nodes if arguments.mode == "http" else None,
         "faults": arguments.faults,
         "mix": arguments.mix,
         "seed": arguments.seed,
@@ -318,42 +323,47 @@ def _engine_counters(results: list[dict[str, Any]], merged: Merged) -> dict[str,
 def _drive_http(
     arguments: argparse.Namespace, url: str, merchant: Any, load: LoadSettings, merged: Merged, display: Display
 ) -> _LoadOutcome:
-    """Http mode: one node process, loaded over HTTP from this one; its
-    recorder goes into `merged`. The node is stopped whatever happens."""
+    """Http mode: one node process (or `up --nodes N`), loaded over HTTP
+    from this one; the recorder goes into `merged`. The nodes are stopped
+    whatever happens."""
     with tempfile.TemporaryDirectory(prefix="payments-bench-") as scratch:
         log_dir = arguments.report if arguments.report is not None else Path(scratch)
         log_dir.mkdir(parents=True, exist_ok=True)
-        node = http_mode.NodeProcess(url, Path(scratch), _node_arguments(arguments), log_dir / "node.log").start()
+        node = http_mode.NodeProcess(url, Path(scratch), _node_arguments(arguments), log_dir / "node.log", arguments.nodes).start()
         try:
+            watched = node.watched()
             with display:
-                result = trio.run(http_mode.drive, node.url, merchant.secret_key, arguments.connections, load, display.update, node.pid)
+                result = trio.run(
+                    http_mode.drive, node.urls, merchant.secret_key, arguments.connections, load, display.update, watched, node.simulator_url
+                )
             after = MachineSample()
             node.check_alive()
-            operations = http_mode.fetch_operations(node.url, merchant.secret_key)
+            operations = http_mode.fetch_operations(node.url, merchant.secret_key, node.simulator_url)
         finally:
             node.stop()
             node.forget_redis_keys()
     merged.add(result["recorder"])
-    processes = [
-        {
-            "name": "node (gateway + actors)",
-            "cpu_s": round(result["node_cpu_s"], 2),
-            "cpu_fraction": round(result["node_cpu_s"] / result["wall_s"], 3),
-            "peak_rss_mb": round(result["node_peak_rss_mb"], 1),
-            "unknown_outcomes_left": result["unknown_left"],
-        },
-        {
-            "name": "load generator",
-            "cpu_s": round(result["cpu_s"], 2),
-            "cpu_fraction": round(result["cpu_s"] / result["wall_s"], 3),
-            "peak_rss_mb": round(result["peak_rss_mb"], 1),
-        },
-    ]
-    return _LoadOutcome(after=after, processes=processes, operations=operations)
+    wall_s = result["wall_s"]
+    processes = [_process_figures(usage["name"], usage["cpu_s"], usage["peak_rss_mb"], wall_s) for usage in result["usage"]]
+    nodes_total = None
+    if arguments.nodes == 1:
+        processes[0]["unknown_outcomes_left"] = result["unknown_left"]
+    else:
+        nodes = [usage for usage in result["usage"] if usage["node"]]
+        # The sum of the peaks: an upper bound of the memory held at once.
+        nodes_total = _process_figures("nodes in total", sum(usage["cpu_s"] for usage in nodes), sum(usage["peak_rss_mb"] for usage in nodes), wall_s)
+        nodes_total |= {"nodes": len(nodes), "unknown_outcomes_left": result["unknown_left"]}
+    processes.append(_process_figures("load generator", result["cpu_s"], result["peak_rss_mb"], wall_s))
+    return _LoadOutcome(after=after, processes=processes, operations=operations, nodes_total=nodes_total)
+
+
+def _process_figures(name: str, cpu_s: float, peak_rss_mb: float, wall_s: float) -> dict[str, Any]:
+    return {"name": name, "cpu_s": round(cpu_s, 2), "cpu_fraction": round(cpu_s / wall_s, 3), "peak_rss_mb": round(peak_rss_mb, 1)}
 
 
 def _node_arguments(arguments: argparse.Namespace) -> list[str]:
-    """The command line of the node that http mode starts."""
+    """The command line of the node that http mode starts (`NodeProcess`
+    adds `--nodes`)."""
     node_arguments = [
         "--partitions", str(arguments.partitions), "--seed", str(arguments.seed), "--log-level", arguments.log_level,
         "--network-latency-ms", f"{arguments.network_latency_ms[0]}..{arguments.network_latency_ms[1]}",
