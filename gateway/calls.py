@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import structlog
-from quart import g, request
+from quart import Response, g, request
 
 from engine import intent as machine
 from engine.results import Result
@@ -25,6 +25,7 @@ from gateway import errors, params, signing
 from gateway.forwarding import Forwarder, forwarded_from
 from gateway.errors import ApiError
 from gateway.forms import BodyError, decode_form, decode_json
+from gateway.responses import raw_response
 from shards import idempotency
 from shards.actor import Outcome
 from shards.idempotency import Claim, Render
@@ -231,6 +232,13 @@ class Calls:
             yield Claim(key.merchant_id, header, request_fingerprint, render_outcome, now_s + records.ttl_s)
         finally:
             records.end(key.merchant_id, header)
+
+    async def run(self, command: machine.Command, claim: Claim | None, render_outcome: Render) -> Response:
+        """Submit `command` and answer with its outcome, rendered by
+        `render_outcome` (or as the actor already rendered it for the
+        idempotency record: the same bytes, made once)."""
+        outcome = await self.submit(command, claim)
+        return raw_response(*(outcome.rendered or render_outcome(outcome)))
 
     async def submit(self, command: machine.Command, claim: Claim | None = None) -> Outcome:
         """The outcome of `command` on its intent's shard; raises a 503 when

@@ -47,3 +47,15 @@ def bounded_int(low: int, high: int):  # type: ignore[no-untyped-def]
         return value
 
     return parse
+
+
+def listener_options(command: argparse.ArgumentParser) -> None:
+    """The options of a node's HTTP listener (`up` and `node`)."""
+    command.add_argument(
+        "--connections-per-client-max", type=bounded_int(1, 100_000), default=256, metavar="N",
+        help="open connections one client address may hold; more are refused (default 256)",
+    )
+    command.add_argument(
+        "--header-timeout-s", type=bounded_int(1, 600), default=10, metavar="SECONDS",
+        help="time a new connection has to send its first request's headers (default 10)",
+    )

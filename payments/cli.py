@@ -18,7 +18,7 @@ from bench.cli import register as register_bench
 from engine import ids
 from gateway.logs import configure_logging
 from payments import audit_cli, cluster_cli
-from payments.arguments import DEFAULT_DATA_DIR, bounded_int, database_url, embedded_default, redis_url
+from payments.arguments import DEFAULT_DATA_DIR, bounded_int, database_url, embedded_default, listener_options, redis_url
 from payments.up import PartitionsMismatch, UpSettings, run_up
 from shards.cluster import NodeIdTaken
 from shards import operations
@@ -86,14 +86,7 @@ def parser() -> argparse.ArgumentParser:
         help="let webhook endpoints point at loopback, private, link-local and other internal addresses"
         " (local development only; on by itself with the embedded servers)",
     )
-    up.add_argument(
-        "--connections-per-client-max", type=bounded_int(1, 100_000), default=256, metavar="N",
-        help="open connections one client address may hold; more are refused (default 256)",
-    )
-    up.add_argument(
-        "--header-timeout-s", type=bounded_int(1, 600), default=10, metavar="SECONDS",
-        help="time a new connection has to send its first request's headers (default 10)",
-    )
+    listener_options(up)
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     sim = commands.add_parser("sim", help="run the card-network simulator as an HTTP service")
@@ -308,8 +301,8 @@ def _up_settings(arguments: argparse.Namespace, redis: str, *, test_merchant: bo
         # The embedded servers mean a developer's machine: webhooks to a
         # local receiver are what they want, and `up` says it allows them.
         allow_private_webhooks=getattr(arguments, "allow_private_webhooks", False) or embedded_default(),
-        connections_per_client_max=getattr(arguments, "connections_per_client_max", 256),
-        header_timeout_s=getattr(arguments, "header_timeout_s", 10),
+        connections_per_client_max=arguments.connections_per_client_max,
+        header_timeout_s=arguments.header_timeout_s,
         node_id=arguments.node_id,
         lease_ttl_s=arguments.lease_ttl_s,
         public_url=arguments.public_url,

@@ -26,7 +26,7 @@ import trio
 import trio_asyncio
 
 from payments import embedded
-from payments.arguments import bounded_int, database_url, embedded_default, redis_url
+from payments.arguments import bounded_int, database_url, embedded_default, listener_options, redis_url
 from payments.up import test_merchant
 from shards.vault import Vault
 from store.leases import ClusterView
@@ -36,6 +36,7 @@ from store.postgres import Store
 # for all of them to stop after Ctrl-C before killing what is left.
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
+SPREAD_TIMEOUT_S = 60.0
 LISTENING = "listening on "
 # PostgreSQL connections the nodes of `up --nodes N` share, and each's least.
 CONNECTIONS_TOTAL = 20
@@ -82,6 +83,7 @@ def register(commands: Any, data_dir_option: Callable[[argparse.ArgumentParser],
         help="partitions of a new database (default 16); another count than an existing database's is refused",
     )
     cluster_options(node)
+    listener_options(node)
     node.add_argument(
         "--allow-private-webhooks", action="store_true",
         help="let webhook endpoints point at loopback, private, link-local and other internal addresses (local development only)",
@@ -146,6 +148,17 @@ def command_cluster_status(arguments: argparse.Namespace) -> int:
 # --------------------------------------------------------- up --nodes N
 
 
+# Lines from the children and our own come out whole, never interleaved.
+_OUTPUT = threading.Lock()
+
+
+def say(text: str, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    with _OUTPUT:
+        out.write(text if text.endswith("\n") else text + "\n")
+        out.flush()
+
+
 class Child:
     """A process `up --nodes N` started, its output relayed line by line
     with its name in front."""
@@ -172,8 +185,7 @@ class Child:
             if self.url is None and LISTENING in line:
                 self.url = line.split(LISTENING, 1)[1].split()[0]
                 self._listening.set()
-            out.write(f"[{self.name}] {line}")
-            out.flush()
+            say(f"[{self.name}] {line}", out)
         self._listening.set()
 
     def wait_listening(self, timeout_s: float) -> str:
@@ -193,7 +205,8 @@ def _node_command(arguments: argparse.Namespace, index: int, *, allow_private_we
     command = [
         sys.executable, "-m", "payments.cli", "node", "--host", arguments.host, "--port", str(port),
         "--node-id", f"node-{index}", "--lease-ttl-s", str(arguments.lease_ttl_s), "--data-dir", str(arguments.data_dir),
-        "--log-level", arguments.log_level,
+        "--log-level", arguments.log_level, "--connections-per-client-max", str(arguments.connections_per_client_max),
+        "--header-timeout-s", str(arguments.header_timeout_s),
     ]
     return command + (["--allow-private-webhooks"] if allow_private_webhooks else [])
 
@@ -212,6 +225,32 @@ async def _prepare(database: str, data_dir: Path, partitions: int | None) -> tup
             return count, await test_merchant(store, data_dir, Vault.from_config(data_dir))
         finally:
             await store.close()
+
+
+async def _wait_for_spread(database: str, nodes: int, timeout_s: float) -> bool:
+    """Until every partition has a live owner that said where it listens
+    and each node holds its share (the first requests are not refused)."""
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database, connections_max=1)
+        try:
+            with trio.move_on_after(timeout_s):
+                while not spread(await store.leases.view(), nodes):
+                    await trio.sleep(0.25)
+                return True
+            return False
+        finally:
+            await store.close()
+
+
+def spread(view: ClusterView, nodes: int) -> bool:
+    """Whether `nodes` live nodes with URLs hold every partition evenly."""
+    urls = {member.node_id: member.url for member in view.members if not member.leaving}
+    held: dict[str, int] = {}
+    for lease in view.leases:
+        if lease.owner is None or lease.expires_in_s <= 0 or not urls.get(lease.owner):
+            return False
+        held[lease.owner] = held.get(lease.owner, 0) + 1
+    return len(held) == nodes and max(held.values()) - min(held.values()) <= 1
 
 
 def _wait_for_signal_or_exit(children: list[Child]) -> None:
@@ -273,12 +312,16 @@ def run_cluster(arguments: argparse.Namespace, nodes: int) -> int:
                 children.append(Child(f"node-{index}", _node_command(arguments, index, allow_private_webhooks=allow_private), environ))
             urls = [child.wait_listening(START_TIMEOUT_S) for child in children if child.name.startswith("node")]
         except RuntimeError as error:
-            print(f"error: {error}", file=sys.stderr)
+            say(f"error: {error}", sys.stderr)
             _stop_all(children)
             return 2
-        print(f"payments up: {nodes} nodes sharing {partitions} partitions: {', '.join(urls)}", flush=True)
-        print(f"simulator:     {simulator_url}", flush=True)
-        print(f"test merchant: {keys.id}\nsecret key:    {keys.secret_key}\npublishable:   {keys.publishable_key}", flush=True)
-        print("Any node takes any request. Ctrl-C hands the partitions off and stops every process.", flush=True)
+        if not trio.run(_wait_for_spread, database, nodes, SPREAD_TIMEOUT_S):
+            say(f"warning: the partitions were not spread over the {nodes} nodes within {SPREAD_TIMEOUT_S:g} s; see `payments cluster status`")
+        say(
+            f"payments up: {nodes} nodes sharing {partitions} partitions: {', '.join(urls)}\n"
+            f"simulator:     {simulator_url}\n"
+            f"test merchant: {keys.id}\nsecret key:    {keys.secret_key}\npublishable:   {keys.publishable_key}\n"
+            "Any node takes any request. Ctrl-C hands the partitions off and stops every process."
+        )
         _wait_for_signal_or_exit(children)
         return _stop_all(children)

@@ -74,6 +74,9 @@ class Outcome(msgspec.Struct, frozen=True):
     intent: PaymentIntent | None = None
     param: str | None = None
     attempt_id: str | None = None
+    # (HTTP status, JSON) when the actor already rendered it for the
+    # request's idempotency record: the gateway sends those bytes.
+    rendered: tuple[int, bytes] | None = None
 
 
 class Reply:
@@ -113,6 +116,8 @@ class Message(msgspec.Struct):
     # The HTTP request behind the command, or behind the command whose
     # network call this answers: the transition logs carry it.
     request_id: str | None = None
+    # What the caller is told, when it was rendered for an idempotency record.
+    rendered: Outcome | None = None
 
 
 def waits_on(decision: machine.Decision) -> str | None:
@@ -474,7 +479,7 @@ class ShardActor:
                 if waits_on(decision) is not None:
                     rows.append(message.claim.started(object_id))
                 else:
-                    rows.append(message.claim.completed(immediate_outcome(decision, current), object_id))
+                    rows.append(self._completed(message, message.claim, immediate_outcome(decision, current), object_id))
             command = message.command
             if isinstance(command, ANSWER_TYPES) and decision.result is Result.ok:
                 waiting = self._awaiting_answer.get(command.attempt_id)
@@ -482,8 +487,17 @@ class ShardActor:
                 # keeps only its "started" mark, so a retry runs again.
                 if waiting is not None and waiting[1] is not None and not isinstance(command, machine.RecordNotSent):
                     outcome = Outcome(Result.ok, current, attempt_id=command.attempt_id)
-                    rows.append(waiting[1].completed(outcome, command.intent_id))
+                    rows.append(self._completed(message, waiting[1], outcome, command.intent_id))
         return rows
+
+    @staticmethod
+    def _completed(message: Message, claim: Claim, outcome: Outcome, object_id: str | None) -> IdempotencyRow:
+        """The idempotency record of an outcome; the outcome, with the bytes
+        rendered for the record, is kept on the message for the reply."""
+        row = claim.completed(outcome, object_id)
+        assert row.status_code is not None and row.body is not None
+        message.rendered = msgspec.structs.replace(outcome, rendered=(row.status_code, row.body))
+        return row
 
     def _fail_batch(self, outcomes: list[tuple[Message, machine.Decision, PaymentIntent | None]], error: StoreUnavailable) -> None:
         log.warning("journal_commit_failed", partition=self.state.partition, error=str(error), commands=len(outcomes))
@@ -498,7 +512,7 @@ class ShardActor:
         command = message.command
         if decision.result is not Result.ok:
             if message.reply is not None:
-                message.reply.set(Outcome(decision.result, current, decision.param))
+                message.reply.set(message.rendered or Outcome(decision.result, current, decision.param))
             else:
                 # Late or repeated internal commands (an answer after a crash
                 # marked it unknown, an expiry after a capture) change nothing.
@@ -534,9 +548,9 @@ class ShardActor:
         if isinstance(command, ANSWER_TYPES):
             waiting = self._awaiting_answer.pop(command.attempt_id, None)
             if waiting is not None:
-                waiting[0].set(Outcome(Result.ok, current, attempt_id=command.attempt_id))
+                waiting[0].set(message.rendered or Outcome(Result.ok, current, attempt_id=command.attempt_id))
         elif awaited is None and message.reply is not None:
-            message.reply.set(Outcome(Result.ok, current))
+            message.reply.set(message.rendered or Outcome(Result.ok, current))
 
     async def _call_network(self, effect: NetworkCall, request_id: str | None = None) -> None:
         async with self._network_limiter:

@@ -62,8 +62,9 @@ RETRIES_MAX = 10
 # its own timeout, then fails without having sent anything.
 CONNECTIONS_MAX = 100
 # How long one long poll for notices asks the server to wait, and how much
-# longer we wait for its answer before calling the poll failed.
-NOTICE_POLL_S = 20.0
+# longer we wait for its answer before calling the poll failed. Each poll
+# names the partitions the node serves then: short polls follow handoffs.
+NOTICE_POLL_S = 2.0
 NOTICE_POLL_MARGIN_S = 5.0
 # After a failed poll, wait before polling again rather than spin.
 NOTICE_ERROR_BACKOFF_S = 1.0

@@ -18,7 +18,7 @@ from gateway import errors, objects, ownership, params
 from gateway.calls import Calls
 from gateway.lists import cluster_page, created_s
 from gateway.openapi import api
-from gateway.responses import json_response, raw_response, render_intent
+from gateway.responses import json_response, render_intent
 from gateway.routing import Routes
 from store.rows import ApiKeyRow
 
@@ -38,7 +38,7 @@ async def create_payment_intent(calls: Calls, key: ApiKeyRow) -> Response:
         raise errors.from_result(refusal.result, refusal.param, amount=values.amount)
     partition = calls.partition_for_new(key)
     async with calls.idempotent(key, body, render_outcome) as claim:
-        return raw_response(*render_outcome(await calls.submit(await _create_command(calls, key, values, partition), claim)))
+        return await calls.run(await _create_command(calls, key, values, partition), claim, render_outcome)
 
 
 @ROUTES.get("/v1/payment_intents/<intent_id>")
@@ -75,7 +75,7 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
             payment_method_id=payment_method_id,
             return_url=values.return_url,
         )
-        return raw_response(*render_intent(await calls.submit(command, claim)))
+        return await calls.run(command, claim, render_intent)
 
 
 @ROUTES.get("/v1/payment_intents")
@@ -161,4 +161,4 @@ async def _intent_command(
     }
     command = build(values, common)
     async with calls.idempotent(key, body, render_intent) as claim:
-        return raw_response(*render_intent(await calls.submit(command, claim)))
+        return await calls.run(command, claim, render_intent)

@@ -15,7 +15,7 @@ from gateway.calls import Calls
 from gateway.errors import ApiError
 from gateway.lists import created_s
 from gateway.openapi import api
-from gateway.responses import raw_response, render
+from gateway.responses import render
 from gateway.routing import Routes
 from shards.actor import Outcome
 from store.rows import ApiKeyRow
@@ -47,7 +47,7 @@ async def create_refund(calls: Calls, key: ApiKeyRow) -> Response:
     )
     render_outcome = render_refund(refund_id)
     async with calls.idempotent(key, body, render_outcome) as claim:
-        return raw_response(*render_outcome(await calls.submit(command, claim)))
+        return await calls.run(command, claim, render_outcome)
 
 
 @ROUTES.get("/v1/refunds/<refund_id>")
