@@ -8,7 +8,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
@@ -130,19 +132,7 @@ def parser() -> argparse.ArgumentParser:
         help="refuse requests without a valid Payments-Signature; prints the signing secret once",
     )
 
-    events = commands.add_parser("events", help="the webhook dead-letter list, and sending events again")
-    events_commands = events.add_subparsers(dest="events_command", required=True, metavar="SUBCOMMAND")
-    dead = events_commands.add_parser("dead-letters", help="deliveries given up on after the last retry, newest first")
-    dead.add_argument("--limit", type=bounded_int(1, 10_000), default=100, help="at most this many (default 100)")
-    dead.add_argument("--json", action="store_true", help="one JSON object per line")
-    data_dir_option(dead)
-    retry = events_commands.add_parser(
-        "retry", help="send an event again to the endpoints that gave up on it (a running node picks it up within seconds)"
-    )
-    retry.add_argument("event_id", help="the event's id (evt_...)")
-    data_dir_option(retry)
-
-
+    _events_commands(commands, data_dir_option)
     cluster_cli.register(commands, data_dir_option)
     receiver_cli.register(commands)
     audit_cli.register(commands)
@@ -155,6 +145,20 @@ def parser() -> argparse.ArgumentParser:
     data_dir_option(roll)
     data_dir_option(create)
     return main
+
+
+def _events_commands(commands: Any, data_dir_option: Callable[[argparse.ArgumentParser], None]) -> None:
+    events = commands.add_parser("events", help="the webhook dead-letter list, and sending events again")
+    events_commands = events.add_subparsers(dest="events_command", required=True, metavar="SUBCOMMAND")
+    dead = events_commands.add_parser("dead-letters", help="deliveries given up on after the last retry, newest first")
+    dead.add_argument("--limit", type=bounded_int(1, 10_000), default=100, help="at most this many (default 100)")
+    dead.add_argument("--json", action="store_true", help="one JSON object per line")
+    data_dir_option(dead)
+    retry = events_commands.add_parser(
+        "retry", help="send an event again to the endpoints that gave up on it (a running node picks it up within seconds)"
+    )
+    retry.add_argument("event_id", help="the event's id (evt_...)")
+    data_dir_option(retry)
 
 
 async def _with_store(data_dir: Path, action):  # type: ignore[no-untyped-def]
