@@ -48,6 +48,8 @@ log = structlog.get_logger("shards.actor")
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("payments_request_id", default=None)
 
 ANSWER_TYPES = machine.ANSWERS
+# How long a measured mailbox wait is taken as the current one.
+QUEUE_WAIT_FRESH_S = 1.0
 # One log event per journaled transition (at debug level: at thousands a
 # second they would cost more than the decision), named in snake_case past tense.
 LOG_EVENT_NAMES = {
@@ -79,6 +81,14 @@ class Outcome(msgspec.Struct, frozen=True):
     rendered: tuple[int, bytes] | None = None
 
 
+class Shed(Exception):
+    """A client command refused without being decided: it waited in the
+    mailbox past its deadline, its caller's time already spent."""
+
+
+SHED = Shed("the command waited too long for its partition")
+
+
 class Reply:
     """A one-shot slot a caller waits on; cheaper than a channel per request."""
 
@@ -86,13 +96,13 @@ class Reply:
 
     def __init__(self) -> None:
         self._done = trio.Event()
-        self.value: Outcome | StoreError | None = None
+        self.value: Outcome | StoreError | Shed | None = None
         # Set when the command is durable but its reply waits for the network.
         self.journaled = False
         # Set when the caller stopped waiting (the node's reply timeout).
         self.expired = False
 
-    def set(self, value: Outcome | StoreError) -> None:
+    def set(self, value: Outcome | StoreError | Shed) -> None:
         if self._done.is_set():
             return  # the caller gave up waiting; nobody reads this any more
         self.value = value
@@ -103,7 +113,7 @@ class Reply:
             self.expired = True
             self._done.set()
 
-    async def wait(self) -> Outcome | StoreError | None:
+    async def wait(self) -> Outcome | StoreError | Shed | None:
         """The outcome, or None when the reply expired first."""
         await self._done.wait()
         return self.value
@@ -118,6 +128,8 @@ class Message(msgspec.Struct):
     request_id: str | None = None
     # What the caller is told, when it was rendered for an idempotency record.
     rendered: Outcome | None = None
+    # When a client command entered the mailbox (trio clock).
+    enqueued_at: float = 0.0
 
 
 def waits_on(decision: machine.Decision) -> str | None:
@@ -143,6 +155,14 @@ class ShardConfig(msgspec.Struct, frozen=True):
     # this age; Stripe's figure for cards is 7 days.
     authorization_expiry_s: int = 7 * 86_400
     expiry_check_s: float = 1.0
+    # Overload. A client command that waited longer than this in the
+    # mailbox is refused (503) without being decided: its caller's time is
+    # spent, and deciding it would only make the next ones wait longer.
+    queue_wait_max_s: float = 0.5
+    # New intents are refused while commands wait longer than this: past
+    # capacity, finish the payments already started rather than start new
+    # ones that would crowd them out.
+    create_wait_max_s: float = 0.05
 
 
 class ShardState:
@@ -240,6 +260,9 @@ class ShardActor:
         self._retry: list[Message] = []
         self.commits_total = 0
         self.commands_total = 0
+        self.shed_total = 0
+        # How long the client commands of the last batch waited, and when.
+        self._queue_wait = (0.0, -math.inf)
         # Set when a write was refused because the partition's lease moved
         # on: the actor stops at once and its node drops the partition.
         self.fenced: Fenced | None = None
@@ -253,7 +276,7 @@ class ShardActor:
         if not self.state.accepting or self._client_queued >= self.config.mailbox_commands_max:
             raise trio.WouldBlock
         reply = Reply()
-        self.mailbox_send.send_nowait(Message(command, reply, claim, REQUEST_ID.get()))
+        self.mailbox_send.send_nowait(Message(command, reply, claim, REQUEST_ID.get(), enqueued_at=trio.current_time()))
         self._client_queued += 1
         return reply
 
@@ -354,7 +377,33 @@ class ShardActor:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             self._client_queued -= sum(1 for message in batch if message.reply is not None)
-            await self._turn(batch)
+            batch = self._past_deadline_shed(batch)
+            if batch:
+                await self._turn(batch)
+
+    def _past_deadline_shed(self, batch: list[Message]) -> list[Message]:
+        """The batch without the client commands that waited past their
+        deadline (answered Shed); notes how long the others waited."""
+        now = trio.current_time()
+        kept = []
+        waited_max = 0.0
+        for message in batch:
+            if message.reply is not None:
+                waited = now - message.enqueued_at
+                waited_max = max(waited_max, waited)
+                if waited > self.config.queue_wait_max_s:
+                    message.reply.set(SHED)
+                    self.shed_total += 1
+                    continue
+            kept.append(message)
+        self._queue_wait = (waited_max, now)
+        return kept
+
+    def queue_wait_s(self) -> float:
+        """How long client commands waited for this actor lately (0 when
+        it has not taken any for a second)."""
+        waited, at = self._queue_wait
+        return waited if trio.current_time() - at < QUEUE_WAIT_FRESH_S else 0.0
 
     async def _serve_answers_after_close(self) -> None:
         if not self._retry:

@@ -30,7 +30,7 @@ import trio
 
 from engine import intent as machine
 from engine.intent import Command
-from shards.actor import Journal, Outcome, ShardActor, ShardConfig, ShardState
+from shards.actor import Journal, Outcome, Shed, ShardActor, ShardConfig, ShardState
 from shards.api_keys import ApiKeyCache, hash_key
 from shards.effects import CardNetwork, Effects, run_notice_relay
 from shards.group_commit import GroupCommit
@@ -170,6 +170,9 @@ class Node:
             raise NotServed(partition)
         if self.replies.waiting >= self.config.in_flight_max:
             raise Overloaded("too many commands in flight on this node")
+        if isinstance(command, machine.CreateIntent) and shard.queue_wait_s() > self.config.shard.create_wait_max_s:
+            # Past capacity: the payments already started go first.
+            raise Overloaded(f"partition {partition} is saturated; new payments are refused for now")
         try:
             reply = shard.submit_nowait(command, claim)
         except (trio.WouldBlock, trio.ClosedResourceError) as error:
@@ -184,6 +187,8 @@ class Node:
             raise StoreUnavailable("the partition moved to another node; retry to see the result")
         if isinstance(value, StoreError):
             raise value
+        if isinstance(value, Shed):
+            raise Overloaded(str(value))
         if value is not None:
             return value
         if not reply.journaled:

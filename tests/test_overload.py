@@ -1,0 +1,114 @@
+"""Past capacity the node sheds instead of queueing: a client command that
+waited in its partition's mailbox past `queue_wait_max_s` is refused without
+being decided or journaled, and new payments are refused while commands
+wait longer than `create_wait_max_s`, so the payments already started
+finish. Run on the memory store under trio's MockClock, with every journal
+write made slow, so the waits are exact."""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from engine import intent as machine
+from shards.actor import ShardConfig
+from shards.node import Node, NodeConfig, Overloaded, run_node
+from shards.vault import Vault
+from simulators.card_network import CardNetwork
+from store.memory import MemoryStore
+
+COMMIT_S = 0.8  # every journal write takes this long (mock time)
+CONFIG = NodeConfig(partitions=1, shard=ShardConfig(queue_wait_max_s=0.5, create_wait_max_s=0.05), group_commit=False)
+
+
+def create(node: Node) -> machine.CreateIntent:
+    intent_id = node.new_id("pi")
+    return machine.CreateIntent(
+        intent_id=intent_id, merchant_id="acct_busy", livemode=False, amount=1000, currency="usd",
+        capture_method=machine.CaptureMethod.automatic, client_secret=node.client_secret(intent_id), at_s=int(time.time()),
+        attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+    )
+
+
+def cancel(node: Node, intent_id: str) -> machine.CancelIntent:
+    return machine.CancelIntent(
+        intent_id=intent_id, merchant_id="acct_busy", livemode=False, attempt_id=node.new_id("att", 0), at_s=int(time.time()),
+        cancellation_reason=None,
+    )
+
+
+async def slow_node(store: MemoryStore, nursery: trio.Nursery) -> Node:
+    append_many = store.journal.append_many
+
+    async def slow_append_many(batches: Any) -> None:
+        await trio.sleep(COMMIT_S)
+        await append_many(batches)
+
+    store.journal.append_many = slow_append_many  # type: ignore[method-assign]
+    await store.migrate(1)
+    return await nursery.start(functools.partial(run_node, random_bytes=random.Random(1).randbytes), store, Vault(bytes(32)), CardNetwork(seed=1), CONFIG)
+
+
+async def test_commands_that_waited_past_their_deadline_are_shed_and_never_journaled(autojump_clock: Any) -> None:
+    queued = 3
+    store = MemoryStore()
+    async with trio.open_nursery() as nursery:
+        node = await slow_node(store, nursery)
+        made = [await node.submit(create(node)) for _ in range(queued)]
+        intent_ids = [outcome.intent.id for outcome in made]
+        told: dict[str, str] = {}
+
+        async def cancel_one(intent_id: str) -> None:
+            try:
+                await node.submit(cancel(node, intent_id))
+                told[intent_id] = "done"
+            except Overloaded as refused:
+                told[intent_id] = str(refused)
+
+        async with trio.open_nursery() as clients:
+            # The first cancel is taken at once and its commit takes 0.8 s;
+            # the next arrive 0.2 s apart: the second has waited 0.6 s when
+            # the actor is free again, the third 0.4 s.
+            for intent_id in intent_ids:
+                clients.start_soon(cancel_one, intent_id)
+                await trio.sleep(0.2)
+        shard = node.shards[0]
+        node.stop_accepting()
+    statuses = {intent_id: shard.state.intents[intent_id].status for intent_id in intent_ids}
+    assert told[intent_ids[0]] == "done" and statuses[intent_ids[0]] is machine.Status.canceled
+    shed = [intent_id for intent_id in intent_ids if told[intent_id] != "done"]
+    assert shed == [intent_ids[1]], told
+    assert told[intent_ids[1]] == "the command waited too long for its partition"
+    # Refused without being decided: nothing was journaled for them.
+    assert all(statuses[i] is machine.Status.requires_payment_method for i in shed)
+    kinds = [row.kind for row in await store.journal.load(0)]
+    assert kinds.count("IntentCanceled") == queued - len(shed)
+    assert shard.shed_total == len(shed)
+
+
+async def test_new_payments_are_refused_while_the_started_ones_wait(autojump_clock: Any) -> None:
+    store = MemoryStore()
+    async with trio.open_nursery() as nursery:
+        node = await slow_node(store, nursery)
+        first = await node.submit(create(node))
+        second = await node.submit(create(node))
+        shard = node.shards[0]
+        async with trio.open_nursery() as clients:
+            clients.start_soon(node.submit, cancel(node, first.intent.id))
+            await trio.sleep(0.4)
+            # Queued behind a 0.8 s commit: when the actor takes it, it has waited 0.4 s.
+            clients.start_soon(node.submit, cancel(node, second.intent.id))
+        assert shard.queue_wait_s() > CONFIG.shard.create_wait_max_s
+        with pytest.raises(Overloaded, match=r"^partition 0 is saturated; new payments are refused for now$"):
+            await node.submit(create(node))
+        # Once nothing has waited for a while, new payments are taken again.
+        await trio.sleep(1.5)
+        assert shard.queue_wait_s() == 0.0
+        assert (await node.submit(create(node))).intent.status is machine.Status.requires_payment_method
+        node.stop_accepting()
