@@ -179,19 +179,25 @@ class Calls:
             )
         return header
 
-    def partition_for_new(self, key: ApiKeyRow) -> int | None:
-        """The partition a new intent goes to. With an Idempotency-Key, the
-        one the merchant and key hash to, so that a request and its retries
-        meet on one node wherever they arrive (raises NotServed when another
-        node serves it: the request is forwarded there); else None, the
-        node's next."""
+    def partition_for_new(self, key: ApiKeyRow) -> int:
+        """The partition a new intent goes to, checked before any work is
+        done for it. With an Idempotency-Key, the one the merchant and key
+        hash to, so that a request and its retries meet on one node wherever
+        they arrive (raises NotServed when another node serves it: the
+        request is forwarded there); else the node's next. Raises a 503 when
+        that partition is saturated (past capacity, payments already started
+        go first)."""
+        node = self.node
         header = self.idempotency_key()
         if header is None:
-            return None
-        digest = hashlib.sha256(f"{key.merchant_id}\n{header}".encode()).digest()
-        partition = int.from_bytes(digest[:4], "big") % self.node.config.partitions
-        if partition not in self.node.shards:
-            raise NotServed(partition)
+            partition = node.router.next_partition()
+        else:
+            digest = hashlib.sha256(f"{key.merchant_id}\n{header}".encode()).digest()
+            partition = int.from_bytes(digest[:4], "big") % node.config.partitions
+            if partition not in node.shards:
+                raise NotServed(partition)
+        if node.saturated(partition):
+            raise errors.unavailable("The engine is at capacity and takes no new payments for a moment. Retry shortly.")
         return partition
 
     @contextlib.asynccontextmanager

@@ -170,7 +170,7 @@ class Node:
             raise NotServed(partition)
         if self.replies.waiting >= self.config.in_flight_max:
             raise Overloaded("too many commands in flight on this node")
-        if isinstance(command, machine.CreateIntent) and shard.queue_wait_s() > self.config.shard.create_wait_max_s:
+        if isinstance(command, machine.CreateIntent) and self.saturated(partition):
             # Past capacity: the payments already started go first.
             raise Overloaded(f"partition {partition} is saturated; new payments are refused for now")
         try:
@@ -202,6 +202,13 @@ class Node:
         except NotServed:
             # Handed off meanwhile: journaled, so not to be sent again elsewhere.
             raise StoreUnavailable("the partition moved to another node; retry to see the result") from None
+
+    def saturated(self, partition: int) -> bool:
+        """Whether the partition's commands wait longer than a new payment
+        may make them (`create_wait_max_s`): new payments are refused there
+        for now. A cheap check, for callers to make before building one."""
+        shard = self.shards.get(partition)
+        return shard is not None and shard.queue_wait_s() > self.config.shard.create_wait_max_s
 
     def set_public_url(self, url: str) -> None:
         """Where cardholders (3-D Secure pages) and other nodes (forwarded

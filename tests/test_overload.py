@@ -22,6 +22,7 @@ from shards.node import Node, NodeConfig, Overloaded, run_node
 from shards.vault import Vault
 from simulators.card_network import CardNetwork
 from store.memory import MemoryStore
+from tests.test_request_ids import in_process_node
 
 COMMIT_S = 0.8  # every journal write takes this long (mock time)
 CONFIG = NodeConfig(partitions=1, shard=ShardConfig(queue_wait_max_s=0.5, create_wait_max_s=0.05), group_commit=False)
@@ -112,3 +113,26 @@ async def test_new_payments_are_refused_while_the_started_ones_wait(autojump_clo
         assert shard.queue_wait_s() == 0.0
         assert (await node.submit(create(node))).intent.status is machine.Status.requires_payment_method
         node.stop_accepting()
+
+
+async def test_a_saturated_partition_refuses_a_new_payment_before_any_work(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with in_process_node(database_url, "Busy shop") as (node, client, headers):
+        made = await client.post("/v1/payment_intents", form={"amount": "900", "currency": "usd"}, headers=headers)
+        assert made.status_code == 200
+        looked_up: list[str] = []
+        monkeypatch.setattr(node, "saturated", lambda partition: True)
+        # A test card id makes a payment method: that would be the first work done.
+        monkeypatch.setattr(node, "create_payment_method", lambda *args: looked_up.append("created"))
+        monkeypatch.setattr(node, "payment_method", lambda payment_method_id: looked_up.append(payment_method_id))
+        refused = await client.post(
+            "/v1/payment_intents", form={"amount": "900", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}, headers=headers
+        )
+        # The payment already started is still served.
+        read = await client.get(f"/v1/payment_intents/{(await made.get_json())['id']}", headers=headers)
+        listed = await (await client.get("/v1/payment_intents", headers=headers)).get_json()
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    body = await refused.get_json()
+    assert body["error"]["message"] == "The engine is at capacity and takes no new payments for a moment. Retry shortly."
+    assert looked_up == [], "no work was done for the refused payment"
+    assert read.status_code == 200
+    assert len(listed["data"]) == 1, "nothing was created"

@@ -111,16 +111,15 @@ def _cancel(values: params.CancelParams, common: dict[str, Any]) -> machine.Comm
     return machine.CancelIntent(**common, cancellation_reason=values.cancellation_reason)
 
 
-async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePaymentIntent, partition: int | None) -> machine.CreateIntent:
+async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePaymentIntent, partition: int) -> machine.CreateIntent:
     """The command that creates the intent `values` describe, with new ids
-    (in `partition`, or the node's next); raises a 400 when its payment
-    method is not the caller's."""
+    in `partition`; raises a 400 when its payment method is not the
+    caller's."""
     node = calls.node
     payment_method_id = None
     if values.payment_method is not None:
         payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
     intent_id = node.new_id("pi", partition)
-    partition = node.partition_of_intent(intent_id)
     return machine.CreateIntent(
         intent_id=intent_id,
         merchant_id=key.merchant_id,
