@@ -59,3 +59,7 @@ def listener_options(command: argparse.ArgumentParser) -> None:
         "--header-timeout-s", type=bounded_int(1, 600), default=10, metavar="SECONDS",
         help="time a new connection has to send its first request's headers (default 10)",
     )
+    command.add_argument(
+        "--requests-in-flight-max", type=bounded_int(0, 100_000), default=128, metavar="N",
+        help="requests the node works on at once; more are answered 503 at once (default 128; 0: no bound)",
+    )

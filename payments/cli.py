@@ -307,6 +307,7 @@ def _up_settings(arguments: argparse.Namespace, redis: str, *, test_merchant: bo
         allow_private_webhooks=getattr(arguments, "allow_private_webhooks", False) or embedded_default(),
         connections_per_client_max=arguments.connections_per_client_max,
         header_timeout_s=arguments.header_timeout_s,
+        requests_in_flight_max=arguments.requests_in_flight_max,
         node_id=arguments.node_id,
         lease_ttl_s=arguments.lease_ttl_s,
         public_url=arguments.public_url,

@@ -206,7 +206,7 @@ def _node_command(arguments: argparse.Namespace, index: int, *, allow_private_we
         sys.executable, "-m", "payments.cli", "node", "--host", arguments.host, "--port", str(port),
         "--node-id", f"node-{index}", "--lease-ttl-s", str(arguments.lease_ttl_s), "--data-dir", str(arguments.data_dir),
         "--log-level", arguments.log_level, "--connections-per-client-max", str(arguments.connections_per_client_max),
-        "--header-timeout-s", str(arguments.header_timeout_s),
+        "--header-timeout-s", str(arguments.header_timeout_s), "--requests-in-flight-max", str(arguments.requests_in_flight_max),
     ]
     return command + (["--allow-private-webhooks"] if allow_private_webhooks else [])
 

@@ -75,6 +75,7 @@ class UpSettings(msgspec.Struct, frozen=True):
     allow_private_webhooks: bool = False
     connections_per_client_max: int = 256
     header_timeout_s: int = 10
+    requests_in_flight_max: int = 128
     # The node's id in the cluster sharing the database (None: this
     # machine's name and the port), its lease TTL, and the URL peers forward
     # requests to (None: where it listens).
@@ -245,7 +246,11 @@ async def _serve(
         await nursery.start(run_node_workers, node, events)
         config = hypercorn_config(settings.host, settings.port)
         stop = trio.Event()
-        limits = ConnectionLimits(per_client_max=settings.connections_per_client_max, header_timeout_s=settings.header_timeout_s)
+        limits = ConnectionLimits(
+            per_client_max=settings.connections_per_client_max,
+            header_timeout_s=settings.header_timeout_s,
+            requests_in_flight_max=settings.requests_in_flight_max,
+        )
         # The simulator's pages go only where the simulator runs in this process.
         mounts = [simulator_routes.mount(network)] if isinstance(network, CardNetwork) else []
         binds = await nursery.start(_serve_http, create_app(node, mounts=mounts), config, limits, stop, node)

@@ -12,11 +12,14 @@ import random
 import time
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
+from quart_trio import QuartTrio
 
 from engine import intent as machine
+from gateway.listener import ConnectionLimits, hypercorn_config, serve_guarded
 from shards.actor import ShardConfig
 from shards.node import Node, NodeConfig, Overloaded, run_node
 from shards.vault import Vault
@@ -136,3 +139,53 @@ async def test_a_saturated_partition_refuses_a_new_payment_before_any_work(datab
     assert looked_up == [], "no work was done for the refused payment"
     assert read.status_code == 200
     assert len(listed["data"]) == 1, "nothing was created"
+
+
+async def test_requests_past_the_in_flight_bound_are_refused_at_the_door() -> None:
+    """A node at capacity answers the next request 503 at once, before any
+    routing or authentication, and takes requests again as soon as one
+    finishes; health checks always pass."""
+    app = QuartTrio("busy")
+    release = trio.Event()
+    entered = 0
+
+    @app.get("/slow")
+    async def slow() -> str:
+        nonlocal entered
+        entered += 1
+        await release.wait()
+        return "done"
+
+    @app.get("/healthz")
+    async def health() -> str:
+        return "ok"
+
+    limits = ConnectionLimits(requests_in_flight_max=2)
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        binds = await nursery.start(functools.partial(serve_guarded, app, hypercorn_config("127.0.0.1", 0), limits, shutdown_trigger=stop.wait))
+        async with httpx.AsyncClient(base_url=binds[0], timeout=10) as http:
+            answers: list[httpx.Response] = []
+
+            async def call() -> None:
+                answers.append(await http.get("/slow"))
+
+            nursery.start_soon(call)
+            nursery.start_soon(call)
+            with trio.fail_after(10):
+                while entered < 2:
+                    await trio.sleep(0.01)
+            refused = await http.get("/slow")
+            health = await http.get("/healthz")
+            release.set()
+            with trio.fail_after(10):
+                while len(answers) < 2:
+                    await trio.sleep(0.01)
+            after = await http.get("/slow")
+        stop.set()
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert refused.json() == {"error": {"type": "api_error", "code": "service_unavailable", "message": "The node is at capacity. Retry shortly."}}
+    assert refused.headers["Request-Id"].startswith("req_")
+    assert entered == 3, "the refused request never reached the app"
+    assert health.status_code == 200
+    assert [answer.text for answer in answers] == ["done", "done"] and after.text == "done"
