@@ -26,9 +26,11 @@ DESCRIPTION = """\
 Offer payments at a fixed rate (open loop, Poisson arrivals) and measure what
 the engine makes of them: latency per operation and end to end (from each
 payment's scheduled arrival, so a slow system cannot hide its latency),
-achieved against offered rate, errors by kind, commits and batch sizes, CPU
-and memory. At the end it checks invariants I1 to I6 over everything the run
-did and exits 1 on any violation. Baselines measured in the same run (raw
+achieved against offered rate, the payments that did not finish (shed:
+refused for overload, at create or later; timed out; failed) and errors by
+kind, commits and batch sizes, CPU and memory. At the end it checks
+invariants I1 to I6 over everything the run did and exits 1 on any violation
+(shed payments are none). Baselines measured in the same run (raw
 PostgreSQL ingest, one trio actor's request/reply ceiling, and in http mode a
 bare quart-trio endpoint) put every headline figure in proportion.
 

@@ -37,9 +37,9 @@ import trio
 import trio_asyncio
 
 from bench.arrivals import Arrival
-from bench.histograms import Recorder
+from bench.histograms import Outcome, Recorder
 from bench.machine import own_usage
-from bench.load import CARD_OF_SCENARIO, CARDS, CHALLENGE_POLL_S, CHALLENGE_WAIT_S, LoadSettings, PaymentFailed, expect_status, generate
+from bench.load import CARD_OF_SCENARIO, CARDS, CHALLENGE_POLL_S, LoadSettings, PaymentFailed, challenge_wait, expect_status, generate
 from engine import cards
 from engine import intent as machine
 from engine.results import Result
@@ -94,17 +94,18 @@ class EngineDriver:
         # here spares parsing it back out of each new id.
         self._partitions = itertools.cycle(node.config.served_partitions())
 
-    async def _submit(self, command: machine.Command, recorder: Recorder) -> Any:
-
+    async def _submit(self, command: machine.Command, recorder: Recorder, operation: str) -> Any:
+        """The command's outcome; raises PaymentFailed, shed when the node
+        refused it for overload (`operation` says at which step)."""
         recorder.requests += 1
         try:
             outcome = await self.node.submit(command)
         except Overloaded:
-            raise PaymentFailed("overloaded") from None
+            raise PaymentFailed("overloaded", Outcome.shed, operation) from None
         except StoreUnavailable:
-            raise PaymentFailed("store_unavailable") from None
+            raise PaymentFailed("store_unavailable", operation=operation) from None
         if outcome.result is not Result.ok:
-            raise PaymentFailed(f"refused_{outcome.result}")
+            raise PaymentFailed(f"refused_{outcome.result}", operation=operation)
         return outcome
 
     async def pay(self, arrival: Arrival, due: float, recorder: Recorder) -> None:
@@ -125,14 +126,14 @@ class EngineDriver:
             settlement_delay_s=node.config.settlement_delay_s,
             dispute_fee_minor=node.config.dispute_fee_minor,
         )
-        outcome = await self._submit(create, recorder)
+        outcome = await self._submit(create, recorder, "create")
         now = trio.current_time()
         recorder.operation("create", now - due)
         expect_status("create", outcome.intent.status, "requires_confirmation")
 
         attempt_id = node.new_id("att", partition)
         started = now
-        outcome = await self._submit(machine.ConfirmIntent(**common, attempt_id=attempt_id, at_s=int(time.time())), recorder)
+        outcome = await self._submit(machine.ConfirmIntent(**common, attempt_id=attempt_id, at_s=int(time.time())), recorder, "confirm")
         now = trio.current_time()
         recorder.operation("confirm", now - started)
         status = str(outcome.intent.status)
@@ -142,7 +143,7 @@ class EngineDriver:
             expect_status("confirm", status, "requires_capture")
             started = now
             capture = machine.CaptureIntent(**common, attempt_id=node.new_id("att", partition), at_s=int(time.time()))
-            outcome = await self._submit(capture, recorder)
+            outcome = await self._submit(capture, recorder, "capture")
             now = trio.current_time()
             recorder.operation("capture", now - started)
             expect_status("capture", outcome.intent.status, "succeeded")
@@ -150,8 +151,8 @@ class EngineDriver:
             expect_status("confirm", status, "requires_action")
             started = now
             if not self.network.complete_challenge(attempt_id, True):
-                raise PaymentFailed("challenge_not_pending")
-            with trio.move_on_after(CHALLENGE_WAIT_S):
+                raise PaymentFailed("challenge_not_pending", operation="challenge")
+            with challenge_wait():
                 while node.intent(intent_id).status is not machine.Status.succeeded:
                     await trio.sleep(CHALLENGE_POLL_S)
             now = trio.current_time()
@@ -163,7 +164,7 @@ class EngineDriver:
                 started = now
                 refund_id = node.new_id("re", partition)
                 refund = machine.CreateRefund(**common, refund_id=refund_id, at_s=int(time.time()), amount=arrival.amount_minor // 2)
-                outcome = await self._submit(refund, recorder)
+                outcome = await self._submit(refund, recorder, "refund")
                 now = trio.current_time()
                 recorder.operation("refund", now - started)
                 expect_status("refund", outcome.intent.refund(refund_id).status, "succeeded")

@@ -1,5 +1,11 @@
 """What a run measured: latencies per operation and end to end, counts, errors.
 
+Every payment that arrives either finishes or goes to exactly one of three
+counts (`Outcome`): shed (the system refused it because it is past
+capacity), timed out (the client gave up waiting) or failed (anything
+else). Shed payments are split once more by where they stopped: at create
+(nothing was started) or later (a started payment's work was wasted).
+
 While load runs, a latency costs one append to an array (tens of
 nanoseconds): the load generator shares the machine with what it measures,
 so the HdrHistograms are built only once the load has stopped. A process
@@ -13,6 +19,7 @@ significant figures.
 from __future__ import annotations
 
 import collections
+import enum
 import math
 from array import array
 from typing import Any
@@ -25,6 +32,28 @@ SIGNIFICANT_FIGURES = 3
 # to its last acknowledged step.
 OPERATIONS = ("create", "confirm", "capture", "refund", "challenge", "e2e")
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+class Outcome(enum.StrEnum):
+    """Which count a payment that did not finish goes to."""
+
+    # Refused because the system is past capacity: the engine's Overloaded,
+    # or an HTTP 503 service_unavailable.
+    shed = "shed"
+    # Refused by the merchant's rate limit (HTTP 429): shed too, and counted
+    # apart, since it says the client asked too fast, not the engine is full.
+    rate_limited = "rate_limited"
+    # The client gave up: no answer within its timeout, still running when
+    # the drain ended, or never sent for too many payments in flight.
+    timed_out = "timed_out"
+    # Anything else: other refusals, the store away, unexpected answers.
+    failed = "failed"
+
+
+# The counts of payments that did not finish; each is also kept per second.
+UNFINISHED = ("shed", "timed_out", "failed")
+# Their totals, and the shed payments split by where and why they stopped.
+OUTCOME_COUNTS = (*UNFINISHED, "shed_at_create", "shed_rate_limited")
 
 
 def new_histogram() -> HdrHistogram:
@@ -92,12 +121,14 @@ class Recorder:
         # Completion offsets (s) of each finished payment, parallel to samples_us["e2e"].
         self.completed_at = array("d")
         self.arrivals_per_s: collections.Counter[int] = collections.Counter()
-        self.errors_per_s: collections.Counter[int] = collections.Counter()
+        self.unfinished_per_s = {name: collections.Counter[int]() for name in UNFINISHED}
         self.errors: collections.Counter[str] = collections.Counter()
+        # The count (one of UNFINISHED) each kind of error went to.
+        self.error_outcomes: dict[str, str] = {}
         self.scenarios: collections.Counter[str] = collections.Counter()
         self.arrived = 0
         self.completed = 0
-        self.failed = 0
+        self.outcomes = collections.Counter[str]({name: 0 for name in OUTCOME_COUNTS})
         self.in_flight = 0
         self.requests = 0  # HTTP requests or engine commands sent
         self._window_start = 0
@@ -117,10 +148,19 @@ class Recorder:
         self.completed_at.append(now - self.start)
         self.completed += 1
 
-    def error(self, kind: str, now: float) -> None:
-        self.errors[kind[:80]] += 1
-        self.errors_per_s[int(max(0.0, now - self.start))] += 1
-        self.failed += 1
+    def error(self, kind: str, now: float, outcome: Outcome = Outcome.failed, operation: str = "") -> None:
+        """A payment that did not finish: `kind` says why, `outcome` which
+        count it goes to, `operation` the step it stopped at."""
+        kind = kind[:80]
+        count = "shed" if outcome is Outcome.rate_limited else str(outcome)
+        self.errors[kind] += 1
+        self.error_outcomes[kind] = count
+        self.unfinished_per_s[count][int(max(0.0, now - self.start))] += 1
+        self.outcomes[count] += 1
+        if count == "shed" and operation == "create":
+            self.outcomes["shed_at_create"] += 1
+        if outcome is Outcome.rate_limited:
+            self.outcomes["shed_rate_limited"] += 1
 
     def progress(self) -> dict[str, Any]:
         """Counts so far and the p99 of payments finished since the last call."""
@@ -133,7 +173,7 @@ class Recorder:
         return {
             "arrived": self.arrived,
             "completed": self.completed,
-            "failed": self.failed,
+            **{name: self.outcomes[name] for name in UNFINISHED},
             "in_flight": self.in_flight,
             "window_p99_ms": p99_ms,
         }
@@ -143,7 +183,7 @@ class Recorder:
         per_second: dict[int, array] = collections.defaultdict(lambda: array("q"))
         for offset, latency_us in zip(self.completed_at, self.samples_us["e2e"]):
             per_second[int(offset)].append(latency_us)
-        seconds = sorted(set(per_second) | set(self.arrivals_per_s) | set(self.errors_per_s))
+        seconds = sorted(set(per_second).union(self.arrivals_per_s, *self.unfinished_per_s.values()))
         return {
             "histograms": {name: encode(histogram_of(values)) for name, values in self.samples_us.items()},
             "scenario_histograms": {name: encode(histogram_of(values)) for name, values in self.scenario_e2e_us.items()},
@@ -152,19 +192,23 @@ class Recorder:
                     "second": second,
                     "arrived": self.arrivals_per_s.get(second, 0),
                     "completed": len(per_second.get(second, ())),
-                    "failed": self.errors_per_s.get(second, 0),
+                    **{name: counts.get(second, 0) for name, counts in self.unfinished_per_s.items()},
                     "e2e": encode(histogram_of(per_second.get(second, array("q")))),
                 }
                 for second in seconds
             ],
             "errors": dict(self.errors),
+            "error_outcomes": dict(self.error_outcomes),
             "scenarios": dict(self.scenarios),
             "arrived": self.arrived,
             "completed": self.completed,
-            "failed": self.failed,
+            "outcomes": dict(self.outcomes),
             "requests": self.requests,
             "last_completed_s": max(self.completed_at, default=0.0),
         }
+
+
+PER_SECOND_COUNTS = ("arrived", "completed", *UNFINISHED)
 
 
 class Merged:
@@ -175,10 +219,11 @@ class Merged:
         self.scenario_histograms: dict[str, HdrHistogram] = collections.defaultdict(new_histogram)
         self.per_second: dict[int, dict[str, Any]] = {}
         self.errors: collections.Counter[str] = collections.Counter()
+        self.error_outcomes: dict[str, str] = {}
         self.scenarios: collections.Counter[str] = collections.Counter()
         self.arrived = 0
         self.completed = 0
-        self.failed = 0
+        self.outcomes = collections.Counter[str]({name: 0 for name in OUTCOME_COUNTS})
         self.requests = 0
         self.last_completed_s = 0.0
 
@@ -188,15 +233,15 @@ class Merged:
         for name, encoded in export["scenario_histograms"].items():
             decode_into(self.scenario_histograms[name], encoded)
         for row in export["per_second"]:
-            slot = self.per_second.setdefault(row["second"], {"arrived": 0, "completed": 0, "failed": 0, "e2e": new_histogram()})
-            slot["arrived"] += row["arrived"]
-            slot["completed"] += row["completed"]
-            slot["failed"] += row["failed"]
+            slot = self.per_second.setdefault(row["second"], {"e2e": new_histogram(), **{name: 0 for name in PER_SECOND_COUNTS}})
+            for name in PER_SECOND_COUNTS:
+                slot[name] += row[name]
             decode_into(slot["e2e"], row["e2e"])
         self.errors.update(export["errors"])
+        self.error_outcomes.update(export["error_outcomes"])
         self.scenarios.update(export["scenarios"])
         self.arrived += export["arrived"]
         self.completed += export["completed"]
-        self.failed += export["failed"]
+        self.outcomes.update(export["outcomes"])
         self.requests += export["requests"]
         self.last_completed_s = max(self.last_completed_s, export["last_completed_s"])

@@ -20,6 +20,8 @@ HEAD_BYTES_MAX = 64 * 1024
 BODY_BYTES_MAX = 16 * 1024 * 1024
 RECEIVE_BYTES = 65_536
 REQUEST_TIMEOUT_S = 60.0
+# The kind of HttpFailed when no answer came within the timeout.
+TIMED_OUT = "http_timeout"
 
 
 class HttpFailed(Exception):
@@ -103,7 +105,7 @@ class Pool:
                 return await connection.exchange(request)
         except trio.TooSlowError:
             connection.close()
-            raise HttpFailed("http_timeout") from None
+            raise HttpFailed(TIMED_OUT) from None
         except HttpFailed:
             connection.close()
             raise

@@ -43,11 +43,11 @@ import trio
 import trio_asyncio
 
 from bench.arrivals import Arrival
-from bench.histograms import Recorder
-from bench.http_client import HttpFailed, Pool, Templates
+from bench.histograms import Outcome, Recorder
+from bench.http_client import TIMED_OUT, HttpFailed, Pool, Templates
 from bench.machine import child_processes, own_usage, process_usage
 from bench.engine_mode import PROGRESS_EVERY_S
-from bench.load import CARD_OF_SCENARIO, CARDS, CHALLENGE_POLL_S, CHALLENGE_WAIT_S, LoadSettings, PaymentFailed, expect_status, generate
+from bench.load import CARD_OF_SCENARIO, CARDS, CHALLENGE_POLL_S, LoadSettings, PaymentFailed, challenge_wait, expect_status, generate
 from store.leases import ClusterView
 from store.postgres import Store
 
@@ -350,6 +350,14 @@ async def wait_partitions_spread(database_url: str, nodes: int, timeout_s: float
     return False
 
 
+# Answers that refuse a request for overload, as a client sees them: a 503
+# says the node (or the partition) is at capacity, a 429 that the merchant
+# asks too fast. Both say "retry shortly". A 503 for the database being away
+# reads the same (the gateway tells them apart only in its message), so it
+# counts as shed too: to the client it is the same refusal.
+SHED_ANSWERS = {(503, "service_unavailable"): Outcome.shed, (429, "rate_limit"): Outcome.rate_limited}
+
+
 def _failed(operation: str, status: int, body: bytes) -> PaymentFailed:
     code = ""
     if status >= 400:
@@ -357,7 +365,8 @@ def _failed(operation: str, status: int, body: bytes) -> PaymentFailed:
             code = _error.decode(body).error.code or ""
         except msgspec.DecodeError:
             code = ""
-    return PaymentFailed(f"{operation}_http_{status}" + (f"_{code}" if code else ""))
+    outcome = SHED_ANSWERS.get((status, code), Outcome.failed)
+    return PaymentFailed(f"{operation}_http_{status}" + (f"_{code}" if code else ""), outcome, operation)
 
 
 class Route(NamedTuple):
@@ -396,7 +405,8 @@ class HttpDriver:
         try:
             return await pool.request(request)
         except HttpFailed as failure:
-            raise PaymentFailed(f"{operation}_{failure.kind}") from None
+            outcome = Outcome.timed_out if failure.kind == TIMED_OUT else Outcome.failed
+            raise PaymentFailed(f"{operation}_{failure.kind}", outcome, operation) from None
 
     async def _intent_step(self, pool: Pool, request: bytes, recorder: Recorder, operation: str) -> IntentView:
         status, body = await self._request(pool, request, recorder, operation)
@@ -453,13 +463,13 @@ class HttpDriver:
         elif scenario == "3ds":
             expect_status("confirm", intent.status, "requires_action")
             if intent.next_action is None or intent.next_action.redirect_to_url is None:
-                raise PaymentFailed("confirm_no_next_action")
+                raise PaymentFailed("confirm_no_next_action", operation="confirm")
             started = now
             challenge_pool, challenge = self._challenge(route, intent.next_action.redirect_to_url.url)
             status, response = await self._request(challenge_pool, challenge, recorder, "challenge")
             if status != 200:
-                raise PaymentFailed(f"challenge_http_{status}")
-            with trio.move_on_after(CHALLENGE_WAIT_S):
+                raise _failed("challenge", status, response)
+            with challenge_wait():
                 while intent.status != "succeeded":
                     await trio.sleep(CHALLENGE_POLL_S)
                     intent = await self._intent_step(pool, templates.get(intent_path), recorder, "challenge")

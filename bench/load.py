@@ -5,19 +5,28 @@ payments before it are doing. A driver (engine or HTTP) runs a payment's
 steps and records each step's latency; the payment's end-to-end latency
 counts from its scheduled arrival. Bounds: the schedule is finite (rate x
 duration), payments in flight are capped (an arrival past the cap is
-counted as an error, `shed`, never queued), and payments still running
-`drain_s` after the last arrival are cancelled and counted as `unfinished`.
+never sent nor queued: it counts as timed out, kind `not_sent_in_flight_max`,
+since the client gives up on it for want of answers), and payments still
+running `drain_s` after the last arrival are cancelled and count as timed
+out, kind `unfinished`.
+
+A payment that does not finish raises PaymentFailed, which names its kind
+and its `Outcome`: shed, rate limited, timed out or failed (see
+`bench.histograms`). Only the drivers can tell a refusal for overload from
+other trouble, so they classify; the rest is failed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import msgspec
 import trio
 
 from bench.arrivals import Arrival, parse_mix, schedule
-from bench.histograms import Recorder
+from bench.histograms import Outcome, Recorder
 
 # Cards by scenario: Stripe's test numbers, which the simulator knows.
 CARDS = {
@@ -42,11 +51,15 @@ class LoadSettings(msgspec.Struct, frozen=True):
 
 
 class PaymentFailed(Exception):
-    """A payment did not end as its scenario expects; `kind` names why."""
+    """A payment did not end as its scenario expects; `kind` names why,
+    `outcome` which count it goes to and `operation` the step it stopped at
+    (a payment shed at create was never started)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, outcome: Outcome = Outcome.failed, operation: str = "") -> None:
         super().__init__(kind)
         self.kind = kind
+        self.outcome = outcome
+        self.operation = operation
 
 
 class Driver(Protocol):
@@ -57,16 +70,27 @@ class Driver(Protocol):
 
 def expect_status(operation: str, status: str, *expected: str) -> None:
     if status not in expected:
-        raise PaymentFailed(f"{operation}_unexpected_{status}")
+        raise PaymentFailed(f"{operation}_unexpected_{status}", operation=operation)
+
+
+@contextmanager
+def challenge_wait() -> Iterator[None]:
+    """Bounds the wait for a 3-D Secure payment to succeed once its
+    challenge is passed: past CHALLENGE_WAIT_S the client gives up, and the
+    payment is timed out (PaymentFailed `challenge_timeout`)."""
+    with trio.move_on_after(CHALLENGE_WAIT_S) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise PaymentFailed("challenge_timeout", Outcome.timed_out, "challenge")
 
 
 async def _run_one(driver: Driver, arrival: Arrival, due: float, recorder: Recorder) -> None:
     try:
         await driver.pay(arrival, due, recorder)
     except PaymentFailed as failure:
-        recorder.error(failure.kind, trio.current_time())
+        recorder.error(failure.kind, trio.current_time(), failure.outcome, failure.operation)
     except trio.Cancelled:
-        recorder.error("unfinished", trio.current_time())
+        recorder.error("unfinished", trio.current_time(), Outcome.timed_out)
         raise
     finally:
         recorder.in_flight -= 1
@@ -86,7 +110,7 @@ async def generate(driver: Driver, settings: LoadSettings, recorder: Recorder, *
                 await trio.sleep_until(due)
             recorder.arrival(arrival.at, arrival.scenario)
             if recorder.in_flight >= settings.in_flight_max:
-                recorder.error("shed", trio.current_time())
+                recorder.error("not_sent_in_flight_max", trio.current_time(), Outcome.timed_out)
                 continue
             recorder.in_flight += 1
             nursery.start_soon(_run_one, driver, arrival, due, recorder)

@@ -1,5 +1,13 @@
 """The run's report: figures, ratios to the baselines, a JSON file, a
-Markdown summary, plots (matplotlib, Agg) and the table printed at the end."""
+Markdown summary, plots (matplotlib, Agg) and the table printed at the end.
+
+Every payment that arrived is counted once: finished (`payments_completed`),
+shed (`payments_shed`: refused for overload, of which `shed_at_create`
+were never started and `shed_later` stopped part way, their work wasted;
+`shed_rate_limited` of them were 429s), timed out (`payments_timed_out`:
+the client gave up) or failed (`payments_failed`: anything else). Shed
+payments are the system saying no on purpose: they are no violation and do
+not change the exit status."""
 
 from __future__ import annotations
 
@@ -46,7 +54,8 @@ def build(
     end_to_end = summary_ms(merged.histograms["e2e"])
     achieved = merged.completed / measured_s if measured_s else 0.0
     completed_in_window = sum(row["completed"] for second, row in merged.per_second.items() if second < duration_s)
-    payments = max(1, merged.completed + merged.failed)
+    payments = max(1, merged.arrived)
+    outcomes = merged.outcomes
     rows_per_payment = journal["journal_rows"] / payments
     requests_per_payment = merged.requests / payments
     figures: dict[str, Any] = {
@@ -61,7 +70,13 @@ def build(
         "measured_s": round(measured_s, 2),
         "payments_arrived": merged.arrived,
         "payments_completed": merged.completed,
-        "payments_failed": merged.failed,
+        "payments_shed": outcomes["shed"],
+        "payments_timed_out": outcomes["timed_out"],
+        "payments_failed": outcomes["failed"],
+        "shed_at_create": outcomes["shed_at_create"],
+        "shed_later": outcomes["shed"] - outcomes["shed_at_create"],
+        "shed_rate_limited": outcomes["shed_rate_limited"],
+        "shed_payments_per_s": round(outcomes["shed"] / duration_s, 1),
         "p50_ms": end_to_end["p50_ms"],
         "p90_ms": end_to_end["p90_ms"],
         "p99_ms": end_to_end["p99_ms"],
@@ -73,6 +88,8 @@ def build(
             for name, histogram in sorted(merged.scenario_histograms.items())
         },
         "errors": dict(sorted(merged.errors.items(), key=lambda item: -item[1])),
+        # The count each kind of error went to: shed, timed_out or failed.
+        "error_outcomes": dict(sorted(merged.error_outcomes.items())),
         "requests_total": merged.requests,
         "requests_per_payment": round(requests_per_payment, 3),
         "journal": {
@@ -102,6 +119,8 @@ def build(
             "second": second,
             "offered_per_s": row["arrived"],
             "achieved_per_s": row["completed"],
+            "shed_per_s": row["shed"],
+            "timed_out_per_s": row["timed_out"],
             "failed_per_s": row["failed"],
             **{key: value for key, value in summary_ms(row["e2e"]).items() if key != "count"},
         }
@@ -188,10 +207,21 @@ def plot(report: dict[str, Any], directory: Path) -> list[Path]:
     paths = []
 
     figure, axes = pyplot.subplots(figsize=(9, 4.5))
-    axes.plot(seconds, [row["offered_per_s"] for row in series], label="offered (arrivals/s)", drawstyle="steps-post")
-    axes.plot(seconds, [row["achieved_per_s"] for row in series], label="achieved (payments finished/s)", drawstyle="steps-post")
-    if any(row["failed_per_s"] for row in series):
-        axes.plot(seconds, [row["failed_per_s"] for row in series], label="failed/s", drawstyle="steps-post", color="red")
+    lines = (
+        ("offered_per_s", "offered (arrivals/s)", "tab:blue"),
+        ("achieved_per_s", "achieved (payments finished/s)", "tab:green"),
+        ("shed_per_s", "shed (refused for overload/s)", "tab:orange"),
+        ("timed_out_per_s", "timed out/s", "tab:purple"),
+        ("failed_per_s", "failed/s", "tab:red"),
+    )
+    # Each second's count is a step from its start to the next second's:
+    # the last step needs an end too.
+    edges = seconds + [seconds[-1] + 1] if seconds else []
+    for key, label, color in lines:
+        # Offered, achieved and shed always; the others when there are any.
+        if key not in ("timed_out_per_s", "failed_per_s") or any(row[key] for row in series):
+            counts = [row[key] for row in series]
+            axes.plot(edges, counts + counts[-1:], label=label, drawstyle="steps-post", color=color)
     axes.axvline(report["duration_s"], color="grey", linestyle=":", label="arrivals end")
     axes.set_xlabel("seconds since start")
     axes.set_ylabel("payments per second")
@@ -254,7 +284,16 @@ def headline_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = [
         ("offered payments/s", _number(report["offered_payments_per_s"]), f"requested {_number(report['rate_requested_per_s'])}"),
         ("achieved payments/s", _number(report["achieved_payments_per_s"]), f"of baseline equivalent: {throughput or '-'}"),
-        ("payments finished / failed", f"{report['payments_completed']:,} / {report['payments_failed']:,}", f"of {report['payments_arrived']:,} arrived"),
+        (
+            "payments finished / shed / timed out / failed",
+            " / ".join(f"{report[key]:,}" for key in ("payments_completed", "payments_shed", "payments_timed_out", "payments_failed")),
+            f"of {report['payments_arrived']:,} arrived",
+        ),
+        (
+            "shed at create / later",
+            f"{report['shed_at_create']:,} / {report['shed_later']:,}",
+            f"{_number(report['shed_payments_per_s'])}/s shed; 429 rate limit {report['shed_rate_limited']:,}",
+        ),
     ]
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
         against = ", ".join(f"{name[3:-4]} x{value:,.1f}" for name, value in ratios[key].items() if value is not None)
@@ -315,9 +354,14 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         errors = Table(title="errors by kind")
         errors.add_column("kind")
         errors.add_column("count", justify="right")
+        errors.add_column("counted as")
         for kind, count in list(report["errors"].items())[:20]:
-            errors.add_row(kind, f"{count:,}")
+            errors.add_row(kind, f"{count:,}", _counted_as(report, kind))
         console.print(errors)
+
+
+def _counted_as(report: dict[str, Any], kind: str) -> str:
+    return report["error_outcomes"][kind].replace("_", " ")
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -348,7 +392,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     for figure, values in report["ratios"].items():
         lines.append(f"- {figure}: " + (", ".join(f"{key} {_number(value)}" for key, value in values.items()) or "-"))
     lines += ["", "## Errors by kind", ""]
-    lines += [f"- {kind}: {count:,}" for kind, count in report["errors"].items()] or ["none"]
+    lines += [f"- {kind}: {count:,} ({_counted_as(report, kind)})" for kind, count in report["errors"].items()] or ["none"]
     lines += ["", "## Invariants", "", "Over the whole database, replayed from the journal as a node recovers it:", "", "```", report["invariants"].get("table", ""), "```", ""]
     for index, worker in enumerate(report["invariants"].get("workers", [])):
         lines.append(

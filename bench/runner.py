@@ -87,7 +87,7 @@ class Display:
         line = (
             f"{self.mode} {phase} {min(elapsed_s, 9e9):6.1f}/{self.duration_s:g} s  offered {offered:8,.0f}/s"
             f"  achieved {achieved:8,.0f}/s  in flight {totals['in_flight']:6,}  done {totals['completed']:9,}"
-            f"  errors {totals['failed']:6,}  p99 {totals['window_p99_ms']:8.1f} ms"
+            f"  shed {totals['shed']:6,}  timed out {totals['timed_out']:6,}  failed {totals['failed']:6,}  p99 {totals['window_p99_ms']:8.1f} ms"
         )
         if self.live is not None:
             self.live.update(Text(line), refresh=True)
@@ -309,7 +309,7 @@ def _engine_counters(results: list[dict[str, Any]], merged: Merged) -> dict[str,
     commits = sum(result["commits"] for result in results)
     commands = sum(result["commands"] for result in results)
     wall_s = max(result["wall_s"] for result in results)
-    payments = max(1, merged.completed + merged.failed)
+    payments = max(1, merged.arrived)
     return {
         "commits": commits,
         "commands": commands,

@@ -3,7 +3,10 @@ PostgreSQL (and Redis for http mode), the report they write, and the
 refusal of bad arguments.
 
 The runs are a few seconds at a low rate, where the engine keeps up easily,
-so achieved must be close to offered and every invariant must hold.
+so achieved must be close to offered, nothing is shed, and every invariant
+must hold. One short run offers far more than the engine can do, so that it
+sheds: shed payments are counted apart from failures and timeouts, and are
+no violation.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench import arrivals, engine_mode, http_mode
-from bench.histograms import Merged, Recorder
+from bench.histograms import Merged, Outcome, Recorder
 from tests import conftest
 
 RUN_TIMEOUT_S = 180
@@ -32,7 +35,15 @@ REQUIRED_FIELDS = (
     "machine",
     "command",
     "baselines",
+    "payments_shed",
+    "payments_timed_out",
+    "payments_failed",
+    "shed_at_create",
+    "shed_later",
+    "shed_rate_limited",
 )
+# What became of every payment that arrived: each is in exactly one.
+PAYMENT_COUNTS = ("payments_completed", "payments_shed", "payments_timed_out", "payments_failed")
 
 
 def bench(*arguments: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -58,7 +69,9 @@ def check_report(directory: Path, mode: str, tolerance: float, operations: tuple
     assert done["invariants_ok"] is True
     assert done["offered_payments_per_s"] > 0
     assert done["achieved_payments_per_s"] >= tolerance * done["offered_payments_per_s"], done
-    assert done["payments_failed"] == 0, done["errors"]
+    assert done["payments_failed"] == done["payments_shed"] == done["payments_timed_out"] == 0, done["errors"]
+    assert done["shed_at_create"] == done["shed_later"] == done["shed_rate_limited"] == 0
+    assert all(row["shed_per_s"] == 0 for row in done["time_series"])
     assert 0 < done["p50_ms"] <= done["p99_ms"] <= done["p999_ms"] <= done["max_ms"]
     assert done["machine"]["cores"] >= 1 and done["command"].startswith("payments bench ")
     assert done["baselines"]["ingest"]["rows_per_s"] > 0
@@ -97,6 +110,25 @@ def test_engine_mode_run_writes_a_sane_report(tmp_path: Path, processes: int) ->
     # Each worker checked its partitions against its own simulator's record.
     assert len(report["invariants"]["workers"]) == processes
     assert all(worker["network_operations"] > 0 for worker in report["invariants"]["workers"])
+
+
+def test_engine_mode_past_capacity_sheds_and_counts_each_payment_once(tmp_path: Path) -> None:
+    # Far more than two partitions on one process can take: new payments
+    # are refused at once, which is no violation (exit 0).
+    done = bench(
+        "--rate", "8000", "--duration", "2", "--processes", "1", "--partitions", "2",
+        "--mix", "auto=100", "--drain", "20", "--baseline-seconds", "0", "--report", str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["invariants_ok"] is True
+    assert report["payments_shed"] > 0, report["errors"]
+    assert sum(report[key] for key in PAYMENT_COUNTS) == report["payments_arrived"]
+    assert report["shed_at_create"] + report["shed_later"] == report["payments_shed"]
+    assert report["errors"]["overloaded"] > 0 and report["error_outcomes"]["overloaded"] == "shed"
+    assert sum(row["shed_per_s"] for row in report["time_series"]) == report["payments_shed"]
+    assert (tmp_path / "throughput.png").stat().st_size > 0
+    assert "| payments finished / shed / timed out / failed |" in (tmp_path / "report.md").read_text()
 
 
 def http_run(directory: Path, *arguments: str, mix: str = MIX, operations: tuple[str, ...] = OPERATIONS) -> dict:
@@ -226,10 +258,32 @@ def test_recordings_of_processes_merge() -> None:
             recorder.arrival(index / 100, "auto")
             recorder.operation("create", 0.001 * (index + 1))
             recorder.finished("auto", 100.0 + index / 100, 100.0 + index / 100 + 0.010 + offset)
-        recorder.error("overloaded", 100.5)
+        recorder.error("overloaded", 100.5, Outcome.shed, "create")
+        recorder.error("confirm_http_429_rate_limit", 101.5, Outcome.rate_limited, "confirm")
+        recorder.error("unfinished", 101.5, Outcome.timed_out)
+        recorder.error("refused_intent_not_capturable", 102.5, operation="capture")
         merged.add(recorder.export())
-    assert (merged.arrived, merged.completed, merged.failed) == (200, 200, 2)
-    assert merged.errors == {"overloaded": 2}
+    assert (merged.arrived, merged.completed) == (200, 200)
+    assert merged.outcomes == {"shed": 4, "shed_at_create": 2, "shed_rate_limited": 2, "timed_out": 2, "failed": 2}
+    assert merged.errors == {"overloaded": 2, "confirm_http_429_rate_limit": 2, "unfinished": 2, "refused_intent_not_capturable": 2}
+    assert merged.error_outcomes["confirm_http_429_rate_limit"] == "shed"
+    assert [(second, merged.per_second[second]["shed"]) for second in (0, 1)] == [(0, 2), (1, 2)]
+    assert (merged.per_second[1]["timed_out"], merged.per_second[2]["failed"]) == (2, 2)
     assert merged.histograms["create"].get_total_count() == 200
     assert 9.9 <= merged.histograms["e2e"].get_value_at_percentile(25) / 1000 <= 10.1
     assert 509 <= merged.histograms["e2e"].get_value_at_percentile(75) / 1000 <= 511
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "outcome"),
+    [
+        (503, b'{"error":{"type":"api_error","code":"service_unavailable"}}', "create_http_503_service_unavailable", Outcome.shed),
+        (429, b'{"error":{"type":"invalid_request_error","code":"rate_limit"}}', "create_http_429_rate_limit", Outcome.rate_limited),
+        (503, b"Service Unavailable", "create_http_503", Outcome.failed),
+        (402, b'{"error":{"type":"card_error","code":"card_declined"}}', "create_http_402_card_declined", Outcome.failed),
+        (500, b'{"error":{"type":"api_error"}}', "create_http_500", Outcome.failed),
+    ],
+)
+def test_http_answers_that_refuse_for_overload_are_shed(status: int, body: bytes, kind: str, outcome: Outcome) -> None:
+    failure = http_mode._failed("create", status, body)
+    assert (failure.kind, failure.outcome, failure.operation) == (kind, outcome, "create")
