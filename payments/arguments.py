@@ -60,6 +60,6 @@ def listener_options(command: argparse.ArgumentParser) -> None:
         help="time a new connection has to send its first request's headers (default 10)",
     )
     command.add_argument(
-        "--requests-in-flight-max", type=bounded_int(0, 100_000), default=128, metavar="N",
-        help="requests the node works on at once; more are answered 503 at once (default 128; 0: no bound)",
+        "--requests-in-flight-max", type=bounded_int(0, 100_000), default=64, metavar="N",
+        help="requests the node works on at once; more are answered 503 at once (default 64; 0: no bound)",
     )

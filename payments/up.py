@@ -75,7 +75,7 @@ class UpSettings(msgspec.Struct, frozen=True):
     allow_private_webhooks: bool = False
     connections_per_client_max: int = 256
     header_timeout_s: int = 10
-    requests_in_flight_max: int = 128
+    requests_in_flight_max: int = 64
     # The node's id in the cluster sharing the database (None: this
     # machine's name and the port), its lease TTL, and the URL peers forward
     # requests to (None: where it listens).

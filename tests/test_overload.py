@@ -185,7 +185,7 @@ async def test_requests_past_the_in_flight_bound_are_refused_at_the_door() -> No
         stop.set()
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert refused.json() == {"error": {"type": "api_error", "code": "service_unavailable", "message": "The node is at capacity. Retry shortly."}}
-    assert refused.headers["Request-Id"].startswith("req_")
+    assert refused.headers["Request-Id"].startswith("req_") and refused.headers["Content-Length"] == str(len(refused.content))
     assert entered == 3, "the refused request never reached the app"
     assert health.status_code == 200
     assert [answer.text for answer in answers] == ["done", "done"] and after.text == "done"
