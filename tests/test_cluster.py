@@ -92,6 +92,14 @@ def served(running: Running) -> set[int]:
     return set(running.node.shards)
 
 
+async def two_nodes(start: Any) -> tuple[Running, Running]:
+    """Nodes a and b, once they hold half the partitions each."""
+    a = await start("node-a")
+    b = await start("node-b")
+    await wait_until_async(lambda: len(served(a)) == len(served(b)) == PARTITIONS // 2, 15, "an even spread")
+    return a, b
+
+
 async def test_a_second_node_takes_half_the_partitions_and_requests_reach_their_owner(database_url: str) -> None:
     async with cluster(database_url) as (start, headers, _, _):
         a = await start("node-a")
@@ -120,9 +128,7 @@ async def test_a_second_node_takes_half_the_partitions_and_requests_reach_their_
 
 async def test_an_idempotency_key_holds_across_nodes(database_url: str) -> None:
     async with cluster(database_url) as (start, headers, _, _):
-        a = await start("node-a")
-        b = await start("node-b")
-        await wait_until_async(lambda: len(served(a)) == len(served(b)) == PARTITIONS // 2, 15, "an even spread")
+        a, b = await two_nodes(start)
         async with httpx.AsyncClient(timeout=30) as http:
             for n in range(6):
                 keyed = {**headers, "Idempotency-Key": f"order-{n}"}
@@ -168,9 +174,7 @@ async def test_a_write_under_a_stale_epoch_is_refused_and_the_node_drops_the_par
 
 async def test_a_clean_stop_hands_off_and_a_crash_is_taken_over_after_the_ttl(database_url: str) -> None:
     async with cluster(database_url) as (start, headers, _, _):
-        a = await start("node-a")
-        b = await start("node-b")
-        await wait_until_async(lambda: len(served(a)) == len(served(b)) == PARTITIONS // 2, 15, "an even spread")
+        a, b = await two_nodes(start)
         async with httpx.AsyncClient(headers=headers, timeout=30) as http:
             paid = [(await http.post(f"{node.url}/v1/payment_intents", data=PAY)).json() for node in (a, b) for _ in range(4)]
             b.node.stop_accepting()
@@ -201,9 +205,7 @@ async def test_a_second_live_node_with_the_same_id_is_refused(database_url: str)
 
 async def test_lists_cover_every_node_and_page_across_them(database_url: str) -> None:
     async with cluster(database_url) as (start, headers, _, _):
-        a = await start("node-a")
-        b = await start("node-b")
-        await wait_until_async(lambda: len(served(a)) == len(served(b)) == PARTITIONS // 2, 15, "an even spread")
+        a, b = await two_nodes(start)
         async with httpx.AsyncClient(headers=headers, timeout=30) as http:
             made = {(await http.post(f"{node.url}/v1/payment_intents", data=PAY)).json()["id"] for node in (a, b, a, b, a, b, a)}
             homes = {b.node.partition_of_intent(intent_id) in served(b) for intent_id in made}
@@ -238,9 +240,7 @@ async def test_lists_cover_every_node_and_page_across_them(database_url: str) ->
 
 async def test_a_dispute_is_found_from_any_node(database_url: str) -> None:
     async with cluster(database_url) as (start, headers, _, network):
-        a = await start("node-a")
-        b = await start("node-b")
-        await wait_until_async(lambda: len(served(a)) == len(served(b)) == PARTITIONS // 2, 15, "an even spread")
+        a, b = await two_nodes(start)
         async with httpx.AsyncClient(headers=headers, timeout=30) as http:
             intent = (await http.post(f"{a.url}/v1/payment_intents", data=PAY)).json()
             owner, other = (a, b) if a.node.partition_of_intent(intent["id"]) in served(a) else (b, a)
