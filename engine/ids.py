@@ -64,3 +64,14 @@ def parse_id(text: str, prefix: str) -> tuple[int, int] | None:
 def partition_of(text: str, prefix: str) -> int | None:
     parsed = parse_id(text, prefix)
     return None if parsed is None else parsed[1]
+
+
+# The ids the engine gives the network as operation references.
+REFERENCE_PREFIXES = ("att", "re")
+
+
+def partition_of_reference(reference: str) -> int | None:
+    """The partition of an attempt or refund id (a network operation's
+    reference); None for anything else."""
+    prefix = reference.partition("_")[0]
+    return partition_of(reference, prefix) if prefix in REFERENCE_PREFIXES else None

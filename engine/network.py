@@ -123,8 +123,7 @@ class NetworkNotice(msgspec.Struct, frozen=True):
         """The partition of the operation it is about, from the engine's
         id; None for an id that names none."""
         named = self.named
-        prefix = None if named is None else named.partition("_")[0]
-        return ids.partition_of(named, prefix) if named is not None and prefix in ("att", "re") else None
+        return None if named is None else ids.partition_of_reference(named)
 
 
 class NetworkRefused(Exception):

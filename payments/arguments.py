@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from payments import embedded
 
@@ -36,17 +37,25 @@ def redis_url(data_dir: Path) -> Iterator[str]:
         yield url
 
 
-def bounded_int(low: int, high: int):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> int:
+def _bounded(convert: Callable[[str], float], low: float, high: float, expected: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}") from None
+            raise argparse.ArgumentTypeError(f"expected {expected}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}")
+            raise argparse.ArgumentTypeError(f"expected {expected}")
         return value
 
     return parse
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], Any]:
+    return _bounded(int, low, high, f"a whole number from {low} to {high}")
+
+
+def bounded_float(low: float, high: float, unit: str = "seconds") -> Callable[[str], Any]:
+    return _bounded(float, low, high, f"{unit} from {low:g} to {high:g}")
 
 
 def listener_options(command: argparse.ArgumentParser) -> None:

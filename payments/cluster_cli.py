@@ -26,7 +26,7 @@ import trio
 import trio_asyncio
 
 from payments import embedded
-from payments.arguments import bounded_int, database_url, embedded_default, listener_options, redis_url
+from payments.arguments import bounded_float, bounded_int, database_url, embedded_default, listener_options, redis_url
 from payments.up import test_merchant
 from shards.vault import Vault
 from store.leases import ClusterView
@@ -43,16 +43,6 @@ CONNECTIONS_TOTAL = 20
 CONNECTIONS_PER_NODE_MIN = 6
 
 
-def lease_ttl(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected seconds from 1 to 300") from None
-    if not 1 <= value <= 300:
-        raise argparse.ArgumentTypeError("expected seconds from 1 to 300")
-    return value
-
-
 def cluster_options(command: argparse.ArgumentParser) -> None:
     """The options `up` and `node` share for their place in a cluster."""
     command.add_argument(
@@ -60,7 +50,7 @@ def cluster_options(command: argparse.ArgumentParser) -> None:
         help="this node's id in the cluster (default: kept in the data dir; a live node's id is refused)",
     )
     command.add_argument(
-        "--lease-ttl-s", type=lease_ttl, default=10.0, metavar="SECONDS",
+        "--lease-ttl-s", type=bounded_float(1, 300), default=10.0, metavar="SECONDS",
         help="how long a partition lease lasts unrenewed; a dead node's partitions move after it (default 10)",
     )
     command.add_argument(

@@ -174,14 +174,9 @@ def settlement_mismatches(states: Sequence[ShardState], settlement: Sequence[dic
     theirs = {
         entry["reference"]: entry["amount_minor"]
         for entry in settlement
-        if not entry.get("failed_later", False) and _partition_of_reference(entry["reference"]) in partitions
+        if not entry.get("failed_later", False) and ids.partition_of_reference(entry["reference"]) in partitions
     }
     references = sorted((set(ours) | set(theirs)) - still_open)
     problems = [f"{reference}: ours {ours.get(reference)}, network {theirs.get(reference)}" for reference in references if ours.get(reference) != theirs.get(reference)]
     return problems
 
-
-def _partition_of_reference(reference: str) -> int | None:
-    """The partition an attempt or refund id names."""
-    prefix = reference.partition("_")[0]
-    return ids.partition_of(reference, prefix) if prefix in ("att", "re") else None

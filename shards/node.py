@@ -170,7 +170,7 @@ class Node:
             raise NotServed(partition)
         if self.replies.waiting >= self.config.in_flight_max:
             raise Overloaded("too many commands in flight on this node")
-        if isinstance(command, machine.CreateIntent) and self.saturated(partition):
+        if isinstance(command, machine.CreateIntent) and self._saturated(shard):
             # Past capacity: the payments already started go first.
             raise Overloaded(f"partition {partition} is saturated; new payments are refused for now")
         try:
@@ -208,7 +208,10 @@ class Node:
         may make them (`create_wait_max_s`): new payments are refused there
         for now. A cheap check, for callers to make before building one."""
         shard = self.shards.get(partition)
-        return shard is not None and shard.queue_wait_s() > self.config.shard.create_wait_max_s
+        return shard is not None and self._saturated(shard)
+
+    def _saturated(self, shard: ShardActor) -> bool:
+        return shard.queue_wait_s() > self.config.shard.create_wait_max_s
 
     def set_public_url(self, url: str) -> None:
         """Where cardholders (3-D Secure pages) and other nodes (forwarded

@@ -149,8 +149,7 @@ class Router:
 
     def intent_of_reference(self, reference: str) -> str | None:
         """The intent an attempt or refund id belongs to, if this node has it."""
-        prefix = reference.partition("_")[0]
-        partition = ids.partition_of(reference, prefix) if prefix in ("att", "re") else None
+        partition = ids.partition_of_reference(reference)
         shard = None if partition is None else self.shards.get(partition)
         return None if shard is None else shard.state.references.get(reference)
 
