@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
+
 from engine.results import Result
 
 # Anything that could be a card number (12 to 19 digits, maybe spaced or
@@ -20,6 +22,40 @@ _DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){11,18}")
 
 def redact(text: str) -> str:
     return _DIGIT_RUN.sub("[redacted]", text)
+
+
+# The codes we answer with that Stripe documents on its error-codes page,
+# each at DOC_URL_BASE + the code with dashes. Codes of our own (a signature
+# check, body_invalid, ...) have no page there, so they get no doc_url.
+STRIPE_DOCUMENTED_CODES = frozenset(
+    {
+        "amount_too_large",
+        "amount_too_small",
+        "card_declined",
+        "charge_already_refunded",
+        "charge_disputed",
+        "expired_card",
+        "idempotency_key_in_use",
+        "incorrect_cvc",
+        "incorrect_number",
+        "parameter_invalid_integer",
+        "parameter_missing",
+        "parameter_unknown",
+        "payment_intent_unexpected_state",
+        "processing_error",
+        "rate_limit",
+        "resource_missing",
+        "url_invalid",
+    }
+)
+DOC_URL_BASE = "https://stripe.com/docs/error-codes/"
+
+
+def doc_url(code: str | None) -> str | None:
+    """Where Stripe documents `code`, or None when it does not."""
+    if code not in STRIPE_DOCUMENTED_CODES:
+        return None
+    return DOC_URL_BASE + code.replace("_", "-")
 
 
 class ApiError(Exception):
@@ -47,12 +83,23 @@ class ApiError(Exception):
         self.extra = extra or {}
 
     def body(self) -> dict[str, Any]:
+        """Stripe's error object. A card error about the intent it carries
+        (extra["payment_intent"]) also names that error's charge and payment
+        method, as the intent's last_payment_error does."""
         error: dict[str, Any] = {"type": self.type, "message": self.message}
         for name in ("code", "param", "decline_code"):
             value = getattr(self, name)
             if value is not None:
                 error[name] = value
+        if (url := doc_url(self.code)) is not None:
+            error["doc_url"] = url
         error.update(self.extra)
+        shown = getattr(error.get("payment_intent"), "last_payment_error", None)
+        if self.type == "card_error" and shown is not None and (shown.code, shown.message) == (self.code, self.message):
+            for name in ("charge", "payment_method"):
+                value = getattr(shown, name)
+                if value is not msgspec.UNSET:
+                    error.setdefault(name, value)
         return {"error": error}
 
 

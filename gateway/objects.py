@@ -1,20 +1,37 @@
 """Stripe-shaped objects, as msgspec Structs rendered from engine state and
 store rows. These types are also what /openapi.json describes, so the
-published schema and the bytes on the wire come from one definition."""
+published schema and the bytes on the wire come from one definition.
+
+They follow Stripe's published OpenAPI description at API_VERSION (the
+tests check every answer against it, tests/stripe_spec.py): required fields
+are always there, and a field Stripe leaves out when it has no value (a
+refund's failure_reason, an endpoint's secret after its creation, an error's
+decline_code) is `msgspec.UNSET`, which is left out, never sent as null.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
-from engine import ledger
+from engine import ids, ledger
 from engine.intent import Dispute, PaymentIntent, Refund
 from engine.ledger import Transfer
 from engine import notifications
+from gateway.errors import doc_url
+from engine.postings import ledger_fee, ledger_single
+from engine.records import AttemptKind, AttemptStatus, DisputeStatus
 from store.rows import EventRow, PaymentMethodRow, WebhookEndpointRow
 
 T = TypeVar("T")
+
+# The one API version every object is rendered as: Stripe's published
+# description of it is what the objects follow. Events and webhook endpoints
+# name it, and every answer carries it in its Stripe-Version header.
+API_VERSION = "2023-08-16"
 
 
 class CardDetails(msgspec.Struct):
@@ -23,6 +40,9 @@ class CardDetails(msgspec.Struct):
     exp_month: int
     exp_year: int
     fingerprint: str
+    # Credit, debit or prepaid is known from the card's BIN, which the vault
+    # does not look up: Stripe's own word for "not known" until it does.
+    funding: Literal["credit", "debit", "prepaid", "unknown"] = "unknown"
 
 
 class BillingDetails(msgspec.Struct, frozen=True):
@@ -41,18 +61,32 @@ class PaymentMethodObject(msgspec.Struct):
     type: Literal["card"] = "card"
     metadata: dict[str, str] = {}
     billing_details: BillingDetails = BillingDetails()
+    customer: str | None = None
 
 
-class PaymentMethodReference(msgspec.Struct):
+class PaymentMethodInError(msgspec.Struct):
+    """The payment method a payment error names, from what the intent
+    knows of it: its id, whose time is its creation's (engine/ids.py), and
+    its mode. Its card's details are in the vault, not in the intent."""
+
     id: str
+    created: int
+    livemode: bool
     object: Literal["payment_method"] = "payment_method"
+    type: Literal["card"] = "card"
+    metadata: dict[str, str] = {}
+    billing_details: BillingDetails = BillingDetails()
+    customer: str | None = None
 
 
 class PaymentErrorObject(msgspec.Struct):
     code: str
-    decline_code: str | None
     message: str
-    payment_method: PaymentMethodReference
+    decline_code: str | UnsetType = UNSET
+    # The failed attempt, which stands for the charge (latest_charge names attempts too).
+    charge: str | UnsetType = UNSET
+    doc_url: str | UnsetType = UNSET
+    payment_method: PaymentMethodInError | UnsetType = UNSET
     type: Literal["card_error"] = "card_error"
 
 
@@ -106,19 +140,49 @@ class RefundObject(msgspec.Struct, tag_field="object", tag="refund"):
     created: int
     reason: str | None
     status: Literal["pending", "succeeded", "failed"]
-    failure_reason: str | None
     metadata: dict[str, str]
+    failure_reason: str | UnsetType = UNSET
 
 
-class DisputeObject(msgspec.Struct, tag_field="object", tag="dispute"):
-    id: str
-    amount: int
-    currency: str
-    payment_intent: str
-    charge: str | None
-    created: int
-    status: Literal["needs_response", "won", "lost"]
-    livemode: bool
+class DisputeEvidence(msgspec.Struct, frozen=True):
+    """What the merchant has submitted to fight a dispute: nothing yet, as
+    there is no API to submit it (issue 15). Stripe sends every field."""
+
+    access_activity_log: str | None = None
+    billing_address: str | None = None
+    cancellation_policy: str | None = None
+    cancellation_policy_disclosure: str | None = None
+    cancellation_rebuttal: str | None = None
+    customer_communication: str | None = None
+    customer_email_address: str | None = None
+    customer_name: str | None = None
+    customer_purchase_ip: str | None = None
+    customer_signature: str | None = None
+    duplicate_charge_documentation: str | None = None
+    duplicate_charge_explanation: str | None = None
+    duplicate_charge_id: str | None = None
+    product_description: str | None = None
+    receipt: str | None = None
+    refund_policy: str | None = None
+    refund_policy_disclosure: str | None = None
+    refund_refusal_explanation: str | None = None
+    service_date: str | None = None
+    service_documentation: str | None = None
+    shipping_address: str | None = None
+    shipping_carrier: str | None = None
+    shipping_date: str | None = None
+    shipping_documentation: str | None = None
+    shipping_tracking_number: str | None = None
+    uncategorized_file: str | None = None
+    uncategorized_text: str | None = None
+
+
+class DisputeEvidenceDetails(msgspec.Struct, frozen=True):
+    # The network tells no deadline; Stripe's null for "none known".
+    due_by: int | None = None
+    has_evidence: bool = False
+    past_due: bool = False
+    submission_count: int = 0
 
 
 class BalanceAmount(msgspec.Struct):
@@ -134,6 +198,14 @@ class BalanceObject(msgspec.Struct):
     object: Literal["balance"] = "balance"
 
 
+class FeeDetail(msgspec.Struct):
+    amount: int
+    currency: str
+    type: Literal["application_fee", "stripe_fee", "tax"]
+    description: str | None = None
+    application: str | None = None
+
+
 class BalanceTransactionObject(msgspec.Struct):
     id: str
     amount: int
@@ -147,6 +219,26 @@ class BalanceTransactionObject(msgspec.Struct):
     status: Literal["available", "pending"]
     reporting_category: str
     object: Literal["balance_transaction"] = "balance_transaction"
+    # Fees are balance transactions of their own here, so none is inside another's.
+    fee_details: list[FeeDetail] = []
+
+
+class DisputeObject(msgspec.Struct, tag_field="object", tag="dispute"):
+    id: str
+    amount: int
+    currency: str
+    payment_intent: str
+    charge: str
+    created: int
+    status: Literal["needs_response", "won", "lost"]
+    livemode: bool
+    balance_transactions: list[BalanceTransactionObject]
+    is_charge_refundable: bool
+    metadata: dict[str, str] = {}
+    # The network reports no category: Stripe's catch-all.
+    reason: str = "general"
+    evidence: DisputeEvidence = DisputeEvidence()
+    evidence_details: DisputeEvidenceDetails = DisputeEvidenceDetails()
 
 
 class ChargeObject(msgspec.Struct, tag_field="object", tag="charge"):
@@ -162,6 +254,10 @@ class ChargeObject(msgspec.Struct, tag_field="object", tag="charge"):
     created: int
     livemode: bool
     status: Literal["succeeded", "pending", "failed"]
+    paid: bool
+    disputed: bool
+    metadata: dict[str, str] = {}
+    billing_details: BillingDetails = BillingDetails()
 
 
 class EventData(msgspec.Struct):
@@ -179,7 +275,7 @@ class EventObject(msgspec.Struct):
     created: int
     livemode: bool
     data: EventData
-    api_version: str = "2024-06-20"
+    api_version: str = API_VERSION
     pending_webhooks: int = 0
     request: EventRequest = msgspec.field(default_factory=EventRequest)
     object: Literal["event"] = "event"
@@ -195,8 +291,8 @@ class WebhookEndpointObject(msgspec.Struct):
     created: int
     livemode: bool
     # Only in the answer to the create call: the secret is not kept readable.
-    secret: str | None = None
-    api_version: str | None = None
+    secret: str | UnsetType = UNSET
+    api_version: str | None = API_VERSION
     application: str | None = None
     object: Literal["webhook_endpoint"] = "webhook_endpoint"
 
@@ -221,12 +317,15 @@ class ListObject(msgspec.Struct, Generic[T]):
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True):
-    type: str
+    type: Literal["api_error", "card_error", "idempotency_error", "invalid_request_error"]
     message: str
     code: str | None = None
     param: str | None = None
     decline_code: str | None = None
+    doc_url: str | None = None
+    charge: str | None = None
     payment_intent: PaymentIntentObject | None = None
+    payment_method: PaymentMethodInError | None = None
 
 
 class ErrorObject(msgspec.Struct):
@@ -243,13 +342,43 @@ def _charge_id(intent: PaymentIntent) -> str | None:
     return None if authorization is None else authorization.id
 
 
-def payment_intent(intent: PaymentIntent) -> PaymentIntentObject:
+def _payment_method_in_error(payment_method_id: str, livemode: bool) -> PaymentMethodInError | UnsetType:
+    parsed = ids.parse_id(payment_method_id, "pm")
+    if parsed is None:
+        return UNSET
+    return PaymentMethodInError(id=payment_method_id, created=parsed[0] // 1000, livemode=livemode)
+
+
+def _failed_charge_id(intent: PaymentIntent, payment_method_id: str) -> str | UnsetType:
+    """The latest failed authorization with `payment_method_id`: the charge
+    a payment error is about."""
+    for attempt in reversed(intent.attempts):
+        if (
+            attempt.kind in (AttemptKind.authorize, AttemptKind.charge)
+            and attempt.status is AttemptStatus.failed
+            and attempt.payment_method_id == payment_method_id
+        ):
+            return attempt.id
+    return UNSET
+
+
+def payment_error(intent: PaymentIntent) -> PaymentErrorObject | None:
+    """The intent's last payment error, as Stripe's error object."""
     error = intent.last_payment_error
-    last_payment_error = None
-    if error is not None:
-        last_payment_error = PaymentErrorObject(
-            error.code, error.decline_code, error.message, PaymentMethodReference(error.payment_method_id)
-        )
+    if error is None:
+        return None
+    return PaymentErrorObject(
+        code=error.code,
+        message=error.message,
+        decline_code=UNSET if error.decline_code is None else error.decline_code,
+        charge=_failed_charge_id(intent, error.payment_method_id),
+        doc_url=doc_url(error.code) or UNSET,
+        payment_method=_payment_method_in_error(error.payment_method_id, intent.livemode),
+    )
+
+
+def payment_intent(intent: PaymentIntent) -> PaymentIntentObject:
+    last_payment_error = payment_error(intent)
     next_action = None
     if intent.next_action_url is not None:
         next_action = NextAction(RedirectToUrl(intent.next_action_url, intent.return_url))
@@ -289,11 +418,34 @@ def _about_a_charge(intent: PaymentIntent, item: Refund | Dispute) -> dict[str, 
 
 
 def refund(intent: PaymentIntent, item: Refund) -> RefundObject:
-    return RefundObject(**_about_a_charge(intent, item), reason=item.reason, failure_reason=item.failure_reason, metadata=item.metadata)
+    failure_reason = UNSET if item.failure_reason is None else item.failure_reason
+    return RefundObject(**_about_a_charge(intent, item), reason=item.reason, failure_reason=failure_reason, metadata=item.metadata)
+
+
+def _dispute_transfers(intent: PaymentIntent, item: Dispute) -> list[Transfer]:
+    """The movements the dispute's opening made: the disputed amount out of
+    the merchant's balance, and the dispute fee. They are made again here
+    exactly as engine.disputes.decide_dispute_opened made them (same ids,
+    amounts and times); the tests hold them against the balance
+    transactions the ledger lists."""
+    transfers = [ledger_single(intent, f"{item.id}:dispute", "dispute", item.amount, item.created_s, to_merchant=False)]
+    if intent.dispute_fee_minor > 0:
+        transfers.append(ledger_fee(intent, f"{item.id}:dispute_fee", "dispute_fee", intent.dispute_fee_minor, item.created_s))
+    return transfers
 
 
 def dispute(intent: PaymentIntent, item: Dispute) -> DisputeObject:
-    return DisputeObject(**_about_a_charge(intent, item), livemode=intent.livemode)
+    about = _about_a_charge(intent, item)
+    assert about["charge"] is not None, "a dispute is opened only on a successful charge"
+    now_s = int(time.time())
+    closed = item.status is not DisputeStatus.needs_response
+    return DisputeObject(
+        **about,
+        livemode=intent.livemode,
+        balance_transactions=[balance_transaction(t, intent.merchant_id, now_s) for t in _dispute_transfers(intent, item)],
+        # While a dispute is open the engine refuses refunds (charge_disputed).
+        is_charge_refundable=closed and intent.amount_received > intent.amount_refunded,
+    )
 
 
 def balance(funds: dict[str, tuple[int, int]], livemode: bool) -> BalanceObject:
@@ -359,6 +511,8 @@ def charge(intent: PaymentIntent) -> ChargeObject | None:
         created=authorization.created_s,
         livemode=intent.livemode,
         status="succeeded",
+        paid=True,
+        disputed=bool(intent.disputes),
     )
 
 
@@ -386,6 +540,7 @@ def event(row: EventRow) -> EventObject:
 
 
 def webhook_endpoint(row: WebhookEndpointRow, secret: str | None = None) -> WebhookEndpointObject:
+    """An endpoint; its `secret` only when given (the answer to its creation)."""
     return WebhookEndpointObject(
         id=row.id,
         url=row.url,
@@ -395,7 +550,7 @@ def webhook_endpoint(row: WebhookEndpointRow, secret: str | None = None) -> Webh
         status=row.status,  # type: ignore[arg-type]
         created=row.created_s,
         livemode=row.livemode,
-        secret=secret,
+        secret=UNSET if secret is None else secret,
     )
 
 

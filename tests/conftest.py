@@ -1,5 +1,10 @@
 """Shared fixtures: a fresh PostgreSQL database per use, and real node processes.
 
+Every answer of a node's API that a test receives is checked against
+Stripe's published description (tests/stripe_spec.py): the test that
+received one that does not validate fails, and the run ends with the count
+of what was checked, by object type.
+
 Tests talk to the PostgreSQL and Redis servers named by
 PAYMENTS_TEST_ADMIN_URL (default: the machine's PostgreSQL on 127.0.0.1:5432)
 and PAYMENTS_TEST_REDIS_URL (default redis://127.0.0.1:6379/0). Every test
@@ -19,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +34,7 @@ import pytest
 import trio_asyncio
 
 from store.postgres import Store
+from tests.stripe_spec import RESPONSES
 
 ADMIN_URL = os.environ.get("PAYMENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PAYMENTS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -48,6 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Use the machine's PostgreSQL and Redis; on a machine without them, start
     the embedded ones (the same servers `payments up` uses) for this run."""
     global ADMIN_URL, REDIS_URL
+    RESPONSES.install()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
     scratch = Path(tempfile.mkdtemp(prefix="payments-tests-"))
@@ -61,6 +68,44 @@ def pytest_configure(config: pytest.Config) -> None:
         valkey = embedded.valkey(scratch)
         REDIS_URL = valkey.__enter__()
         config.add_cleanup(lambda: valkey.__exit__(None, None, None))
+
+
+def _fail_on_invalid_responses(phase: str) -> Generator[None, object, object]:
+    """Run a test's phase; then fail it if it received an answer that does
+    not validate against Stripe's spec (unless it failed already)."""
+    __tracebackhide__ = True
+    RESPONSES.take_violations()
+    result = yield
+    violations = RESPONSES.take_violations()
+    if violations:
+        shown = "\n  ".join(violations[:20])
+        raise AssertionError(f"{len(violations)} answer(s) during {phase} do not validate against Stripe's spec:\n  {shown}")
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    __tracebackhide__ = True
+    return (yield from _fail_on_invalid_responses("setup"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    __tracebackhide__ = True
+    return (yield from _fail_on_invalid_responses("the test"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+    __tracebackhide__ = True
+    return (yield from _fail_on_invalid_responses("teardown"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if RESPONSES.responses:
+        terminalreporter.write_sep("-", "Stripe spec conformance")
+        for line in RESPONSES.summary():
+            terminalreporter.write_line(line)
 
 
 def _admin(sql: str) -> None:

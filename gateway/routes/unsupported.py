@@ -1,0 +1,116 @@
+"""Stripe's routes this server does not serve, answered as such.
+
+An integration written against Stripe calls more of Stripe than we serve. A
+call to a Stripe resource we do not have (customers, charges, products, ...)
+or to an operation of a served resource we do not have (updating an intent,
+searching, closing a dispute, ...) is answered with a Stripe-shaped 404 that
+says so, after the caller's key is checked like any other call. Without
+these routes such a call would be read as something else: a 405, or
+`/v1/payment_intents/search` as the retrieval of an intent named "search".
+None of these routes is published in /openapi.json: they serve nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from quart import Response, request
+
+from gateway import errors
+from gateway.calls import Calls
+from gateway.routing import Routes
+from store.rows import ApiKeyRow
+
+ROUTES = Routes()
+
+# What the server does serve, for the message.
+SERVED = "PaymentIntents, PaymentMethods, Refunds, Disputes, Events, Webhook endpoints, the Balance and balance transactions"
+
+# Stripe resources (paths under /v1/) with nothing of them served here.
+UNSERVED_RESOURCES = (
+    "account",
+    "accounts",
+    "application_fees",
+    "billing_portal/sessions",
+    "charges",
+    "checkout/sessions",
+    "coupons",
+    "credit_notes",
+    "customers",
+    "ephemeral_keys",
+    "files",
+    "invoiceitems",
+    "invoices",
+    "mandates",
+    "payment_links",
+    "payouts",
+    "plans",
+    "prices",
+    "products",
+    "promotion_codes",
+    "quotes",
+    "setup_attempts",
+    "setup_intents",
+    "sources",
+    "subscription_items",
+    "subscriptions",
+    "tax_rates",
+    "tokens",
+    "topups",
+    "transfers",
+)
+
+# Operations Stripe has on resources that are served here, which are not.
+UNSERVED_OPERATIONS = (
+    ("GET", "/v1/payment_intents/search", "Searching PaymentIntents"),
+    ("POST", "/v1/payment_intents/<intent_id>", "Updating a PaymentIntent"),
+    ("POST", "/v1/payment_intents/<intent_id>/increment_authorization", "Incrementing an authorization"),
+    ("POST", "/v1/payment_intents/<intent_id>/apply_customer_balance", "Applying a customer balance"),
+    ("POST", "/v1/payment_intents/<intent_id>/verify_microdeposits", "Verifying microdeposits"),
+    ("POST", "/v1/payment_methods/<payment_method_id>", "Updating a PaymentMethod"),
+    ("POST", "/v1/payment_methods/<payment_method_id>/attach", "Attaching a PaymentMethod to a customer"),
+    ("POST", "/v1/payment_methods/<payment_method_id>/detach", "Detaching a PaymentMethod from a customer"),
+    ("POST", "/v1/refunds/<refund_id>", "Updating a refund"),
+    ("POST", "/v1/refunds/<refund_id>/cancel", "Canceling a refund"),
+    ("POST", "/v1/disputes/<dispute_id>", "Updating a dispute (submitting evidence)"),
+    ("POST", "/v1/disputes/<dispute_id>/close", "Closing a dispute"),
+    ("GET", "/v1/balance_transactions/<transaction_id>", "Retrieving one balance transaction"),
+    ("GET", "/v1/balance/history", "The balance history (use /v1/balance_transactions)"),
+    ("GET", "/v1/balance/history/<transaction_id>", "The balance history (use /v1/balance_transactions)"),
+)
+
+
+def not_supported(what: str) -> errors.ApiError:
+    """The answer to a Stripe call this server does not serve."""
+    return errors.invalid_request(
+        f"{what} is not supported by this server ({request.method} {request.path[:200]}). It serves {SERVED}; /openapi.json lists its routes.",
+        status=404,
+    )
+
+
+async def unserved_resource(calls: Calls, key: ApiKeyRow, **path: str) -> Response:
+    resource = request.path.removeprefix("/v1/")
+    name = next(r for r in sorted(UNSERVED_RESOURCES, key=len, reverse=True) if resource == r or resource.startswith(r + "/"))
+    raise not_supported(f"The {name} API")
+
+
+def _unserved_operation(what: str) -> Callable[..., Awaitable[Response]]:
+    async def unserved_operation(calls: Calls, key: ApiKeyRow, **path: str) -> Response:
+        raise not_supported(what)
+
+    return unserved_operation
+
+
+def _endpoint(method: str, rule: str) -> str:
+    """A distinct endpoint name for each unserved method and rule."""
+    return f"unsupported_{method.lower()}_" + re.sub(r"[^a-z]+", "_", rule.removeprefix("/v1/")).strip("_")
+
+
+for _resource in UNSERVED_RESOURCES:
+    for _rule in (f"/v1/{_resource}", f"/v1/{_resource}/<path:rest>"):
+        for _method in ("GET", "POST", "DELETE"):
+            ROUTES.route(_method, _rule, endpoint=_endpoint(_method, _rule))(unserved_resource)
+
+for _method, _rule, _what in UNSERVED_OPERATIONS:
+    ROUTES.route(_method, _rule, endpoint=_endpoint(_method, _rule))(_unserved_operation(_what))
