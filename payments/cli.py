@@ -19,13 +19,13 @@ import trio_asyncio
 from bench.cli import register as register_bench
 from engine import ids
 from gateway.logs import configure_logging
-from payments import audit_cli, cluster_cli
+from payments import audit_cli, cluster_cli, vault_cli
 from payments.arguments import DEFAULT_DATA_DIR, bounded_int, database_url, embedded_default, listener_options, redis_url
 from payments.up import PartitionsMismatch, UpSettings, run_up
 from shards.cluster import NodeIdTaken
 from shards import operations
 from shards.merchants import create_merchant, roll_key
-from shards.vault import Vault
+from shards.vault import Vault, VaultKeyError
 from simulators import faults, receiver_cli
 from simulators.faults import fault_spec, latency_range
 from simulators.service import run_sim
@@ -134,6 +134,7 @@ def parser() -> argparse.ArgumentParser:
 
     _events_commands(commands, data_dir_option)
     cluster_cli.register(commands, data_dir_option)
+    vault_cli.register(commands, data_dir_option)
     receiver_cli.register(commands)
     audit_cli.register(commands)
     register_bench(commands)
@@ -427,8 +428,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             handler = handlers[name]
         status = handler(arguments)
-    except* (StoreError, RedisLinkError) as group:
-        # Infrastructure trouble is reported in one line, never as a traceback.
+    except* (StoreError, RedisLinkError, VaultKeyError, vault_cli.NotMigrated) as group:
+        # Infrastructure and configuration trouble is reported in one line,
+        # never as a traceback (VaultKeyError never carries key material).
         for error in leaves(group):
             print(f"error: {error}", file=sys.stderr)
         status = 2

@@ -182,17 +182,18 @@ class Effects:
         could not give it after a few short tries."""
         for delay_s in PAYMENT_METHOD_RETRY_DELAYS_S:
             try:
-                method = await self.payment_methods.get(effect.payment_method_id)
+                card = await self.payment_methods.card(effect.payment_method_id)
                 break
             except StoreUnavailable as error:
                 if delay_s is None:
                     raise PaymentMethodUnavailable(str(error)) from None
                 await trio.sleep(delay_s)
-        if method is None:
+        if card is None:
             return None
+        method, card_number = card
         return AuthorizationRequest(
             reference=effect.attempt_id,
-            card_number=self.vault.unseal(method.sealed_number, method.id),
+            card_number=card_number,
             exp_month=method.exp_month,
             exp_year=method.exp_year,
             amount_minor=effect.amount,

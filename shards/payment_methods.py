@@ -1,24 +1,39 @@
 """Payment methods: a card number sealed by the vault as it comes in, the
 row journaled, and kept in a bounded cache for the network calls that read
-it back."""
+it back and open the number (`card`, called only by shards/effects.py)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
+import msgspec
+import structlog
+
 from engine import ids
 from shards.cache import BoundedCache
 from shards.idempotency import Claim
-from shards.vault import Vault
+from shards.vault import CardKeyRetired, CardKeys, Vault
+from store.errors import StoreUnavailable
 from store.postgres import Store
 from store.rows import PaymentMethodRow
+from store.vault_keys import KeyVersionRetired, VaultKeys, key_version_of
+
+log = structlog.get_logger("shards.payment_methods")
+
+
+def key_versions(store: Store) -> VaultKeys:
+    """The store's card key versions: its own domain when it has one (the
+    memory store), else one over its database."""
+    found = getattr(store, "vault_keys", None)
+    return found if found is not None else VaultKeys(store.database)
 
 
 class PaymentMethods:
     def __init__(self, store: Store, vault: Vault, new_id: Callable[[str], str], *, entries_max: int) -> None:
         self.store = store
         self.vault = vault
+        self.keys = CardKeys(key_versions(store), vault)
         self._new_id = new_id
         self._rows = BoundedCache(entries_max)
 
@@ -32,8 +47,9 @@ class PaymentMethods:
         brand: str,
         claim: Claim | None = None,
     ) -> PaymentMethodRow:
-        """Seal the number and store the row (with the claim's idempotency
-        record, in one write). Raises StoreUnavailable when it is not stored."""
+        """Seal the number under the active key version and store the row
+        (with the claim's idempotency record, in one write). Raises
+        StoreUnavailable when it is not stored."""
         payment_method_id = self._new_id("pm")
         row = PaymentMethodRow(
             id=payment_method_id,
@@ -44,10 +60,18 @@ class PaymentMethods:
             exp_month=exp_month,
             exp_year=exp_year,
             fingerprint=self.vault.fingerprint(number),
-            sealed_number=self.vault.seal(number, payment_method_id),
+            sealed_number=await self.keys.seal(number, payment_method_id),
             created_s=int(time.time()),
         )
-        await self.store.merchants.insert_payment_method(row, None if claim is None else claim.completed(row, row.id))
+        idempotency = None if claim is None else claim.completed(row, row.id)
+        try:
+            await self.store.merchants.insert_payment_method(row, idempotency)
+        except KeyVersionRetired:
+            # Sealed with a version read so long ago that it was retired
+            # meanwhile (nothing was written): seal it again, once.
+            await self.keys.refresh()
+            row = msgspec.structs.replace(row, sealed_number=await self.keys.seal(number, payment_method_id))
+            await self.store.merchants.insert_payment_method(row, idempotency)
         self._rows.put(row.id, row)
         return row
 
@@ -61,4 +85,37 @@ class PaymentMethods:
             row = await self.store.merchants.get_payment_method(payment_method_id)
             if row is not None:
                 self._rows.put(row.id, row)
+        return row
+
+    async def card(self, payment_method_id: str) -> tuple[PaymentMethodRow, str] | None:
+        """The row and its card number opened, for the network call that
+        carries it; None for an id that is not one. A cached row sealed
+        under another version than the active one is read again first (the
+        re-wrap job may have moved it, and its version be retired). Raises
+        StoreUnavailable when the database is needed and cannot be read."""
+        method = await self.get(payment_method_id)
+        if method is None:
+            return None
+        if key_version_of(method.sealed_number) != await self.keys.current_version():
+            method = await self._latest(method)
+        try:
+            return method, await self.keys.unseal(method.sealed_number, method.id)
+        except CardKeyRetired:
+            # Cached before its version was retired: the stored row is newer.
+            stored = await self.store.merchants.get_payment_method(method.id)
+            assert stored is not None, method.id
+            self._rows.put(stored.id, stored)
+            return stored, await self.keys.unseal(stored.sealed_number, stored.id)
+
+    async def _latest(self, method: PaymentMethodRow) -> PaymentMethodRow:
+        """The row as stored now (cached again), or `method` itself when the
+        database cannot say."""
+        try:
+            row = await self.store.merchants.get_payment_method(method.id)
+        except StoreUnavailable as error:
+            log.warning("payment_method_not_read_again", payment_method_id=method.id, error=str(error))
+            return method
+        if row is None:
+            return method
+        self._rows.put(row.id, row)
         return row

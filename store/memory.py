@@ -1,6 +1,7 @@
 """An in-memory store with the shape of `store.postgres.Store`, for what it
 implements: `journal`, `leases`, `merchants` (keys and payment methods),
-`idempotency` and `purge`, with the same method names and promises.
+`idempotency`, `purge` and `vault_keys`, with the same method names and
+promises.
 
 Only for tests and the deterministic simulation: it performs no I/O, so a
 whole node (actors, network calls, faults, crashes) can run under trio's
@@ -12,6 +13,7 @@ position is written once. Everything else is the minimum the node touches.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import msgspec
@@ -21,6 +23,7 @@ from store.batch import Batch, BatchWriter
 from store.errors import Fenced, JournalConflict, StoreUnavailable
 from store.leases import ClusterView, Lease, Member
 from store.rows import ApiKeyRow, EventRow, IdempotencyRow, JournalRow, PaymentMethodRow
+from store.vault_keys import ACTIVE, LEGACY_VERSION, RETIRED, RETIRING, KeyVersionRetired, KeyVersionRow, Rotated, WrapNew, key_version_of
 
 
 class MemoryTables:
@@ -35,8 +38,20 @@ class MemoryTables:
         self.api_keys: dict[bytes, ApiKeyRow] = {}
         # partition -> (owner, epoch) of its lease, for fenced batches.
         self.leases: dict[int, tuple[str, int]] = {}
+        # Card key versions, as migrate leaves them: version 0 (cards sealed
+        # before versions) retiring; and when each began retiring, by trio's clock.
+        self.key_versions: dict[int, KeyVersionRow] = {
+            LEGACY_VERSION: KeyVersionRow(LEGACY_VERSION, RETIRING, None, int(time.time()), int(time.time()))
+        }
+        self.retiring_at: dict[int, float] = {LEGACY_VERSION: -math.inf}
         # Set to make the next calls fail, as a database outage would.
         self.unavailable = False
+
+    def usable(self, version: int) -> bool:
+        """What the foreign key of payment_methods checks: the version
+        exists and is not retired."""
+        row = self.key_versions.get(version)
+        return row is not None and row.state != RETIRED
 
     async def io(self) -> None:
         """A checkpoint, as a real round trip would be; StoreUnavailable
@@ -228,6 +243,8 @@ class MemoryMerchants:
 
     async def insert_payment_method(self, row: PaymentMethodRow, idempotency: IdempotencyRow | None = None) -> None:
         await self._tables.io()
+        if not self._tables.usable(key_version_of(row.sealed_number)):
+            raise KeyVersionRetired(f"card key version {key_version_of(row.sealed_number)} is retired")
         self._tables.payment_methods[row.id] = row
 
     async def get_payment_method(self, payment_method_id: str) -> PaymentMethodRow | None:
@@ -279,6 +296,84 @@ class MemoryPurge:
         return len(expired)
 
 
+class MemoryVaultKeys:
+    """The card key versions with the semantics of store/vault_keys.py; the
+    retiring time is judged by trio's clock, where PostgreSQL uses its own."""
+
+    def __init__(self, tables: MemoryTables) -> None:
+        self._tables = tables
+
+    async def ready(self) -> bool:
+        await self._tables.io()
+        return True
+
+    async def live(self) -> list[KeyVersionRow]:
+        await self._tables.io()
+        return [row for _, row in sorted(self._tables.key_versions.items()) if row.state != RETIRED]
+
+    async def status(self) -> list[KeyVersionRow]:
+        await self._tables.io()
+        counts: dict[int, int] = {}
+        for method in self._tables.payment_methods.values():
+            version = key_version_of(method.sealed_number)
+            counts[version] = counts.get(version, 0) + 1
+        return [msgspec.structs.replace(row, cards=counts.get(version, 0)) for version, row in sorted(self._tables.key_versions.items())]
+
+    async def ensure_active(self, wrap: WrapNew, live_max: int) -> Rotated:
+        return await self._make_active(wrap, False, live_max)
+
+    async def rotate(self, wrap: WrapNew, live_max: int) -> Rotated:
+        return await self._make_active(wrap, True, live_max)
+
+    async def _make_active(self, wrap: WrapNew, rotate: bool, live_max: int) -> Rotated:
+        await self._tables.io()
+        versions = self._tables.key_versions
+        active = next((version for version, row in versions.items() if row.state == ACTIVE), None)
+        live = sum(row.state != RETIRED for row in versions.values())
+        if (active is not None and not rotate) or live >= live_max:
+            return Rotated(active, False, live)
+        version, now_s = max(versions) + 1, int(time.time())
+        if active is not None:
+            versions[active] = msgspec.structs.replace(versions[active], state=RETIRING, retiring_s=now_s)
+            self._tables.retiring_at[active] = trio.current_time()
+        versions[version] = KeyVersionRow(version, ACTIVE, wrap(version), now_s)
+        return Rotated(version, True, live + 1)
+
+    async def legacy_sample(self) -> tuple[str, bytes] | None:
+        await self._tables.io()
+        return next(((row.id, row.sealed_number) for row in self._sorted() if key_version_of(row.sealed_number) == LEGACY_VERSION), None)
+
+    async def cards_under(self, version: int, rows_max: int) -> list[tuple[str, bytes]]:
+        await self._tables.io()
+        return [(row.id, row.sealed_number) for row in self._sorted() if key_version_of(row.sealed_number) == version][:rows_max]
+
+    async def replace_sealed(self, rows: Sequence[tuple[str, bytes, bytes]]) -> int:
+        await self._tables.io()
+        methods = self._tables.payment_methods
+        if not all(self._tables.usable(key_version_of(new)) for _, _, new in rows):
+            raise KeyVersionRetired("the version the cards were re-wrapped under was retired meanwhile")
+        replaced = 0
+        for payment_method_id, old, new in rows:
+            row = methods.get(payment_method_id)
+            if row is not None and row.sealed_number == old:
+                methods[payment_method_id] = msgspec.structs.replace(row, sealed_number=new)
+                replaced += 1
+        return replaced
+
+    async def retire(self, version: int, retiring_for_s: float) -> bool:
+        await self._tables.io()
+        row = self._tables.key_versions.get(version)
+        if row is None or row.state != RETIRING or self._tables.retiring_at[version] > trio.current_time() - retiring_for_s:
+            return False
+        if any(key_version_of(method.sealed_number) == version for method in self._tables.payment_methods.values()):
+            return False
+        self._tables.key_versions[version] = msgspec.structs.replace(row, state=RETIRED, wrapped_key=None, retired_s=int(time.time()))
+        return True
+
+    def _sorted(self) -> list[PaymentMethodRow]:
+        return [row for _, row in sorted(self._tables.payment_methods.items())]
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self.tables = MemoryTables()
@@ -287,6 +382,7 @@ class MemoryStore:
         self.merchants = MemoryMerchants(self.tables)
         self.idempotency = MemoryIdempotencyKeys(self.tables)
         self.purge = MemoryPurge(self.tables)
+        self.vault_keys = MemoryVaultKeys(self.tables)
         self.partitions: int | None = None
 
     async def migrate(self, partitions: int) -> int:

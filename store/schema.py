@@ -8,6 +8,7 @@ import secrets
 import asyncpg
 
 from store.errors import SchemaMismatch
+from store.vault_keys import KEY_VERSION_SQL, LEGACY_VERSION
 
 SCHEMA_VERSION = 1
 
@@ -227,6 +228,41 @@ CREATE TABLE IF NOT EXISTS audit_lease (
 );
 """
 
+# Card key versions (store/vault_keys.py, shards/vault.py). Each card's
+# version is generated from its sealed number; with `key_usable` (always
+# true) it is a foreign key to a version that is not retired, so a version
+# a card still uses cannot be retired, and a card cannot be written under a
+# retired one. Existing cards are version 0, sealed before versions existed.
+VAULT_SCHEMA_SQL = f"""
+CREATE TABLE IF NOT EXISTS vault_key_versions (
+    version integer PRIMARY KEY CHECK (version >= 0),
+    state text NOT NULL CHECK (state IN ('active', 'retiring', 'retired')),
+    usable boolean NOT NULL DEFAULT true,
+    wrapped_key bytea,              -- the version's key wrapped by the master key
+    created_at timestamptz NOT NULL DEFAULT now(),
+    retiring_at timestamptz,
+    retired_at timestamptz,
+    UNIQUE (version, usable),
+    CHECK (usable = (state <> 'retired')),
+    CHECK ((state = 'active') = (retiring_at IS NULL)),
+    CHECK ((state = 'retired') = (retired_at IS NOT NULL)),
+    -- Version {LEGACY_VERSION} is derived from the master key, never stored.
+    CHECK (CASE WHEN version = {LEGACY_VERSION} THEN wrapped_key IS NULL ELSE (wrapped_key IS NULL) = (state = 'retired') END)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS vault_key_versions_one_active ON vault_key_versions ((true)) WHERE state = 'active';
+INSERT INTO vault_key_versions (version, state, retiring_at) VALUES ({LEGACY_VERSION}, 'retiring', now())
+    ON CONFLICT (version) DO NOTHING;
+ALTER TABLE payment_methods ADD COLUMN IF NOT EXISTS key_version integer GENERATED ALWAYS AS ({KEY_VERSION_SQL}) STORED;
+ALTER TABLE payment_methods ADD COLUMN IF NOT EXISTS key_usable boolean NOT NULL DEFAULT true CHECK (key_usable);
+CREATE INDEX IF NOT EXISTS payment_methods_key_version ON payment_methods (key_version, id);
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'payment_methods_key_version_fkey') THEN
+        ALTER TABLE payment_methods ADD CONSTRAINT payment_methods_key_version_fkey
+            FOREIGN KEY (key_version, key_usable) REFERENCES vault_key_versions (version, usable);
+    END IF;
+END $$;
+"""
+
 
 async def migrate(connection: asyncpg.Connection, partitions: int) -> dict[str, str]:
     """(In a transaction) Create what is missing, record the schema version
@@ -234,7 +270,7 @@ async def migrate(connection: asyncpg.Connection, partitions: int) -> dict[str, 
     database's settings."""
     # One migration at a time, whichever node runs it.
     await connection.execute("SELECT pg_advisory_xact_lock(727274)")
-    await connection.execute(SCHEMA_SQL + AUDIT_SCHEMA_SQL)
+    await connection.execute(SCHEMA_SQL + AUDIT_SCHEMA_SQL + VAULT_SCHEMA_SQL)
     await connection.execute(
         "INSERT INTO settings (key, value) VALUES ('schema_version', $1),"
         " ('partitions', $2) ON CONFLICT (key) DO NOTHING",

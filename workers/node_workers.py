@@ -1,12 +1,17 @@
 """The workers every node runs beside its actors, stopped with the node:
-reconciliation, the settlement check, the idempotency purge, and, when the
-node runs with Redis, its event workers (workers/events.py).
+reconciliation, the settlement check, the idempotency purge, the card
+re-wrap job, and, when the node runs with Redis, its event workers
+(workers/events.py).
 
 Reconciliation and the settlement check look at the partitions this node
 serves, so in a cluster each partition is covered by its owner. The event
-workers and the purge cover every partition: in a cluster they run once,
-on whichever node holds their worker lease (`run_leased`), and move to
-another node when that one stops or goes silent.
+workers, the purge and the re-wrap job cover every partition: in a cluster
+they run once, on whichever node holds their worker lease (`run_leased`),
+and move to another node when that one stops or goes silent.
+
+Before any of them starts, the node proves its master key opens the
+database's card key versions (shards/vault.py): a node given the wrong key
+stops here, before it serves a request.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import trio
 from shards.cluster import Membership
 from shards.node import Node
 from store.errors import StoreUnavailable
+from workers.card_rewrap import RewrapBounds, run_card_rewrap
 from workers.errors import WorkerErrors
 from workers.events import EventWorkers, run_event_workers
 from workers.purge import PurgeBounds, run_idempotency_purge
@@ -37,6 +43,7 @@ class NodeWorkerBounds(msgspec.Struct, frozen=True):
     reconciliation: ReconcileBounds = ReconcileBounds()
     settlement: SettlementBounds = SettlementBounds()
     purge: PurgeBounds = PurgeBounds()
+    card_rewrap: RewrapBounds = RewrapBounds()
 
 
 async def run_node_workers(
@@ -50,13 +57,18 @@ async def run_node_workers(
     (`Node.stop_accepting`) or this is cancelled; their error counters, by
     worker, are passed to `task_status.started`. `events` is the object the
     node was given as `events`. Workers log and count their errors and go
-    on; this raises only for a bug."""
-    errors = {name: WorkerErrors(name) for name in ("reconciliation", "settlement_check", "idempotency_purge")}
+    on; this raises only for a bug, and at start VaultKeyError when the
+    master key does not open the card key versions (StoreUnavailable when
+    they cannot be read)."""
+    await node.payment_methods.keys.open()
+    errors = {name: WorkerErrors(name) for name in ("reconciliation", "settlement_check", "idempotency_purge", "card_rewrap")}
     purge = functools.partial(run_idempotency_purge, node.store, bounds.purge, errors=errors["idempotency_purge"])
+    rewrap = functools.partial(run_card_rewrap, node.payment_methods.keys, bounds.card_rewrap, errors=errors["card_rewrap"])
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(run_reconciliation, node, bounds.reconciliation, errors=errors["reconciliation"]))
         await nursery.start(functools.partial(run_settlement_check, node, bounds.settlement, errors=errors["settlement_check"]))
         await nursery.start(_once(node, "idempotency_purge", purge))
+        await nursery.start(_once(node, "card_rewrap", rewrap))
         if events is not None:
             every_partition = range(node.config.partitions) if node.membership is not None else sorted(node.shards)
             await nursery.start(_once(node, "events", functools.partial(run_event_workers, events, every_partition)))
