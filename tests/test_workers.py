@@ -136,7 +136,7 @@ async def test_the_node_workers_stop_when_the_node_stops(store: Any) -> None:
         async with trio.open_nursery() as nursery:
             async with running_node(store) as node:
                 errors = await nursery.start(run_node_workers, node)
-                assert sorted(errors) == ["idempotency_purge", "reconciliation", "settlement_check"]
+                assert sorted(errors) == ["card_rewrap", "idempotency_purge", "reconciliation", "settlement_check"]
             # running_node stopped the node; the workers' task returns by itself.
 
 
