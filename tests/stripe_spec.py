@@ -193,8 +193,11 @@ class _Walk:
                 self.violation(where, f"is {_shown(value)}, which does not match {schema['pattern']}")
 
     def any_of(self, value: Any, branches: list[dict[str, Any]], where: str) -> None:
-        """`value` must fit one branch; the nearest miss is reported."""
-        nearest: _Walk | None = None
+        """`value` must fit one branch. Otherwise the nearest miss is
+        reported: among the branches of the value's own JSON type (an
+        expanded object is reported as that object, not as "not a string"),
+        the one with the fewest violations."""
+        misses: list[tuple[bool, int, _Walk]] = []
         for branch in branches:
             trial = _Walk(self.spec)
             trial.value(value, branch, where)
@@ -202,10 +205,17 @@ class _Walk:
                 self.objects.update(trial.objects)
                 self.gaps.update(trial.gaps)
                 return
-            if nearest is None or len(trial.violations) < len(nearest.violations):
-                nearest = trial
-        assert nearest is not None
+            misses.append((not self.same_type(value, branch), len(trial.violations), trial))
+        nearest = min(misses, key=lambda miss: miss[:2])[2]
         self.violations.extend(nearest.violations)
+
+    def same_type(self, value: Any, schema: dict[str, Any]) -> bool:
+        if "$ref" in schema:
+            schema = self.spec.schemas[schema["$ref"].rsplit("/", 1)[1]]
+        kind = schema.get("type")
+        return kind is None or {"object": dict, "array": list, "string": str}.get(kind, object) is type(value) or (
+            kind in ("integer", "number", "boolean") and isinstance(value, (int, float))
+        )
 
     def object(self, value: Any, schema: dict[str, Any], where: str, name: str) -> None:
         if not isinstance(value, dict):
@@ -217,10 +227,11 @@ class _Walk:
             # A free-form object (an event's data.object): checked as what
             # its `object` field says it is.
             if "object" in value:
-                found = self.spec.check_object(value)
-                self.violations.extend(found.violations)
-                self.objects.update(found.objects)
-                self.gaps.update(found.gaps)
+                found = self.spec.schema_name_for(value)
+                if found is None:
+                    self.violation(where, f"is not an object the spec knows ({_shown(value)})")
+                else:
+                    self.value(value, {"$ref": f"#/components/schemas/{found}"}, where)
             return
         for field in schema.get("required", ()):
             if field not in value:
