@@ -97,7 +97,7 @@ class Calls:
         if redis is None:
             return
         try:
-            bucket = await redis.take_token(bucket_name, rate_per_s, burst)
+            bucket = await self.node.rate_limits.take(redis, bucket_name, rate_per_s, burst)
         except RedisUnavailable:
             log.warning("rate_limit_skipped", reason="redis_unavailable")
             return

@@ -36,6 +36,7 @@ from shards.effects import CardNetwork, Effects, run_notice_relay
 from shards.group_commit import GroupCommit
 from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
 from shards.payment_methods import PaymentMethods
+from shards.rate_limits import RateLimiter
 from shards.replies import ReplyTimer, run_reply_timer
 from shards.cluster import ClusterConfig, Membership, run_membership
 from shards.router import NotServed, Overloaded, Router
@@ -118,6 +119,8 @@ class Node:
         self.random_bytes = random_bytes
         # Rate-limit buckets and signature nonces; None runs without both.
         self.redis = redis
+        # Rate limits spent from local batches of the buckets in Redis.
+        self.rate_limits = RateLimiter()
         # The event workers, when the node runs with Redis.
         self.events = events
         self.idempotency = IdempotencyRecords(store, vault, ttl_s=config.idempotency_ttl_s)

@@ -23,35 +23,46 @@ from store.errors import RedisUnavailable
 from store.rows import EventRow
 
 # A token bucket refilled continuously at `rate` tokens a second up to
-# `burst`, kept as a hash {tokens, at_ms}. The server's clock is used so that
-# nodes with skewed clocks share one bucket fairly. Tokens are counted in
-# thousandths to stay in integers.
+# `burst`, kept as a hash {tokens, at_ms}; one call takes up to `wanted`
+# whole tokens (all there are, when fewer). The server's clock is used so
+# that nodes with skewed clocks share one bucket fairly. Tokens are counted
+# in thousandths to stay in integers.
 TOKEN_BUCKET = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2]) * 1000
+local wanted = tonumber(ARGV[3])
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at_ms')
 local tokens = tonumber(state[1]) or burst
 local at_ms = tonumber(state[2]) or now_ms
 tokens = math.min(burst, tokens + math.max(0, now_ms - at_ms) * rate)
-local allowed = 0
-if tokens >= 1000 then
-    tokens = tokens - 1000
-    allowed = 1
-end
+local granted = math.min(wanted, math.floor(tokens / 1000))
+tokens = tokens - granted * 1000
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'at_ms', now_ms)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
 local wait_ms = 0
-if allowed == 0 then
+if granted == 0 then
     wait_ms = math.ceil((1000 - tokens) / rate)
 end
-return {allowed, math.floor(tokens / 1000), wait_ms, math.ceil((burst - tokens) / rate)}
+return {granted, math.floor(tokens / 1000), wait_ms, math.ceil((burst - tokens) / rate)}
 """
 
 
 class Bucket(msgspec.Struct, frozen=True):
+    """The answer to one request's rate limit."""
+
     allowed: bool
+    remaining: int
+    retry_after_ms: int
+    full_in_ms: int
+
+
+class Grant(msgspec.Struct, frozen=True):
+    """Tokens taken from a bucket in one call: `granted` (0 when none was
+    there), what is left, when the next token comes, when it is full."""
+
+    granted: int
     remaining: int
     retry_after_ms: int
     full_in_ms: int
@@ -93,14 +104,14 @@ class RedisLink:
         """Return once Redis answers; RedisUnavailable when it does not."""
         await self._call(self._client.ping)
 
-    async def take_token(self, name: str, rate_per_s: int, burst: int) -> Bucket:
-        """Take one token from the bucket `name`, if there is one."""
+    async def take_tokens(self, name: str, rate_per_s: int, burst: int, wanted: int) -> Grant:
+        """Take up to `wanted` tokens from the bucket `name`."""
 
         async def run() -> list[int]:
-            return await self._bucket_script(keys=[self._prefix + "bucket:" + name], args=[rate_per_s, burst])
+            return await self._bucket_script(keys=[self._prefix + "bucket:" + name], args=[rate_per_s, burst, wanted])
 
-        allowed, remaining, retry_after_ms, full_in_ms = await self._call(run)
-        return Bucket(bool(allowed), int(remaining), int(retry_after_ms), int(full_in_ms))
+        granted, remaining, retry_after_ms, full_in_ms = await self._call(run)
+        return Grant(int(granted), int(remaining), int(retry_after_ms), int(full_in_ms))
 
     async def remember_once(self, name: str, ttl_s: int) -> bool:
         """Store `name` for `ttl_s`; False when it was already there."""

@@ -31,7 +31,7 @@ GATEWAY_EVENTS = {"rate_limit_skipped", "payment_method_created", "request_faile
 class RefusingRedis:
     """A Redis link that is down: every rate limit it is asked for is skipped."""
 
-    async def take_token(self, bucket_name: str, rate_per_s: int, burst: int) -> None:
+    async def take_tokens(self, bucket_name: str, rate_per_s: int, burst: int, wanted: int) -> None:
         raise RedisUnavailable("redis unavailable: ConnectionError")
 
 
