@@ -464,3 +464,28 @@ def test_rotate_key_help_says_what_it_does_and_its_exit_statuses(capsys: pytest.
     assert "Make a new card key version and make it the active one." in text
     assert "retires each old version once no card uses it" in text
     assert "exit status: 0 done; 1 refused (too many versions still hold cards: wait for the re-wrap job); 2 no master key" in text
+
+
+# ------------------------------------------------------------ where numbers open
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _library_files_with(*needles: str) -> set[str]:
+    found = set()
+    for package in ("engine", "store", "shards", "workers", "gateway", "payments", "bench", "simulators"):
+        for path in (ROOT / package).glob("**/*.py"):
+            text = path.read_text()
+            if all(needle in text for needle in needles):
+                found.add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_a_card_number_is_opened_only_for_the_network_call() -> None:
+    assert _library_files_with("payment_methods.card(") == {"shards/effects.py"}
+    assert _library_files_with("open_card(") == {"shards/vault.py"}
+    assert _library_files_with("keys.unseal(") == {"shards/payment_methods.py"}
+    # The derived key's `unseal` opens other secrets; on a sealed card
+    # number only the vault itself uses it (cards from before versions).
+    assert _library_files_with("sealed_number", "unseal(") <= {"shards/vault.py", "shards/payment_methods.py"}
+    assert _library_files_with("sealed", "vault.unseal(") >= {"shards/vault.py"}  # the search sees what it looks for
