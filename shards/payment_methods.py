@@ -29,6 +29,14 @@ def key_versions(store: Store) -> VaultKeys:
     return found if found is not None else VaultKeys(store.database)
 
 
+async def open_card_keys(store: Store, vault: Vault) -> None:
+    """Prove `vault`'s master key opens the database's card key versions,
+    and make a first active version if there is none: for a node's start,
+    before it serves anything. Raises VaultKeyError (a wrong key; the
+    message names the version, never a key) or StoreUnavailable."""
+    await CardKeys(key_versions(store), vault).open()
+
+
 class PaymentMethods:
     def __init__(self, store: Store, vault: Vault, new_id: Callable[[str], str], *, entries_max: int) -> None:
         self.store = store

@@ -357,9 +357,14 @@ class CardKeys:
 
     async def _fresh(self, version: int | None) -> _Ring:
         """What was read, read again first if it is older than `refresh_s`
-        or does not know `version`."""
+        or does not know `version`. While another task reads it again, what
+        was read serves those it can serve: a node's payments never all wait
+        on that one query."""
+        ring = self._ring
         if self._current(version):
-            return self._ring
+            return ring
+        if self._lock.locked() and (ring.opens(version) if version is not None else ring.active is not None):
+            return ring
         async with self._lock:
             if self._current(version):
                 return self._ring

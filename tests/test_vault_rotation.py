@@ -34,8 +34,9 @@ from gateway.app import create_app
 from payments import cli
 from shards.merchants import MerchantKeys, create_merchant
 from shards.node import Node, NodeConfig, run_node
-from shards.vault import CardKeys, Vault, VaultKeyError, open_card, rewrap_card, seal_card
+from shards.vault import CardKeyRetired, CardKeys, Vault, VaultKeyError, open_card, rewrap_card, seal_card
 from simulators.card_network import CardNetwork
+from store.errors import StoreUnavailable
 from store.memory import MemoryStore
 from store.rows import PaymentMethodRow
 from store.vault_keys import SEALED_BYTES, KeyVersionRetired, VaultKeys, key_version_of
@@ -349,6 +350,28 @@ async def test_the_memory_store_retires_a_version_as_postgresql_does() -> None:
     with pytest.raises(KeyVersionRetired, match=r"^card key version 1 is retired$"):
         await store.merchants.insert_payment_method(PaymentMethodRow("pm_late", "acct_x", False, "visa", "4242", 12, 2040, "fp", late, 0))
     assert not await store.vault_keys.retire(2, 0.0)
+
+
+async def test_while_the_database_is_away_a_node_opens_cards_with_the_keys_it_read_and_seals_none(autojump_clock: Any) -> None:
+    store = MemoryStore()
+    keys = CardKeys(store.vault_keys, Vault(MASTER), refresh_s=1.0)
+    await keys.open()
+    sealed = await keys.seal(OLD_NUMBERS[0], "pm_a")
+    legacy = Vault(MASTER).seal(OLD_NUMBERS[1], "pm_b")  # version 0 is not retired
+    unknown = seal_card(5, AESGCM(os.urandom(32)), OLD_NUMBERS[2], "pm_c")
+    store.tables.unavailable = True
+    await trio.sleep(2)  # what the node read is old now
+    with capture_logs() as logs:
+        assert await keys.unseal(sealed, "pm_a") == OLD_NUMBERS[0]
+        assert await keys.unseal(legacy, "pm_b") == OLD_NUMBERS[1]
+    assert [entry["event"] for entry in logs] == ["card_key_versions_not_read", "card_key_versions_not_read"]
+    with pytest.raises(StoreUnavailable):
+        await keys.seal(OLD_NUMBERS[0], "pm_d")  # it might not be the active version any more
+    with pytest.raises(StoreUnavailable):
+        await keys.unseal(unknown, "pm_c")  # a version it never read
+    store.tables.unavailable = False
+    with pytest.raises(CardKeyRetired, match=r"^card pm_c names card key version 5, which is retired or unknown here$"):
+        await keys.unseal(unknown, "pm_c")
 
 
 # ------------------------------------------------------------ a wrong master key at start
