@@ -17,7 +17,8 @@ violation, so a field Stripe does not send is caught rather than ignored.
 (httpx, sync and async, and requests, which the stripe SDK and schemathesis
 use) from a node's API (a path under /v1/ answered with a `Request-Id`), checks it,
 and keeps the violations for the test that received them, and the counts of
-what it checked. tests/conftest.py installs it for the session and fails
+what it checked. An httpx answer a test reads as a stream (to test slow
+reads) is left to the test. tests/conftest.py installs it for the session and fails
 the test that received a response that does not validate.
 """
 
@@ -28,7 +29,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -289,18 +290,22 @@ class ResponseCollector:
         self.violations: list[str] = []
         self.installed = False
 
-    def observe(self, method: str, url: str, status: int, headers: Any, content: bytes) -> None:
+    def observe(self, method: str, url: str, status: int, headers: Any, content: Callable[[], bytes]) -> None:
         """Check one answer, if it is a node's API answer: a /v1/ path,
-        answered with the node's `Request-Id`."""
+        answered with the node's `Request-Id`. Its body is read (`content`)
+        only then."""
         path = urlsplit(url).path
         if not path.startswith("/v1/") or not str(headers.get("Request-Id", "")).startswith("req_"):
+            return
+        if method.upper() in ("HEAD", "OPTIONS"):
+            # No body (HEAD), or the framework's answer to a CORS preflight: not API objects.
             return
         where = f"{method} {path} -> {status}"
         if not str(headers.get("Content-Type", "")).startswith("application/json"):
             self.add_violations([f"{where}: not JSON ({headers.get('Content-Type')})"])
             return
         try:
-            body = json.loads(content)
+            body = json.loads(content())
         except ValueError:
             self.add_violations([f"{where}: the body is not valid JSON"])
             return
@@ -345,19 +350,20 @@ class ResponseCollector:
         def send(client: httpx.Client, request: httpx.Request, **options: Any) -> httpx.Response:
             response = sync_send(client, request, **options)
             if not options.get("stream"):
-                collector.observe(request.method, str(request.url), response.status_code, response.headers, response.content)
+                collector.observe(request.method, str(request.url), response.status_code, response.headers, lambda: response.content)
             return response
 
         async def send_async(client: httpx.AsyncClient, request: httpx.Request, **options: Any) -> httpx.Response:
             response = await async_send(client, request, **options)
             if not options.get("stream"):
-                collector.observe(request.method, str(request.url), response.status_code, response.headers, response.content)
+                collector.observe(request.method, str(request.url), response.status_code, response.headers, lambda: response.content)
             return response
 
         def send_requests(session: requests.Session, request: requests.PreparedRequest, **options: Any) -> requests.Response:
+            # Read even when streamed (schemathesis streams every answer):
+            # requests keeps what it read for the caller.
             response = requests_send(session, request, **options)
-            if not options.get("stream"):
-                collector.observe(str(request.method), str(request.url), response.status_code, response.headers, response.content)
+            collector.observe(str(request.method), str(request.url), response.status_code, response.headers, lambda: response.content)
             return response
 
         httpx.Client.send = send  # type: ignore[method-assign]
