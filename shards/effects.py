@@ -182,7 +182,8 @@ class Effects:
         could not give it after a few short tries."""
         for delay_s in PAYMENT_METHOD_RETRY_DELAYS_S:
             try:
-                card = await self.payment_methods.card(effect.payment_method_id)
+                method = await self.payment_methods.get(effect.payment_method_id)
+                card = None if method is None else await self.payment_methods.opened(method)
                 break
             except StoreUnavailable as error:
                 if delay_s is None:

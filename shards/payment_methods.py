@@ -1,6 +1,6 @@
 """Payment methods: a card number sealed by the vault as it comes in, the
 row journaled, and kept in a bounded cache for the network calls that read
-it back and open the number (`card`, called only by shards/effects.py)."""
+it back and open the number (`opened`, called only by shards/effects.py)."""
 
 from __future__ import annotations
 
@@ -95,15 +95,12 @@ class PaymentMethods:
                 self._rows.put(row.id, row)
         return row
 
-    async def card(self, payment_method_id: str) -> tuple[PaymentMethodRow, str] | None:
-        """The row and its card number opened, for the network call that
-        carries it; None for an id that is not one. A cached row sealed
-        under another version than the active one is read again first (the
-        re-wrap job may have moved it, and its version be retired). Raises
-        StoreUnavailable when the database is needed and cannot be read."""
-        method = await self.get(payment_method_id)
-        if method is None:
-            return None
+    async def opened(self, method: PaymentMethodRow) -> tuple[PaymentMethodRow, str]:
+        """The row as stored and its card number opened, for the network
+        call that carries it. A cached row sealed under another version than
+        the active one is read again first (the re-wrap job may have moved
+        it, and its version be retired). Raises StoreUnavailable when the
+        database is needed and cannot be read."""
         if key_version_of(method.sealed_number) != await self.keys.current_version():
             method = await self._latest(method)
         try:

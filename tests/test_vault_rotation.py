@@ -505,7 +505,7 @@ def _library_files_with(*needles: str) -> set[str]:
 
 
 def test_a_card_number_is_opened_only_for_the_network_call() -> None:
-    assert _library_files_with("payment_methods.card(") == {"shards/effects.py"}
+    assert _library_files_with("payment_methods.opened(") == {"shards/effects.py"}
     assert _library_files_with("open_card(") == {"shards/vault.py"}
     assert _library_files_with("keys.unseal(") == {"shards/payment_methods.py"}
     # The derived key's `unseal` opens other secrets; on a sealed card
