@@ -26,6 +26,12 @@ BODY_CHARS = 29  # ceil(144 / 5)
 PARTITIONS_MAX = 1 << PARTITION_BITS
 
 
+# Two characters for every 10-bit value: an id is written ten bits at a
+# time (a 4-bit head and 14 pairs), twice as fast as five bits at a time.
+_PAIRS = tuple(first + second for first in ALPHABET for second in ALPHABET)
+_PAIR_SHIFTS = tuple(range(BODY_CHARS * 5 - 15, -1, -10))
+
+
 def make_id(prefix: str, partition: int, now_ms: int, random_bytes: bytes) -> str:
     """Build an id. `random_bytes` must be 10 fresh bytes from a CSPRNG."""
     assert prefix in PREFIXES, prefix
@@ -34,11 +40,8 @@ def make_id(prefix: str, partition: int, now_ms: int, random_bytes: bytes) -> st
     assert len(random_bytes) == RANDOM_BYTES
     value = (now_ms << (PARTITION_BITS + RANDOM_BITS)) | (partition << RANDOM_BITS)
     value |= int.from_bytes(random_bytes, "big")
-    characters = []
-    for _ in range(BODY_CHARS):
-        characters.append(ALPHABET[value & 31])
-        value >>= 5
-    return prefix + "_" + "".join(reversed(characters))
+    pairs = _PAIRS
+    return prefix + "_" + ALPHABET[value >> (BODY_CHARS * 5 - 5)] + "".join([pairs[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def parse_id(text: str, prefix: str) -> tuple[int, int] | None:

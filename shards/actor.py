@@ -23,6 +23,7 @@ is what lets a synchronous API report `succeeded` or a decline.
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -575,18 +576,8 @@ class ShardActor:
                 )
             return
         assert current is not None
-        for event in decision.events:
-            if isinstance(event, machine.IntentCreated):
-                status = event.intent.status
-            elif isinstance(event, machine.RefundCreated):
-                status = event.refund.status
-            elif isinstance(event, machine.DisputeOpened):
-                status = event.dispute.status
-            else:
-                status = event.status
-            log.debug(
-                LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status), request_id=message.request_id
-            )
+        if log.is_enabled_for(logging.DEBUG):
+            self._log_transitions(message, decision, current)
         awaited = waits_on(decision) if message.reply is not None else None
         if awaited is not None:
             assert message.reply is not None
@@ -600,6 +591,20 @@ class ShardActor:
                 waiting[0].set(message.rendered or Outcome(Result.ok, current, attempt_id=command.attempt_id))
         elif awaited is None and message.reply is not None:
             message.reply.set(message.rendered or Outcome(Result.ok, current))
+
+    def _log_transitions(self, message: Message, decision: machine.Decision, current: PaymentIntent) -> None:
+        for event in decision.events:
+            if isinstance(event, machine.IntentCreated):
+                status = event.intent.status
+            elif isinstance(event, machine.RefundCreated):
+                status = event.refund.status
+            elif isinstance(event, machine.DisputeOpened):
+                status = event.dispute.status
+            else:
+                status = event.status
+            log.debug(
+                LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status), request_id=message.request_id
+            )
 
     async def _call_network(self, effect: NetworkCall, request_id: str | None = None) -> None:
         async with self._network_limiter:
