@@ -252,11 +252,13 @@ CREATE TABLE IF NOT EXISTS vault_key_versions (
 CREATE UNIQUE INDEX IF NOT EXISTS vault_key_versions_one_active ON vault_key_versions ((true)) WHERE state = 'active';
 INSERT INTO vault_key_versions (version, state, retiring_at) VALUES ({LEGACY_VERSION}, 'retiring', now())
     ON CONFLICT (version) DO NOTHING;
-ALTER TABLE payment_methods ADD COLUMN IF NOT EXISTS key_version integer GENERATED ALWAYS AS ({KEY_VERSION_SQL}) STORED;
-ALTER TABLE payment_methods ADD COLUMN IF NOT EXISTS key_usable boolean NOT NULL DEFAULT true CHECK (key_usable);
-CREATE INDEX IF NOT EXISTS payment_methods_key_version ON payment_methods (key_version, id);
+-- Only when missing: ALTER TABLE locks the table even when it changes nothing,
+-- and every node's start runs this.
 DO $$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'payment_methods_key_version_fkey') THEN
+        ALTER TABLE payment_methods ADD COLUMN IF NOT EXISTS key_version integer GENERATED ALWAYS AS ({KEY_VERSION_SQL}) STORED;
+        ALTER TABLE payment_methods ADD COLUMN IF NOT EXISTS key_usable boolean NOT NULL DEFAULT true CHECK (key_usable);
+        CREATE INDEX IF NOT EXISTS payment_methods_key_version ON payment_methods (key_version, id);
         ALTER TABLE payment_methods ADD CONSTRAINT payment_methods_key_version_fkey
             FOREIGN KEY (key_version, key_usable) REFERENCES vault_key_versions (version, usable);
     END IF;
