@@ -21,9 +21,9 @@ from engine import ids, ledger
 from engine.intent import Dispute, PaymentIntent, Refund
 from engine.ledger import Transfer
 from engine import notifications
-from gateway.errors import doc_url
 from engine.postings import ledger_fee, ledger_single
 from engine.records import AttemptKind, AttemptStatus, DisputeStatus
+from gateway.errors import doc_url
 from store.rows import EventRow, PaymentMethodRow, WebhookEndpointRow
 
 T = TypeVar("T")
