@@ -238,6 +238,9 @@ async def test_rotation_moves_every_card_to_the_new_version_retires_the_old_one_
 
     events = [entry["event"] for entry in logs]
     assert "cards_rewrapped" in events and "card_key_version_retired" in events  # the logs were seen
+    # Bounded batches: five cards of version 1 moved two at a time.
+    batches = [entry["count"] for entry in logs if entry["event"] == "cards_rewrapped" and entry["version"] == 1]
+    assert batches == [2, 2, 1]
     assert not any(number in repr(logs) for number in OLD_NUMBERS + NEW_NUMBERS)
     assert MASTER_B64 not in repr(logs) and MASTER.hex() not in repr(logs)
 
