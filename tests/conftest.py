@@ -34,7 +34,7 @@ import pytest
 import trio_asyncio
 
 from store.postgres import Store
-from tests.stripe_spec import RESPONSES
+from tests.stripe_spec import RESPONSES, SPEC_PATH
 
 ADMIN_URL = os.environ.get("PAYMENTS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PAYMENTS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -54,6 +54,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Use the machine's PostgreSQL and Redis; on a machine without them, start
     the embedded ones (the same servers `payments up` uses) for this run."""
     global ADMIN_URL, REDIS_URL
+    if not SPEC_PATH.is_file():
+        raise pytest.UsageError(f"Stripe's OpenAPI description is not at {SPEC_PATH} (shared/ beside the checkout, or PAYMENTS_STRIPE_SPEC)")
     RESPONSES.install()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
