@@ -209,6 +209,22 @@ def test_every_kind_of_object_we_return_validates_and_is_counted(merchant: dict)
     assert sum(responses.values()) >= len(RESPONSE_KINDS)
 
 
+@pytest.mark.parametrize("through", ["the stripe SDK", "httpx", "httpx, async"])
+async def test_answers_are_checked_whichever_client_received_them(merchant: dict, through: str) -> None:
+    """The SDK speaks through requests (or whatever HTTP library it picks):
+    a change there must not make the check go quiet."""
+    before = RESPONSES.responses["balance"]
+    if through == "the stripe SDK":
+        sdk(merchant).v1.balance.retrieve()
+    elif through == "httpx":
+        with http(merchant) as client:
+            client.get("/v1/balance")
+    else:
+        async with httpx.AsyncClient(base_url=merchant["url"], auth=(merchant["secret_key"], "")) as client:
+            await client.get("/v1/balance")
+    assert RESPONSES.responses["balance"] == before + 1
+
+
 def test_one_api_version_in_events_endpoints_and_headers(merchant: dict) -> None:
     with http(merchant) as client:
         created = client.post("/v1/payment_intents", data={"amount": "1500", "currency": "usd"}, headers={"Stripe-Version": "2024-06-20"})
