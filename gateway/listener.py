@@ -134,7 +134,9 @@ _AT_CAPACITY = msgspec.json.encode(
 )
 
 
-def admitting_app(app: Callable[..., Awaitable[None]], requests_max: int) -> Callable[..., Awaitable[None]]:
+def admitting_app(
+    app: Callable[..., Awaitable[None]], requests_max: int, refused: Callable[[str], None] = lambda kind: None
+) -> Callable[..., Awaitable[None]]:
     """`app`, with at most `requests_max` HTTP requests in it at once; the
     next are answered 503 with Retry-After at once (health checks always
     pass). A request that starts a new payment is refused earlier, at three
@@ -146,11 +148,12 @@ def admitting_app(app: Callable[..., Awaitable[None]], requests_max: int) -> Cal
 
     async def asgi(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], send: Callable[..., Awaitable[None]]) -> None:
         nonlocal in_flight
-        if scope["type"] != "http" or not requests_max or scope.get("path") == "/healthz":
+        if scope["type"] != "http" or not requests_max or scope.get("path") in ("/healthz", "/metrics"):
             await app(scope, receive, send)
             return
         starts_a_payment = scope.get("method") == "POST" and scope.get("path") == "/v1/payment_intents"
         if in_flight >= (new_payments_max if starts_a_payment else requests_max):
+            refused("new_payment" if starts_a_payment else "other")
             await _refuse_at_capacity(scope, send)
             return
         in_flight += 1
@@ -181,12 +184,13 @@ async def serve_guarded(
     limits: ConnectionLimits,
     *,
     shutdown_trigger: Callable[[], Awaitable[Any]],
+    refused: Callable[[str], None] = lambda kind: None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` (plain HTTP/1.1) on `config.bind` until `shutdown_trigger`
     returns, then let requests in flight finish for `config.graceful_timeout`.
     Reports the bound URLs through `task_status`."""
-    wrapped = wrap_app(guarded_app(admitting_app(app, limits.requests_in_flight_max)), config.wsgi_max_body_size, "asgi")
+    wrapped = wrap_app(guarded_app(admitting_app(app, limits.requests_in_flight_max, refused)), config.wsgi_max_body_size, "asgi")
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)

@@ -27,6 +27,7 @@ import trio_asyncio
 from cryptography.exceptions import InvalidTag
 from hypercorn.config import Config as HypercornConfig
 
+from gateway import operations
 from gateway.app import create_app
 from gateway.listener import ConnectionLimits, hypercorn_config, serve_guarded
 from gateway.objects import render_event
@@ -169,7 +170,8 @@ async def _archive(store: Store, settings: UpSettings, scope: trio.CancelScope) 
 
 async def _serve_http(app: Any, config: HypercornConfig, limits: ConnectionLimits, stop: trio.Event, node: Node, *, task_status: Any) -> None:
     try:
-        await serve_guarded(app, config, limits, shutdown_trigger=stop.wait, task_status=task_status)
+        refused = node.metrics.refused_at_door
+        await serve_guarded(app, config, limits, shutdown_trigger=stop.wait, refused=lambda kind: refused.labels(kind).inc(), task_status=task_status)
     finally:
         node.stop_accepting()
 
@@ -243,6 +245,7 @@ async def _serve(
         events = EventWorkers(store, redis, vault, render_event, dispatch_config(allow_private=settings.allow_private_webhooks))
         start_node = functools.partial(run_node, redis=redis, events=events, url=settings.public_url)
         node = await nursery.start(start_node, store, vault, network, node_config)
+        events.metrics = node.metrics
         await nursery.start(run_node_workers, node, events)
         config = hypercorn_config(settings.host, settings.port)
         stop = trio.Event()
@@ -252,10 +255,12 @@ async def _serve(
             requests_in_flight_max=settings.requests_in_flight_max,
         )
         # The simulator's pages go only where the simulator runs in this process.
-        mounts = [simulator_routes.mount(network)] if isinstance(network, CardNetwork) else []
+        mounts = [operations.mount]
+        if isinstance(network, CardNetwork):
+            mounts.append(simulator_routes.mount(network))
         binds = await nursery.start(_serve_http, create_app(node, mounts=mounts), config, limits, stop, node)
         node.set_public_url(settings.public_url or binds[0])
-        announce(binds[0], keys, node_config, allow_private_webhooks=settings.allow_private_webhooks)
+        announce(binds[0], keys, node_config, allow_private_webhooks=settings.allow_private_webhooks, operator_token=operations.node_operator_token(node))
         archiving = trio.CancelScope()
         nursery.start_soon(_archive, store, settings, archiving)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -266,7 +271,9 @@ async def _serve(
         stop.set()
 
 
-def announce(url: str, keys: MerchantKeys | None, config: NodeConfig, *, allow_private_webhooks: bool = False) -> None:
+def announce(
+    url: str, keys: MerchantKeys | None, config: NodeConfig, *, allow_private_webhooks: bool = False, operator_token: str | None = None
+) -> None:
     print(f"payments up: listening on {url}", flush=True)
     if config.cluster is not None:
         print(f"node:          {config.cluster.node_id} (partitions leased for {config.cluster.lease_ttl_s:g} s at a time)", flush=True)
@@ -274,6 +281,8 @@ def announce(url: str, keys: MerchantKeys | None, config: NodeConfig, *, allow_p
         print(f"test merchant: {keys.id}", flush=True)
         print(f"secret key:    {keys.secret_key}", flush=True)
         print(f"publishable:   {keys.publishable_key}", flush=True)
+    if operator_token is not None:
+        print(f"operator:      {operator_token} (GET {url}/metrics with Authorization: Bearer)", flush=True)
     if allow_private_webhooks:
         print("webhooks:      endpoints on loopback and private addresses allowed (local development)", flush=True)
     print("Ctrl-C drains the mailboxes, hands the partitions off and stops.", flush=True)

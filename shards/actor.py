@@ -39,6 +39,7 @@ from engine.intent import Command, NetworkCall, PaymentIntent
 from engine.ledger import Ledger
 from engine.results import Result
 from shards.idempotency import Claim
+from shards.metrics import Metrics, Tally
 from store.errors import Fenced, StoreError, StoreUnavailable
 from store.rows import EventRow, IdempotencyRow, JournalRow
 
@@ -270,6 +271,9 @@ class ShardActor:
         self._closed = trio.Event()
         # Called after a commit that wrote events: wakes the outbox relay.
         self.on_events: Callable[[], None] = lambda: None
+        # The node's metrics and the tally its actors share (shards.metrics).
+        self.metrics: Metrics | None = None
+        self.tally: Tally | None = None
 
     def submit_nowait(self, command: Command, claim: Claim | None = None) -> Reply:
         """Queue a client command. Raises trio.WouldBlock when the mailbox is full
@@ -425,6 +429,7 @@ class ShardActor:
         outcomes: list[tuple[Message, machine.Decision, PaymentIntent | None]] = []
         raised: list[EventRow] = []
         now_s = int(time.time())
+        entered: list[str] = []
         for message in batch:
             command = message.command
             intent_id = command.intent_id
@@ -434,6 +439,8 @@ class ShardActor:
                 before, current = current, machine.evolve(current, event)
                 rows.append(JournalRow(seq, intent_id, type(event).__name__, machine.event_encoder.encode(event), machine.transfers_of(event)))
                 events.append(event)
+                if before is None or before.status is not current.status:
+                    entered.append(current.status)
                 self._raise_events(raised, seq, before, event, current, now_s, message.request_id)
                 seq += 1
             if decision.events:
@@ -465,9 +472,13 @@ class ShardActor:
             for event in events:
                 self.state.index(event)
             self.commits_total += 1
+            if self.tally is not None:
+                self.tally.committed([row.kind for row in rows], entered)
             if raised:
                 self.on_events()
         self.commands_total += len(batch)
+        if self.metrics is not None:
+            self.metrics.turn_commands.observe(len(batch))
         for message, decision, current in outcomes:
             self._settle(message, decision, current)
 

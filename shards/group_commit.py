@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from shards.metrics import Metrics
 from store.batch import Batch
 from store.errors import Fenced, StoreError
 from store.rows import EventRow, IdempotencyRow, JournalRow
@@ -42,8 +43,10 @@ class GroupCommit:
         *,
         writers: int = 2,
         batches_max: int = 256,
+        metrics: Metrics | None = None,
     ) -> None:
         self._append_many = append_many
+        self._metrics = metrics
         self.writers = writers
         self.batches_max = batches_max
         self._send, self._receive = trio.open_memory_channel[_Waiting](4096)
@@ -99,7 +102,11 @@ class GroupCommit:
                     group.append(receive.receive_nowait())
                 except trio.WouldBlock:
                     break
+            started = trio.current_time()
             await self._write(group)
+            if self._metrics is not None:
+                self._metrics.commit_seconds.observe(trio.current_time() - started)
+                self._metrics.commit_rows.observe(sum(len(waiting.batch.rows) for waiting in group))
             self.writes_total += 1
             self.batches_total += len(group)
             for waiting in group:

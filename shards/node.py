@@ -35,6 +35,7 @@ from shards.api_keys import ApiKeyCache, hash_key
 from shards.effects import CardNetwork, Effects, run_notice_relay
 from shards.group_commit import GroupCommit
 from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
+from shards.metrics import Metrics, NodeCollector, Tally
 from shards.payment_methods import PaymentMethods
 from shards.rate_limits import RateLimiter
 from shards.replies import ReplyTimer, run_reply_timer
@@ -121,6 +122,10 @@ class Node:
         self.redis = redis
         # Rate limits spent from local batches of the buckets in Redis.
         self.rate_limits = RateLimiter()
+        # What GET /metrics shows (shards/metrics.py).
+        self.metrics = Metrics()
+        self.tally = Tally()
+        self.metrics.registry.register(NodeCollector(self.tally, lambda: self.shards, self.held))
         # The event workers, when the node runs with Redis.
         self.events = events
         self.idempotency = IdempotencyRecords(store, vault, ttl_s=config.idempotency_ttl_s)
@@ -250,6 +255,7 @@ class Node:
         shard = ShardActor(state, append, self.perform, self.config.shard, functools.partial(self.new_id, partition=partition), self.store.journal.position)
         if self.events is not None:
             shard.on_events = functools.partial(self.events.wake, partition)
+        shard.metrics, shard.tally = self.metrics, self.tally
         self._epochs[partition] = epoch
         self._stopped[partition] = trio.Event()
         await self._actors.start(self._run_actor, partition, shard)
@@ -323,7 +329,7 @@ async def run_node(
     async with trio.open_nursery() as writing:
         node._append = store.journal.append
         if config.group_commit:
-            group_commit = GroupCommit(store.journal.append_many)
+            group_commit = GroupCommit(store.journal.append_many, metrics=node.metrics)
             await writing.start(group_commit.run)
             node._append = group_commit.append
         async with trio.open_nursery() as actors:

@@ -101,6 +101,13 @@ async def _endpoints_with_pending(connection: asyncpg.Connection, rows_max: int)
     return [row["endpoint_id"] for row in rows]
 
 
+async def _count_pending(connection: asyncpg.Connection, rows_max: int) -> int:
+    # Over the partial index of pending deliveries, and bounded.
+    return await connection.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM webhook_deliveries WHERE status = 'pending' LIMIT $1) AS pending", rows_max
+    )
+
+
 async def _record_attempt(connection: asyncpg.Connection, delivery: DeliveryRow, attempt: DeliveryAttemptRow) -> None:
     await connection.execute(
         "INSERT INTO webhook_attempts (endpoint_id, event_id, attempt, at_ms, status_code, latency_ms, error)"
@@ -193,6 +200,10 @@ class Webhooks:
     async def endpoints_with_pending(self, rows_max: int = 10_000) -> list[str]:
         """Ids of endpoints that have a pending delivery."""
         return await self._database.call(_endpoints_with_pending, rows_max)
+
+    async def count_pending(self, rows_max: int = 1_000_000) -> int:
+        """Deliveries waiting for their first or next try (at most `rows_max`)."""
+        return await self._database.call(_count_pending, rows_max)
 
     async def record_attempt(self, delivery: DeliveryRow, attempt: DeliveryAttemptRow) -> None:
         """Log one try and move its delivery on (delivered, rescheduled or dead), together."""

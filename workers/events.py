@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from shards.metrics import Metrics
 from shards.vault import Vault
 from store.postgres import Store
 from store.redis_link import RedisLink
@@ -46,6 +47,8 @@ class EventWorkers:
         self.endpoints = EndpointCache(store)
         self.dispatcher = Dispatcher(store, vault, self.endpoints, render, config, errors=self.errors["webhook_delivery"])
         self.relays: dict[int, OutboxRelay] = {}
+        # The node's metrics (shards.metrics); set by the composition root.
+        self.metrics: Metrics | None = None
 
     def endpoints_changed(self) -> None:
         self.endpoints.invalidate()
@@ -81,7 +84,9 @@ async def run_event_workers(events: EventWorkers, partitions: Iterable[int], *, 
         async with trio.open_nursery() as nursery:
             for partition in partitions:
                 events.relays[partition] = await nursery.start(
-                    functools.partial(run_outbox_relay, store, redis, partition, events.relay_bounds, errors=errors["outbox_relay"])
+                    functools.partial(
+                        run_outbox_relay, store, redis, partition, events.relay_bounds, errors=errors["outbox_relay"], metrics=events.metrics
+                    )
                 )
             await _start_stream_workers(events, partitions, nursery)
             task_status.started()
@@ -98,4 +103,5 @@ async def _start_stream_workers(events: EventWorkers, partitions: list[int], nur
         errors=errors["webhook_ingest"],
     )
     await nursery.start(ingest)
+    events.dispatcher.metrics = events.metrics
     await nursery.start(run_webhook_delivery, events.dispatcher)

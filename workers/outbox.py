@@ -22,11 +22,13 @@ process (before a crash) go out as soon as the node is back.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
 import trio
 
+from shards.metrics import Metrics
 from store.errors import RedisUnavailable, StoreUnavailable
 from store.postgres import Store
 from store.redis_link import RedisLink
@@ -59,8 +61,11 @@ class OutboxRelay:
     """One partition's relay; its actor calls `wake` after a commit that
     wrote events."""
 
-    def __init__(self, store: Store, redis: RedisLink, partition: int, bounds: RelayBounds, errors: WorkerErrors) -> None:
+    def __init__(
+        self, store: Store, redis: RedisLink, partition: int, bounds: RelayBounds, errors: WorkerErrors, metrics: Metrics | None = None
+    ) -> None:
         self.store = store
+        self.metrics = metrics
         self.redis = redis
         self.partition = partition
         self.bounds = bounds
@@ -94,6 +99,9 @@ class OutboxRelay:
                 await self._wake.wait()
             return cursor
         await self.redis.publish_events(self.partition, rows)
+        if self.metrics is not None:
+            self.metrics.outbox_published.inc(len(rows))
+            self.metrics.outbox_lag.set(max(0.0, time.time() - rows[0].created_s))
         cursor = (rows[-1].seq, rows[-1].idx)
         if trio.current_time() - self._cursor_written_at >= bounds.cursor_every_s:
             await self.store.events.move_outbox_cursor(self.partition, cursor)
@@ -111,12 +119,13 @@ async def run_outbox_relay(
     bounds: RelayBounds = RelayBounds(),
     *,
     errors: WorkerErrors | None = None,
+    metrics: Metrics | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Relay one partition's outbox until cancelled; the relay (to wake) is
     passed to `task_status.started`. A database or Redis error is logged and
     counted, and the relay starts again from the ingest's cursor."""
-    relay = OutboxRelay(store, redis, partition, bounds, errors or WorkerErrors("outbox_relay"))
+    relay = OutboxRelay(store, redis, partition, bounds, errors or WorkerErrors("outbox_relay"), metrics)
     task_status.started(relay)
     await relay.serve()
 

@@ -23,6 +23,7 @@ import structlog
 import trio
 
 from shards.destinations import GetAddrInfo
+from shards.metrics import Metrics
 from shards.vault import Vault
 from store.errors import StoreUnavailable
 from store.postgres import Store
@@ -113,6 +114,8 @@ class Dispatcher:
         self._start: trio.MemorySendChannel[str]
         self._start, self._to_start = trio.open_memory_channel[str](config.wakeups_queued_max)
         self.attempts_total = 0
+        # The node's metrics (shards.metrics), when it keeps them.
+        self.metrics: Metrics | None = None
 
     def wake(self, endpoint_ids: set[str] | list[str]) -> None:
         for endpoint_id in endpoint_ids:
@@ -142,6 +145,8 @@ class Dispatcher:
         while True:
             try:
                 self.wake(await self.store.webhooks.endpoints_with_pending())
+                if self.metrics is not None:
+                    self.metrics.webhook_backlog.labels("pending").set(await self.store.webhooks.count_pending())
             except StoreUnavailable as error:
                 self.errors.record("webhook_scan_failed", error=str(error))
             await trio.sleep(self.config.poll_s * 5)
@@ -210,6 +215,8 @@ class Dispatcher:
         moved = msgspec.structs.replace(delivery, status=status, attempts=tries, next_attempt_ms=next_ms, updated_s=stamp // 1000)
         attempt = DeliveryAttemptRow(endpoint.id, event.id, tries, stamp, status_code, latency_ms, error)
         self.attempts_total += 1
+        if self.metrics is not None:
+            self.metrics.webhook_deliveries.labels("failed" if status == "pending" else status).inc()
         log.info(
             "webhook_delivery_attempted",
             endpoint_id=endpoint.id,
