@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from gateway.objects import API_VERSION
 from tests.conftest import NodeProcess
 from tests.helpers import sdk_error, wait_until
 from tests.stripe_spec import RESPONSES, spec
+from tests.test_webhooks import ALLOW_PRIVATE, Capture, add_endpoint
 
 REFUND = {
     "id": "re_1",
@@ -223,6 +225,29 @@ async def test_answers_are_checked_whichever_client_received_them(merchant: dict
         async with httpx.AsyncClient(base_url=merchant["url"], auth=(merchant["secret_key"], "")) as client:
             await client.get("/v1/balance")
     assert RESPONSES.responses["balance"] == before + 1
+
+
+def test_webhook_deliveries_validate_too(new_node: Callable[..., NodeProcess]) -> None:
+    """A delivery is not an answer, so conftest does not see it: its events
+    are checked here, one of each kind of object an event carries."""
+    node = new_node(None, None, ALLOW_PRIVATE)
+    capture = Capture()
+    merchant = {"url": node.url, "secret_key": node.secret_key}
+    with http(merchant) as client:
+        add_endpoint(client, capture.url, ["*"])
+        paid = client.post("/v1/payment_intents", data={"amount": "3000", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}).json()
+        client.post("/v1/payment_intents", data={"amount": "3000", "currency": "usd", "payment_method": "pm_card_chargeDeclined", "confirm": "true"})
+        assert client.post("/v1/refunds", data={"payment_intent": paid["id"], "amount": "1000"}).status_code == 200
+        assert client.post("/simulator/disputes", data={"payment_intent": paid["id"]}).status_code == 200
+    wanted = {"payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded", "refund.created", "charge.dispute.created"}
+    wait_until(lambda: wanted <= {json.loads(body)["type"] for _, body in capture.received}, 30, "one delivery of each kind")
+    kinds: collections.Counter[str] = collections.Counter()
+    for _, body in capture.received:
+        checked = spec().check_object(json.loads(body))
+        assert checked.violations == [], (json.loads(body)["type"], checked.violations)
+        assert json.loads(body)["api_version"] == API_VERSION
+        kinds.update(checked.objects)
+    assert {"event", "payment_intent", "charge", "refund", "dispute", "balance_transaction", "payment_method"} <= set(kinds), kinds
 
 
 def test_one_api_version_in_events_endpoints_and_headers(merchant: dict) -> None:
