@@ -22,7 +22,7 @@ from engine.intent import Dispute, PaymentIntent, Refund
 from engine.ledger import Transfer
 from engine import notifications
 from engine.postings import ledger_fee, ledger_single
-from engine.records import AttemptKind, AttemptStatus, DisputeStatus
+from engine.records import AttemptKind, AttemptStatus
 from gateway.errors import doc_url
 from store.rows import EventRow, PaymentMethodRow, WebhookEndpointRow
 
@@ -438,13 +438,13 @@ def dispute(intent: PaymentIntent, item: Dispute) -> DisputeObject:
     about = _about_a_charge(intent, item)
     assert about["charge"] is not None, "a dispute is opened only on a successful charge"
     now_s = int(time.time())
-    closed = item.status is not DisputeStatus.needs_response
     return DisputeObject(
         **about,
         livemode=intent.livemode,
         balance_transactions=[balance_transaction(t, intent.merchant_id, now_s) for t in _dispute_transfers(intent, item)],
-        # While a dispute is open the engine refuses refunds (charge_disputed).
-        is_charge_refundable=closed and intent.amount_received > intent.amount_refunded,
+        # As engine.refunds decides: no refund while a dispute is open, nor
+        # past what may still go back.
+        is_charge_refundable=not intent.has_open_dispute() and intent.amount_returnable > 0,
     )
 
 

@@ -302,6 +302,11 @@ def test_a_dispute_s_balance_transactions_are_the_ledger_s(merchant: dict) -> No
     assert shown == {item["id"]: item for item in listed if item["id"] in shown}
     assert sorted((item["amount"], item["type"]) for item in shown.values()) == [(-4000, "adjustment"), (-1500, "stripe_fee")]
     assert (dispute["reason"], dispute["is_charge_refundable"], dispute["evidence_details"]["has_evidence"]) == ("general", False, False)
+    # Won, the money is back and may be refunded again.
+    with http(merchant) as plain:
+        assert plain.post(f"/simulator/disputes/{dispute['id']}/close", data={"outcome": "won"}).status_code == 200
+        won = wait_until(lambda: (answer := plain.get(f"/v1/disputes/{dispute['id']}").json())["status"] == "won" and answer, 10, "the win")
+    assert won["is_charge_refundable"] is True
 
 
 def test_an_unknown_url_is_stripe_s_404(merchant: dict) -> None:
