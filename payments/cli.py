@@ -19,7 +19,7 @@ import trio_asyncio
 from bench.cli import register as register_bench
 from engine import ids
 from gateway.logs import configure_logging
-from payments import audit_cli, cluster_cli, vault_cli
+from payments import audit_cli, cluster_cli, trace_cli, vault_cli
 from payments.arguments import DEFAULT_DATA_DIR, bounded_int, database_url, embedded_default, listener_options, redis_url
 from payments.up import PartitionsMismatch, UpSettings, run_up
 from shards.cluster import NodeIdTaken
@@ -137,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     vault_cli.register(commands, data_dir_option)
     receiver_cli.register(commands)
     audit_cli.register(commands)
+    trace_cli.register(commands)
     register_bench(commands)
 
     roll = merchant_commands.add_parser("roll-key", help="issue a new secret key; the old ones keep working for a grace period")
@@ -416,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": cluster_cli.command_cluster_status,
     }
     handlers["audit"] = audit_cli.command_audit
+    handlers["trace"] = trace_cli.command_trace
     status = 0
     try:
         handler = getattr(arguments, "handler", None)

@@ -437,7 +437,9 @@ class ShardActor:
             decision = machine.decide(current, command)
             for event in decision.events:
                 before, current = current, machine.evolve(current, event)
-                rows.append(JournalRow(seq, intent_id, type(event).__name__, machine.event_encoder.encode(event), machine.transfers_of(event)))
+                rows.append(
+                    JournalRow(seq, intent_id, type(event).__name__, machine.event_encoder.encode(event), machine.transfers_of(event), message.request_id)
+                )
                 events.append(event)
                 if before is None or before.status is not current.status:
                     entered.append(current.status)

@@ -32,9 +32,10 @@ WITH fence AS (
 ), allowed AS (
     SELECT cardinality(held) = cardinality($38::smallint[]) AS ok FROM fence
 ), journal_rows AS (
-    INSERT INTO journal (partition, seq, entity_id, kind, body)
-    SELECT partition, seq, entity_id, kind, body::jsonb
-    FROM unnest($1::smallint[], $2::bigint[], $3::text[], $4::text[], $5::text[]) AS r (partition, seq, entity_id, kind, body)
+    INSERT INTO journal (partition, seq, entity_id, kind, body, request_id)
+    SELECT partition, seq, entity_id, kind, body::jsonb, request_id
+    FROM unnest($1::smallint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $41::text[])
+        AS r (partition, seq, entity_id, kind, body, request_id)
     WHERE (SELECT ok FROM allowed)
 ), posting_rows AS (
     INSERT INTO postings (id, partition, journal_seq, intent_id, debit_account_id, credit_account_id, amount,
@@ -60,8 +61,9 @@ SELECT held FROM fence
 
 
 def append_arguments(batches: Sequence[Batch]) -> list[Any]:
-    """The 40 arguments of `APPEND_SQL` for these batches: 37 column arrays,
-    then the fenced partitions, their epochs and their owner."""
+    """The 41 arguments of `APPEND_SQL` for these batches: 37 column arrays,
+    then the fenced partitions, their epochs and their owner, then the
+    journal rows' request ids."""
     journal = columns(
         [(batch.partition, row.seq, row.entity_id, row.kind, row.body.decode()) for batch in batches for row in batch.rows], 5
     )
@@ -93,14 +95,15 @@ def append_arguments(batches: Sequence[Batch]) -> list[Any]:
     owners = {owner for owner, _ in fences.values()}
     assert len(owners) <= 1, "one node's batches are fenced by one owner"
     fenced = columns([(partition, epoch) for partition, (_, epoch) in fences.items()], 2)
-    return [*journal, *postings, *raised, *keys, *fenced, next(iter(owners), "")]
+    request_ids = [row.request_id for batch in batches for row in batch.rows]
+    return [*journal, *postings, *raised, *keys, *fenced, next(iter(owners), ""), request_ids]
 
 
 async def _append(connection: asyncpg.Connection, arguments: list[Any]) -> frozenset[int]:
     """Write; the fenced partitions whose lease has moved on (then nothing
     was written: every insert is conditional on the fence)."""
     held = await connection.fetchval(APPEND_SQL, *arguments)
-    return frozenset(arguments[-3]) - frozenset(held)
+    return frozenset(arguments[-4]) - frozenset(held)
 
 
 async def _position(connection: asyncpg.Connection, partition: int) -> int:

@@ -15,6 +15,7 @@ from store.journal import Journal
 from store.leases import Leases
 from store.merchants import Merchants
 from store.purge import Purge
+from store.trace import Trace
 from store.webhooks import Webhooks
 
 
@@ -31,6 +32,7 @@ class Store:
         self.webhooks = Webhooks(database)
         self.audit = Audit(database)
         self.purge = Purge(database)
+        self.trace = Trace(database)
 
     @classmethod
     async def open(cls, dsn: str, *, connections_max: int = 20) -> Store:

@@ -18,6 +18,8 @@ class JournalRow(msgspec.Struct, frozen=True):
     # Ledger transfers the event makes; written to `postings` in the same
     # transaction so SQL can check the books without decoding events.
     transfers: tuple[Transfer, ...] = ()
+    # The request that caused the row (Request-Id), for tracing; not read back.
+    request_id: str | None = None
 
 
 class IdempotencyRow(msgspec.Struct, frozen=True):

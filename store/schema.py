@@ -94,6 +94,10 @@ CREATE TABLE IF NOT EXISTS journal (
     PRIMARY KEY (partition, seq)
 );
 CREATE INDEX IF NOT EXISTS journal_entity ON journal (entity_id);
+-- The request behind a row (`payments trace req_...`); NULL for rows no
+-- request caused (expiries, reconciliation) and for rows written before.
+ALTER TABLE journal ADD COLUMN IF NOT EXISTS request_id text;
+CREATE INDEX IF NOT EXISTS journal_request ON journal (request_id) WHERE request_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     merchant_id text NOT NULL,
     key text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
