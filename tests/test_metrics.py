@@ -4,15 +4,21 @@ with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import trio
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from shards.metrics import Metrics, NodeCollector, Tally
 from tests.conftest import NodeProcess
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations"
 
 PAY = {"amount": "1500", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}
 DECLINE = {**PAY, "payment_method": "pm_card_chargeDeclined"}
@@ -121,3 +127,26 @@ def test_requests_refused_at_the_door_are_counted(new_node: Callable[..., NodePr
     assert codes.count(503) >= 1, codes
     samples = scrape(node, token)
     assert value(samples, "payments_http_refused_at_door_total", kind="new_payment") == codes.count(503)
+
+
+def test_the_dashboard_and_the_alert_rules_name_only_metrics_a_node_exposes() -> None:
+    metrics = Metrics()
+    tally = Tally()
+    tally.committed(["AttemptApproved"], ["succeeded"])
+    metrics.registry.register(NodeCollector(tally, dict, lambda: {0: 1}))
+    # Every family the node declares, with the sample names its type makes
+    # (a labelled family with no sample yet still declares itself).
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exposed = {
+        family.name + suffix
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for suffix in suffixes[family.type]
+    }
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    rules = yaml.safe_load((DOCS / "alerts.yml").read_text())
+    expressions += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    assert len(expressions) >= 20
+    named = {name for expression in expressions for name in re.findall(r"\bpayments_[a-z_]+", expression)}
+    assert named, expressions
+    assert named <= exposed, named - exposed
