@@ -3,6 +3,7 @@ methods (card numbers stored only sealed)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import asyncpg
@@ -11,6 +12,7 @@ import msgspec
 from store.database import Database
 from store.idempotency import IDEMPOTENCY_UPSERT
 from store.rows import ApiKeyRow, IdempotencyRow, MerchantTerms, PaymentMethodRow
+from store.vault_keys import KeyVersionRetired
 
 # Makes a new secret key for a merchant in the given mode: (key, its hash).
 MakeKey = Callable[[bool], tuple[str, bytes]]
@@ -74,12 +76,21 @@ async def _find_api_key(connection: asyncpg.Connection, key_hash: bytes) -> ApiK
 async def _insert_payment_method(connection: asyncpg.Connection, row: PaymentMethodRow, idempotency: IdempotencyRow | None) -> None:
     if idempotency is not None:
         await connection.execute(IDEMPOTENCY_UPSERT, *msgspec.structs.astuple(idempotency))
-    await connection.execute(
-        "INSERT INTO payment_methods (id, merchant_id, livemode, brand, last4, exp_month,"
-        " exp_year, fingerprint, sealed_number, created_s)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        *msgspec.structs.astuple(row),
-    )
+    try:
+        await connection.execute(
+            "INSERT INTO payment_methods (id, merchant_id, livemode, brand, last4, exp_month,"
+            " exp_year, fingerprint, sealed_number, created_s)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            *msgspec.structs.astuple(row),
+        )
+    except asyncpg.ForeignKeyViolationError as error:
+        # Sealed under a key version retired meanwhile: the caller seals
+        # again under the active one (shards.payment_methods).
+        if error.constraint_name == "payment_methods_key_version_fkey":
+            # PostgreSQL's detail names the row's key: (key_version, key_usable)=(1, t).
+            version = re.search(r"\)=\((\d+),", error.detail or "")
+            raise KeyVersionRetired(f"card key version {version.group(1) if version else '?'} is retired") from error
+        raise
 
 
 async def _get_payment_method(connection: asyncpg.Connection, payment_method_id: str) -> PaymentMethodRow | None:

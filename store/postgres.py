@@ -16,6 +16,7 @@ from store.leases import Leases
 from store.merchants import Merchants
 from store.purge import Purge
 from store.trace import Trace
+from store.vault_keys import VaultKeys
 from store.webhooks import Webhooks
 
 
@@ -33,6 +34,7 @@ class Store:
         self.audit = Audit(database)
         self.purge = Purge(database)
         self.trace = Trace(database)
+        self.vault_keys = VaultKeys(database)
 
     @classmethod
     async def open(cls, dsn: str, *, connections_max: int = 20) -> Store:
