@@ -27,7 +27,7 @@ import trio_asyncio
 from cryptography.exceptions import InvalidTag
 from hypercorn.config import Config as HypercornConfig
 
-from gateway import operations
+from gateway import operations, ops_page
 from gateway.app import create_app
 from gateway.listener import ConnectionLimits, hypercorn_config, serve_guarded
 from gateway.objects import render_event
@@ -246,7 +246,11 @@ async def _serve(
         start_node = functools.partial(run_node, redis=redis, events=events, url=settings.public_url)
         node = await nursery.start(start_node, store, vault, network, node_config)
         events.metrics = node.metrics
-        await nursery.start(run_node_workers, node, events)
+        worker_errors = await nursery.start(run_node_workers, node, events)
+        # The operations page's history: a bounded ring of samples of the
+        # node's registry, taken from now on.
+        history = ops_page.OpsHistory(node.metrics.registry, worker_errors)
+        await nursery.start(ops_page.run_ops_sampler, history, node.wait_stop_requested)
         config = hypercorn_config(settings.host, settings.port)
         stop = trio.Event()
         limits = ConnectionLimits(
@@ -255,7 +259,7 @@ async def _serve(
             requests_in_flight_max=settings.requests_in_flight_max,
         )
         # The simulator's pages go only where the simulator runs in this process.
-        mounts = [operations.mount]
+        mounts = [operations.mount, ops_page.mount(history)]
         if isinstance(network, CardNetwork):
             mounts.append(simulator_routes.mount(network))
         binds = await nursery.start(_serve_http, create_app(node, mounts=mounts), config, limits, stop, node)
@@ -283,6 +287,8 @@ def announce(
         print(f"publishable:   {keys.publishable_key}", flush=True)
     if operator_token is not None:
         print(f"operator:      {operator_token} (GET {url}/metrics with Authorization: Bearer)", flush=True)
+        # The token in the fragment: a browser keeps it and never sends it.
+        print(f"ops page:      {url}/ops#{operator_token}", flush=True)
     if allow_private_webhooks:
         print("webhooks:      endpoints on loopback and private addresses allowed (local development)", flush=True)
     print("Ctrl-C drains the mailboxes, hands the partitions off and stops.", flush=True)
