@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -40,6 +41,14 @@ BODY_BYTES_MAX = 64 * 1024
 FORM_CONTENT_TYPES = ("", "application/x-www-form-urlencoded", "application/json")
 API_KEY_CHARS_MAX = 256
 ID_CHARS_MAX = 255
+
+# What a publishable key (a browser's) may do beyond the routes published
+# for it with `@api(..., publishable=True)` (creating a card payment method,
+# confirming an intent with its client secret): read one intent, when the
+# query string carries that intent's client secret (Stripe.js's
+# retrievePaymentIntent). By endpoint, the path parameter naming the intent.
+CLIENT_SECRET_VIEWS = {"retrieve_payment_intent": "intent_id"}
+PUBLISHABLE_REFUSED = "This API call cannot be made with a publishable API key. Please use a secret API key."
 
 T = TypeVar("T")
 
@@ -86,9 +95,32 @@ class Calls:
             await self._limit("key:" + hash_key(secret).hex()[:32], row.rate_limit_per_s, row.rate_limit_burst)
         if row.require_signed_requests and not checked:
             await self._check_signature(row)
-        if row.kind == "publishable" and not publishable_allowed:
-            raise ApiError(401, "invalid_request_error", "This API call cannot be made with a publishable API key.")
+        g.api_key_kind = row.kind
+        if row.kind == "publishable" and not publishable_allowed and not self._holds_client_secret(row):
+            raise ApiError(401, "invalid_request_error", PUBLISHABLE_REFUSED)
         return row
+
+    def _holds_client_secret(self, key: ApiKeyRow) -> bool:
+        """Whether a publishable key's request is one it may make with the
+        client secret it presents (`CLIENT_SECRET_VIEWS`). False when the
+        route takes no client secret or none was sent (the caller answers
+        the 401); raises the 404 when the secret is not that intent's, as
+        confirming with it does: the intent is not this browser's to see."""
+        rule = request.url_rule
+        parameter = None if rule is None else CLIENT_SECRET_VIEWS.get(rule.endpoint)
+        presented = request.args.get("client_secret")
+        if parameter is None or presented is None:
+            return False
+        intent_id = (request.view_args or {}).get(parameter, "")
+        intent = self.node.intent(intent_id) if len(intent_id) <= ID_CHARS_MAX else None
+        if (
+            intent is None
+            or intent.merchant_id != key.merchant_id
+            or intent.livemode != key.livemode
+            or not hmac.compare_digest(presented.encode(), intent.client_secret.encode())
+        ):
+            raise errors.not_found("payment_intent", intent_id, "intent")
+        return True
 
     async def _limit(self, bucket_name: str, rate_per_s: int, burst: int) -> None:
         """Take a token or answer 429. Fails open when Redis is down: rate
