@@ -29,7 +29,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
+from gateway import ops_page
+from shards.metrics import Metrics
 from tests.conftest import NodeProcess
+from workers.errors import WorkerErrors
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -287,3 +290,56 @@ def test_a_dead_letter_shows_and_its_retry_button_queues_it_again(new_node: Call
     # And the API agrees: the event is no longer among the undelivered ones.
     undelivered = httpx.get(node.url + "/v1/events", auth=auth, params={"delivery_success": "false"}).json()["data"]
     assert event_id not in [event["id"] for event in undelivered]
+
+
+# ---------------------------------------------------------------- the arithmetic behind the charts
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        # No observation: no percentile.
+        (0.5, [(0.1, 0.0), (float("inf"), 0.0)], None),
+        # Linear inside the bucket the rank falls in, from the bucket below's bound.
+        (0.5, [(0.01, 0.0), (0.02, 10.0), (float("inf"), 10.0)], 0.015),
+        (0.99, [(0.01, 50.0), (0.1, 100.0), (float("inf"), 100.0)], 0.01 + 0.09 * 49 / 50),
+        # In the first bucket, from zero.
+        (0.5, [(0.004, 4.0), (float("inf"), 4.0)], 0.002),
+        # Past the last finite bound: that bound.
+        (0.99, [(0.5, 1.0), (float("inf"), 10.0)], 0.5),
+    ],
+)
+def test_a_percentile_is_interpolated_in_its_bucket_as_histogram_quantile_does(q: float, buckets: list, expected: float | None) -> None:
+    found = ops_page.quantile(q, buckets)
+    assert found == pytest.approx(expected) if expected is not None else found is None
+
+
+def test_the_history_keeps_a_bounded_ring_and_leaves_the_operator_routes_out() -> None:
+    metrics = Metrics()
+    relay = WorkerErrors("outbox_relay")
+    history = ops_page.OpsHistory(metrics.registry, {"outbox_relay": relay}, samples_max=3, recent_errors_max=2)
+    for second in range(5):
+        metrics.requests.labels("/v1/payment_intents", "POST", "200").observe(0.003)
+        metrics.requests.labels("/ops/data", "GET", "200").observe(2.0)
+        metrics.requests.labels("/metrics", "GET", "200").observe(2.0)
+        history.sample(1000.0 + second)
+    assert [sample.at_s for sample in history.samples] == [1002.0, 1003.0, 1004.0]
+    assert [sample.requests for sample in history.samples] == [3.0, 4.0, 5.0]
+    live = ops_page.take_sample(ops_page.read_registry(metrics.registry), 1009.0)
+    points = history.points(live)
+    assert [(p.at_s, p.requests_per_s) for p in points] == [(1003.0, 1.0), (1004.0, 1.0), (1009.0, 0.0)]
+    # The operator routes' 2 s never count: p99 stays in the API's bucket.
+    assert points[0].p99_ms is not None and points[0].p99_ms <= 5.0
+    assert points[-1].p50_ms is None
+    # Errors are noted as they rise, and only the newest are kept.
+    relay.record("outbox_publish_failed", partition=1)
+    history.sample(1010.0)
+    history.sample(1011.0)
+    relay.record("outbox_publish_failed", partition=1)
+    relay.record("outbox_read_failed", partition=2)
+    history.sample(1012.0)
+    assert [(e.at_s, e.event, e.count) for e in history.recent_errors] == [(1012.0, "outbox_publish_failed", 1), (1012.0, "outbox_read_failed", 1)]
+    assert [(e.worker, e.event, e.count) for e in history.error_counts()] == [
+        ("outbox_relay", "outbox_publish_failed", 2),
+        ("outbox_relay", "outbox_read_failed", 1),
+    ]
