@@ -292,6 +292,44 @@ def test_a_dead_letter_shows_and_its_retry_button_queues_it_again(new_node: Call
     assert event_id not in [event["id"] for event in undelivered]
 
 
+def test_the_page_shows_the_partitions_of_two_nodes_and_their_owners(
+    new_node: Callable[..., NodeProcess], make_database: Callable[[], str], tmp_path: Path, browser: WebDriver
+) -> None:
+    database = make_database()
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    ttl = ("--lease-ttl-s", "3", "--node-id")
+    first = new_node(database, first_dir, *ttl, "node-a")
+    first_url = ops_page_url(first)
+    # The same master key: the cards of one database are sealed under one key.
+    (second_dir / "card.key").write_bytes((first_dir / "card.key").read_bytes())
+    (second_dir / "card.key").chmod(0o600)
+    second = new_node(database, second_dir, *ttl, "node-b")
+    second_url = ops_page_url(second)
+    # One cluster, one operator token, whichever node prints it.
+    assert token_of(first_url) == token_of(second_url)
+    open_page(browser, first_url)
+
+    def owners() -> dict[str, list[str]]:
+        table: dict[str, list[str]] = {}
+        for row in browser.find_elements(By.CSS_SELECTOR, "#partitions tbody tr[data-partition]"):
+            cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+            table.setdefault(cells[1], []).append(cells[4])
+        return table
+
+    wait_for(browser, lambda: sorted((owner, len(depths)) for owner, depths in owners().items()) == [("node-a", 8), ("node-b", 8)],
+             "eight partitions owned by each node", timeout_s=40)
+    spread = owners()
+    # The mailbox depths are this node's: its own partitions have one, the others are served elsewhere.
+    assert all(depth.isdigit() for depth in spread["node-a"]) and set(spread["node-b"]) == {"elsewhere"}
+    wait_for(browser, lambda: figure(browser, "partitions-served") == 8, "eight partitions served here")
+    nodes = [row.find_element(By.TAG_NAME, "td").text for row in browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")]
+    assert nodes == ["node-a", "node-b"]
+    epochs = [row.find_elements(By.TAG_NAME, "td")[2].text for row in browser.find_elements(By.CSS_SELECTOR, "#partitions tbody tr")]
+    assert all(epoch.isdigit() and int(epoch) >= 1 for epoch in epochs), epochs
+
+
 # ---------------------------------------------------------------- the arithmetic behind the charts
 
 
