@@ -26,15 +26,19 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import h11
 import msgspec
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.events import Closed, RawData
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
+
+from gateway.door import AT_CAPACITY, Door, split
 
 log = structlog.get_logger("gateway.listener")
 
@@ -84,21 +88,55 @@ class ConnectionGuard:
 
 
 class GuardedConnection(TCPServer):
-    """hypercorn's connection, ended as soon as its client's side is done:
-    hypercorn itself would keep it (and its place under the client's cap)
-    until its keep-alive timer runs out."""
+    """hypercorn's connection, ended as soon as its client's side is done
+    (hypercorn itself would keep it, and its place under the client's cap,
+    until its keep-alive timer runs out), and answering the requests the
+    door refuses without handing them to hypercorn (gateway/door.py)."""
 
-    def __init__(self, app: Any, config: HypercornConfig, context: WorkerContext, state: Any, stream: Any, scope: trio.CancelScope) -> None:
+    def __init__(
+        self, app: Any, config: HypercornConfig, context: WorkerContext, state: Any, stream: Any, scope: trio.CancelScope, door: Door, guard: ConnectionGuard
+    ) -> None:
         super().__init__(app, config, context, state, stream)
         self._connection_scope = scope
+        self._door = door
+        self._guard = guard
 
     async def _read_data(self) -> None:
         try:
-            await super()._read_data()
+            held = b""
+            while True:
+                try:
+                    with trio.fail_after(self.config.read_timeout or math.inf):
+                        data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                    break
+                if data and (held or (self._door.crowded() and self._between_requests())):
+                    taken = split(self._door, held + bytes(data))
+                    held = taken.held
+                    if taken.answers:
+                        self._guard.request_started()
+                        await self.protocol_send(RawData(b"".join(taken.answers)))
+                    if taken.close:
+                        break
+                    data = taken.passed
+                    if not data:
+                        continue
+                await self.protocol.handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+            await self.protocol.handle(Closed())
         finally:
             # The client closed or went silent past the read timeout; hypercorn
             # has already told the app. Nothing is left to serve.
             self._connection_scope.cancel()
+
+    def _between_requests(self) -> bool:
+        """Whether hypercorn holds nothing of a request on this connection."""
+        protocol = getattr(self.protocol, "protocol", None)
+        connection = getattr(protocol, "connection", None)
+        if not isinstance(connection, h11.Connection) or protocol.stream is not None:
+            return False
+        return connection.their_state is h11.IDLE and connection.our_state is h11.IDLE and not connection.trailing_data[0]
 
 
 def guarded_app(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -128,39 +166,26 @@ def guarded_app(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[
     return asgi
 
 
-# The answer to a request refused at the door: Stripe's shape, no state.
-_AT_CAPACITY = msgspec.json.encode(
-    {"error": {"type": "api_error", "code": "service_unavailable", "message": "The node is at capacity. Retry shortly."}}
-)
-
-
-def admitting_app(
-    app: Callable[..., Awaitable[None]], requests_max: int, refused: Callable[[str], None] = lambda kind: None
-) -> Callable[..., Awaitable[None]]:
-    """`app`, with at most `requests_max` HTTP requests in it at once; the
-    next are answered 503 with Retry-After at once (health checks always
-    pass). A request that starts a new payment is refused earlier, at three
-    quarters of the bound, so that the payments already started keep room
-    to finish. The refusal closes the connection when the request has a
-    body, which is left unread."""
-    in_flight = 0
-    new_payments_max = requests_max * 3 // 4
+def admitting_app(app: Callable[..., Awaitable[None]], door: Door) -> Callable[..., Awaitable[None]]:
+    """`app`, counting the requests in it on `door` and answering 503 with
+    Retry-After at once those the door refuses (gateway/door.py). The
+    refusal closes the connection when the request has a body, which is
+    left unread."""
 
     async def asgi(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], send: Callable[..., Awaitable[None]]) -> None:
-        nonlocal in_flight
-        if scope["type"] != "http" or not requests_max or scope.get("path") in ("/healthz", "/metrics"):
+        if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        starts_a_payment = scope.get("method") == "POST" and scope.get("path") == "/v1/payment_intents"
-        if in_flight >= (new_payments_max if starts_a_payment else requests_max):
-            refused("new_payment" if starts_a_payment else "other")
+        kind = door.refuses(scope.get("method", ""), scope.get("path", ""))
+        if kind is not None:
+            door.refused(kind)
             await _refuse_at_capacity(scope, send)
             return
-        in_flight += 1
+        door.in_flight += 1
         try:
             await app(scope, receive, send)
         finally:
-            in_flight -= 1
+            door.in_flight -= 1
 
     return asgi
 
@@ -168,14 +193,14 @@ def admitting_app(
 async def _refuse_at_capacity(scope: dict[str, Any], send: Callable[..., Awaitable[None]]) -> None:
     headers = [
         (b"content-type", b"application/json"),
-        (b"content-length", str(len(_AT_CAPACITY)).encode()),
+        (b"content-length", str(len(AT_CAPACITY)).encode()),
         (b"retry-after", b"1"),
         (b"request-id", ("req_" + secrets.token_urlsafe(12)).encode()),
     ]
     if any((name == b"content-length" and value != b"0") or name == b"transfer-encoding" for name, value in scope.get("headers", ())):
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": _AT_CAPACITY})
+    await send({"type": "http.response.body", "body": AT_CAPACITY})
 
 
 async def serve_guarded(
@@ -190,7 +215,8 @@ async def serve_guarded(
     """Serve `app` (plain HTTP/1.1) on `config.bind` until `shutdown_trigger`
     returns, then let requests in flight finish for `config.graceful_timeout`.
     Reports the bound URLs through `task_status`."""
-    wrapped = wrap_app(guarded_app(admitting_app(app, limits.requests_in_flight_max, refused)), config.wsgi_max_body_size, "asgi")
+    door = Door(limits.requests_in_flight_max, refused)
+    wrapped = wrap_app(guarded_app(admitting_app(app, door)), config.wsgi_max_body_size, "asgi")
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
@@ -211,8 +237,9 @@ async def serve_guarded(
         held[client] = held.get(client, 0) + 1
         try:
             with trio.CancelScope(deadline=trio.current_time() + limits.header_timeout_s) as scope:
-                state = ConnectionState({**lifespan_state, GUARD_KEY: ConnectionGuard(scope, limits)})
-                await GuardedConnection(wrapped, config, context, state, stream, scope)
+                guard = ConnectionGuard(scope, limits)
+                state = ConnectionState({**lifespan_state, GUARD_KEY: guard})
+                await GuardedConnection(wrapped, config, context, state, stream, scope, door, guard)
         finally:
             held[client] -= 1
             if not held[client]:
