@@ -330,6 +330,26 @@ def test_the_page_shows_the_partitions_of_two_nodes_and_their_owners(
     assert all(epoch.isdigit() and int(epoch) >= 1 for epoch in epochs), epochs
 
 
+def test_the_workers_errors_show_while_redis_is_away(new_node: Callable[..., NodeProcess], browser: WebDriver) -> None:
+    # Redis at a port nothing listens on: payments go on, the outbox relays
+    # and the webhook ingest wait, counting each failure.
+    node = new_node(redis_url=f"redis://127.0.0.1:{closed_port()}/0")
+    open_page(browser, ops_page_url(node))
+    wait_for(browser, lambda: state(browser) == "live", "the page to load its data")
+    assert httpx.post(node.url + "/v1/payment_intents", auth=(node.secret_key, ""), data=PAY).json()["status"] == "succeeded"
+
+    def rows(table: str) -> list[list[str]]:
+        found = browser.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")
+        return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in found if not row.find_elements(By.CSS_SELECTOR, "td.empty")]
+
+    recent = wait_for(browser, lambda: [row for row in rows("recent-errors") if row[1:3] == ["outbox_relay", "outbox_relay_waiting"]],
+                      "the relay's errors among the recent ones")
+    assert int(recent[0][3].replace(",", "")) >= 1 and re.fullmatch(r"\d\d:\d\d:\d\d", recent[0][0]), recent
+    counted = {(row[0], row[1]): int(row[2].replace(",", "")) for row in rows("error-counts")}
+    assert counted.get(("outbox_relay", "outbox_relay_waiting"), 0) >= 1, counted
+    assert counted.get(("webhook_ingest", "webhook_ingest_waiting"), 0) >= 1, counted
+
+
 # ---------------------------------------------------------------- the arithmetic behind the charts
 
 
