@@ -13,7 +13,7 @@ no clock and no randomness of its own: callers pass both in.
 
 from __future__ import annotations
 
-PREFIXES = frozenset({"pi", "pm", "att", "evt", "re", "acct", "we"})
+PREFIXES = frozenset({"pi", "pm", "att", "ch", "evt", "re", "acct", "we"})
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _DIGIT_VALUES = {character: value for value, character in enumerate(ALPHABET)}
@@ -78,3 +78,27 @@ def partition_of_reference(reference: str) -> int | None:
     reference); None for anything else."""
     prefix = reference.partition("_")[0]
     return partition_of(reference, prefix) if prefix in REFERENCE_PREFIXES else None
+
+
+# A charge is an authorization or charge attempt as Stripe shows it: its id
+# is the attempt's with Stripe's prefix, so it names the same partition and
+# time, and a charge id leads to its attempt (and so to its intent) without
+# a lookup. Nothing stores charge ids: rows written before charges had ids
+# of their own, which name attempts, read as charges unchanged.
+CHARGE_PREFIX = "ch"
+ATTEMPT_PREFIX = "att"
+
+
+def charge_id(attempt_id: str) -> str:
+    """The id a charge is shown under: its attempt's body behind `ch_`."""
+    return CHARGE_PREFIX + "_" + attempt_id.partition("_")[2]
+
+
+def attempt_id_of_charge(text: str) -> str | None:
+    """The attempt behind a charge id (`ch_...`, or the `att_...` id that
+    answers gave before charges had ids of their own); None for anything
+    else, including a malformed id."""
+    head, _, body = text.partition("_")
+    if head not in (CHARGE_PREFIX, ATTEMPT_PREFIX) or parse_id(text, head) is None:
+        return None
+    return ATTEMPT_PREFIX + "_" + body

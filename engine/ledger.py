@@ -281,6 +281,10 @@ class Ledger:
         """Every applied transfer, in the order applied."""
         return list(self._transfers)
 
+    def transfer(self, transfer_id: str) -> Transfer | None:
+        """The applied transfer with this id, if any."""
+        return self._transfers_by_id.get(transfer_id)
+
     # --------------------------------------------------------------- checks
 
     def verify(self) -> list[str]:

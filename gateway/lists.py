@@ -13,7 +13,7 @@ place in the order is known without asking for it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -21,13 +21,14 @@ import msgspec
 from engine import ids
 from gateway import errors, pages
 from gateway.errors import ApiError
+from gateway.expansions import Expansion, check
 from gateway.forwarding import Forwarder, forwarded_from
 from gateway.params import ListParams
 
 T = TypeVar("T")
 
 # The id prefix of each kind whose place a cursor's id tells.
-ID_PREFIXES = {"payment_intent": "pi", "refund": "re"}
+ID_PREFIXES = {"payment_intent": "pi", "refund": "re", "charge": "ch"}
 
 
 class _PeerError(msgspec.Struct):
@@ -66,16 +67,27 @@ async def cluster_page(
     url: str,
     kind: str,
     key: Callable[[T], tuple[int, str]],
-    render: Callable[[T], dict[str, Any]],
+    render: Callable[[T], Any],
+    expansion: Expansion | None = None,
+    complete: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """The page of a list over every node's partitions (this node's alone
-    when it is not in a cluster, or when a peer asks)."""
+    when it is not in a cluster, or when a peer asks). With `expansion`,
+    `values.expand` is applied to this node's items (each peer expands its
+    own: it gets the same query). `complete` finishes this node's page
+    first, with what rendering alone cannot read (from the store)."""
     node = forwarder.node
     elsewhere = functools.partial(placed_elsewhere, node.shards.__contains__, kind)
-    local = pages.page(items, values, url=url, kind=kind, key=key, render=render, elsewhere=elsewhere)
+    local = msgspec.to_builtins(pages.page(items, values, url=url, kind=kind, key=key, render=render, elsewhere=elsewhere))
+    if complete is not None:
+        await complete(local)
+    if expansion is not None:
+        local = await expansion.apply(local, check(values.expand, "list", kind))
+    elif values.expand:
+        check(values.expand, "list", kind)
     if node.membership is None or forwarded_from(node) is not None:
         return local
-    collected = [msgspec.to_builtins(local)]
+    collected = [local]
     for answer in await forwarder.peer_answers():
         if answer.status_code != 200:
             raise _refusal(answer.status_code, answer.content)

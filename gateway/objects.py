@@ -17,12 +17,12 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from engine import ids, ledger
+from engine import charges, ids, ledger
 from engine.intent import Dispute, PaymentIntent, Refund
 from engine.ledger import Transfer
 from engine import notifications
 from engine.postings import ledger_fee, ledger_single
-from engine.records import AttemptKind, AttemptStatus
+from engine.records import Attempt, AttemptKind, AttemptStatus, PaymentError
 from gateway.errors import doc_url
 from store.rows import EventRow, PaymentMethodRow, WebhookEndpointRow
 
@@ -83,7 +83,7 @@ class PaymentErrorObject(msgspec.Struct):
     code: str
     message: str
     decline_code: str | UnsetType = UNSET
-    # The failed attempt, which stands for the charge (latest_charge names attempts too).
+    # The failed charge.
     charge: str | UnsetType = UNSET
     doc_url: str | UnsetType = UNSET
     payment_method: PaymentMethodInError | UnsetType = UNSET
@@ -111,11 +111,12 @@ class PaymentIntentObject(msgspec.Struct, tag_field="object", tag="payment_inten
     currency: str
     description: str | None
     last_payment_error: PaymentErrorObject | None
-    latest_charge: str | None
+    # Expandable to the Charge and the PaymentMethod.
+    latest_charge: str | ChargeObject | None
     livemode: bool
     metadata: dict[str, str]
     next_action: NextAction | None
-    payment_method: str | None
+    payment_method: str | PaymentMethodObject | None
     status: Literal[
         "requires_payment_method",
         "requires_confirmation",
@@ -241,21 +242,58 @@ class DisputeObject(msgspec.Struct, tag_field="object", tag="dispute"):
     evidence_details: DisputeEvidenceDetails = DisputeEvidenceDetails()
 
 
+class ChargeOutcome(msgspec.Struct):
+    """Whether the network took the payment, and why not. There is no fraud
+    screening here, so no risk was assessed."""
+
+    type: Literal["authorized", "issuer_declined"]
+    network_status: Literal["approved_by_network", "declined_by_network"]
+    reason: str | None
+    seller_message: str
+    risk_level: Literal["not_assessed"] = "not_assessed"
+
+
+class ChargeCardDetails(msgspec.Struct):
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    fingerprint: str
+    network: str
+    funding: Literal["credit", "debit", "prepaid", "unknown"] = "unknown"
+
+
+class ChargePaymentMethodDetails(msgspec.Struct):
+    card: ChargeCardDetails
+    type: Literal["card"] = "card"
+
+
 class ChargeObject(msgspec.Struct, tag_field="object", tag="charge"):
     id: str
     amount: int
     amount_captured: int
     amount_refunded: int
+    # The ledger's transaction of the captured money; expandable.
+    balance_transaction: str | BalanceTransactionObject | None
     captured: bool
     refunded: bool
     currency: str
-    payment_intent: str
+    description: str | None
+    failure_code: str | None
+    failure_message: str | None
+    # Expandable to the PaymentIntent.
+    payment_intent: str | PaymentIntentObject
     payment_method: str
+    # From the payment method as it is now (None when it cannot be read).
+    payment_method_details: ChargePaymentMethodDetails | None
     created: int
     livemode: bool
+    outcome: ChargeOutcome | None
     status: Literal["succeeded", "pending", "failed"]
     paid: bool
     disputed: bool
+    receipt_email: str | None = None
+    shipping: None = None
     metadata: dict[str, str] = {}
     billing_details: BillingDetails = BillingDetails()
 
@@ -338,8 +376,14 @@ def payment_method(row: PaymentMethodRow) -> PaymentMethodObject:
 
 
 def _charge_id(intent: PaymentIntent) -> str | None:
+    """The intent's successful charge: the one its refunds and disputes name."""
     authorization = intent.authorization()
-    return None if authorization is None else authorization.id
+    return None if authorization is None else ids.charge_id(authorization.id)
+
+
+def _latest_charge_id(intent: PaymentIntent) -> str | None:
+    latest = charges.latest(intent)
+    return None if latest is None else ids.charge_id(latest.id)
 
 
 def _payment_method_in_error(payment_method_id: str, livemode: bool) -> PaymentMethodInError | UnsetType:
@@ -357,8 +401,9 @@ def _failed_charge_id(intent: PaymentIntent, payment_method_id: str) -> str | Un
             attempt.kind in (AttemptKind.authorize, AttemptKind.charge)
             and attempt.status is AttemptStatus.failed
             and attempt.payment_method_id == payment_method_id
+            and charges.is_charge(intent, attempt)
         ):
-            return attempt.id
+            return ids.charge_id(attempt.id)
     return UNSET
 
 
@@ -393,7 +438,7 @@ def payment_intent(intent: PaymentIntent) -> PaymentIntentObject:
         currency=intent.currency,
         description=intent.description,
         last_payment_error=last_payment_error,
-        latest_charge=_charge_id(intent),
+        latest_charge=_latest_charge_id(intent),
         livemode=intent.livemode,
         metadata=intent.metadata,
         next_action=next_action,
@@ -492,27 +537,81 @@ def balance_transaction(transfer: Transfer, merchant_id: str, now_s: int) -> Bal
     )
 
 
-def charge(intent: PaymentIntent) -> ChargeObject | None:
-    """The charge: the intent's successful authorization, with its captures and refunds."""
-    authorization = intent.authorization()
-    if authorization is None:
+def charge_transfer_id(intent: PaymentIntent, attempt: Attempt) -> str | None:
+    """The ledger transfer that put the charge's captured money in the
+    merchant's balance (engine.postings names it after the attempt that
+    moved it); None while nothing is captured."""
+    if attempt.status is not AttemptStatus.succeeded:
         return None
-    captured = intent.amount_received
+    if attempt.kind is AttemptKind.charge:
+        return f"{attempt.id}:charge"
+    capture = charges.capture_of(intent, attempt)
+    return None if capture is None else f"{capture.id}:capture"
+
+
+def _outcome(intent: PaymentIntent, attempt: Attempt) -> ChargeOutcome | None:
+    if attempt.status is AttemptStatus.succeeded:
+        return ChargeOutcome("authorized", "approved_by_network", None, "Payment complete.")
+    if attempt.status is AttemptStatus.failed:
+        error = _failure(intent, attempt)
+        reason = None if error is None else error.decline_code or error.code
+        return ChargeOutcome("issuer_declined", "declined_by_network", reason, "The bank declined the payment.")
+    return None
+
+
+def _failure(intent: PaymentIntent, attempt: Attempt) -> PaymentError | None:
+    """The decline of a failed charge, as far as the intent remembers it:
+    the last one only (earlier declines keep no error)."""
+    error = intent.last_payment_error
+    if error is None or _failed_charge_id(intent, error.payment_method_id) != ids.charge_id(attempt.id):
+        return None
+    return error
+
+
+def charge_card_details(card: PaymentMethodRow | None) -> ChargePaymentMethodDetails | None:
+    if card is None:
+        return None
+    return ChargePaymentMethodDetails(ChargeCardDetails(card.brand, card.last4, card.exp_month, card.exp_year, card.fingerprint, card.brand))
+
+
+def charge_created_s(attempt: Attempt) -> int:
+    """The charge's creation time: its id's second, so a list cursor naming
+    it is placed from the id alone (gateway/lists.py), as intents are."""
+    parsed = ids.parse_id(attempt.id, "att")
+    return attempt.created_s if parsed is None else parsed[0] // 1000
+
+
+def charge(intent: PaymentIntent, attempt: Attempt, card: PaymentMethodRow | None = None) -> ChargeObject:
+    """The charge of an authorization or charge attempt (engine.charges),
+    with its captures, refunds and disputes; `card` is its payment method,
+    for the card's details."""
+    captured = charges.amount_captured(intent, attempt)
+    refunded = charges.amount_refunded(intent, attempt)
+    transfer_id = charge_transfer_id(intent, attempt)
+    failure = _failure(intent, attempt)
+    status = {AttemptStatus.succeeded: "succeeded", AttemptStatus.failed: "failed"}.get(attempt.status, "pending")
     return ChargeObject(
-        id=authorization.id,
-        amount=authorization.amount,
+        id=ids.charge_id(attempt.id),
+        amount=attempt.amount,
         amount_captured=captured,
-        amount_refunded=intent.amount_refunded,
+        amount_refunded=refunded,
+        balance_transaction=None if transfer_id is None else "txn_" + transfer_id.replace(":", "_"),
         captured=captured > 0,
-        refunded=captured > 0 and intent.amount_refunded >= captured,
+        refunded=attempt.status is AttemptStatus.succeeded and refunded >= attempt.amount,
         currency=intent.currency,
+        description=intent.description,
+        failure_code=None if failure is None else failure.code,
+        failure_message=None if failure is None else failure.message,
         payment_intent=intent.id,
-        payment_method=authorization.payment_method_id,
-        created=authorization.created_s,
+        payment_method=attempt.payment_method_id,
+        payment_method_details=charge_card_details(card),
+        created=charge_created_s(attempt),
         livemode=intent.livemode,
-        status="succeeded",
-        paid=True,
-        disputed=bool(intent.disputes),
+        outcome=_outcome(intent, attempt),
+        status=status,  # type: ignore[arg-type]
+        paid=attempt.status is AttemptStatus.succeeded,
+        disputed=charges.is_disputed(intent, attempt),
+        metadata=intent.metadata,
     )
 
 
@@ -524,8 +623,9 @@ def event(row: EventRow) -> EventObject:
     intent = _intent_decoder.decode(row.intent)
     kind = notifications.object_kind(row.type)
     shown: Any = None
-    if kind == "charge":
-        shown = charge(intent)
+    attempt = None if kind != "charge" else intent.attempt(row.object_id)
+    if attempt is not None:
+        shown = charge(intent, attempt)
     elif kind == "refund":
         item = intent.refund(row.object_id)
         shown = None if item is None else refund(intent, item)

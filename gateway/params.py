@@ -45,12 +45,26 @@ class CreatePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, str] = {}
     return_url: str | None = None
     payment_method_types: list[Literal["card"]] = msgspec.field(default_factory=lambda: ["card"])
+    expand: list[str] = []
 
 
 class ConfirmPaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     payment_method: str | None = None
     return_url: str | None = None
     # Required with a publishable key: it proves the browser was handed this intent.
+    client_secret: str | None = None
+    expand: list[str] = []
+
+
+class RetrieveParams(msgspec.Struct, forbid_unknown_fields=True):
+    """The query of a retrieval: which fields to expand (gateway/expansions.py)."""
+
+    expand: list[str] = []
+
+
+class RetrievePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
+    expand: list[str] = []
+    # Stripe.js sends it; a secret key may see the intent without it.
     client_secret: str | None = None
 
 
@@ -234,17 +248,29 @@ def _to_api_error(text: str) -> ApiError:
 
 class CaptureParams(msgspec.Struct, forbid_unknown_fields=True):
     amount_to_capture: int | None = None
+    expand: list[str] = []
+
+
+class CaptureCharge(msgspec.Struct, forbid_unknown_fields=True):
+    """A charge's capture: `amount` is the intent's `amount_to_capture`."""
+
+    amount: int | None = None
+    expand: list[str] = []
 
 
 class CancelParams(msgspec.Struct, forbid_unknown_fields=True):
     cancellation_reason: Literal["duplicate", "fraudulent", "requested_by_customer", "abandoned"] | None = None
+    expand: list[str] = []
 
 
 class CreateRefund(msgspec.Struct, forbid_unknown_fields=True):
-    payment_intent: str
+    # One of the two: the intent, or its charge (`ch_...`).
+    payment_intent: str | None = None
+    charge: str | None = None
     amount: int | None = None
     reason: Literal["duplicate", "fraudulent", "requested_by_customer"] | None = None
     metadata: dict[str, str] = {}
+    expand: list[str] = []
 
 
 class CreatedFilter(msgspec.Struct, forbid_unknown_fields=True):
@@ -259,9 +285,10 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     starting_after: str | None = None
     ending_before: str | None = None
     created: int | CreatedFilter | None = None
-    # Only on /v1/refunds and /v1/balance_transactions: narrows to one intent.
+    # Only on /v1/refunds, /v1/charges and /v1/balance_transactions: narrows to one intent.
     payment_intent: str | None = None
     type: str | None = None
+    expand: list[str] = []
 
 
 class CreateWebhookEndpoint(msgspec.Struct, forbid_unknown_fields=True):

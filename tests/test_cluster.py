@@ -18,6 +18,7 @@ import httpx
 import trio
 import trio_asyncio
 
+from engine import ids
 from engine import intent as machine
 from gateway.app import create_app
 from gateway.listener import ConnectionLimits, hypercorn_config, serve_guarded
@@ -244,7 +245,8 @@ async def test_a_dispute_is_found_from_any_node(database_url: str) -> None:
         async with httpx.AsyncClient(headers=headers, timeout=30) as http:
             intent = (await http.post(f"{a.url}/v1/payment_intents", data=PAY)).json()
             owner, other = (a, b) if a.node.partition_of_intent(intent["id"]) in served(a) else (b, a)
-            dispute_id = network.open_dispute(intent["latest_charge"])
+            # The network knows the charge by its attempt (engine/ids.py).
+            dispute_id = network.open_dispute(ids.attempt_id_of_charge(intent["latest_charge"]))
             assert dispute_id is not None
             # The notice goes to the node that polls for the intent's partition.
             await wait_until_async(lambda: owner.node.dispute(dispute_id) is not None, 15, "the owner recording the dispute")

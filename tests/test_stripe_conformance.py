@@ -276,7 +276,7 @@ def test_a_decline_names_its_charge_payment_method_and_doc_url(merchant: dict) -
     assert error["doc_url"] == "https://stripe.com/docs/error-codes/card-declined"
     assert error["payment_method"]["id"].startswith("pm_") and error["payment_method"]["object"] == "payment_method"
     assert error["payment_method"] == intent["last_payment_error"]["payment_method"]
-    assert error["charge"].startswith("att_") and error["charge"] == intent["last_payment_error"]["charge"]
+    assert error["charge"].startswith("ch_") and error["charge"] == intent["last_payment_error"]["charge"] == intent["latest_charge"]
     assert intent["last_payment_error"]["decline_code"] == error["decline_code"] == "generic_decline"
 
 
@@ -327,7 +327,8 @@ def test_an_unknown_url_is_stripe_s_404(merchant: dict) -> None:
     [
         ("GET", "/v1/customers", "The customers API"),
         ("POST", "/v1/customers", "The customers API"),
-        ("GET", "/v1/charges/ch_123", "The charges API"),
+        ("POST", "/v1/charges", "Creating a charge without a PaymentIntent"),
+        ("POST", "/v1/charges/ch_1", "Updating a charge"),
         ("POST", "/v1/setup_intents", "The setup_intents API"),
         ("POST", "/v1/products", "The products API"),
         ("GET", "/v1/prices", "The prices API"),
@@ -361,7 +362,7 @@ def test_an_unserved_resource_still_wants_a_key(node: NodeProcess) -> None:
 def test_the_sdk_hears_not_supported_as_an_invalid_request(merchant: dict) -> None:
     client = sdk(merchant)
     message = (
-        "The customers API is not supported by this server (POST /v1/customers). It serves PaymentIntents, PaymentMethods,"
+        "The customers API is not supported by this server (POST /v1/customers). It serves PaymentIntents, Charges, PaymentMethods,"
         " Refunds, Disputes, Events, Webhook endpoints, the Balance and balance transactions; /openapi.json lists its routes."
     )
     with pytest.raises(stripe.InvalidRequestError, match=sdk_error(message)):

@@ -7,7 +7,7 @@ import time
 
 from quart import Response
 
-from gateway import objects, pages, params
+from gateway import expansions, objects, pages, params
 from gateway.calls import Calls
 from gateway.openapi import api
 from gateway.responses import json_response
@@ -27,6 +27,7 @@ async def retrieve_balance(calls: Calls, key: ApiKeyRow) -> Response:
 @api("List balance transactions, newest first", objects.ListObject[objects.BalanceTransactionObject], query=params.ListParams)
 async def list_balance_transactions(calls: Calls, key: ApiKeyRow) -> Response:
     values = calls.query(params.ListParams)
+    expansions.check(values.expand, "list", "balance_transaction")
     now_s = int(time.time())
     transfers = calls.node.merchant_transfers(key.merchant_id)
     if values.payment_intent is not None:

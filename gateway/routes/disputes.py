@@ -13,6 +13,7 @@ from gateway.errors import ApiError
 from gateway.forwarding import forwarded_from
 from gateway.openapi import api
 from gateway.responses import raw_response
+from gateway.routes.refunds import child_page, expanded
 from gateway.routing import Routes
 from store.rows import ApiKeyRow
 
@@ -20,10 +21,11 @@ ROUTES = Routes()
 
 
 @ROUTES.get("/v1/disputes/<dispute_id>")
-@api("Retrieve a dispute", objects.DisputeObject)
+@api("Retrieve a dispute", objects.DisputeObject, query=params.RetrieveParams)
 async def retrieve_dispute(calls: Calls, key: ApiKeyRow, dispute_id: str) -> Response:
     try:
-        return ownership.child_object(key, dispute_id, "dispute", calls.node.dispute, objects.dispute)
+        answer = ownership.child_object(key, dispute_id, "dispute", calls.node.dispute, objects.dispute)
+        return await expanded(calls, key, answer, "dispute")
     except ApiError as missing:
         # Dispute ids come from the network and name no partition: in a
         # cluster, the node holding it is found by asking every one.
@@ -38,4 +40,4 @@ async def retrieve_dispute(calls: Calls, key: ApiKeyRow, dispute_id: str) -> Res
 @ROUTES.get("/v1/disputes")
 @api("List disputes, newest first", objects.ListObject[objects.DisputeObject], query=params.ListParams)
 async def list_disputes(calls: Calls, key: ApiKeyRow) -> Response:
-    return await ownership.child_page(calls, key, "disputes", "/v1/disputes", "dispute", objects.dispute)
+    return await child_page(calls, key, "disputes", "/v1/disputes", "dispute", objects.dispute)

@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from quart import Response
 
 from engine import intent as machine
 from engine.results import Result
 from engine.urls import return_url_allowed
-from gateway import errors, objects, ownership, params
+from gateway import errors, expansions, objects, ownership, params
 from gateway.calls import Calls
 from gateway.lists import cluster_page, created_s
 from gateway.openapi import api
@@ -36,15 +37,19 @@ async def create_payment_intent(calls: Calls, key: ApiKeyRow) -> Response:
     )
     if refusal is not None:
         raise errors.from_result(refusal.result, refusal.param, amount=values.amount)
+    paths = expansions.check(values.expand, "payment_intent")
     partition = calls.partition_for_new(key)
-    async with calls.idempotent(key, body, render_outcome) as claim:
-        return await calls.run(await _create_command(calls, key, values, partition), claim, render_outcome)
+    async with expansions.replays_expanded(calls.node, key, paths), calls.idempotent(key, body, render_outcome) as claim:
+        return await expansions.run(calls, key, await _create_command(calls, key, values, partition), claim, render_outcome, paths)
 
 
 @ROUTES.get("/v1/payment_intents/<intent_id>")
-@api("Retrieve a PaymentIntent", objects.PaymentIntentObject)
+@api("Retrieve a PaymentIntent", objects.PaymentIntentObject, query=params.RetrievePaymentIntent)
 async def retrieve_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:
-    return json_response(objects.payment_intent(ownership.intent(calls.node, intent_id, key)))
+    intent = ownership.intent(calls.node, intent_id, key)
+    paths = expansions.check(calls.query(params.RetrievePaymentIntent).expand, "payment_intent")
+    body = msgspec.to_builtins(objects.payment_intent(intent))
+    return json_response(await expansions.Expansion(calls.node, key).apply(body, paths))
 
 
 @ROUTES.post("/v1/payment_intents/<intent_id>/confirm")
@@ -62,7 +67,8 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
         # A browser holding only the publishable key must also hold the
         # intent's client secret; without it the intent is not its to see.
         raise errors.not_found("payment_intent", intent_id, "intent")
-    async with calls.idempotent(key, body, render_intent) as claim:
+    paths = expansions.check(values.expand, "payment_intent")
+    async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_intent) as claim:
         payment_method_id = None
         if values.payment_method is not None:
             payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
@@ -75,7 +81,7 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
             payment_method_id=payment_method_id,
             return_url=values.return_url,
         )
-        return await calls.run(command, claim, render_intent)
+        return await expansions.run(calls, key, command, claim, render_intent, paths)
 
 
 @ROUTES.get("/v1/payment_intents")
@@ -86,7 +92,7 @@ async def list_payment_intents(calls: Calls, key: ApiKeyRow) -> Response:
     return json_response(
         await cluster_page(
             calls.forwarder, intents, values, url="/v1/payment_intents", kind="payment_intent", key=lambda i: (i.created_s, i.id),
-            render=objects.payment_intent,
+            render=objects.payment_intent, expansion=expansions.Expansion(calls.node, key),
         )
     )
 
@@ -159,5 +165,6 @@ async def _intent_command(
         "at_s": int(time.time()),
     }
     command = build(values, common)
-    async with calls.idempotent(key, body, render_intent) as claim:
-        return await calls.run(command, claim, render_intent)
+    paths = expansions.check(values.expand, "payment_intent")
+    async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_intent) as claim:
+        return await expansions.run(calls, key, command, claim, render_intent, paths)

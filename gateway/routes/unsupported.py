@@ -25,7 +25,7 @@ from store.rows import ApiKeyRow
 ROUTES = Routes()
 
 # What the server does serve, for the message.
-SERVED = "PaymentIntents, PaymentMethods, Refunds, Disputes, Events, Webhook endpoints, the Balance and balance transactions"
+SERVED = "PaymentIntents, Charges, PaymentMethods, Refunds, Disputes, Events, Webhook endpoints, the Balance and balance transactions"
 
 # Stripe resources (paths under /v1/) with nothing of them served here.
 UNSERVED_RESOURCES = (
@@ -33,7 +33,6 @@ UNSERVED_RESOURCES = (
     "accounts",
     "application_fees",
     "billing_portal/sessions",
-    "charges",
     "checkout/sessions",
     "coupons",
     "credit_notes",
@@ -68,6 +67,16 @@ UNSERVED_OPERATIONS = (
     ("POST", "/v1/payment_intents/<intent_id>/increment_authorization", "Incrementing an authorization"),
     ("POST", "/v1/payment_intents/<intent_id>/apply_customer_balance", "Applying a customer balance"),
     ("POST", "/v1/payment_intents/<intent_id>/verify_microdeposits", "Verifying microdeposits"),
+    ("POST", "/v1/charges", "Creating a charge without a PaymentIntent"),
+    ("GET", "/v1/charges/search", "Searching charges"),
+    ("POST", "/v1/charges/<charge_id>", "Updating a charge"),
+    ("POST", "/v1/charges/<charge_id>/refund", "Refunding through the charge (POST /v1/refunds with charge=)"),
+    ("GET", "/v1/charges/<charge_id>/refunds", "Listing a charge's refunds (GET /v1/refunds with payment_intent=)"),
+    ("POST", "/v1/charges/<charge_id>/refunds", "Refunding through the charge (POST /v1/refunds with charge=)"),
+    ("GET", "/v1/charges/<charge_id>/refunds/<refund_id>", "Retrieving a refund through its charge (GET /v1/refunds/{id})"),
+    ("GET", "/v1/charges/<charge_id>/dispute", "Retrieving a charge's dispute (GET /v1/disputes)"),
+    ("POST", "/v1/charges/<charge_id>/dispute", "Updating a dispute (submitting evidence)"),
+    ("POST", "/v1/charges/<charge_id>/dispute/close", "Closing a dispute"),
     ("POST", "/v1/payment_methods/<payment_method_id>", "Updating a PaymentMethod"),
     ("POST", "/v1/payment_methods/<payment_method_id>/attach", "Attaching a PaymentMethod to a customer"),
     ("POST", "/v1/payment_methods/<payment_method_id>/detach", "Detaching a PaymentMethod from a customer"),

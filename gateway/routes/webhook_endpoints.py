@@ -18,7 +18,7 @@ from quart import Response
 
 from engine import ids, notifications
 from engine.intent import check_metadata
-from gateway import errors, objects, pages, params
+from gateway import errors, expansions, objects, pages, params
 from gateway.calls import ID_CHARS_MAX, Calls
 from gateway.errors import ApiError
 from gateway.openapi import api
@@ -89,6 +89,7 @@ async def get_endpoint(calls: Calls, key: ApiKeyRow, endpoint_id: str) -> Respon
 @api("List webhook endpoints, newest first", objects.ListObject[objects.WebhookEndpointObject], query=params.ListParams)
 async def list_endpoints(calls: Calls, key: ApiKeyRow) -> Response:
     values = calls.query(params.ListParams)
+    expansions.check(values.expand, "list", "webhook_endpoint")
     rows = await calls.node.store.webhooks.list_endpoints(key.merchant_id, key.livemode, ENDPOINTS_PER_MERCHANT_MAX * 4)
     body = pages.page(
         rows,
