@@ -93,6 +93,15 @@ class EngineDriver:
         # New intents go round this node's partitions. Picking the partition
         # here spares parsing it back out of each new id.
         self._partitions = itertools.cycle(node.config.served_partitions())
+        self._next_partition = next(self._partitions)
+
+    def refuses_now(self) -> bool:
+        """The gateway's check before any work (Node.saturated) on the
+        partition the next payment goes to; a refused one moves the turn on."""
+        if self.node.saturated(self._next_partition):
+            self._next_partition = next(self._partitions)
+            return True
+        return False
 
     async def _submit(self, command: machine.Command, recorder: Recorder, operation: str) -> Any:
         """The command's outcome; raises PaymentFailed, shed when the node
@@ -111,7 +120,7 @@ class EngineDriver:
     async def pay(self, arrival: Arrival, due: float, recorder: Recorder) -> None:
         node = self.node
         scenario = arrival.scenario
-        partition = next(self._partitions)
+        partition, self._next_partition = self._next_partition, next(self._partitions)
         intent_id = node.new_id("pi", partition)
         common = {"intent_id": intent_id, "merchant_id": self.merchant_id, "livemode": False}
         create = machine.CreateIntent(

@@ -422,6 +422,10 @@ class HttpDriver:
         reference = path.rpartition("/")[2]
         return self.simulator.pool, self.simulator.templates.post(f"/v1/challenges/{reference}", b'{"passed":true}', b"application/json")
 
+    def refuses_now(self) -> bool:
+        """Never: over HTTP a refusal is the node's answer, and is measured."""
+        return False
+
     async def pay(self, arrival: Arrival, due: float, recorder: Recorder) -> None:
         route = self.routes[self._turn % len(self.routes)]
         self._turn += 1

@@ -63,6 +63,12 @@ class PaymentFailed(Exception):
 
 
 class Driver(Protocol):
+    def refuses_now(self) -> bool:
+        """Whether the next payment would be refused at create for overload
+        before any work, as the gateway refuses it (engine mode asks the
+        node, which is in this process); the generator then records it as
+        shed at create without starting it."""
+
     async def pay(self, arrival: Arrival, due: float, recorder: Recorder) -> None:
         """Run one payment's steps; record each step and, at the end,
         `recorder.finished`. Raises PaymentFailed."""
@@ -111,6 +117,10 @@ async def generate(driver: Driver, settings: LoadSettings, recorder: Recorder, *
             recorder.arrival(arrival.at, arrival.scenario)
             if recorder.in_flight >= settings.in_flight_max:
                 recorder.error("not_sent_in_flight_max", trio.current_time(), Outcome.timed_out)
+                continue
+            if driver.refuses_now():
+                recorder.requests += 1
+                recorder.error("overloaded", trio.current_time(), Outcome.shed, "create")
                 continue
             recorder.in_flight += 1
             nursery.start_soon(_run_one, driver, arrival, due, recorder)
