@@ -111,6 +111,18 @@ CORS_PREFLIGHT_HEADERS = {
 }
 
 
+# What Stripe shows of a PaymentIntent to a publishable key (its object
+# reference marks these "retrievable with publishable key"): a page sees how
+# its payment stands, not the merchant's metadata, amounts received or fees.
+PUBLISHABLE_INTENT_FIELDS = frozenset({
+    "id", "object", "amount", "automatic_payment_methods", "canceled_at", "cancellation_reason", "capture_method",
+    "client_secret", "confirmation_method", "created", "currency", "description", "last_payment_error", "livemode",
+    "next_action", "payment_method", "payment_method_types", "processing", "receipt_email", "setup_future_usage",
+    "shipping", "status",
+})
+_json = msgspec.json.Encoder()
+
+
 class ElementsPaymentMethod(msgspec.Struct, forbid_unknown_fields=True):
     """What the card field sends: the card, encrypted to one of the node's keys."""
 
@@ -166,7 +178,24 @@ def _register_headers(app: QuartTrio) -> None:
         if request.path.startswith("/v1/"):
             for name, value in CORS_HEADERS.items():
                 response.headers.setdefault(name, value)
+            if g.get("api_key_kind") == "publishable" and request.path.startswith("/v1/payment_intents/"):
+                await _show_publishable_subset(response)
         return response
+
+
+async def _show_publishable_subset(response: Response) -> None:
+    """Cut the PaymentIntent an answer to a publishable key carries (itself,
+    or inside a card error) down to what Stripe shows such a key."""
+    if response.mimetype != "application/json":
+        return
+    body = msgspec.json.decode(await response.get_data())
+    error = body.get("error") if isinstance(body, dict) else None
+    holder, name = (error, "payment_intent") if isinstance(error, dict) else ({"intent": body}, "intent")
+    intent = holder.get(name)
+    if not isinstance(intent, dict) or intent.get("object") != "payment_intent":
+        return
+    holder[name] = {field: value for field, value in intent.items() if field in PUBLISHABLE_INTENT_FIELDS}
+    response.set_data(_json.encode(body if error is not None else holder[name]))
 
 
 def _register_files(app: QuartTrio) -> None:
@@ -246,7 +275,7 @@ def _register_demo(app: QuartTrio, node: Node, merchant: MerchantKeys | None) ->
         node_origin = _origin(node.url or request.host_url)
         g.checkout_kind = "demo"
         g.demo_policy = (
-            f"default-src 'none'; script-src 'self' {node_origin}; style-src 'self'; connect-src 'self';"
+            f"default-src 'none'; script-src 'self' {node_origin}; style-src 'self'; connect-src 'self' {node_origin};"
             f" frame-src {node_origin} 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         )
         filled = page.replace("{{publishable_key}}", html.escape(keys.publishable_key)).replace("{{node_origin}}", html.escape(node_origin))

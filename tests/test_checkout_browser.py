@@ -233,6 +233,20 @@ def test_a_three_d_secure_card_completes_its_challenge_in_a_modal(shop_node: Sho
     assert_number_not_sent(sent_requests(browser), THREE_D_SECURE, shop_node)
 
 
+def test_a_failed_challenge_is_not_paid_and_says_so(shop_node: ShopNode, browser: WebDriver) -> None:
+    open_shop(browser, shop_node)
+    type_card(browser, THREE_D_SECURE)
+    pay(browser)
+    challenge = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "iframe[title='3-D Secure authentication']"), "the challenge")[0]
+    browser.switch_to.frame(challenge)
+    wait_for(browser, lambda d: d.find_element(By.XPATH, "//button[text()='Fail authentication']"), "the challenge page").click()
+    browser.switch_to.default_content()
+    state, text = result(browser)
+    intent = intent_of(browser, shop_node, browser.execute_script("return document.querySelector('#result').dataset.intent || ''") or text)
+    assert (state, text) == ("declined", "Declined: " + intent["last_payment_error"]["message"])
+    assert intent["status"] == "requires_payment_method"
+
+
 def test_a_declined_card_shows_the_decline(shop_node: ShopNode, browser: WebDriver) -> None:
     sent_requests(browser)
     open_shop(browser, shop_node)
@@ -351,3 +365,37 @@ async def test_the_demo_shop_is_refused_in_live_mode() -> None:
         assert answer.status_code == 403
         assert (await answer.get_json())["error"]["message"] == "The demo shop runs in test mode only, with the node's local test merchant."
     assert (await client.get("/checkout/payments.js")).status_code == 200
+
+
+def test_a_publishable_key_sees_the_subset_of_an_intent_stripe_shows_it(shop_node: ShopNode) -> None:
+    server = httpx.Client(base_url=shop_node.url, auth=(shop_node.secret_key, ""))
+    page = httpx.Client(base_url=shop_node.url, auth=(shop_node.publishable_key, ""))
+    intent = server.post("/v1/payment_intents", data={"amount": "900", "currency": "usd", "metadata[order]": "7"}).json()
+    secret = {"client_secret": intent["client_secret"]}
+    seen = page.get(f"/v1/payment_intents/{intent['id']}", params=secret).json()
+    assert set(seen) <= checkout.PUBLISHABLE_INTENT_FIELDS and (seen["id"], seen["amount"], seen["status"]) == (intent["id"], 900, intent["status"])
+    assert "metadata" in intent and "metadata" not in seen and "amount_received" not in seen
+    method = page.post("/v1/payment_methods", data={"type": "card", "card[number]": DECLINED, "card[exp_month]": "2", "card[exp_year]": "2041"}).json()
+    declined = page.post(f"/v1/payment_intents/{intent['id']}/confirm", data={"payment_method": method["id"], **secret})
+    assert declined.status_code == 402 and declined.json()["error"]["code"] == "card_declined"
+    shown = declined.json()["error"]["payment_intent"]
+    assert set(shown) <= checkout.PUBLISHABLE_INTENT_FIELDS and shown["last_payment_error"]["code"] == "card_declined"
+    assert "metadata" in server.get(f"/v1/payment_intents/{intent['id']}").json()
+
+
+def test_the_shops_page_reads_an_intent_across_origins_with_its_client_secret(shop_node: ShopNode, browser: WebDriver) -> None:
+    intent = httpx.post(f"{shop_node.url}/v1/payment_intents", data={"amount": "1200", "currency": "usd"}, auth=(shop_node.secret_key, "")).json()
+    open_shop(browser, shop_node)
+    assert not browser.current_url.startswith(shop_node.url)  # the page is on another origin than the API
+    read = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        " Payments(document.body.dataset.publishableKey).retrievePaymentIntent(arguments[0]).then(done);",
+        intent["client_secret"],
+    )
+    assert read["paymentIntent"]["id"] == intent["id"] and read["paymentIntent"]["amount"] == 1200
+    refused = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        " Payments(document.body.dataset.publishableKey).retrievePaymentIntent(arguments[0]).then(done);",
+        intent["id"] + "_secret_notthisone",
+    )
+    assert refused["error"]["code"] == "resource_missing"

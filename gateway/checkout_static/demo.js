@@ -36,6 +36,8 @@
         return payments.confirmCardPayment(intent.client_secret, {payment_method: {card: card}});
       })
       .then(function (outcome) {
+        var shown = outcome.paymentIntent || outcome.error.payment_intent;
+        result.dataset.intent = shown ? shown.id : "";
         if (outcome.error) {
           var declined = outcome.error.type === "card_error";
           show(declined ? "declined" : "error", (declined ? "Declined: " : "Not paid: ") + outcome.error.message);
