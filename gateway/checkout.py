@@ -19,6 +19,8 @@ field and the challenge's return page may be framed by any http(s) origin
 and run only the node's own scripts; the demo shop may not be framed at
 all; the API answers CORS for browsers as Stripe's does (any origin, no
 credentials: keys travel in the Authorization header, never in cookies).
+An intent answered to a publishable key is cut down to the fields Stripe
+shows such a key (`PUBLISHABLE_INTENT_FIELDS`).
 
 The demo shop (`/demo/checkout`) is a merchant of its own on the node: its
 page never sees the card, and its tiny backend route creates the intent
