@@ -188,6 +188,8 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (endpoint_id, partition, seq, idx)
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_event ON webhook_deliveries (event_id);
+-- The dead-letter list and its count (the /ops page, the metrics).
+CREATE INDEX IF NOT EXISTS webhook_deliveries_dead ON webhook_deliveries (updated_s DESC) WHERE status = 'dead';
 -- Every try, kept for the merchant and the operator.
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     endpoint_id text NOT NULL,

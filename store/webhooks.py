@@ -101,11 +101,14 @@ async def _endpoints_with_pending(connection: asyncpg.Connection, rows_max: int)
     return [row["endpoint_id"] for row in rows]
 
 
-async def _count_pending(connection: asyncpg.Connection, rows_max: int) -> int:
-    # Over the partial index of pending deliveries, and bounded.
-    return await connection.fetchval(
-        "SELECT count(*) FROM (SELECT 1 FROM webhook_deliveries WHERE status = 'pending' LIMIT $1) AS pending", rows_max
-    )
+async def _count_waiting(connection: asyncpg.Connection, rows_max: int) -> dict[str, int]:
+    # Each over its partial index, and bounded.
+    counts = {}
+    for status in ("pending", "dead"):
+        counts[status] = await connection.fetchval(
+            f"SELECT count(*) FROM (SELECT 1 FROM webhook_deliveries WHERE status = '{status}' LIMIT $1) AS waiting", rows_max
+        )
+    return counts
 
 
 async def _record_attempt(connection: asyncpg.Connection, delivery: DeliveryRow, attempt: DeliveryAttemptRow) -> None:
@@ -201,9 +204,10 @@ class Webhooks:
         """Ids of endpoints that have a pending delivery."""
         return await self._database.call(_endpoints_with_pending, rows_max)
 
-    async def count_pending(self, rows_max: int = 1_000_000) -> int:
-        """Deliveries waiting for their first or next try (at most `rows_max`)."""
-        return await self._database.call(_count_pending, rows_max)
+    async def count_waiting(self, rows_max: int = 1_000_000) -> dict[str, int]:
+        """Deliveries waiting for their first or next try (`pending`) and
+        given up on (`dead`), each counted up to `rows_max`."""
+        return await self._database.call(_count_waiting, rows_max)
 
     async def record_attempt(self, delivery: DeliveryRow, attempt: DeliveryAttemptRow) -> None:
         """Log one try and move its delivery on (delivered, rescheduled or dead), together."""

@@ -146,7 +146,8 @@ class Dispatcher:
             try:
                 self.wake(await self.store.webhooks.endpoints_with_pending())
                 if self.metrics is not None:
-                    self.metrics.webhook_backlog.labels("pending").set(await self.store.webhooks.count_pending())
+                    for state, count in (await self.store.webhooks.count_waiting()).items():
+                        self.metrics.webhook_backlog.labels(state).set(count)
             except StoreUnavailable as error:
                 self.errors.record("webhook_scan_failed", error=str(error))
             await trio.sleep(self.config.poll_s * 5)
