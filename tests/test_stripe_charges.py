@@ -270,3 +270,16 @@ def test_the_stripe_sdk_pays_expands_lists_charges_and_refunds_by_charge(merchan
     )
     captured = client.v1.charges.capture(held.latest_charge, params={"amount": 600})
     assert (captured.captured, captured.amount_captured, captured.amount_refunded) == (True, 600, 400)
+
+
+def test_no_charge_while_3d_secure_waits_nor_after_it_is_abandoned(http: httpx.Client) -> None:
+    challenged = ok(
+        http.post(
+            "/v1/payment_intents",
+            data={**PAY, "payment_method": "pm_card_threeDSecure2Required", "return_url": "https://shop.test/back"},
+        )
+    )
+    assert (challenged["status"], challenged["latest_charge"]) == ("requires_action", None)
+    canceled = ok(http.post(f"/v1/payment_intents/{challenged['id']}/cancel"))
+    assert (canceled["status"], canceled["latest_charge"]) == ("canceled", None)
+    assert ok(http.get("/v1/charges", params={"payment_intent": challenged["id"]}))["data"] == []
