@@ -284,6 +284,30 @@ def test_the_card_field_refuses_to_work_unframed(shop_node: ShopNode, browser: W
     assert not browser.find_element(By.ID, "number").is_enabled()
 
 
+def test_the_card_field_refuses_a_page_that_claims_another_origin(shop_node: ShopNode, browser: WebDriver) -> None:
+    open_shop(browser, shop_node)
+    # The shop's page frames a field that was told its parent is another site.
+    browser.execute_script(
+        "const frame = document.createElement('iframe'); frame.id = 'liar';"
+        " frame.src = arguments[0] + '/checkout/card#key=' + document.body.dataset.publishableKey + '&origin=https%3A%2F%2Fshop.example';"
+        " document.body.appendChild(frame);",
+        shop_node.url,
+    )
+    browser.switch_to.frame(wait_for(browser, lambda d: d.find_element(By.ID, "liar"), "the second field"))
+    try:
+        error = wait_for(browser, lambda d: d.find_element(By.ID, "error").text, "the field's refusal")
+        assert error == "This card field works only inside a page that mounted it with payments.js."
+        assert not browser.find_element(By.ID, "number").is_enabled()
+    finally:
+        browser.switch_to.default_content()
+    # The honest field beside it works.
+    browser.switch_to.frame(browser.find_element(By.CSS_SELECTOR, "#card-element iframe"))
+    try:
+        assert browser.find_element(By.ID, "number").is_enabled() and browser.find_element(By.ID, "error").text == ""
+    finally:
+        browser.switch_to.default_content()
+
+
 def test_headers_frame_the_field_anywhere_and_the_shop_nowhere_and_the_api_answers_cors(shop_node: ShopNode) -> None:
     field = httpx.get(f"{shop_node.url}/checkout/card")
     policy = field.headers["Content-Security-Policy"]
