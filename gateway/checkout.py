@@ -248,7 +248,7 @@ def _register_card_route(
         if len(values.encrypted_card) > ENCRYPTED_CARD_CHARS_MAX:
             raise errors.invalid_request("The encrypted card is too long.", param="encrypted_card")
         try:
-            card = await keys.open_card(values.encryption_key, values.encrypted_card)
+            card = await keys.decrypt_browser_card(values.encryption_key, values.encrypted_card)
         except KeyUnknown:
             raise errors.invalid_request(
                 "No such encryption key: fetch /checkout/encryption-key again.", param="encryption_key", code="resource_missing"

@@ -27,7 +27,7 @@ import trio_asyncio
 from cryptography.exceptions import InvalidTag
 from hypercorn.config import Config as HypercornConfig
 
-from gateway import operations, ops_page
+from gateway import checkout, operations, ops_page
 from gateway.app import create_app
 from gateway.listener import ConnectionLimits, hypercorn_config, serve_guarded
 from gateway.objects import render_event
@@ -259,7 +259,7 @@ async def _serve(
             requests_in_flight_max=settings.requests_in_flight_max,
         )
         # The simulator's pages go only where the simulator runs in this process.
-        mounts = [operations.mount, ops_page.mount(history)]
+        mounts = [operations.mount, ops_page.mount(history), checkout.mount(keys)]
         if isinstance(network, CardNetwork):
             mounts.append(simulator_routes.mount(network))
         binds = await nursery.start(_serve_http, create_app(node, mounts=mounts), config, limits, stop, node)
@@ -285,6 +285,7 @@ def announce(
         print(f"test merchant: {keys.id}", flush=True)
         print(f"secret key:    {keys.secret_key}", flush=True)
         print(f"publishable:   {keys.publishable_key}", flush=True)
+        print(f"demo shop:     {checkout.demo_url(url)}", flush=True)
     if operator_token is not None:
         print(f"operator:      {operator_token} (GET {url}/metrics with Authorization: Bearer)", flush=True)
         # The token in the fragment: a browser keeps it and never sends it.

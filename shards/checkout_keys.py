@@ -79,7 +79,7 @@ class CheckoutKeys:
         assert isinstance(public, rsa.RSAPublicKey)
         return row.id, _jwk(public)
 
-    async def open_card(self, key_id: str, ciphertext_b64: str) -> EncryptedCard:
+    async def decrypt_browser_card(self, key_id: str, ciphertext_b64: str) -> EncryptedCard:
         """The card a browser encrypted to `key_id`. Raises KeyUnknown,
         CardUnreadable (never saying more: the message names no content),
         StoreUnavailable."""

@@ -5,7 +5,7 @@ shop's page, in the requests the shop's page or backend see, in any
 request in clear, or in the node's log. Then what the node answers around
 it: headers, CORS, the encrypted card route, the demo refused in live mode.
 
-The node is `payments up` with the checkout mounted (tests/checkout_node.py).
+The node is plain `payments up`, which mounts the checkout.
 The shop is opened on `localhost` and the node serves the card field on
 127.0.0.1: two origins, as a merchant's site and the node are.
 """
@@ -65,7 +65,7 @@ def start_checkout_node(database_url: str, data_dir: Path) -> ShopNode:
         "PAYMENTS_REDIS_PREFIX": f"payments-test:checkout-{time.monotonic_ns()}:",
     }
     node.process = subprocess.Popen(
-        [sys.executable, "-m", "tests.checkout_node", "up", "--port", "0", "--data-dir", str(data_dir), "--log-level", "info"],
+        [sys.executable, "-m", "payments.cli", "up", "--port", "0", "--data-dir", str(data_dir), "--log-level", "info"],
         stdout=subprocess.PIPE, stderr=open(data_dir / "node.log", "ab"), env=environ, text=True, cwd=Path(__file__).parent.parent,
     )
     assert node.process.stdout is not None
