@@ -38,6 +38,7 @@ from shards.node import Node, NodeConfig, hash_key, run_node
 from shards import idempotency
 from shards.vault import Vault
 from shards.network_client import HttpCardNetwork
+from shards.payment_methods import open_card_keys
 from simulators import faults
 from simulators import routes as simulator_routes
 from simulators.card_network import CardNetwork
@@ -221,6 +222,8 @@ async def run_up(settings: UpSettings) -> None:
         try:
             partitions = await _prepare(store, redis, settings)
             vault = Vault.from_config(settings.data_dir)
+            # A wrong master key stops the node here, before it takes any partition.
+            await open_card_keys(store, vault)
             keys = await test_merchant(store, settings.data_dir, vault) if settings.test_merchant else None
             await idempotency.rekey_legacy_fingerprints(store, vault)
             async with open_network(settings) as network:
