@@ -616,7 +616,7 @@ class ShardActor:
             else:
                 status = event.status
             log.debug(
-                LOG_EVENT_NAMES[type(event)], partition=self.state.partition, intent_id=current.id, status=str(status), request_id=message.request_id
+                LOG_EVENT_NAMES.get(type(event), type(event).__name__), partition=self.state.partition, intent_id=current.id, status=str(status), request_id=message.request_id
             )
 
     async def _call_network(self, effect: NetworkCall, request_id: str | None = None) -> None:

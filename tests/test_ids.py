@@ -134,7 +134,7 @@ def test_parse_near_miss_text_never_raises(body):
 @pytest.mark.parametrize(
     ("prefix", "partition", "now_ms", "random_bytes", "message"),
     [
-        ("ch", 0, 0, ZERO_BYTES, "ch"),
+        ("xx", 0, 0, ZERO_BYTES, "xx"),
         ("pi", ids.PARTITIONS_MAX, 0, ZERO_BYTES, "65536"),
         ("pi", -1, 0, ZERO_BYTES, "-1"),
         ("pi", 0, 1 << ids.TIME_BITS, ZERO_BYTES, str(1 << ids.TIME_BITS)),
