@@ -13,9 +13,8 @@ from quart import Response
 
 from engine import cards
 from engine import intent as machine
-from gateway import errors, params
-from gateway.calls import ID_CHARS_MAX, Calls
-from gateway.lists import cluster_page
+from gateway import errors
+from gateway.calls import ID_CHARS_MAX
 from gateway.responses import json_response
 from shards.node import Node
 from store.rows import ApiKeyRow, PaymentMethodRow
@@ -63,19 +62,3 @@ def child_object(
     if found is None or found[0].merchant_id != key.merchant_id or found[0].livemode != key.livemode:
         raise errors.not_found(kind, object_id, kind)
     return json_response(render_child(*found))
-
-
-async def child_page(calls: Calls, key: ApiKeyRow, attribute: str, url: str, kind: str, render_child: Callable[..., Any]) -> Response:
-    """A list page of the refunds or disputes of the caller's intents, over
-    the whole cluster."""
-    values = calls.query(params.ListParams)
-    intents = calls.node.merchant_intents(key.merchant_id, key.livemode)
-    if values.payment_intent is not None:
-        intents = [parent for parent in intents if parent.id == values.payment_intent]
-    pairs = [(parent, item) for parent in intents for item in getattr(parent, attribute)]
-    return json_response(
-        await cluster_page(
-            calls.forwarder, pairs, values, url=url, kind=kind, key=lambda pair: (pair[1].created_s, pair[1].id),
-            render=lambda pair: render_child(*pair),
-        )
-    )
