@@ -7,8 +7,8 @@ import time
 
 from quart import Response
 
-from gateway import expansions, objects, pages, params
-from gateway.calls import Calls
+from gateway import errors, expansions, objects, pages, params
+from gateway.calls import ID_CHARS_MAX, Calls
 from gateway.openapi import api
 from gateway.responses import json_response
 from gateway.routing import Routes
@@ -44,3 +44,13 @@ async def list_balance_transactions(calls: Calls, key: ApiKeyRow) -> Response:
             render=lambda t: objects.balance_transaction(t, key.merchant_id, now_s),
         )
     )
+
+
+@ROUTES.get("/v1/balance_transactions/<transaction_id>")
+@api("Retrieve a balance transaction", objects.BalanceTransactionObject)
+async def retrieve_balance_transaction(calls: Calls, key: ApiKeyRow, transaction_id: str) -> Response:
+    if len(transaction_id) <= ID_CHARS_MAX and transaction_id.startswith("txn_"):
+        for transfer in calls.node.merchant_transfers(key.merchant_id):
+            if objects.balance_transaction_id(transfer) == transaction_id:
+                return json_response(objects.balance_transaction(transfer, key.merchant_id, int(time.time())))
+    raise errors.not_found("balance transaction", transaction_id, "id")

@@ -84,7 +84,6 @@ UNSERVED_OPERATIONS = (
     ("POST", "/v1/refunds/<refund_id>/cancel", "Canceling a refund"),
     ("POST", "/v1/disputes/<dispute_id>", "Updating a dispute (submitting evidence)"),
     ("POST", "/v1/disputes/<dispute_id>/close", "Closing a dispute"),
-    ("GET", "/v1/balance_transactions/<transaction_id>", "Retrieving one balance transaction"),
     ("GET", "/v1/balance/history", "The balance history (use /v1/balance_transactions)"),
     ("GET", "/v1/balance/history/<transaction_id>", "The balance history (use /v1/balance_transactions)"),
 )
