@@ -73,6 +73,23 @@ class CancelIntent(msgspec.Struct, frozen=True, tag=True):
     cancellation_reason: str | None = None
 
 
+class UpdateIntent(msgspec.Struct, frozen=True, tag=True):
+    """Change what an intent asks for, as Stripe's update does. None leaves a
+    field as it is; an empty `description` clears it; `metadata` is merged
+    into the intent's, an empty value removing its key. The amount, the
+    currency and the payment method change only before a confirm."""
+
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    at_s: int
+    amount: int | None = None
+    currency: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    payment_method_id: str | None = None
+
+
 class ExpireAuthorization(msgspec.Struct, frozen=True, tag=True):
     """Sent by the shell when an uncaptured authorization reaches its age limit."""
 
@@ -166,6 +183,7 @@ Command = (
     | ConfirmIntent
     | CaptureIntent
     | CancelIntent
+    | UpdateIntent
     | ExpireAuthorization
     | CreateRefund
     | RecordApproval

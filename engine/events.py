@@ -101,6 +101,18 @@ class DisputeClosed(msgspec.Struct, frozen=True, tag=True):
     transfers: tuple[Transfer, ...] = ()
 
 
+class IntentUpdated(msgspec.Struct, frozen=True, tag=True):
+    """What an update left the intent asking for (every field, not a diff)."""
+
+    intent_id: str
+    status: Status
+    amount: int
+    currency: str
+    description: str | None
+    metadata: dict[str, str]
+    payment_method_id: str | None
+
+
 Event = (
     IntentCreated
     | AttemptStarted
@@ -114,6 +126,7 @@ Event = (
     | RefundUpdated
     | DisputeOpened
     | DisputeClosed
+    | IntentUpdated
 )
 
 

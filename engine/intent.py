@@ -30,14 +30,14 @@ from engine.attempts import decide_answer, decide_cancel, decide_capture, decide
 from engine.commands import (
     ANSWERS, CancelIntent, CaptureIntent, CaptureMethod, Command, ConfirmIntent, CreateIntent, CreateRefund,
     ExpireAuthorization, RecordActionRequired, RecordApproval, RecordDecline, RecordDisputeClosed,
-    RecordDisputeOpened, RecordNotSent, RecordRefundFailure, RecordUnknownOutcome,
+    RecordDisputeOpened, RecordNotSent, RecordRefundFailure, RecordUnknownOutcome, UpdateIntent,
 )
 from engine.decisions import Decision, Effect, NetworkCall, refuse
 from engine.disputes import DISPUTE_TRANSITIONS, decide_dispute_closed, decide_dispute_opened
 from engine.events import (
     AttemptActionRequired, AttemptApproved, AttemptDeclined, AttemptNotSent, AttemptOutcomeUnknown, AttemptStarted,
-    DisputeClosed, DisputeOpened, Event, IntentCanceled, IntentCreated, RefundCreated, RefundUpdated, entity_id_of, event_decoder,
-    event_encoder, transfers_of,
+    DisputeClosed, DisputeOpened, Event, IntentCanceled, IntentCreated, IntentUpdated, RefundCreated, RefundUpdated, entity_id_of,
+    event_decoder, event_encoder, transfers_of,
 )
 from engine.postings import ledger_release_hold, ledger_single
 from engine.records import (
@@ -53,6 +53,7 @@ from engine.shapes import (
     REFUND_REASONS, check_create_shape, check_metadata, check_text,
 )
 from engine.status import TRANSITIONS, Status
+from engine.updates import decide_update
 
 # The public face, by the module that defines each name. decide and evolve
 # are defined here; the decide_x functions they dispatch to are not public.
@@ -64,14 +65,15 @@ __all__ = [
     "ANSWERS", "CancelIntent", "CaptureIntent", "CaptureMethod", "Command", "ConfirmIntent", "CreateIntent",
     "CreateRefund", "ExpireAuthorization", "RecordActionRequired", "RecordApproval", "RecordDecline",
     "RecordDisputeClosed", "RecordDisputeOpened", "RecordNotSent", "RecordRefundFailure", "RecordUnknownOutcome",
+    "UpdateIntent",
     # engine.records
     "OPEN_ATTEMPT", "Attempt", "AttemptKind", "AttemptStatus", "Dispute", "DisputeStatus", "PaymentError",
     "PaymentIntent", "Refund", "RefundStatus",
     # engine.events
     "AttemptActionRequired", "AttemptApproved", "AttemptDeclined", "AttemptNotSent", "AttemptOutcomeUnknown",
     "AttemptStarted",
-    "DisputeClosed", "DisputeOpened", "Event", "IntentCanceled", "IntentCreated", "RefundCreated", "RefundUpdated",
-    "entity_id_of", "event_decoder", "event_encoder", "transfers_of",
+    "DisputeClosed", "DisputeOpened", "Event", "IntentCanceled", "IntentCreated", "IntentUpdated", "RefundCreated",
+    "RefundUpdated", "entity_id_of", "event_decoder", "event_encoder", "transfers_of",
     # engine.decisions
     "Decision", "Effect", "NetworkCall", "refuse",
     # engine.shapes
@@ -120,6 +122,8 @@ def decide(intent: PaymentIntent | None, command: Command) -> Decision:
         return decide_capture(intent, command)
     if isinstance(command, CancelIntent):
         return decide_cancel(intent, command)
+    if isinstance(command, UpdateIntent):
+        return decide_update(intent, command)
     assert isinstance(command, CreateRefund), command
     return decide_refund(intent, command)
 
@@ -200,6 +204,16 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             canceled_at_s=event.canceled_at_s,
             amount_capturable=0,
             attempts=attempts,
+        )
+    if isinstance(event, IntentUpdated):
+        return replace(
+            intent,
+            status=event.status,
+            amount=event.amount,
+            currency=event.currency,
+            description=event.description,
+            metadata=event.metadata,
+            payment_method_id=event.payment_method_id,
         )
     if isinstance(event, RefundCreated):
         return replace(intent, refunds=(*intent.refunds, event.refund))

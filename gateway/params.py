@@ -48,6 +48,18 @@ class CreatePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     expand: list[str] = []
 
 
+class UpdatePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
+    """Stripe's update: what is not sent stays as it is; `description=""`
+    clears it; a `metadata` key sent empty is removed."""
+
+    amount: int | None = None
+    currency: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    payment_method: str | None = None
+    expand: list[str] = []
+
+
 class ConfirmPaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     payment_method: str | None = None
     return_url: str | None = None

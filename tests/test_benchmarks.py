@@ -83,6 +83,10 @@ COMMANDS: dict[str, Callable[[], tuple[machine.PaymentIntent | None, machine.Com
     ),
     "CaptureIntent": lambda: (approved(CaptureMethod.manual), machine.CaptureIntent(**COMMON, attempt_id=SECOND_ATTEMPT, at_s=AT_S + 2)),
     "CancelIntent": lambda: (approved(CaptureMethod.manual), machine.CancelIntent(**COMMON, attempt_id=SECOND_ATTEMPT, at_s=AT_S + 2)),
+    "UpdateIntent": lambda: (
+        run(None, msgspec.structs.replace(CREATE, confirm=False)),
+        machine.UpdateIntent(**COMMON, at_s=AT_S + 1, amount=2500, metadata={"order": "8"}),
+    ),
     "ExpireAuthorization": lambda: (approved(CaptureMethod.manual), machine.ExpireAuthorization(intent_id=INTENT, attempt_id=SECOND_ATTEMPT, at_s=AT_S + 9)),
     "CreateRefund": lambda: (approved(), machine.CreateRefund(**COMMON, refund_id=REFUND, at_s=AT_S + 2, amount=500)),
     "RecordApproval": lambda: (processing(), machine.RecordApproval(intent_id=INTENT, attempt_id=ATTEMPT, at_s=AT_S + 1)),

@@ -343,7 +343,7 @@ def test_an_unknown_url_is_stripe_s_404(merchant: dict) -> None:
         ("DELETE", "/v1/subscriptions/sub_1", "The subscriptions API"),
         ("GET", "/v1/account", "The account API"),
         ("GET", "/v1/payment_intents/search", "Searching PaymentIntents"),
-        ("POST", "/v1/payment_intents/pi_1", "Updating a PaymentIntent"),
+        ("POST", "/v1/refunds/re_1", "Updating a refund"),
         ("POST", "/v1/disputes/dp_1/close", "Closing a dispute"),
         ("POST", "/v1/refunds/re_1/cancel", "Canceling a refund"),
     ],

@@ -52,6 +52,32 @@ async def retrieve_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) 
     return json_response(await expansions.Expansion(calls.node, key).apply(body, paths))
 
 
+@ROUTES.post("/v1/payment_intents/<intent_id>")
+@api("Update a PaymentIntent: amount, currency and payment method before it is confirmed; description and metadata at any time", objects.PaymentIntentObject, body=params.UpdatePaymentIntent)
+async def update_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:
+    node = calls.node
+    ownership.intent(node, intent_id, key)
+    body = await calls.read_body()
+    values = params.convert(body, params.UpdatePaymentIntent)
+    paths = expansions.check(values.expand, "payment_intent")
+    payment_method_id = None
+    if values.payment_method is not None:
+        payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
+    command = machine.UpdateIntent(
+        intent_id=intent_id,
+        merchant_id=key.merchant_id,
+        livemode=key.livemode,
+        at_s=int(time.time()),
+        amount=values.amount,
+        currency=None if values.currency is None else values.currency.lower(),
+        description=values.description,
+        metadata=values.metadata,
+        payment_method_id=payment_method_id,
+    )
+    async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_intent) as claim:
+        return await expansions.run(calls, key, command, claim, render_intent, paths)
+
+
 @ROUTES.post("/v1/payment_intents/<intent_id>/confirm")
 @api("Confirm a PaymentIntent", objects.PaymentIntentObject, body=params.ConfirmPaymentIntent, publishable=True)
 async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:

@@ -2,7 +2,7 @@
 
 An integration written against Stripe calls more of Stripe than we serve. A
 call to a Stripe resource we do not have (customers, charges, products, ...)
-or to an operation of a served resource we do not have (updating an intent,
+or to an operation of a served resource we do not have (updating a refund,
 searching, closing a dispute, ...) is answered with a Stripe-shaped 404 that
 says so, after the caller's key is checked like any other call. Without
 these routes such a call would be read as something else: a 405, or
@@ -63,7 +63,6 @@ UNSERVED_RESOURCES = (
 # Operations Stripe has on resources that are served here, which are not.
 UNSERVED_OPERATIONS = (
     ("GET", "/v1/payment_intents/search", "Searching PaymentIntents"),
-    ("POST", "/v1/payment_intents/<intent_id>", "Updating a PaymentIntent"),
     ("POST", "/v1/payment_intents/<intent_id>/increment_authorization", "Incrementing an authorization"),
     ("POST", "/v1/payment_intents/<intent_id>/apply_customer_balance", "Applying a customer balance"),
     ("POST", "/v1/payment_intents/<intent_id>/verify_microdeposits", "Verifying microdeposits"),
