@@ -217,12 +217,27 @@ class ErrorCount(msgspec.Struct, frozen=True):
 
 
 class RecentError(msgspec.Struct, frozen=True):
-    """A worker's error count rose by `count` before `at_s` (since the sample before)."""
+    """A worker's error count rose by `count` before `at_s` (since the sample
+    before); `detail` is what the newest of them said (its log line's
+    context, bounded)."""
 
     at_s: float
     worker: str
     event: str
     count: int
+    detail: str = ""
+
+
+DETAIL_CHARS_MAX = 300
+
+
+def latest_detail(counter: Counted, event: str) -> str:
+    """The context of the newest `event` a worker kept (workers.errors keeps
+    its newest errors), as `key=value` pairs, bounded."""
+    for _, name, context in reversed(list(getattr(counter, "recent", ()))):
+        if name == event:
+            return ", ".join(f"{key}={value}" for key, value in context.items())[:DETAIL_CHARS_MAX]
+    return ""
 
 
 class OpsHistory:
@@ -251,7 +266,8 @@ class OpsHistory:
             key = (found.worker, found.event)
             risen = found.count - self._error_counts.get(key, 0)
             if risen > 0:
-                self.recent_errors.append(RecentError(at_s, found.worker, found.event, risen))
+                detail = latest_detail(self.worker_errors[found.worker], found.event)
+                self.recent_errors.append(RecentError(at_s, found.worker, found.event, risen, detail))
             self._error_counts[key] = found.count
 
     def error_counts(self) -> list[ErrorCount]:

@@ -353,6 +353,8 @@ def test_the_workers_errors_show_while_redis_is_away(new_node: Callable[..., Nod
     recent = wait_for(browser, lambda: [row for row in rows("recent-errors") if row[1:3] == ["outbox_relay", "outbox_relay_waiting"]],
                       "the relay's errors among the recent ones")
     assert int(recent[0][3].replace(",", "")) >= 1 and re.fullmatch(r"\d\d:\d\d:\d\d", recent[0][0]), recent
+    # What the relay said, from its log line's context: which service it waits for.
+    assert "waiting_for=redis" in recent[0][4], recent
     counted = {(row[0], row[1]): int(row[2].replace(",", "")) for row in rows("error-counts")}
     assert counted.get(("outbox_relay", "outbox_relay_waiting"), 0) >= 1, counted
     assert counted.get(("webhook_ingest", "webhook_ingest_waiting"), 0) >= 1, counted
@@ -405,6 +407,8 @@ def test_the_history_keeps_a_bounded_ring_and_leaves_the_operator_routes_out() -
     relay.record("outbox_read_failed", partition=2)
     history.sample(1012.0)
     assert [(e.at_s, e.event, e.count) for e in history.recent_errors] == [(1012.0, "outbox_publish_failed", 1), (1012.0, "outbox_read_failed", 1)]
+    # Each says what the newest of its kind said.
+    assert [e.detail for e in history.recent_errors] == ["partition=1", "partition=2"]
     assert [(e.worker, e.event, e.count) for e in history.error_counts()] == [
         ("outbox_relay", "outbox_publish_failed", 2),
         ("outbox_relay", "outbox_read_failed", 1),

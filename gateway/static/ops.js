@@ -214,7 +214,7 @@
       ];
     }, "No partitions.");
     fillTable("nodes", data.nodes, (n) => [n.node_id, n.url || "", age(n.silent_s) + " ago", n.leaving ? "yes" : "no", String(n.mailbox_depth)], "No cluster view yet.");
-    fillTable("recent-errors", data.recent_errors, (e) => [clock(e.at_s), e.worker, e.event, count(e.count)], "No errors in the last samples.");
+    fillTable("recent-errors", data.recent_errors, (e) => [clock(e.at_s), e.worker, e.event, count(e.count), e.detail], "No errors in the last samples.");
     fillTable("error-counts", data.errors, (e) => [e.worker, e.event, count(e.count)], "No errors.");
     byId("figures").hidden = false;
     lastGood = data.generated_at_s;
