@@ -47,7 +47,7 @@ from gateway import errors, params
 from gateway.app import Mount
 from gateway.errors import ApiError
 from gateway.responses import json_response, raw_response
-from gateway.routes.payment_methods import _checked_card, render_payment_method
+from gateway.routes.payment_methods import checked_card, render_payment_method
 from shards.checkout_keys import CardUnreadable, CheckoutKeys, KeyUnknown
 from shards.merchants import MerchantKeys
 from shards.node import Node
@@ -257,7 +257,7 @@ def _register_card_route(
             raise errors.invalid_request("The encrypted card could not be read.", param="encrypted_card", code="encrypted_card_invalid") from None
         if card.postal_code is not None and not 1 <= len(card.postal_code.strip()) <= 16:
             raise errors.invalid_request("Your postal code is incomplete.", param="billing_details[address][postal_code]", code="incomplete_zip")
-        number, exp_year = _checked_card(params.CardParams(card.number, card.exp_month, card.exp_year, card.cvc))
+        number, exp_year = checked_card(params.CardParams(card.number, card.exp_month, card.exp_year, card.cvc))
         row = await node.create_payment_method(key.merchant_id, key.livemode, number, card.exp_month, exp_year, cards.brand_of(number))
         log.info("payment_method_created", payment_method_id=row.id, brand=row.brand, last4=row.last4, encrypted=True)
         return raw_response(*render_payment_method(row))

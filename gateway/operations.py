@@ -37,8 +37,7 @@ def operator_token(cluster_secret: bytes) -> str:
 def node_operator_token(node: Node) -> str | None:
     """The token for `node`'s cluster; None before it has joined one."""
     membership = node.membership
-    secret = getattr(membership, "secret", None)
-    return None if not secret else operator_token(secret)
+    return None if membership is None or not membership.secret else operator_token(membership.secret)
 
 
 def check_operator(node: Node) -> None:

@@ -209,6 +209,9 @@ class Counted(Protocol):
     @property
     def counts(self) -> Mapping[str, int]: ...
 
+    @property
+    def recent(self) -> Iterable[tuple[float, str, dict[str, Any]]]: ...
+
 
 class ErrorCount(msgspec.Struct, frozen=True):
     worker: str
@@ -234,7 +237,7 @@ DETAIL_CHARS_MAX = 300
 def latest_detail(counter: Counted, event: str) -> str:
     """The context of the newest `event` a worker kept (workers.errors keeps
     its newest errors), as `key=value` pairs, bounded."""
-    for _, name, context in reversed(list(getattr(counter, "recent", ()))):
+    for _, name, context in reversed(list(counter.recent)):
         if name == event:
             return ", ".join(f"{key}={value}" for key, value in context.items())[:DETAIL_CHARS_MAX]
     return ""

@@ -157,7 +157,7 @@ async def test_requests_past_the_in_flight_bound_are_refused_at_the_door() -> No
         return "done"
 
     @app.get("/healthz")
-    async def health() -> str:
+    async def healthz() -> str:
         return "ok"
 
     limits = ConnectionLimits(requests_in_flight_max=2)

@@ -60,21 +60,23 @@ async def update_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) ->
     body = await calls.read_body()
     values = params.convert(body, params.UpdatePaymentIntent)
     paths = expansions.check(values.expand, "payment_intent")
-    payment_method_id = None
-    if values.payment_method is not None:
-        payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
-    command = machine.UpdateIntent(
-        intent_id=intent_id,
-        merchant_id=key.merchant_id,
-        livemode=key.livemode,
-        at_s=int(time.time()),
-        amount=values.amount,
-        currency=None if values.currency is None else values.currency.lower(),
-        description=values.description,
-        metadata=values.metadata,
-        payment_method_id=payment_method_id,
-    )
     async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_intent) as claim:
+        # Inside the claim, as for a confirm: a test alias becomes a new
+        # payment method once, not again on every replay.
+        payment_method_id = None
+        if values.payment_method is not None:
+            payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
+        command = machine.UpdateIntent(
+            intent_id=intent_id,
+            merchant_id=key.merchant_id,
+            livemode=key.livemode,
+            at_s=int(time.time()),
+            amount=values.amount,
+            currency=None if values.currency is None else values.currency.lower(),
+            description=values.description,
+            metadata=values.metadata,
+            payment_method_id=payment_method_id,
+        )
         return await expansions.run(calls, key, command, claim, render_intent, paths)
 
 

@@ -27,7 +27,7 @@ ROUTES = Routes()
 async def create_payment_method(calls: Calls, key: ApiKeyRow) -> Response:
     body = await calls.read_body()
     card = params.convert(body, params.CreatePaymentMethod).card
-    number, exp_year = _checked_card(card)
+    number, exp_year = checked_card(card)
     async with calls.idempotent(key, body, render_payment_method) as claim:
         row = await calls.node.create_payment_method(
             key.merchant_id, key.livemode, number, card.exp_month, exp_year, cards.brand_of(number), claim
@@ -50,7 +50,7 @@ def render_payment_method(row: PaymentMethodRow) -> tuple[int, bytes]:
     return render(lambda: objects.payment_method(row))
 
 
-def _checked_card(card: params.CardParams) -> tuple[str, int]:
+def checked_card(card: params.CardParams) -> tuple[str, int]:
     """(number without spaces, four-digit expiry year) of a card that could
     be real; raises the card_error Stripe gives for the first thing wrong."""
     number = card.number.replace(" ", "")
