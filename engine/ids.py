@@ -13,7 +13,7 @@ no clock and no randomness of its own: callers pass both in.
 
 from __future__ import annotations
 
-PREFIXES = frozenset({"pi", "pm", "att", "ch", "evt", "re", "acct", "we", "seti", "setatt"})
+PREFIXES = frozenset({"pi", "pm", "att", "ch", "evt", "re", "acct", "we", "seti", "setatt", "cus"})
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _DIGIT_VALUES = {character: value for value, character in enumerate(ALPHABET)}

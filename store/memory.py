@@ -1,6 +1,6 @@
 """An in-memory store with the shape of `store.postgres.Store`, for what it
 implements: `journal`, `leases`, `merchants` (keys and payment methods),
-`idempotency`, `purge` and `vault_keys`, with the same method names and
+`idempotency`, `purge`, `vault_keys` and `customers`, with the same method names and
 promises.
 
 Only for tests and the deterministic simulation: it performs no I/O, so a
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 import trio
@@ -22,7 +23,8 @@ import trio
 from store.batch import Batch, BatchWriter
 from store.errors import Fenced, JournalConflict, StoreUnavailable
 from store.leases import ClusterView, Lease, Member
-from store.rows import ApiKeyRow, EventRow, IdempotencyRow, JournalRow, PaymentMethodRow
+from store.customers import CustomerChange, CustomerQuery, Record, Refusal, changed, owned
+from store.rows import ApiKeyRow, AttachmentRow, CustomerRow, EventRow, IdempotencyRow, JournalRow, PaymentMethodRow
 from store.vault_keys import ACTIVE, LEGACY_VERSION, RETIRED, RETIRING, KeyVersionRetired, KeyVersionRow, Rotated, WrapNew, key_version_of
 
 
@@ -36,6 +38,9 @@ class MemoryTables:
         self.payment_methods: dict[str, PaymentMethodRow] = {}
         self.idempotency: dict[tuple[str, str], IdempotencyRow] = {}
         self.api_keys: dict[bytes, ApiKeyRow] = {}
+        self.customers: dict[str, CustomerRow] = {}
+        # payment method id -> its attachment to a customer
+        self.attachments: dict[str, AttachmentRow] = {}
         # partition -> (owner, epoch) of its lease, for fenced batches.
         self.leases: dict[int, tuple[str, int]] = {}
         # Card key versions, as migrate leaves them: version 0 (cards sealed
@@ -252,6 +257,138 @@ class MemoryMerchants:
         return self._tables.payment_methods.get(payment_method_id)
 
 
+class MemoryCustomers:
+    """Customers and their saved payment methods with the semantics of
+    store/customers.py (every call one round trip, no yield within it)."""
+
+    def __init__(self, tables: MemoryTables) -> None:
+        self._tables = tables
+
+    def _record(self, idempotency: IdempotencyRow | None) -> None:
+        # As IDEMPOTENCY_UPSERT: a first record, or the answer to a started one.
+        if idempotency is not None:
+            name = (idempotency.merchant_id, idempotency.key)
+            existing = self._tables.idempotency.get(name)
+            if existing is None or (existing.status_code is None and existing.fingerprint == idempotency.fingerprint):
+                self._tables.idempotency[name] = idempotency
+
+    async def insert_customer(self, row: CustomerRow, idempotency: IdempotencyRow | None = None) -> None:
+        await self._tables.io()
+        assert row.id not in self._tables.customers, row.id
+        self._record(idempotency)
+        self._tables.customers[row.id] = row
+
+    async def get_customer(self, customer_id: str) -> CustomerRow | None:
+        await self._tables.io()
+        return self._tables.customers.get(customer_id)
+
+    async def find_customer(self, merchant_id: str, livemode: bool, customer_id: str) -> CustomerRow | None:
+        return owned(await self.get_customer(customer_id), merchant_id, livemode)
+
+    async def update_customer(
+        self, merchant_id: str, livemode: bool, customer_id: str, change: CustomerChange, record: Record | None = None
+    ) -> tuple[Refusal | None, CustomerRow | None]:
+        await self._tables.io()
+        row = owned(self._tables.customers.get(customer_id), merchant_id, livemode)
+        if row is None:
+            return Refusal.customer_missing, None
+        if change.default_payment_method:
+            attached = self._tables.attachments.get(change.default_payment_method)
+            if attached is None or attached.customer_id != customer_id or attached.detached_s is not None:
+                return Refusal.default_not_attached, None
+        row = changed(row, change)
+        self._tables.customers[row.id] = row
+        self._record(None if record is None else record(row))
+        return None, row
+
+    async def delete_customer(
+        self, merchant_id: str, livemode: bool, customer_id: str, at_s: int, record: Record | None = None
+    ) -> CustomerRow | None:
+        await self._tables.io()
+        row = owned(self._tables.customers.get(customer_id), merchant_id, livemode)
+        if row is None:
+            return None
+        row = msgspec.structs.replace(row, deleted=True, default_payment_method=None)
+        self._tables.customers[row.id] = row
+        for method_id, attached in list(self._tables.attachments.items()):
+            if attached.customer_id == customer_id and attached.detached_s is None:
+                self._tables.attachments[method_id] = msgspec.structs.replace(attached, detached_s=at_s)
+        self._record(None if record is None else record(row))
+        return row
+
+    async def list_customers(self, query: CustomerQuery) -> tuple[list[CustomerRow], bool]:
+        await self._tables.io()
+        rows = [
+            row
+            for row in self._tables.customers.values()
+            if owned(row, query.merchant_id, query.livemode) is not None and (query.email is None or row.email == query.email)
+        ]
+        return _page(rows, query, lambda row: (row.created_s, row.id))
+
+    async def attach_payment_method(
+        self, merchant_id: str, livemode: bool, payment_method_id: str, customer_id: str, at_s: int, record: Record | None = None
+    ) -> tuple[Refusal | None, AttachmentRow | None]:
+        await self._tables.io()
+        if owned(self._tables.customers.get(customer_id), merchant_id, livemode) is None:
+            return Refusal.customer_missing, None
+        row = self._tables.attachments.get(payment_method_id)
+        if row is not None and row.detached_s is not None:
+            return Refusal.detached, row
+        if row is not None and row.customer_id != customer_id:
+            return Refusal.attached_elsewhere, row
+        if row is None:
+            row = AttachmentRow(payment_method_id, customer_id, merchant_id, livemode, at_s)
+            self._tables.attachments[payment_method_id] = row
+        self._record(None if record is None else record(row))
+        return None, row
+
+    async def detach_payment_method(
+        self, payment_method_id: str, at_s: int, record: Record | None = None
+    ) -> tuple[Refusal | None, AttachmentRow | None]:
+        await self._tables.io()
+        row = self._tables.attachments.get(payment_method_id)
+        if row is None or row.detached_s is not None:
+            return Refusal.not_attached, row
+        row = msgspec.structs.replace(row, detached_s=at_s)
+        self._tables.attachments[payment_method_id] = row
+        customer = self._tables.customers.get(row.customer_id)
+        if customer is not None and customer.default_payment_method == payment_method_id:
+            self._tables.customers[customer.id] = msgspec.structs.replace(customer, default_payment_method=None)
+        self._record(None if record is None else record(row))
+        return None, row
+
+    async def attachment(self, payment_method_id: str) -> AttachmentRow | None:
+        await self._tables.io()
+        return self._tables.attachments.get(payment_method_id)
+
+    async def customer_payment_methods(self, customer_id: str, query: CustomerQuery) -> tuple[list[PaymentMethodRow], bool]:
+        await self._tables.io()
+        methods = self._tables.payment_methods
+        rows = [
+            methods[row.payment_method_id]
+            for row in self._tables.attachments.values()
+            if row.customer_id == customer_id and row.detached_s is None and row.payment_method_id in methods
+        ]
+        return _page(rows, query, lambda row: (row.created_s, row.id))
+
+
+def _page(rows: list[Any], query: CustomerQuery, key: Callable[[Any], tuple[int, str]]) -> tuple[list[Any], bool]:
+    """A keyset page as store/customers.py makes it in SQL."""
+    chosen = [
+        row
+        for row in rows
+        if (query.created_from_s is None or key(row)[0] >= query.created_from_s)
+        and (query.created_until_s is None or key(row)[0] <= query.created_until_s)
+        and (query.after is None or key(row) < query.after)
+        and (query.before is None or key(row) > query.before)
+    ]
+    before = query.before is not None
+    chosen.sort(key=key, reverse=not before)
+    has_more = len(chosen) > query.limit
+    chosen = chosen[: query.limit]
+    return (chosen[::-1] if before else chosen), has_more
+
+
 class MemoryIdempotencyKeys:
     def __init__(self, tables: MemoryTables) -> None:
         self._tables = tables
@@ -383,6 +520,7 @@ class MemoryStore:
         self.idempotency = MemoryIdempotencyKeys(self.tables)
         self.purge = MemoryPurge(self.tables)
         self.vault_keys = MemoryVaultKeys(self.tables)
+        self.customers = MemoryCustomers(self.tables)
         self.partitions: int | None = None
 
     async def migrate(self, partitions: int) -> int:

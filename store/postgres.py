@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from store import schema
 from store.audit import Audit
+from store.customers import Customers
 from store.database import Database
 from store.events import Events
 from store.idempotency import IdempotencyKeys
@@ -35,6 +36,7 @@ class Store:
         self.purge = Purge(database)
         self.trace = Trace(database)
         self.vault_keys = VaultKeys(database)
+        self.customers = Customers(database)
 
     @classmethod
     async def open(cls, dsn: str, *, connections_max: int = 20) -> Store:

@@ -105,6 +105,39 @@ class PaymentMethodRow(msgspec.Struct, frozen=True):
     created_s: int
 
 
+# ---------------------------------------------------------------- customers
+
+
+class CustomerRow(msgspec.Struct, frozen=True):
+    """A merchant's customer (store/customers.py). No card data: saved cards
+    are payment methods, linked by AttachmentRow."""
+
+    id: str
+    merchant_id: str
+    livemode: bool
+    email: str | None
+    name: str | None
+    description: str | None
+    phone: str | None
+    metadata: dict[str, str]
+    # invoice_settings.default_payment_method: one of its attached methods.
+    default_payment_method: str | None
+    created_s: int
+    deleted: bool = False
+
+
+class AttachmentRow(msgspec.Struct, frozen=True):
+    """A payment method saved to a customer; `detached_s` once taken off
+    (after which the method is never attached or used again)."""
+
+    payment_method_id: str
+    customer_id: str
+    merchant_id: str
+    livemode: bool
+    attached_s: int
+    detached_s: int | None = None
+
+
 # ----------------------------------------------------------------- webhooks
 
 

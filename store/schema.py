@@ -201,6 +201,35 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     error text,
     PRIMARY KEY (endpoint_id, event_id, attempt)
 );
+-- Customers (store/customers.py): who pays, never a card. A deleted one
+-- keeps its row (its id is never reused) and answers as missing.
+CREATE TABLE IF NOT EXISTS customers (
+    id text PRIMARY KEY,
+    merchant_id text NOT NULL REFERENCES merchants (id),
+    livemode boolean NOT NULL,
+    email text,
+    name text,
+    description text,
+    phone text,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    default_payment_method text,
+    created_s bigint NOT NULL,
+    deleted boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS customers_merchant ON customers (merchant_id, livemode, created_s DESC, id DESC) WHERE NOT deleted;
+CREATE INDEX IF NOT EXISTS customers_email ON customers (merchant_id, livemode, email) WHERE NOT deleted;
+-- Payment methods saved to customers (attach). One row per method, ever:
+-- a detached method keeps its row with detached_s, and may not be
+-- attached again, as Stripe has it.
+CREATE TABLE IF NOT EXISTS customer_payment_methods (
+    payment_method_id text PRIMARY KEY REFERENCES payment_methods (id),
+    customer_id text NOT NULL REFERENCES customers (id),
+    merchant_id text NOT NULL,
+    livemode boolean NOT NULL,
+    attached_s bigint NOT NULL,
+    detached_s bigint
+);
+CREATE INDEX IF NOT EXISTS customer_payment_methods_customer ON customer_payment_methods (customer_id) WHERE detached_s IS NULL;
 """
 
 # Tables of the audit archive (workers/audit/), created with the rest.
