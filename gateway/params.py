@@ -340,3 +340,59 @@ class SimulateDispute(msgspec.Struct, forbid_unknown_fields=True):
 
 class CloseDispute(msgspec.Struct, forbid_unknown_fields=True):
     outcome: Literal["won", "lost"]
+
+
+# ------------------------------------------------------------ SetupIntents
+
+
+class CreateSetupIntent(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str | None = None
+    payment_method: str | None = None
+    payment_method_types: list[Literal["card"]] = msgspec.field(default_factory=lambda: ["card"])
+    usage: Literal["off_session", "on_session"] = "off_session"
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    confirm: bool = False
+    return_url: str | None = None
+    expand: list[str] = []
+
+
+class UpdateSetupIntent(msgspec.Struct, forbid_unknown_fields=True):
+    """Stripe's update: what is not sent stays; `description=""` clears it;
+    a `metadata` key sent empty is removed."""
+
+    customer: str | None = None
+    payment_method: str | None = None
+    payment_method_types: list[Literal["card"]] | None = None
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    expand: list[str] = []
+
+
+class ConfirmSetupIntent(msgspec.Struct, forbid_unknown_fields=True):
+    payment_method: str | None = None
+    return_url: str | None = None
+    # Required with a publishable key: it proves the browser was handed this SetupIntent.
+    client_secret: str | None = None
+    expand: list[str] = []
+
+
+class CancelSetupIntent(msgspec.Struct, forbid_unknown_fields=True):
+    cancellation_reason: Literal["abandoned", "duplicate", "requested_by_customer"] | None = None
+    expand: list[str] = []
+
+
+class RetrieveSetupIntent(msgspec.Struct, forbid_unknown_fields=True):
+    expand: list[str] = []
+    # Stripe.js sends it; a secret key may see the SetupIntent without it.
+    client_secret: str | None = None
+
+
+class ListSetupIntents(msgspec.Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    starting_after: str | None = None
+    ending_before: str | None = None
+    created: int | CreatedFilter | None = None
+    customer: str | None = None
+    payment_method: str | None = None
+    expand: list[str] = []

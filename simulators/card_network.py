@@ -397,7 +397,8 @@ class CardNetwork:
         charge). Failed: it is declined. Either way the final answer reaches
         the engine as an "authorization_completed" notice. Returns False when
         no challenge is pending under that reference (unknown, answered, or
-        abandoned by a void).
+        abandoned by a void). A card check (amount 0) sends no notice: its
+        outcome is read with `inquire`.
         """
         challenge = self._challenges.pop(reference, None)
         if challenge is None:
@@ -412,7 +413,10 @@ class CardNetwork:
                 refund_fails_later=refund_fails_later,
                 captured_minor=operation.amount_minor if operation.capture else 0,
             )
-        self._notify(NetworkNotice(reference=reference, kind="authorization_completed", code=code))
+        if waiting.amount_minor > 0:
+            # A zero-amount authorization is a card check (a SetupIntent's):
+            # nothing waits on a notice of it, the engine asks by reference.
+            self._notify(NetworkNotice(reference=reference, kind="authorization_completed", code=code))
         return True
 
     # -- inspection ----------------------------------------------------------

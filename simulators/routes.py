@@ -31,6 +31,8 @@ from engine.urls import return_url_allowed
 from gateway import errors, params
 from gateway.app import ID_CHARS_MAX, Mount, json_response
 from shards.node import Node
+from shards.setup_intents import SetupIntents
+from shards.setup_intents import return_to as setup_return_to
 from simulators.card_network import CardNetwork
 from simulators import challenge
 
@@ -54,6 +56,11 @@ def _register_challenge(app: QuartTrio, node: Node, network: CardNetwork) -> Non
         refused, passed = await challenge.answer(network, reference)
         if refused is not None:
             return refused
+        if reference.startswith("setatt_"):
+            # A SetupIntent's card check: it moves on now, and the cardholder goes back.
+            setup = await SetupIntents(node).resolve_reference(reference)
+            back = None if setup is None else setup_return_to(setup)
+            return redirect(back, 303) if back is not None else challenge.finished(passed)
         intent_id = node.intent_of_reference(reference)
         intent = None if intent_id is None else node.intent(intent_id)
         # Checked again here: an intent journaled before return URLs were

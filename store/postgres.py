@@ -16,6 +16,7 @@ from store.journal import Journal
 from store.leases import Leases
 from store.merchants import Merchants
 from store.purge import Purge
+from store.setup_intents import SetupIntents
 from store.trace import Trace
 from store.vault_keys import VaultKeys
 from store.webhooks import Webhooks
@@ -36,6 +37,7 @@ class Store:
         self.purge = Purge(database)
         self.trace = Trace(database)
         self.vault_keys = VaultKeys(database)
+        self.setup_intents = SetupIntents(database)
         self.customers = Customers(database)
 
     @classmethod

@@ -8,6 +8,7 @@ import secrets
 import asyncpg
 
 from store.errors import SchemaMismatch
+from store.setup_intents import SETUP_INTENTS_SCHEMA_SQL
 from store.vault_keys import KEY_VERSION_SQL, LEGACY_VERSION
 
 SCHEMA_VERSION = 1
@@ -307,7 +308,7 @@ async def migrate(connection: asyncpg.Connection, partitions: int) -> dict[str, 
     database's settings."""
     # One migration at a time, whichever node runs it.
     await connection.execute("SELECT pg_advisory_xact_lock(727274)")
-    await connection.execute(SCHEMA_SQL + AUDIT_SCHEMA_SQL + VAULT_SCHEMA_SQL)
+    await connection.execute(SCHEMA_SQL + AUDIT_SCHEMA_SQL + VAULT_SCHEMA_SQL + SETUP_INTENTS_SCHEMA_SQL)
     await connection.execute(
         "INSERT INTO settings (key, value) VALUES ('schema_version', $1),"
         " ('partitions', $2) ON CONFLICT (key) DO NOTHING",

@@ -50,6 +50,7 @@ ID_PREFIXES = {
     "webhook_endpoint": ("we_",),
     "balance_transaction": ("txn_",),
     "charge": ("ch_", "py_"),
+    "setup_intent": ("seti_",),
 }
 
 # Departures from the spec we know of and have not fixed yet, each with the

@@ -332,7 +332,7 @@ def test_an_unknown_url_is_stripe_s_404(merchant: dict) -> None:
         ("POST", "/v1/customers", "The customers API"),
         ("POST", "/v1/charges", "Creating a charge without a PaymentIntent"),
         ("POST", "/v1/charges/ch_1", "Updating a charge"),
-        ("POST", "/v1/setup_intents", "The setup_intents API"),
+        ("GET", "/v1/setup_attempts", "The setup_attempts API"),
         ("POST", "/v1/products", "The products API"),
         ("GET", "/v1/prices", "The prices API"),
         ("POST", "/v1/checkout/sessions", "The checkout/sessions API"),

@@ -50,7 +50,6 @@ UNSERVED_RESOURCES = (
     "promotion_codes",
     "quotes",
     "setup_attempts",
-    "setup_intents",
     "sources",
     "subscription_items",
     "subscriptions",
@@ -83,6 +82,7 @@ UNSERVED_OPERATIONS = (
     ("POST", "/v1/refunds/<refund_id>/cancel", "Canceling a refund"),
     ("POST", "/v1/disputes/<dispute_id>", "Updating a dispute (submitting evidence)"),
     ("POST", "/v1/disputes/<dispute_id>/close", "Closing a dispute"),
+    ("POST", "/v1/setup_intents/<setup_intent_id>/verify_microdeposits", "Verifying microdeposits"),
     ("GET", "/v1/balance/history", "The balance history (use /v1/balance_transactions)"),
     ("GET", "/v1/balance/history/<transaction_id>", "The balance history (use /v1/balance_transactions)"),
 )
