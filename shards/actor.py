@@ -38,6 +38,7 @@ from engine import notifications
 from engine.intent import Command, NetworkCall, PaymentIntent
 from engine.ledger import Ledger
 from engine.results import Result
+from shards.admission import Admission
 from shards.idempotency import Claim
 from shards.metrics import Metrics, Tally
 from store.errors import Fenced, StoreError, StoreUnavailable
@@ -274,6 +275,9 @@ class ShardActor:
         # The node's metrics and the tally its actors share (shards.metrics).
         self.metrics: Metrics | None = None
         self.tally: Tally | None = None
+        # The node's bound on new payments, told how long each turn kept
+        # its client commands (shards.admission).
+        self.admission: Admission | None = None
 
     def submit_nowait(self, command: Command, claim: Claim | None = None) -> Reply:
         """Queue a client command. Raises trio.WouldBlock when the mailbox is full
@@ -382,15 +386,20 @@ class ShardActor:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             self._client_queued -= sum(1 for message in batch if message.reply is not None)
-            batch = self._past_deadline_shed(batch)
+            batch, oldest = self._past_deadline_shed(batch)
             if batch:
                 await self._turn(batch)
+                if oldest is not None and self.admission is not None:
+                    now = trio.current_time()
+                    self.admission.observe(now - oldest, now)
 
-    def _past_deadline_shed(self, batch: list[Message]) -> list[Message]:
+    def _past_deadline_shed(self, batch: list[Message]) -> tuple[list[Message], float | None]:
         """The batch without the client commands that waited past their
-        deadline (answered Shed); notes how long the others waited."""
+        deadline (answered Shed), and when the oldest client command kept
+        was queued (None if it has none); notes how long they waited."""
         now = trio.current_time()
         kept = []
+        oldest: float | None = None
         waited_max = 0.0
         for message in batch:
             if message.reply is not None:
@@ -400,9 +409,11 @@ class ShardActor:
                     message.reply.set(SHED)
                     self.shed_total += 1
                     continue
+                if oldest is None or message.enqueued_at < oldest:
+                    oldest = message.enqueued_at
             kept.append(message)
         self._queue_wait = (waited_max, now)
-        return kept
+        return kept, oldest
 
     def queue_wait_s(self) -> float:
         """How long client commands waited for this actor lately (0 when

@@ -59,6 +59,12 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.admission_limit = Gauge(
+            "payments_admission_limit",
+            "Commands in flight past which the node refuses new payments now (it follows the node's own delay)",
+            registry=registry,
+        )
+        self.commands_in_flight = Gauge("payments_commands_in_flight", "Client commands the node works on now", registry=registry)
         self.turn_commands = Histogram(
             "payments_actor_turn_commands", "Commands decided in one actor turn (one journal write)", buckets=_COUNTS, registry=registry
         )

@@ -35,6 +35,7 @@ from shards.api_keys import ApiKeyCache, hash_key
 from shards.effects import CardNetwork, Effects, run_notice_relay
 from shards.group_commit import GroupCommit
 from shards.idempotency import TTL_S_DEFAULT, Claim, IdempotencyRecords
+from shards.admission import Admission, AdmissionConfig
 from shards.metrics import Metrics, NodeCollector, Tally
 from shards.payment_methods import PaymentMethods
 from shards.rate_limits import RateLimiter
@@ -61,6 +62,9 @@ class NodeConfig(msgspec.Struct, frozen=True):
     # Commands in flight on the node past which new ones are refused at once
     # (503): past capacity a queue only adds latency until everything times out.
     in_flight_max: int = 8192
+    # New payments are admitted under a bound that follows the node's own
+    # delay (shards.admission); the bound above still caps everything.
+    admission: AdmissionConfig = AdmissionConfig()
     cache_entries_max: int = 100_000
     # Terms given to new intents; fees come from each merchant's row.
     settlement_delay_s: int = 2 * 86_400
@@ -135,6 +139,9 @@ class Node:
         self.api_keys = ApiKeyCache(store, vault, entries_max=config.cache_entries_max, ttl_s=config.key_cache_s)
         self.effects = Effects(network, vault, self.payment_methods, self.router, timeout_s=config.network_timeout_s)
         self.replies = ReplyTimer(config.reply_timeout_s)
+        self.admission = Admission(config.admission)
+        self.metrics.admission_limit.set_function(lambda: self.admission.limit)
+        self.metrics.commands_in_flight.set_function(lambda: self.replies.waiting)
         # The notice relay and the reply timer; cancelled by stop_accepting.
         self._background = trio.CancelScope()
         self._stop_requested = trio.Event()
@@ -178,9 +185,12 @@ class Node:
             raise NotServed(partition)
         if self.replies.waiting >= self.config.in_flight_max:
             raise Overloaded("too many commands in flight on this node")
-        if isinstance(command, machine.CreateIntent) and self._saturated(shard):
+        if isinstance(command, machine.CreateIntent):
             # Past capacity: the payments already started go first.
-            raise Overloaded(f"partition {partition} is saturated; new payments are refused for now")
+            if not self.admission.admits(self.replies.waiting):
+                raise Overloaded("the node has as many commands in flight as it admits now; new payments are refused for now")
+            if self._saturated(shard):
+                raise Overloaded(f"partition {partition} is saturated; new payments are refused for now")
         try:
             reply = shard.submit_nowait(command, claim)
         except (trio.WouldBlock, trio.ClosedResourceError) as error:
@@ -212,14 +222,16 @@ class Node:
             raise StoreUnavailable("the partition moved to another node; retry to see the result") from None
 
     def saturated(self, partition: int) -> bool:
-        """Whether the partition's commands wait longer than a new payment
-        may make them (`create_wait_max_s`): new payments are refused there
-        for now. A cheap check, for callers to make before building one."""
+        """Whether a new payment on this partition is refused for now: the
+        node has as many commands in flight as its admission bound allows
+        (shards.admission), or the partition's commands wait longer than a
+        new payment may make them (`create_wait_max_s`). A cheap check, for
+        callers to make before building one."""
         shard = self.shards.get(partition)
         return shard is not None and self._saturated(shard)
 
     def _saturated(self, shard: ShardActor) -> bool:
-        return shard.queue_wait_s() > self.config.shard.create_wait_max_s
+        return not self.admission.admits(self.replies.waiting) or shard.queue_wait_s() > self.config.shard.create_wait_max_s
 
     def set_public_url(self, url: str) -> None:
         """Where cardholders (3-D Secure pages) and other nodes (forwarded
@@ -255,7 +267,7 @@ class Node:
         shard = ShardActor(state, append, self.perform, self.config.shard, functools.partial(self.new_id, partition=partition), self.store.journal.position)
         if self.events is not None:
             shard.on_events = functools.partial(self.events.wake, partition)
-        shard.metrics, shard.tally = self.metrics, self.tally
+        shard.metrics, shard.tally, shard.admission = self.metrics, self.tally, self.admission
         self._epochs[partition] = epoch
         self._stopped[partition] = trio.Event()
         await self._actors.start(self._run_actor, partition, shard)
