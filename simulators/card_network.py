@@ -54,8 +54,10 @@ last four digits and whether its refunds fail later.
 """
 
 import collections
+import hashlib
 import heapq
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Collection
@@ -112,6 +114,11 @@ AUTHENTICATION_FAILED = "payment_intent_authentication_failure"
 REFERENCE_CLOSED = "reference_closed"
 
 _NETWORK_UNKNOWN = "unknown"
+
+# Stripe's test card that needs 3-D Secure for a one-time payment, but not
+# once its holder has authenticated it for later use (a SetupIntent's card
+# check): the issuer remembers the card, and later payments go through.
+AUTHENTICATED_ONCE = frozenset({"4000002500003155"})
 
 
 # How often a wait for notices of some partitions looks again (they may
@@ -211,6 +218,12 @@ class CardNetwork:
         # Authorizations waiting for the cardholder's 3-D Secure challenge,
         # by reference; completed or abandoned ones are removed.
         self._challenges: dict[str, tuple[Operation, bool]] = {}
+        # Cards (AUTHENTICATED_ONCE) whose holder passed the challenge of a
+        # card check, as salted digests: no card number is kept. And the
+        # digest of the card of each card check's challenge still open.
+        self._card_salt = os.urandom(16)
+        self._authenticated_cards: set[bytes] = set()
+        self._check_challenges: dict[str, bytes] = {}
         # Disputes by reference: (charge reference, amount, closed?).
         self._disputes: dict[str, tuple[str, int, bool]] = {}
         self._dispute_random = random.Random(f"{seed}:dispute")
@@ -398,11 +411,15 @@ class CardNetwork:
         the engine as an "authorization_completed" notice. Returns False when
         no challenge is pending under that reference (unknown, answered, or
         abandoned by a void). A card check (amount 0) sends no notice: its
-        outcome is read with `inquire`.
+        outcome is read with `inquire`; passed, on an AUTHENTICATED_ONCE
+        card, later authorizations of that card need no challenge.
         """
         challenge = self._challenges.pop(reference, None)
+        checked_card = self._check_challenges.pop(reference, None)
         if challenge is None:
             return False
+        if passed and checked_card is not None:
+            self._authenticated_cards.add(checked_card)
         waiting, refund_fails_later = challenge
         code = None if passed else AUTHENTICATION_FAILED
         operation = msgspec.structs.replace(waiting, approved=passed, code=code, decline_code=code)
@@ -514,7 +531,11 @@ class CardNetwork:
         outcome = cards.outcome_for(
             request.card_number, request.exp_month, request.exp_year, today_year, today_month
         )
-        if outcome.approved and request.card_number in cards.THREE_D_SECURE_REQUIRED:
+        if (
+            outcome.approved
+            and request.card_number in cards.THREE_D_SECURE_REQUIRED
+            and self._card_digest(request) not in self._authenticated_cards
+        ):
             # Nothing is held until the cardholder passes the challenge; the
             # final answer comes later as a notice (see complete_challenge).
             outcome = cards.CardOutcome(approved=False, code=AUTHENTICATION_REQUIRED, decline_code=None)
@@ -532,6 +553,8 @@ class CardNetwork:
         )
         if outcome.code == AUTHENTICATION_REQUIRED:
             self._challenges[request.reference] = (operation, request.card_number == cards.REFUND_FAILS_LATER)
+            if request.amount_minor == 0 and request.card_number in AUTHENTICATED_ONCE:
+                self._check_challenges[request.reference] = self._card_digest(request)
         if operation.approved:
             self._charges[request.reference] = _Charge(
                 authorization=operation,
@@ -539,6 +562,12 @@ class CardNetwork:
                 captured_minor=request.amount_minor if request.capture else 0,
             )
         return operation
+
+    def _card_digest(self, request: AuthorizationRequest) -> bytes:
+        """Who a card is to the issuer, without keeping its number: a digest
+        of the number and expiry under this network's own salt."""
+        text = f"{request.card_number}/{request.exp_month}/{request.exp_year}".encode()
+        return hashlib.blake2b(text, key=self._card_salt, digest_size=16).digest()
 
     def _capture(self, request: CaptureRequest) -> Operation:
         charge = self._charges.get(request.authorization_reference)
