@@ -9,7 +9,9 @@ to a refund's network call are `engine.refunds`.
 
 from __future__ import annotations
 
-from engine import ledger
+import hashlib
+
+from engine import ids, ledger
 from engine.commands import (
     CancelIntent,
     CaptureIntent,
@@ -79,6 +81,8 @@ def decide_create(existing: PaymentIntent | None, command: CreateIntent) -> Deci
         fee_fixed_minor=command.fee_fixed_minor,
         settlement_delay_s=command.settlement_delay_s,
         dispute_fee_minor=command.dispute_fee_minor,
+        customer_id=command.customer_id,
+        setup_future_usage=command.setup_future_usage,
     )
     created = IntentCreated(intent=intent)
     if not command.confirm:
@@ -90,14 +94,19 @@ def decide_create(existing: PaymentIntent | None, command: CreateIntent) -> Deci
         attempt_id=command.attempt_id,
         at_s=command.at_s,
         return_url=command.return_url,
+        off_session=command.off_session,
     )
     confirmed = decide_confirm(intent, confirm)
     assert confirmed.result is Result.ok, confirmed
     return Decision(result=Result.ok, events=(created, *confirmed.events), effects=confirmed.effects)
 
 
-def _start(intent: PaymentIntent, attempt: Attempt, target: Status, return_url: str | None = None) -> Decision:
-    started = AttemptStarted(intent_id=intent.id, attempt=attempt, status=target, return_url=return_url)
+def _start(
+    intent: PaymentIntent, attempt: Attempt, target: Status, return_url: str | None = None, setup_future_usage: str | None = None
+) -> Decision:
+    started = AttemptStarted(
+        intent_id=intent.id, attempt=attempt, status=target, return_url=return_url, setup_future_usage=setup_future_usage
+    )
     return Decision(result=Result.ok, events=(started,), effects=(network_call(intent, attempt),))
 
 
@@ -120,10 +129,11 @@ def decide_confirm(intent: PaymentIntent, command: ConfirmIntent) -> Decision:
         amount=intent.amount,
         status=AttemptStatus.pending,
         created_s=command.at_s,
+        off_session=command.off_session,
     )
     if command.return_url is not None and not return_url_allowed(command.return_url, command.livemode):
         return refuse(Result.return_url_invalid, "return_url")
-    return _start(intent, attempt, target, command.return_url)
+    return _start(intent, attempt, target, command.return_url, command.setup_future_usage)
 
 
 def decide_capture(intent: PaymentIntent, command: CaptureIntent) -> Decision:
@@ -243,6 +253,8 @@ def decide_answer(
         event = _approval(intent, attempt, target, command.at_s)
     elif isinstance(command, RecordDecline):
         event = _decline(intent, attempt, target, command)
+    elif isinstance(command, RecordActionRequired) and attempt.off_session:
+        return _off_session_unauthenticated(intent, attempt, command.at_s)
     elif isinstance(command, RecordActionRequired):
         event = AttemptActionRequired(intent_id=intent.id, attempt_id=attempt.id, status=target, url=command.url)
     elif isinstance(command, RecordNotSent):
@@ -250,6 +262,43 @@ def decide_answer(
     else:
         event = AttemptOutcomeUnknown(intent_id=intent.id, attempt_id=attempt.id, status=target)
     return Decision(result=Result.ok, events=(event,))
+
+
+# Stripe's decline of an off-session payment the issuer wants authenticated.
+AUTHENTICATION_REQUIRED = "authentication_required"
+AUTHENTICATION_REQUIRED_MESSAGE = "Your card was declined. This transaction requires authentication."
+
+
+def void_id_of(attempt_id: str) -> str:
+    """The id of the void that closes `attempt_id`'s unanswered 3-D Secure
+    challenge: made from the attempt's id (the core mints no ids of its
+    own), in its partition and millisecond, so it routes like the attempt
+    and replays the same."""
+    parsed = ids.parse_id(attempt_id, ids.ATTEMPT_PREFIX)
+    if parsed is None:
+        return attempt_id + "_void"  # not a minted id: engine tests only
+    created_ms, partition = parsed
+    digest = hashlib.sha256(attempt_id.encode() + b"/void").digest()
+    return ids.make_id(ids.ATTEMPT_PREFIX, partition, created_ms, digest[: ids.RANDOM_BYTES])
+
+
+def _off_session_unauthenticated(intent: PaymentIntent, attempt: Attempt, at_s: int) -> Decision:
+    """An off-session authorization the network wants authenticated: the
+    cardholder is not there to answer a challenge, so it is declined as
+    Stripe declines it (authentication_required, the intent back to
+    requires_payment_method), and the challenge the network opened is
+    voided so that nothing is ever authorized under it."""
+    error = PaymentError(
+        code=AUTHENTICATION_REQUIRED,
+        decline_code=AUTHENTICATION_REQUIRED,
+        message=AUTHENTICATION_REQUIRED_MESSAGE,
+        payment_method_id=attempt.payment_method_id,
+    )
+    void = _void(attempt, 0, void_id_of(attempt.id), at_s)
+    declined = AttemptDeclined(
+        intent_id=intent.id, attempt_id=attempt.id, status=Status.requires_payment_method, error=error, void=void
+    )
+    return Decision(result=Result.ok, events=(declined,), effects=(network_call(intent, void),))
 
 
 def _decline(intent: PaymentIntent, attempt: Attempt, target: Status, command: RecordDecline) -> AttemptDeclined:

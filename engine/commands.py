@@ -43,6 +43,13 @@ class CreateIntent(msgspec.Struct, frozen=True, tag=True):
     fee_fixed_minor: int = 30
     settlement_delay_s: int = 2 * 86_400
     dispute_fee_minor: int = 1500
+    # The customer the intent is for (checked to exist by the shell), and
+    # whether its payment method is saved to that customer on success.
+    customer_id: str | None = None
+    setup_future_usage: str | None = None  # "off_session", "on_session"
+    # Confirmed while the cardholder is away: a card that asks for 3-D
+    # Secure is declined (authentication_required) instead of challenged.
+    off_session: bool = False
 
 
 class ConfirmIntent(msgspec.Struct, frozen=True, tag=True):
@@ -53,6 +60,9 @@ class ConfirmIntent(msgspec.Struct, frozen=True, tag=True):
     at_s: int
     payment_method_id: str | None = None
     return_url: str | None = None
+    off_session: bool = False
+    # Set on the intent with the confirm; None leaves it as it is.
+    setup_future_usage: str | None = None
 
 
 class CaptureIntent(msgspec.Struct, frozen=True, tag=True):
@@ -88,6 +98,10 @@ class UpdateIntent(msgspec.Struct, frozen=True, tag=True):
     description: str | None = None
     metadata: dict[str, str] = {}
     payment_method_id: str | None = None
+    # Before a confirm only, like the payment method; "" clears
+    # setup_future_usage. None leaves either as it is.
+    customer_id: str | None = None
+    setup_future_usage: str | None = None
 
 
 class ExpireAuthorization(msgspec.Struct, frozen=True, tag=True):

@@ -25,6 +25,8 @@ class AttemptStarted(msgspec.Struct, frozen=True, tag=True):
     attempt: Attempt
     status: Status
     return_url: str | None = None
+    # Given with the confirm; None leaves the intent's as it is.
+    setup_future_usage: str | None = None
 
 
 class AttemptApproved(msgspec.Struct, frozen=True, tag=True):
@@ -41,6 +43,9 @@ class AttemptDeclined(msgspec.Struct, frozen=True, tag=True):
     attempt_id: str
     status: Status
     error: PaymentError | None  # None for captures and voids: nothing for the customer to fix
+    # An off-session authorization the network wanted authenticated: the
+    # void that closes its challenge, which nobody is there to answer.
+    void: Attempt | None = None
 
 
 class AttemptActionRequired(msgspec.Struct, frozen=True, tag=True):
@@ -111,6 +116,9 @@ class IntentUpdated(msgspec.Struct, frozen=True, tag=True):
     description: str | None
     metadata: dict[str, str]
     payment_method_id: str | None
+    # Rows written before customers existed decode with neither.
+    customer_id: str | None = None
+    setup_future_usage: str | None = None
 
 
 Event = (

@@ -150,6 +150,7 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             payment_method_id=payment_method_id,
             attempts=(*intent.attempts, event.attempt),
             return_url=event.return_url if event.return_url is not None else intent.return_url,
+            setup_future_usage=event.setup_future_usage if event.setup_future_usage is not None else intent.setup_future_usage,
         )
     if isinstance(event, AttemptApproved):
         return replace(
@@ -163,6 +164,8 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
         )
     if isinstance(event, AttemptDeclined):
         attempts = _with_attempt_status(intent, event.attempt_id, AttemptStatus.failed)
+        if event.void is not None:
+            attempts = (*attempts, event.void)
         if event.error is None:
             return replace(intent, status=event.status, attempts=attempts)
         # As Stripe does, a declined payment method leaves the intent: it is
@@ -214,6 +217,8 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             description=event.description,
             metadata=event.metadata,
             payment_method_id=event.payment_method_id,
+            customer_id=event.customer_id,
+            setup_future_usage=event.setup_future_usage,
         )
     if isinstance(event, RefundCreated):
         return replace(intent, refunds=(*intent.refunds, event.refund))

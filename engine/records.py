@@ -70,6 +70,8 @@ class Attempt(msgspec.Struct, frozen=True, gc=False):
     status: AttemptStatus
     created_s: int
     parent_id: str | None = None  # the authorization a capture or void acts on
+    # Made while the cardholder was away: no 3-D Secure challenge possible.
+    off_session: bool = False
 
 
 class Refund(msgspec.Struct, frozen=True, gc=False):
@@ -128,6 +130,10 @@ class PaymentIntent(msgspec.Struct, frozen=True, gc=False):
     fee_fixed_minor: int = 30
     settlement_delay_s: int = 2 * 86_400
     dispute_fee_minor: int = 1500
+    # The customer it is for (`cus_...`), and whether its payment method is
+    # saved to that customer once it succeeds ("off_session", "on_session").
+    customer_id: str | None = None
+    setup_future_usage: str | None = None
 
     def open_attempt(self) -> Attempt | None:
         """The money-moving attempt not yet known to be final, if any."""

@@ -1,7 +1,8 @@
 """Deciding an update of an intent (Stripe's `POST /v1/payment_intents/{id}`).
 
 What the intent asks for may change until it is confirmed: the amount, the
-currency and the payment method are refused once an attempt has started
+currency, the payment method, the customer and setup_future_usage (an empty
+one clears it) are refused once an attempt has started
 (the intent is then processing, waiting for 3-D Secure, held or done). The
 description and the metadata may change at any time. A payment method given
 to an intent that had none makes it ready to confirm, as Stripe does.
@@ -24,7 +25,13 @@ OPEN_FOR_CHANGES = (Status.requires_payment_method, Status.requires_confirmation
 def decide_update(intent: PaymentIntent, command: UpdateIntent) -> Decision:
     changes = [
         name
-        for name, value in (("amount", command.amount), ("currency", command.currency), ("payment_method", command.payment_method_id))
+        for name, value in (
+            ("amount", command.amount),
+            ("currency", command.currency),
+            ("payment_method", command.payment_method_id),
+            ("customer", command.customer_id),
+            ("setup_future_usage", command.setup_future_usage),
+        )
         if value is not None
     ]
     if changes and intent.status not in OPEN_FOR_CHANGES:
@@ -48,5 +55,7 @@ def decide_update(intent: PaymentIntent, command: UpdateIntent) -> Decision:
         description=description,
         metadata=metadata,
         payment_method_id=payment_method_id,
+        customer_id=command.customer_id or intent.customer_id,
+        setup_future_usage=intent.setup_future_usage if command.setup_future_usage is None else (command.setup_future_usage or None),
     )
     return Decision(result=Result.ok, events=(updated,))
