@@ -122,6 +122,8 @@ def _check_network(intents: Sequence[PaymentIntent], operations: Sequence[dict[s
         checked["I3"] += 1
         if kind == "tombstone":
             continue  # closed by an inquiry: nothing moved
+        if reference.startswith("setatt_"):
+            continue  # a SetupIntent's card check (amount 0): no intent's, and no money moved
         if kind == "refund":
             ours = refunds.get(reference)
             if ours is None:
