@@ -37,6 +37,7 @@ from engine.events import (
     IntentCanceled,
     IntentCreated,
 )
+from engine.increments import increment_approval
 from engine.ledger import Transfer
 from engine.postings import ledger_capture, ledger_fee, ledger_hold, ledger_release_hold, ledger_single
 from engine.records import OPEN_ATTEMPT, Attempt, AttemptKind, AttemptStatus, PaymentError, PaymentIntent
@@ -302,8 +303,9 @@ def _off_session_unauthenticated(intent: PaymentIntent, attempt: Attempt, at_s: 
 
 
 def _decline(intent: PaymentIntent, attempt: Attempt, target: Status, command: RecordDecline) -> AttemptDeclined:
-    if attempt.kind is AttemptKind.capture:
-        # The authorization still holds: the merchant may capture again.
+    if attempt.kind in (AttemptKind.capture, AttemptKind.increment):
+        # The authorization still holds as it was: the merchant may capture
+        # (or, after a declined increment, capture what it holds).
         return AttemptDeclined(intent_id=intent.id, attempt_id=attempt.id, status=Status.requires_capture, error=None)
     error = PaymentError(
         code=command.code,
@@ -315,6 +317,8 @@ def _decline(intent: PaymentIntent, attempt: Attempt, target: Status, command: R
 
 
 def _approval(intent: PaymentIntent, attempt: Attempt, target: Status, at_s: int) -> AttemptApproved:
+    if attempt.kind is AttemptKind.increment:
+        return increment_approval(intent, attempt, at_s)
     if attempt.kind is AttemptKind.authorize:
         # Manual capture: the money is only held, and the intent waits for
         # the merchant's capture whatever the table's target says.

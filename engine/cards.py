@@ -127,6 +127,11 @@ TEST_CARD_OUTCOMES: dict[str, CardOutcome] = {
 # only the card network needs to know, at refund time.
 REFUND_FAILS_LATER = "4000000000005126"
 
+# A card of ours (Stripe publishes none for this): its authorizations are
+# approved, but the issuer declines every incremental authorization of them
+# (card_declined, insufficient_funds), so a declined increment can be tried.
+INCREMENT_DECLINED = "4000000000006223"
+
 # Cards whose authorization needs the cardholder to pass a 3-D Secure
 # challenge first (Stripe's test cards for "authentication required").
 THREE_D_SECURE_REQUIRED = frozenset({"4000002500003155", "4000000000003220"})

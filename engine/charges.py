@@ -20,7 +20,7 @@ partial capture, a cancel, an expiry), counts as refunded.
 
 from __future__ import annotations
 
-from engine.records import Attempt, AttemptKind, AttemptStatus, DisputeStatus, PaymentIntent, RefundStatus
+from engine.records import Attempt, AttemptKind, AttemptStatus, ChargeDetails, PaymentIntent, RefundStatus
 from engine.status import Status
 
 CHARGE_KINDS = (AttemptKind.authorize, AttemptKind.charge)
@@ -103,4 +103,13 @@ def is_disputed(intent: PaymentIntent, attempt: Attempt) -> bool:
 
 
 def has_open_dispute(intent: PaymentIntent, attempt: Attempt) -> bool:
-    return is_successful(intent, attempt) and any(dispute.status is DisputeStatus.needs_response for dispute in intent.disputes)
+    return is_successful(intent, attempt) and intent.has_open_dispute()
+
+
+def details(intent: PaymentIntent, attempt: Attempt) -> ChargeDetails:
+    """What the charge shows of its own: what the merchant last updated on
+    it (engine.amendments), else its intent's description and metadata."""
+    for updated in intent.charge_details:
+        if updated.attempt_id == attempt.id:
+            return updated
+    return ChargeDetails(attempt_id=attempt.id, description=intent.description, metadata=intent.metadata)

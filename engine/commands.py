@@ -192,6 +192,47 @@ class RecordDisputeClosed(msgspec.Struct, frozen=True, tag=True):
     at_s: int
 
 
+class IncrementAuthorization(msgspec.Struct, frozen=True, tag=True):
+    """Raise the intent's held authorization to `amount` (the new total,
+    above what is held); `description` and `metadata` apply if the network
+    approves (engine.increments)."""
+
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    attempt_id: str
+    at_s: int
+    amount: int
+    description: str | None = None
+    metadata: dict[str, str] = {}
+
+
+class UpdateCharge(msgspec.Struct, frozen=True, tag=True):
+    """Stripe's update of a charge (the attempt `attempt_id`): None leaves a
+    field as it is, an empty string clears it, metadata merges
+    (engine.amendments)."""
+
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    attempt_id: str
+    at_s: int
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    receipt_email: str | None = None
+    fraud_user_report: str | None = None
+
+
+class UpdateRefund(msgspec.Struct, frozen=True, tag=True):
+    """Stripe's update of a refund: its metadata, merged."""
+
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    refund_id: str
+    at_s: int
+    metadata: dict[str, str] = {}
+
 Command = (
     CreateIntent
     | ConfirmIntent
@@ -208,6 +249,9 @@ Command = (
     | RecordRefundFailure
     | RecordDisputeOpened
     | RecordDisputeClosed
+    | IncrementAuthorization
+    | UpdateCharge
+    | UpdateRefund
 )
 # The network's answers to one attempt or refund, named by its reference.
 ANSWERS = (RecordApproval, RecordDecline, RecordActionRequired, RecordUnknownOutcome, RecordNotSent)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import msgspec
 
 from engine.ledger import Transfer
-from engine.records import Attempt, Dispute, DisputeStatus, PaymentError, PaymentIntent, Refund, RefundStatus
+from engine.records import (
+    Attempt, ChargeDetails, Dispute, DisputeStatus, IncrementRequest, PaymentError, PaymentIntent, Refund, RefundStatus,
+)
 from engine.status import Status
 
 
@@ -121,6 +123,26 @@ class IntentUpdated(msgspec.Struct, frozen=True, tag=True):
     setup_future_usage: str | None = None
 
 
+class IncrementRequested(msgspec.Struct, frozen=True, tag=True):
+    """What an increment (started by the AttemptStarted before it) changes
+    besides the amount, kept until the network answers."""
+
+    intent_id: str
+    request: IncrementRequest
+
+
+class ChargeUpdated(msgspec.Struct, frozen=True, tag=True):
+    """What the merchant's update left a charge showing (every field)."""
+
+    intent_id: str
+    details: ChargeDetails
+
+
+class RefundMetadataUpdated(msgspec.Struct, frozen=True, tag=True):
+    intent_id: str
+    refund_id: str
+    metadata: dict[str, str]
+
 Event = (
     IntentCreated
     | AttemptStarted
@@ -135,6 +157,9 @@ Event = (
     | DisputeOpened
     | DisputeClosed
     | IntentUpdated
+    | IncrementRequested
+    | ChargeUpdated
+    | RefundMetadataUpdated
 )
 
 

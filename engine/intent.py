@@ -32,7 +32,12 @@ from engine.commands import (
     ExpireAuthorization, RecordActionRequired, RecordApproval, RecordDecline, RecordDisputeClosed,
     RecordDisputeOpened, RecordNotSent, RecordRefundFailure, RecordUnknownOutcome, UpdateIntent,
 )
+from engine.amendments import decide_charge_update, decide_refund_update
+from engine.commands import IncrementAuthorization, UpdateCharge, UpdateRefund
 from engine.decisions import Decision, Effect, NetworkCall, refuse
+from engine.events import ChargeUpdated, IncrementRequested, RefundMetadataUpdated
+from engine.increments import INCREMENTS_PER_INTENT_MAX, decide_increment, evolve_increment_answer, is_increment_answer
+from engine.records import ChargeDetails, IncrementRequest
 from engine.disputes import DISPUTE_TRANSITIONS, decide_dispute_closed, decide_dispute_opened
 from engine.events import (
     AttemptActionRequired, AttemptApproved, AttemptDeclined, AttemptNotSent, AttemptOutcomeUnknown, AttemptStarted,
@@ -76,6 +81,9 @@ __all__ = [
     "RefundUpdated", "entity_id_of", "event_decoder", "event_encoder", "transfers_of",
     # engine.decisions
     "Decision", "Effect", "NetworkCall", "refuse",
+    # increments and amendments (engine.commands, engine.events, engine.records, engine.increments)
+    "IncrementAuthorization", "UpdateCharge", "UpdateRefund", "ChargeUpdated", "IncrementRequested", "RefundMetadataUpdated",
+    "ChargeDetails", "IncrementRequest", "INCREMENTS_PER_INTENT_MAX",
     # engine.shapes
     "CANCELLATION_REASONS", "DESCRIPTION_CHARS_MAX", "METADATA_KEY_CHARS_MAX", "METADATA_KEYS_MAX",
     "METADATA_VALUE_CHARS_MAX", "REFUND_REASONS", "check_create_shape", "check_metadata", "check_text",
@@ -124,6 +132,12 @@ def decide(intent: PaymentIntent | None, command: Command) -> Decision:
         return decide_cancel(intent, command)
     if isinstance(command, UpdateIntent):
         return decide_update(intent, command)
+    if isinstance(command, IncrementAuthorization):
+        return decide_increment(intent, command)
+    if isinstance(command, UpdateCharge):
+        return decide_charge_update(intent, command)
+    if isinstance(command, UpdateRefund):
+        return decide_refund_update(intent, command)
     assert isinstance(command, CreateRefund), command
     return decide_refund(intent, command)
 
@@ -152,6 +166,8 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             return_url=event.return_url if event.return_url is not None else intent.return_url,
             setup_future_usage=event.setup_future_usage if event.setup_future_usage is not None else intent.setup_future_usage,
         )
+    if isinstance(event, AttemptApproved | AttemptDeclined) and is_increment_answer(intent, event):
+        return evolve_increment_answer(intent, event)
     if isinstance(event, AttemptApproved):
         return replace(
             intent,
@@ -229,6 +245,14 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             replace(dispute, status=event.status) if dispute.id == event.dispute_id else dispute for dispute in intent.disputes
         )
         return replace(intent, disputes=disputes)
+    if isinstance(event, IncrementRequested):
+        return replace(intent, increment_request=event.request)
+    if isinstance(event, ChargeUpdated):
+        kept = tuple(details for details in intent.charge_details if details.attempt_id != event.details.attempt_id)
+        return replace(intent, charge_details=(*kept, event.details))
+    if isinstance(event, RefundMetadataUpdated):
+        refunds = tuple(replace(refund, metadata=event.metadata) if refund.id == event.refund_id else refund for refund in intent.refunds)
+        return replace(intent, refunds=refunds)
     assert isinstance(event, RefundUpdated), event
     refunds = tuple(
         replace(refund, status=event.status, outcome_unknown=event.outcome_unknown, failure_reason=event.failure_reason)

@@ -74,6 +74,17 @@ class CaptureRequest(msgspec.Struct, frozen=True):
     currency: str
 
 
+class IncrementRequest(msgspec.Struct, frozen=True):
+    """Raise an uncaptured authorization to `amount_minor`, its new total
+    (above what it holds). `reference` is the increment's own idempotency
+    key."""
+
+    reference: str
+    authorization_reference: str
+    amount_minor: int
+    currency: str
+
+
 class VoidRequest(msgspec.Struct, frozen=True):
     """Release an uncaptured authorization; no money moves."""
 

@@ -64,6 +64,15 @@ def object_kind(event_type: str) -> str:
     return OBJECT_KINDS.get(event_type, "payment_intent")
 
 
+def _increment_in_flight_or_declined(event: machine.Event, after: PaymentIntent) -> bool:
+    if isinstance(event, machine.AttemptStarted):
+        return event.attempt.kind is machine.AttemptKind.increment
+    if isinstance(event, machine.AttemptDeclined):
+        attempt = after.attempt(event.attempt_id)
+        return attempt is not None and attempt.kind is machine.AttemptKind.increment
+    return False
+
+
 def notices(before: PaymentIntent | None, event: machine.Event, after: PaymentIntent) -> list[tuple[str, str]]:
     """The (event type, object id) pairs one journaled event raises, in order."""
     raised: list[tuple[str, str]] = []
@@ -87,6 +96,10 @@ def notices(before: PaymentIntent | None, event: machine.Event, after: PaymentIn
     elif isinstance(event, machine.DisputeClosed):
         raised.append(("charge.dispute.closed", event.dispute_id))
     entered = after.status if before is None or before.status is not after.status else None
+    if _increment_in_flight_or_declined(event, after):
+        # An increment passes through processing and, declined, comes back
+        # to requires_capture with nothing changed: Stripe raises neither.
+        entered = None
     status_event = None if entered is None else STATUS_EVENTS.get(entered)
     if status_event is not None:
         raised.append((status_event, after.id))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from engine import ledger
 from engine.ledger import Transfer, TransferKind
-from engine.records import Attempt, PaymentIntent
+from engine.records import Attempt, AttemptKind, AttemptStatus, PaymentIntent
 
 
 def _transfer(
@@ -68,19 +68,31 @@ def ledger_hold(intent: PaymentIntent, authorization: Attempt, at_s: int) -> Tra
     return _transfer(intent, transfer_id, "authorization_hold", amount, at_s, kind=TransferKind.pending, settles=False)
 
 
+def hold_id(intent: PaymentIntent, authorization_id: str) -> str:
+    """The pending transfer holding an authorization's money now: its own
+    hold, or the hold of its latest approved increment, which replaced it
+    (engine.increments)."""
+    for attempt in reversed(intent.attempts):
+        if attempt.parent_id == authorization_id and attempt.kind is AttemptKind.increment and attempt.status is AttemptStatus.succeeded:
+            return f"{attempt.id}:hold"
+    return f"{authorization_id}:hold"
+
+
 def ledger_capture(intent: PaymentIntent, capture: Attempt, at_s: int) -> Transfer:
     """Posts the captured amount of the hold `capture` acts on; the rest of
     the hold is released with it."""
     assert capture.parent_id is not None, capture
     transfer_id = f"{capture.id}:capture"
-    pending_id = f"{capture.parent_id}:hold"
+    pending_id = hold_id(intent, capture.parent_id)
     return _transfer(intent, transfer_id, "charge", capture.amount, at_s, kind=TransferKind.post_pending, pending_id=pending_id)
 
 
-def ledger_release_hold(intent: PaymentIntent, authorization_id: str, at_s: int) -> Transfer:
-    """Releases the whole hold of an authorization (amount 0: whatever is pending)."""
-    transfer_id = f"{authorization_id}:release"
-    pending_id = f"{authorization_id}:hold"
+def ledger_release_hold(intent: PaymentIntent, authorization_id: str, at_s: int, *, transfer_id: str | None = None) -> Transfer:
+    """Releases the whole hold of an authorization (amount 0: whatever is
+    pending); `transfer_id` names a release other than the authorization's
+    own (an increment's, which places a new hold)."""
+    transfer_id = transfer_id or f"{authorization_id}:release"
+    pending_id = hold_id(intent, authorization_id)
     return _transfer(
         intent, transfer_id, "authorization_release", 0, at_s, kind=TransferKind.void_pending, pending_id=pending_id, settles=False
     )

@@ -20,6 +20,7 @@ class AttemptKind(enum.StrEnum):
     charge = "charge"  # authorize and capture in one exchange (automatic capture)
     capture = "capture"  # capture an earlier authorization
     void = "void"  # release an earlier authorization
+    increment = "increment"  # raise an earlier authorization to a new total (engine.increments)
 
 
 class AttemptStatus(enum.StrEnum):
@@ -97,6 +98,23 @@ class Dispute(msgspec.Struct, frozen=True, gc=False):
     amount: int
     status: DisputeStatus
     created_s: int
+class ChargeDetails(msgspec.Struct, frozen=True, gc=False):
+    """What a charge shows of its own once the merchant updated it
+    (engine.amendments); before that it shows its intent's."""
+
+    attempt_id: str
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    receipt_email: str | None = None
+    fraud_user_report: str | None = None
+
+
+class IncrementRequest(msgspec.Struct, frozen=True, gc=False):
+    """What an increment in flight changes besides the amount if approved."""
+
+    attempt_id: str
+    description: str | None = None
+    metadata: dict[str, str] = {}
 
 
 class PaymentIntent(msgspec.Struct, frozen=True, gc=False):
@@ -134,6 +152,10 @@ class PaymentIntent(msgspec.Struct, frozen=True, gc=False):
     # saved to that customer once it succeeds ("off_session", "on_session").
     customer_id: str | None = None
     setup_future_usage: str | None = None
+    # Charges the merchant updated (engine.amendments), by attempt id; and
+    # what an increment still waiting for the network changes if approved.
+    charge_details: tuple[ChargeDetails, ...] = ()
+    increment_request: IncrementRequest | None = None
 
     def open_attempt(self) -> Attempt | None:
         """The money-moving attempt not yet known to be final, if any."""

@@ -20,9 +20,13 @@ class Result(enum.StrEnum):
     currency_unknown = "currency_unknown"
     metadata_invalid = "metadata_invalid"
     return_url_invalid = "return_url_invalid"
+    email_invalid = "email_invalid"
+    fraud_report_invalid = "fraud_report_invalid"
     # lookups: the command names something that is not there for this caller
     intent_missing = "intent_missing"
     intent_exists = "intent_exists"
+    charge_missing = "charge_missing"
+    refund_missing = "refund_missing"
     # state: the intent is not in a status that allows the command
     intent_unexpected_state = "intent_unexpected_state"
     payment_method_required = "payment_method_required"
@@ -33,5 +37,7 @@ class Result(enum.StrEnum):
     amount_exceeds_refundable = "amount_exceeds_refundable"
     intent_fully_refunded = "intent_fully_refunded"
     refunds_too_many = "refunds_too_many"
+    increment_amount_invalid = "increment_amount_invalid"
+    increments_too_many = "increments_too_many"
     # network answers that no longer match an open attempt
     attempt_not_pending = "attempt_not_pending"

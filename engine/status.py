@@ -57,6 +57,7 @@ from engine.commands import (
     ConfirmIntent,
     CreateRefund,
     ExpireAuthorization,
+    IncrementAuthorization,
     RecordActionRequired,
     RecordApproval,
     RecordDecline,
@@ -99,6 +100,9 @@ TRANSITIONS: dict[Status, dict[type, Status]] = {
         CaptureIntent: Status.processing,
         CancelIntent: Status.canceled,
         ExpireAuthorization: Status.canceled,
+        # Special case (engine.increments): processing while the network
+        # answers, then requires_capture again, approved or not.
+        IncrementAuthorization: Status.processing,
     },
     Status.canceled: {},
     Status.succeeded: {

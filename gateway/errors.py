@@ -191,4 +191,20 @@ def from_result(result: Result, param: str | None, *, amount: object = None, sta
         return invalid_request("This charge has reached the limit of refunds.", param="payment_intent", code="refund_limit_reached")
     if result is Result.intent_missing:
         return invalid_request("No such payment_intent.", param="intent", code="resource_missing", status=404)
+    if result is Result.increment_amount_invalid:
+        return invalid_request(
+            "The amount of an incremental authorization is the new total, which must be greater than the amount authorized now.",
+            param="amount",
+            code="amount_too_small",
+        )
+    if result is Result.increments_too_many:
+        return invalid_request("This PaymentIntent has reached the limit of 10 incremental authorization attempts.", param="amount")
+    if result is Result.charge_missing:
+        return invalid_request("No such charge.", param="id", code="resource_missing", status=404)
+    if result is Result.refund_missing:
+        return invalid_request("No such refund.", param="id", code="resource_missing", status=404)
+    if result is Result.email_invalid:
+        return invalid_request("Invalid email address: it must be name@domain, at most 800 characters.", param=param, code="email_invalid")
+    if result is Result.fraud_report_invalid:
+        return invalid_request("Invalid value for parameter fraud_details[user_report]: fraudulent or safe.", param=param, code="parameter_invalid")
     raise AssertionError(f"no client-facing mapping for {result}")

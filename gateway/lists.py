@@ -90,12 +90,12 @@ async def cluster_page(
     collected = [local]
     for answer in await forwarder.peer_answers():
         if answer.status_code != 200:
-            raise _refusal(answer.status_code, answer.content)
+            raise peer_refusal(answer.status_code, answer.content)
         collected.append(msgspec.json.decode(answer.content))
     return pages.merge(collected, values)
 
 
-def _refusal(status: int, body: bytes) -> ApiError:
+def peer_refusal(status: int, body: bytes) -> ApiError:
     """A peer's refusal (a cursor its partition does not have, say), as ours."""
     if status >= 500:
         return errors.unavailable("A node holding part of this list could not answer. Retry shortly.")

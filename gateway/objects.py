@@ -268,6 +268,10 @@ class ChargePaymentMethodDetails(msgspec.Struct):
     type: Literal["card"] = "card"
 
 
+class ChargeFraudDetails(msgspec.Struct):
+    user_report: Literal["fraudulent", "safe"] | UnsetType = UNSET
+
+
 class ChargeObject(msgspec.Struct, tag_field="object", tag="charge"):
     id: str
     amount: int
@@ -296,6 +300,8 @@ class ChargeObject(msgspec.Struct, tag_field="object", tag="charge"):
     shipping: None = None
     metadata: dict[str, str] = {}
     billing_details: BillingDetails = BillingDetails()
+    # What the merchant reported of its fraud (POST /v1/charges/{id}).
+    fraud_details: ChargeFraudDetails = msgspec.field(default_factory=lambda: ChargeFraudDetails())
 
 
 class EventData(msgspec.Struct):
@@ -352,6 +358,16 @@ class ListObject(msgspec.Struct, Generic[T]):
     has_more: bool
     data: list[T]
     object: Literal["list"] = "list"
+
+
+class SearchResultObject(msgspec.Struct, Generic[T]):
+    """A page of search results; `next_page` is the cursor of the next one."""
+
+    url: str
+    has_more: bool
+    data: list[T]
+    next_page: str | None
+    object: Literal["search_result"] = "search_result"
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True):
@@ -590,6 +606,8 @@ def charge(intent: PaymentIntent, attempt: Attempt, card: PaymentMethodRow | Non
     transfer_id = charge_transfer_id(intent, attempt)
     failure = _failure(intent, attempt)
     status = {AttemptStatus.succeeded: "succeeded", AttemptStatus.failed: "failed"}.get(attempt.status, "pending")
+    # Its intent's description and metadata, or its own once updated.
+    shown = charges.details(intent, attempt)
     return ChargeObject(
         id=ids.charge_id(attempt.id),
         amount=attempt.amount,
@@ -599,7 +617,7 @@ def charge(intent: PaymentIntent, attempt: Attempt, card: PaymentMethodRow | Non
         captured=captured > 0,
         refunded=attempt.status is AttemptStatus.succeeded and refunded >= attempt.amount,
         currency=intent.currency,
-        description=intent.description,
+        description=shown.description,
         failure_code=None if failure is None else failure.code,
         failure_message=None if failure is None else failure.message,
         payment_intent=intent.id,
@@ -611,7 +629,9 @@ def charge(intent: PaymentIntent, attempt: Attempt, card: PaymentMethodRow | Non
         status=status,  # type: ignore[arg-type]
         paid=attempt.status is AttemptStatus.succeeded,
         disputed=charges.is_disputed(intent, attempt),
-        metadata=intent.metadata,
+        metadata=shown.metadata,
+        receipt_email=shown.receipt_email,
+        fraud_details=ChargeFraudDetails(user_report=UNSET if shown.fraud_user_report is None else shown.fraud_user_report),
     )
 
 

@@ -303,6 +303,49 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     expand: list[str] = []
 
 
+class IncrementAuthorizationParams(msgspec.Struct, forbid_unknown_fields=True):
+    """`amount` is the new total, above what is authorized now."""
+
+    amount: int
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    expand: list[str] = []
+
+
+class UpdateRefund(msgspec.Struct, forbid_unknown_fields=True):
+    metadata: dict[str, str] = {}
+    expand: list[str] = []
+
+
+class CancelRefund(msgspec.Struct, forbid_unknown_fields=True):
+    expand: list[str] = []
+
+
+class FraudDetails(msgspec.Struct, forbid_unknown_fields=True):
+    user_report: Literal["fraudulent", "safe"]
+
+
+class UpdateCharge(msgspec.Struct, forbid_unknown_fields=True):
+    """Stripe's update of a charge: what is not sent stays; an empty string
+    clears a text field; a metadata key sent empty is removed."""
+
+    description: str | None = None
+    metadata: dict[str, str] = {}
+    receipt_email: str | None = None
+    fraud_details: FraudDetails | None = None
+    expand: list[str] = []
+
+
+class SearchParams(msgspec.Struct, forbid_unknown_fields=True):
+    """A search: Stripe's query language (gateway/search_query.py), a page
+    size, and the opaque cursor of the page to answer."""
+
+    query: Annotated[str, msgspec.Meta(max_length=5000)]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    page: Annotated[str, msgspec.Meta(max_length=5000)] | None = None
+    expand: list[str] = []
+
+
 class CreateWebhookEndpoint(msgspec.Struct, forbid_unknown_fields=True):
     url: str
     enabled_events: list[str]

@@ -30,6 +30,7 @@ from engine.urls import return_url_allowed
 from engine.network import (
     AuthorizationRequest,
     CaptureRequest,
+    IncrementRequest,
     NetworkAnswer,
     NetworkNotice,
     NetworkOutcomeUnknown,
@@ -69,6 +70,7 @@ class CardNetwork(Protocol):
     async def authorize(self, request: AuthorizationRequest) -> NetworkAnswer: ...
     async def capture(self, request: CaptureRequest) -> NetworkAnswer: ...
     async def void(self, request: VoidRequest) -> NetworkAnswer: ...
+    async def increment(self, request: IncrementRequest) -> NetworkAnswer: ...
     async def refund(self, request: RefundRequest) -> NetworkAnswer: ...
     async def next_notice(self, partitions: Collection[int] | None = None) -> NetworkNotice: ...
     async def inquire(self, reference: str) -> NetworkAnswer: ...
@@ -146,6 +148,8 @@ class Effects:
             return await self.network.capture(CaptureRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency))
         if effect.kind == "void":
             return await self.network.void(VoidRequest(effect.attempt_id, effect.parent_id))
+        if effect.kind == "increment":
+            return await self.network.increment(IncrementRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency))
         assert effect.kind == "refund", effect
         return await self.network.refund(RefundRequest(effect.attempt_id, effect.parent_id, effect.amount, effect.currency))
 

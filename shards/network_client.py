@@ -45,6 +45,7 @@ from engine import network as engine_network
 from engine.network import (
     AuthorizationRequest,
     CaptureRequest,
+    IncrementRequest,
     NetworkAnswer,
     NetworkNotice,
     NetworkRefused,
@@ -212,6 +213,9 @@ class HttpCardNetwork:
 
     async def capture(self, request: CaptureRequest) -> NetworkAnswer:
         return await self._perform("/v1/capture", request, request.reference, DEFAULT_BREAKER)
+
+    async def increment(self, request: IncrementRequest) -> NetworkAnswer:
+        return await self._perform("/v1/increment", request, request.reference, DEFAULT_BREAKER)
 
     async def void(self, request: VoidRequest) -> NetworkAnswer:
         return await self._perform("/v1/void", request, request.reference, DEFAULT_BREAKER)

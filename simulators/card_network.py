@@ -69,6 +69,7 @@ from engine import cards
 from engine.network import (
     AuthorizationRequest,
     CaptureRequest,
+    IncrementRequest,
     NetworkAnswer,
     NetworkNotice,
     NetworkRefused,
@@ -82,6 +83,7 @@ __all__ = [
     "AuthorizationRequest",
     "CaptureRequest",
     "CardNetwork",
+    "IncrementRequest",
     "FaultSpec",
     "NetworkAnswer",
     "NetworkNotice",
@@ -106,6 +108,8 @@ CURRENCY_MISMATCH = "currency_mismatch"
 # authorization's approval was its own, so the call is refused instead.
 REFERENCE_IN_USE = "reference_in_use"
 REFUND_FAILED = "refund_failed"
+# The issuer's answer to an increment of a card that takes none.
+INCREMENT_DECLINED = "card_declined"
 AUTHENTICATION_REQUIRED = "authentication_required"
 AUTHENTICATION_FAILED = "payment_intent_authentication_failure"
 # The answer for a reference an inquiry found unknown, and for every call
@@ -129,7 +133,8 @@ class Operation(msgspec.Struct, frozen=True):
     """The network's own record of one distinct operation.
 
     `sequence` counts first arrivals from 0 across all kinds; repeats do not
-    advance it. `kind` is "authorize", "capture", "void", "refund" or
+    advance it. `kind` is "authorize", "capture", "void", "refund",
+    "increment" (an authorization raised to `amount_minor`, moving no money) or
     "tombstone" (a reference closed by `inquire`: network "unknown", last4
     "", amount 0, currency "", declined "reference_closed"; it moves no
     money);
@@ -169,10 +174,19 @@ class _Charge(msgspec.Struct):
     capture_reference: str | None = None
     void_reference: str | None = None
     refunded_minor: int = 0
+    # Raised by approved increments (0: the authorization's own amount), and
+    # whether the issuer declines every increment (cards.INCREMENT_DECLINED).
+    incremented_to_minor: int = 0
+    increments_decline: bool = False
 
     @property
     def captured(self) -> bool:
         return self.captured_minor > 0
+
+    @property
+    def authorized_minor(self) -> int:
+        """What the authorization holds now: its amount, or its latest increment's."""
+        return self.incremented_to_minor or self.authorization.amount_minor
 
 
 def _today_utc() -> tuple[int, int]:
@@ -245,6 +259,18 @@ class CardNetwork:
         _assert_amount_is_int(request.amount_minor)
         brand = self._brand_of_authorization(request.authorization_reference)
         return await self._call("capture", request.reference, brand, lambda: self._capture(request))
+
+    async def increment(self, request: IncrementRequest) -> NetworkAnswer:
+        """Raise an uncaptured authorization to a larger total, at once.
+
+        Declines: amount_too_small (not above what it holds), resource_missing,
+        charge_already_captured, charge_expired_for_capture (voided),
+        currency_mismatch, and the issuer's card_declined for a card that
+        takes no increments (cards.INCREMENT_DECLINED).
+        """
+        _assert_amount_is_int(request.amount_minor)
+        brand = self._brand_of_authorization(request.authorization_reference)
+        return await self._call("increment", request.reference, brand, lambda: self._increment(request))
 
     async def void(self, request: VoidRequest) -> NetworkAnswer:
         """Release an uncaptured authorization.
@@ -560,6 +586,7 @@ class CardNetwork:
                 authorization=operation,
                 refund_fails_later=request.card_number == cards.REFUND_FAILS_LATER,
                 captured_minor=request.amount_minor if request.capture else 0,
+                increments_decline=request.card_number == cards.INCREMENT_DECLINED,
             )
         return operation
 
@@ -577,7 +604,7 @@ class CardNetwork:
             (charge is not None and charge.captured, CHARGE_ALREADY_CAPTURED),
             (charge is not None and charge.void_reference is not None, CHARGE_EXPIRED_FOR_CAPTURE),
             (charge is not None and request.currency != charge.authorization.currency, CURRENCY_MISMATCH),
-            (charge is not None and request.amount_minor > charge.authorization.amount_minor, AMOUNT_TOO_LARGE),
+            (charge is not None and request.amount_minor > charge.authorized_minor, AMOUNT_TOO_LARGE),
         )
         if code is None:
             assert charge is not None
@@ -586,6 +613,30 @@ class CardNetwork:
         return self._operation_on(
             charge,
             kind="capture",
+            reference=request.reference,
+            parent_reference=request.authorization_reference,
+            amount_minor=request.amount_minor,
+            currency=request.currency,
+            code=code,
+        )
+
+    def _increment(self, request: IncrementRequest) -> Operation:
+        charge = self._charges.get(request.authorization_reference)
+        code = _first_failing(
+            (request.amount_minor < 1, AMOUNT_TOO_SMALL),
+            (charge is None, RESOURCE_MISSING),
+            (charge is not None and charge.captured, CHARGE_ALREADY_CAPTURED),
+            (charge is not None and charge.void_reference is not None, CHARGE_EXPIRED_FOR_CAPTURE),
+            (charge is not None and request.currency != charge.authorization.currency, CURRENCY_MISMATCH),
+            (charge is not None and request.amount_minor <= charge.authorized_minor, AMOUNT_TOO_SMALL),
+            (charge is not None and charge.increments_decline, INCREMENT_DECLINED),
+        )
+        if code is None:
+            assert charge is not None
+            charge.incremented_to_minor = request.amount_minor
+        return self._operation_on(
+            charge,
+            kind="increment",
             reference=request.reference,
             parent_reference=request.authorization_reference,
             amount_minor=request.amount_minor,

@@ -43,6 +43,7 @@ from werkzeug.exceptions import HTTPException
 from engine.network import (
     AuthorizationRequest,
     CaptureRequest,
+    IncrementRequest,
     NetworkNotice,
     NetworkRefused,
     RefundRequest,
@@ -97,6 +98,7 @@ _decoders: dict[type, msgspec.json.Decoder] = {
     for body_type in (
         AuthorizationRequest,
         CaptureRequest,
+        IncrementRequest,
         VoidRequest,
         RefundRequest,
         InquiryBody,
@@ -178,6 +180,10 @@ def _register_calls(app: QuartTrio, network: CardNetwork) -> None:
     @app.post("/v1/capture")
     async def capture() -> Response:
         return _json(await network.capture(await _decoded(CaptureRequest)))
+
+    @app.post("/v1/increment")
+    async def increment() -> Response:
+        return _json(await network.increment(await _decoded(IncrementRequest)))
 
     @app.post("/v1/void")
     async def void() -> Response:

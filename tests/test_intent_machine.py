@@ -37,6 +37,10 @@ from engine.intent import (
     IntentCanceled,
     IntentCreated,
     IntentUpdated,
+    IncrementAuthorization,
+    IncrementRequested,
+    ChargeUpdated,
+    RefundMetadataUpdated,
     NetworkCall,
     PaymentError,
     PaymentIntent,
@@ -248,6 +252,12 @@ def refund(amount=None, refund_id=NEW_REFUND_ID, reason=None, merchant_id=MERCHA
     )
 
 
+def increment(amount=AMOUNT + 500, attempt_id=NEW_ATTEMPT_ID, merchant_id=MERCHANT_ID, livemode=False):
+    return IncrementAuthorization(
+        intent_id=INTENT_ID, merchant_id=merchant_id, livemode=livemode, attempt_id=attempt_id, at_s=CREATED_S + 3, amount=amount
+    )
+
+
 def approval(attempt_id=OPEN_ATTEMPT_ID):
     return RecordApproval(intent_id=INTENT_ID, attempt_id=attempt_id, at_s=CREATED_S + 2)
 
@@ -411,6 +421,7 @@ COMMANDS = {
     **ANSWERS,
     RecordDisputeOpened: dispute_opened,
     RecordDisputeClosed: dispute_closed,
+    IncrementAuthorization: increment,
 }
 
 # The spec: for each status, what each command leads to under automatic and
@@ -430,6 +441,7 @@ EXPECTED = [
     (S.requires_payment_method, RecordNotSent, N, N),
     (S.requires_payment_method, RecordDisputeOpened, U, U),
     (S.requires_payment_method, RecordDisputeClosed, D, D),  # no such dispute
+    (S.requires_payment_method, IncrementAuthorization, U, U),
     (S.requires_confirmation, ConfirmIntent, S.processing, S.processing),
     (S.requires_confirmation, CaptureIntent, U, U),
     (S.requires_confirmation, CancelIntent, S.canceled, S.canceled),
@@ -442,6 +454,7 @@ EXPECTED = [
     (S.requires_confirmation, RecordNotSent, N, N),
     (S.requires_confirmation, RecordDisputeOpened, U, U),
     (S.requires_confirmation, RecordDisputeClosed, D, D),  # no such dispute
+    (S.requires_confirmation, IncrementAuthorization, U, U),
     (S.processing, ConfirmIntent, U, U),
     (S.processing, CaptureIntent, U, U),
     (S.processing, CancelIntent, U, U),
@@ -454,6 +467,7 @@ EXPECTED = [
     (S.processing, RecordNotSent, S.requires_confirmation, S.requires_confirmation),  # the network was never called
     (S.processing, RecordDisputeOpened, U, U),
     (S.processing, RecordDisputeClosed, D, D),  # no such dispute
+    (S.processing, IncrementAuthorization, U, U),
     # 3-D Secure: the attempt stays open while the cardholder is challenged.
     (S.requires_action, ConfirmIntent, U, U),
     (S.requires_action, CaptureIntent, U, U),
@@ -467,6 +481,7 @@ EXPECTED = [
     (S.requires_action, RecordNotSent, U, U),
     (S.requires_action, RecordDisputeOpened, U, U),
     (S.requires_action, RecordDisputeClosed, D, D),  # no such dispute
+    (S.requires_action, IncrementAuthorization, U, U),
     (S.requires_capture, ConfirmIntent, NO_SUCH_STATE, U),
     (S.requires_capture, CaptureIntent, NO_SUCH_STATE, S.processing),
     (S.requires_capture, CancelIntent, NO_SUCH_STATE, S.canceled),  # special: voids the hold
@@ -479,6 +494,7 @@ EXPECTED = [
     (S.requires_capture, RecordNotSent, NO_SUCH_STATE, N),
     (S.requires_capture, RecordDisputeOpened, NO_SUCH_STATE, U),
     (S.requires_capture, RecordDisputeClosed, NO_SUCH_STATE, D),
+    (S.requires_capture, IncrementAuthorization, NO_SUCH_STATE, S.processing),  # engine.increments
     (S.canceled, ConfirmIntent, U, U),
     (S.canceled, CaptureIntent, U, U),
     (S.canceled, CancelIntent, U, U),
@@ -491,6 +507,7 @@ EXPECTED = [
     (S.canceled, RecordNotSent, N, N),
     (S.canceled, RecordDisputeOpened, U, U),
     (S.canceled, RecordDisputeClosed, D, D),  # no such dispute
+    (S.canceled, IncrementAuthorization, U, U),
     (S.succeeded, ConfirmIntent, U, U),
     (S.succeeded, CaptureIntent, U, U),
     (S.succeeded, CancelIntent, U, U),
@@ -503,6 +520,7 @@ EXPECTED = [
     (S.succeeded, RecordNotSent, N, N),
     (S.succeeded, RecordDisputeOpened, S.succeeded, S.succeeded),  # disputes do not move the intent
     (S.succeeded, RecordDisputeClosed, D, D),  # no such dispute
+    (S.succeeded, IncrementAuthorization, U, U),
 ]
 
 # Manual capture, processing a capture of an approved authorization.
@@ -521,6 +539,7 @@ EXPECTED_WHILE_CAPTURING = [
     (RecordActionRequired, N),
     (RecordDisputeOpened, U),
     (RecordDisputeClosed, D),
+    (IncrementAuthorization, U),
 ]
 
 REFUSAL = {U: (U, None), N: (N, "attempt"), R: (R, "payment_intent"), D: (Result.attempt_not_pending, "dispute")}
@@ -584,6 +603,8 @@ def expected_effects(intent: PaymentIntent, command_type: type) -> tuple[Network
         return call("void", amount=0)
     if command_type is CreateRefund:
         return call("refund", attempt_id=NEW_REFUND_ID)
+    if command_type is IncrementAuthorization:
+        return call("increment", amount=AMOUNT + 500)
     return ()
 
 
@@ -1628,9 +1649,11 @@ def _as_written_then(encoded: bytes, written: bytes) -> typing.Any:
 
 def test_journal_rows_written_earlier_decode_replay_and_encode_byte_for_byte():
     decoded = [event_decoder.decode(row) for row in JOURNAL_ROWS_WRITTEN_EARLIER]
-    # Every event type there was when these rows were written; AttemptNotSent
-    # and IntentUpdated came later and have no old rows to decode.
-    assert {type(event) for event in decoded} == set(typing.get_args(Event)) - {AttemptNotSent, IntentUpdated}
+    # Every event type there was when these rows were written; AttemptNotSent,
+    # IntentUpdated and the increment and amendment events came later and
+    # have no old rows to decode.
+    later = {AttemptNotSent, IntentUpdated, IncrementRequested, ChargeUpdated, RefundMetadataUpdated}
+    assert {type(event) for event in decoded} == set(typing.get_args(Event)) - later
     assert [_as_written_then(event_encoder.encode(event), row) for event, row in zip(decoded, JOURNAL_ROWS_WRITTEN_EARLIER)] == [
         msgspec.json.decode(row) for row in JOURNAL_ROWS_WRITTEN_EARLIER
     ]

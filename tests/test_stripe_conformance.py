@@ -331,7 +331,7 @@ def test_an_unknown_url_is_stripe_s_404(merchant: dict) -> None:
         ("GET", "/v1/customers", "The customers API"),
         ("POST", "/v1/customers", "The customers API"),
         ("POST", "/v1/charges", "Creating a charge without a PaymentIntent"),
-        ("POST", "/v1/charges/ch_1", "Updating a charge"),
+        ("POST", "/v1/payment_intents/pi_1/apply_customer_balance", "Applying a customer balance"),
         ("GET", "/v1/setup_attempts", "The setup_attempts API"),
         ("POST", "/v1/products", "The products API"),
         ("GET", "/v1/prices", "The prices API"),
@@ -342,10 +342,9 @@ def test_an_unknown_url_is_stripe_s_404(merchant: dict) -> None:
         ("GET", "/v1/invoices/in_1/lines", "The invoices API"),
         ("DELETE", "/v1/subscriptions/sub_1", "The subscriptions API"),
         ("GET", "/v1/account", "The account API"),
-        ("GET", "/v1/payment_intents/search", "Searching PaymentIntents"),
-        ("POST", "/v1/refunds/re_1", "Updating a refund"),
+        ("POST", "/v1/charges/ch_1/refund", "Refunding through the charge (POST /v1/refunds with charge=)"),
         ("POST", "/v1/disputes/dp_1/close", "Closing a dispute"),
-        ("POST", "/v1/refunds/re_1/cancel", "Canceling a refund"),
+        ("GET", "/v1/balance/history", "The balance history (use /v1/balance_transactions)"),
     ],
 )
 def test_a_stripe_resource_we_do_not_serve_says_so(merchant: dict, method: str, path: str, what: str) -> None:
@@ -370,5 +369,5 @@ def test_the_sdk_hears_not_supported_as_an_invalid_request(merchant: dict) -> No
     )
     with pytest.raises(stripe.InvalidRequestError, match=sdk_error(message)):
         client.v1.customers.create(params={"email": "someone@shop.test"})
-    with pytest.raises(stripe.InvalidRequestError, match=r"Searching PaymentIntents is not supported"):
-        client.v1.payment_intents.search(params={"query": "status:'succeeded'"})
+    with pytest.raises(stripe.InvalidRequestError, match=r"Applying a customer balance is not supported"):
+        client.v1.payment_intents.apply_customer_balance("pi_1")

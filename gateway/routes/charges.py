@@ -1,6 +1,8 @@
-"""Routes for charges: list, retrieve and capture. A charge is one of an
-intent's card attempts (engine/charges.py), found from its id alone
-(gateway/expansions.py); capturing it captures its intent's authorization.
+"""Routes for charges: list, retrieve, update and capture. A charge is one
+of an intent's card attempts (engine/charges.py), found from its id alone
+(gateway/expansions.py); capturing it captures its intent's authorization;
+an update is journaled on its intent (engine/amendments.py). Search is in
+gateway/routes/search.py.
 """
 
 from __future__ import annotations
@@ -127,3 +129,27 @@ def render_charge_outcome(attempt_id: str, card: PaymentMethodRow | None) -> Cal
         return objects.charge(outcome.intent, attempt, card)
 
     return lambda outcome: render(lambda: body_of(outcome))
+
+
+@ROUTES.post("/v1/charges/<charge_id>")
+@api("Update a charge: its description, metadata, receipt email and fraud report", objects.ChargeObject, body=params.UpdateCharge)
+async def update_charge(calls: Calls, key: ApiKeyRow, charge_id: str) -> Response:
+    node = calls.node
+    intent, attempt = _charge_of(calls, key, charge_id)
+    body = await calls.read_body()
+    values = params.convert(body, params.UpdateCharge)
+    paths = expansions.check(values.expand, "charge")
+    command = machine.UpdateCharge(
+        intent_id=intent.id,
+        merchant_id=key.merchant_id,
+        livemode=key.livemode,
+        attempt_id=attempt.id,
+        at_s=int(time.time()),
+        description=values.description,
+        metadata=values.metadata,
+        receipt_email=values.receipt_email,
+        fraud_user_report=None if values.fraud_details is None else values.fraud_details.user_report,
+    )
+    render_outcome = render_charge_outcome(attempt.id, await node.payment_method(attempt.payment_method_id))
+    async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_outcome) as claim:
+        return await expansions.run(calls, key, command, claim, render_outcome, paths)

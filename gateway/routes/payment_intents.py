@@ -1,5 +1,7 @@
-"""Routes for PaymentIntents: create, retrieve, confirm, list, capture and
-cancel. Each change is one engine command handed to the intent's shard."""
+"""Routes for PaymentIntents: create, retrieve, update, confirm, list,
+capture, cancel and increment_authorization (search is in
+gateway/routes/search.py). Each change is one engine command handed to the
+intent's shard."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from gateway import errors, expansions, objects, ownership, params
 from gateway.calls import Calls
 from gateway.lists import cluster_page, created_s
 from gateway.openapi import api
-from gateway.responses import json_response, render_intent
+from gateway.responses import intent_body, json_response, render, render_intent
 from gateway.routing import Routes
+from shards.actor import Outcome
 from store.rows import ApiKeyRow
 
 ROUTES = Routes()
@@ -196,3 +199,48 @@ async def _intent_command(
     paths = expansions.check(values.expand, "payment_intent")
     async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_intent) as claim:
         return await expansions.run(calls, key, command, claim, render_intent, paths)
+
+
+@ROUTES.post("/v1/payment_intents/<intent_id>/increment_authorization")
+@api(
+    "Raise a held authorization to a larger total before capture; a decline is card_declined and leaves the intent as it was",
+    objects.PaymentIntentObject,
+    body=params.IncrementAuthorizationParams,
+)
+async def increment_authorization(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:
+    node = calls.node
+    ownership.intent(node, intent_id, key)
+    body = await calls.read_body()
+    values = params.convert(body, params.IncrementAuthorizationParams)
+    paths = expansions.check(values.expand, "payment_intent")
+    command = machine.IncrementAuthorization(
+        intent_id=intent_id,
+        merchant_id=key.merchant_id,
+        livemode=key.livemode,
+        attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+        at_s=int(time.time()),
+        amount=values.amount,
+        description=values.description,
+        metadata=values.metadata,
+    )
+    render_outcome = functools.partial(render_increment, amount=values.amount)
+    async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_outcome) as claim:
+        return await expansions.run(calls, key, command, claim, render_outcome, paths)
+
+
+def render_increment(outcome: Outcome, amount: object = None) -> tuple[int, bytes]:
+    """The intent an increment's outcome shows, or its error: a declined
+    increment is Stripe's card_declined, with the intent as it still is."""
+
+    def body() -> Any:
+        intent = outcome.intent
+        attempt = None if intent is None or outcome.attempt_id is None else intent.attempt(outcome.attempt_id)
+        if intent is not None and attempt is not None and attempt.status is machine.AttemptStatus.failed:
+            error = errors.card_error(
+                "card_declined", "The card network declined the incremental authorization; the PaymentIntent keeps the amount it held."
+            )
+            error.extra["payment_intent"] = objects.payment_intent(intent)
+            raise error
+        return intent_body(outcome, amount)
+
+    return render(body)

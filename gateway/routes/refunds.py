@@ -1,8 +1,9 @@
-"""Routes for refunds: create (a command on the refunded intent), retrieve
-and list. A refund lives inside its intent."""
+"""Routes for refunds: create (a command on the refunded intent), retrieve,
+list, update (metadata) and cancel. A refund lives inside its intent."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from engine import charges, ids
 from engine import intent as machine
 from engine.results import Result
 from gateway import errors, expansions, objects, ownership, params
-from gateway.calls import Calls
+from gateway.calls import ID_CHARS_MAX, Calls
 from gateway.errors import ApiError
 from gateway.lists import cluster_page, created_s
 from gateway.openapi import api
@@ -122,3 +123,45 @@ def render_refund(refund_id: str) -> Callable[[Outcome], tuple[int, bytes]]:
         return objects.refund(outcome.intent, refund)
 
     return lambda outcome: render(lambda: body_of(outcome))
+
+
+def _owned_refund(calls: Calls, key: ApiKeyRow, refund_id: str) -> tuple[machine.PaymentIntent, machine.Refund]:
+    """The caller's refund `refund_id` with its intent; raises the 404."""
+    found = calls.node.refund(refund_id) if len(refund_id) <= ID_CHARS_MAX else None
+    if found is None or found[0].merchant_id != key.merchant_id or found[0].livemode != key.livemode:
+        raise errors.not_found("refund", refund_id, "refund")
+    return found
+
+
+@ROUTES.post("/v1/refunds/<refund_id>")
+@api("Update a refund's metadata", objects.RefundObject, body=params.UpdateRefund)
+async def update_refund(calls: Calls, key: ApiKeyRow, refund_id: str) -> Response:
+    node = calls.node
+    intent, _ = _owned_refund(calls, key, refund_id)
+    body = await calls.read_body()
+    values = params.convert(body, params.UpdateRefund)
+    paths = expansions.check(values.expand, "refund")
+    command = machine.UpdateRefund(
+        intent_id=intent.id,
+        merchant_id=key.merchant_id,
+        livemode=key.livemode,
+        refund_id=refund_id,
+        at_s=int(time.time()),
+        metadata=values.metadata,
+    )
+    render_outcome = render_refund(refund_id)
+    async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_outcome) as claim:
+        return await expansions.run(calls, key, command, claim, render_outcome, paths)
+
+
+@ROUTES.post("/v1/refunds/<refund_id>/cancel")
+@api("Cancel a refund: Stripe allows it only while a refund requires_action, which a card refund never does", objects.RefundObject, body=params.CancelRefund)
+async def cancel_refund(calls: Calls, key: ApiKeyRow, refund_id: str) -> Response:
+    _, refund = _owned_refund(calls, key, refund_id)
+    params.convert(await calls.read_body(), params.CancelRefund)
+    # Only a refund waiting for the customer's action (bank details for
+    # some payment methods) can be canceled; a card refund never waits.
+    raise errors.invalid_request(
+        f"Only a refund with status requires_action can be canceled; refund {refund.id} has status {refund.status}.",
+        param="refund",
+    )

@@ -2,8 +2,8 @@
 
 An integration written against Stripe calls more of Stripe than we serve. A
 call to a Stripe resource we do not have (customers, charges, products, ...)
-or to an operation of a served resource we do not have (updating a refund,
-searching, closing a dispute, ...) is answered with a Stripe-shaped 404 that
+or to an operation of a served resource we do not have (closing a
+dispute, applying a customer balance, ...) is answered with a Stripe-shaped 404 that
 says so, after the caller's key is checked like any other call. Without
 these routes such a call would be read as something else: a 405, or
 `/v1/payment_intents/search` as the retrieval of an intent named "search".
@@ -61,13 +61,9 @@ UNSERVED_RESOURCES = (
 
 # Operations Stripe has on resources that are served here, which are not.
 UNSERVED_OPERATIONS = (
-    ("GET", "/v1/payment_intents/search", "Searching PaymentIntents"),
-    ("POST", "/v1/payment_intents/<intent_id>/increment_authorization", "Incrementing an authorization"),
     ("POST", "/v1/payment_intents/<intent_id>/apply_customer_balance", "Applying a customer balance"),
     ("POST", "/v1/payment_intents/<intent_id>/verify_microdeposits", "Verifying microdeposits"),
     ("POST", "/v1/charges", "Creating a charge without a PaymentIntent"),
-    ("GET", "/v1/charges/search", "Searching charges"),
-    ("POST", "/v1/charges/<charge_id>", "Updating a charge"),
     ("POST", "/v1/charges/<charge_id>/refund", "Refunding through the charge (POST /v1/refunds with charge=)"),
     ("GET", "/v1/charges/<charge_id>/refunds", "Listing a charge's refunds (GET /v1/refunds with payment_intent=)"),
     ("POST", "/v1/charges/<charge_id>/refunds", "Refunding through the charge (POST /v1/refunds with charge=)"),
@@ -78,8 +74,6 @@ UNSERVED_OPERATIONS = (
     ("POST", "/v1/payment_methods/<payment_method_id>", "Updating a PaymentMethod"),
     ("POST", "/v1/payment_methods/<payment_method_id>/attach", "Attaching a PaymentMethod to a customer"),
     ("POST", "/v1/payment_methods/<payment_method_id>/detach", "Detaching a PaymentMethod from a customer"),
-    ("POST", "/v1/refunds/<refund_id>", "Updating a refund"),
-    ("POST", "/v1/refunds/<refund_id>/cancel", "Canceling a refund"),
     ("POST", "/v1/disputes/<dispute_id>", "Updating a dispute (submitting evidence)"),
     ("POST", "/v1/disputes/<dispute_id>/close", "Closing a dispute"),
     ("POST", "/v1/setup_intents/<setup_intent_id>/verify_microdeposits", "Verifying microdeposits"),
