@@ -182,7 +182,10 @@ class Expansion:
         row = await self.node.payment_method(payment_method_id) if len(payment_method_id) <= ID_CHARS_MAX else None
         if row is None or row.merchant_id != self.key.merchant_id or row.livemode != self.key.livemode:
             return None
-        return msgspec.to_builtins(objects.payment_method(row))
+        # The customer it is saved to, if any (none once detached).
+        attached = await self.node.store.customers.attachment(row.id)
+        customer_id = None if attached is None or attached.detached_s is not None else attached.customer_id
+        return msgspec.to_builtins(objects.payment_method(row, customer_id))
 
     async def payment_intent(self, parent: dict[str, Any], intent_id: str) -> dict[str, Any] | None:
         intent = self.intent(intent_id)

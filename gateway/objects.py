@@ -24,7 +24,7 @@ from engine import notifications
 from engine.postings import ledger_fee, ledger_single
 from engine.records import Attempt, AttemptKind, AttemptStatus, PaymentError
 from gateway.errors import doc_url
-from store.rows import EventRow, PaymentMethodRow, WebhookEndpointRow
+from store.rows import CustomerRow, EventRow, PaymentMethodRow, WebhookEndpointRow
 
 T = TypeVar("T")
 
@@ -129,6 +129,9 @@ class PaymentIntentObject(msgspec.Struct, tag_field="object", tag="payment_inten
     cancellation_reason: str | None
     canceled_at: int | None
     confirmation_method: Literal["automatic"] = "automatic"
+    # The customer it is for; expandable to the customer.
+    customer: str | CustomerObject | None = None
+    setup_future_usage: Literal["off_session", "on_session"] | None = None
     payment_method_types: list[str] = msgspec.field(default_factory=lambda: ["card"])
 
 
@@ -341,6 +344,41 @@ class WebhookEndpointObject(msgspec.Struct):
     object: Literal["webhook_endpoint"] = "webhook_endpoint"
 
 
+class CustomerInvoiceSettings(msgspec.Struct):
+    # Expandable to the payment method.
+    default_payment_method: str | PaymentMethodObject | None = None
+    custom_fields: None = None
+    footer: None = None
+    rendering_options: None = None
+
+
+class CustomerObject(msgspec.Struct, tag_field="object", tag="customer"):
+    """A customer as Stripe shows one, without what needs Billing (balance,
+    invoices, tax, discounts), which is there with its empty value."""
+
+    id: str
+    created: int
+    livemode: bool
+    email: str | None
+    name: str | None
+    description: str | None
+    phone: str | None
+    metadata: dict[str, str]
+    invoice_settings: CustomerInvoiceSettings
+    address: None = None
+    balance: int = 0
+    currency: None = None
+    default_source: None = None
+    delinquent: bool = False
+    discount: None = None
+    invoice_prefix: None = None
+    next_invoice_sequence: int = 1
+    preferred_locales: list[str] = []
+    shipping: None = None
+    tax_exempt: Literal["none"] = "none"
+    test_clock: None = None
+
+
 class DeletedObject(msgspec.Struct):
     id: str
     deleted: bool
@@ -386,9 +424,24 @@ class ErrorObject(msgspec.Struct):
     error: ErrorDetail
 
 
-def payment_method(row: PaymentMethodRow) -> PaymentMethodObject:
+def payment_method(row: PaymentMethodRow, customer_id: str | None = None) -> PaymentMethodObject:
+    """A payment method; `customer_id` is the customer it is saved to, if any."""
     card = CardDetails(row.brand, row.last4, row.exp_month, row.exp_year, row.fingerprint)
-    return PaymentMethodObject(id=row.id, created=row.created_s, livemode=row.livemode, card=card)
+    return PaymentMethodObject(id=row.id, created=row.created_s, livemode=row.livemode, card=card, customer=customer_id)
+
+
+def customer(row: CustomerRow) -> CustomerObject:
+    return CustomerObject(
+        id=row.id,
+        created=row.created_s,
+        livemode=row.livemode,
+        email=row.email,
+        name=row.name,
+        description=row.description,
+        phone=row.phone,
+        metadata=row.metadata,
+        invoice_settings=CustomerInvoiceSettings(default_payment_method=row.default_payment_method),
+    )
 
 
 def _charge_id(intent: PaymentIntent) -> str | None:
@@ -462,6 +515,8 @@ def payment_intent(intent: PaymentIntent) -> PaymentIntentObject:
         status=str(intent.status),  # type: ignore[arg-type]
         cancellation_reason=intent.cancellation_reason,
         canceled_at=intent.canceled_at_s,
+        customer=intent.customer_id,
+        setup_future_usage=intent.setup_future_usage,  # type: ignore[arg-type]
     )
 
 

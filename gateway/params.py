@@ -46,6 +46,10 @@ class CreatePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     return_url: str | None = None
     payment_method_types: list[Literal["card"]] = msgspec.field(default_factory=lambda: ["card"])
     expand: list[str] = []
+    customer: str | None = None
+    setup_future_usage: Literal["off_session", "on_session"] | None = None
+    # Only with confirm=true. Stripe's "one_off" and "recurring" mean true.
+    off_session: bool | Literal["one_off", "recurring"] | None = None
 
 
 class UpdatePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,6 +62,9 @@ class UpdatePaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, str] = {}
     payment_method: str | None = None
     expand: list[str] = []
+    customer: str | None = None
+    # "" clears it.
+    setup_future_usage: Literal["", "off_session", "on_session"] | None = None
 
 
 class ConfirmPaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,6 +73,8 @@ class ConfirmPaymentIntent(msgspec.Struct, forbid_unknown_fields=True):
     # Required with a publishable key: it proves the browser was handed this intent.
     client_secret: str | None = None
     expand: list[str] = []
+    off_session: bool | Literal["one_off", "recurring"] | None = None
+    setup_future_usage: Literal["off_session", "on_session"] | None = None
 
 
 class RetrieveParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -383,6 +392,75 @@ class SimulateDispute(msgspec.Struct, forbid_unknown_fields=True):
 
 class CloseDispute(msgspec.Struct, forbid_unknown_fields=True):
     outcome: Literal["won", "lost"]
+
+
+# ---------------------------------------------------------------- customers
+# Stripe's bounds on a customer's text fields.
+Email = Annotated[str, msgspec.Meta(max_length=512)]
+Name = Annotated[str, msgspec.Meta(max_length=256)]
+Phone = Annotated[str, msgspec.Meta(max_length=20)]
+Description = Annotated[str, msgspec.Meta(max_length=5000)]
+
+
+class CustomerInvoiceSettingsParams(msgspec.Struct, forbid_unknown_fields=True):
+    # "" clears it (on an update).
+    default_payment_method: str | None = None
+
+
+class CreateCustomer(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email | None = None
+    name: Name | None = None
+    phone: Phone | None = None
+    description: Description | None = None
+    metadata: dict[str, str] | Literal[""] = {}
+    # Attached to the customer as it is made.
+    payment_method: str | None = None
+    invoice_settings: CustomerInvoiceSettingsParams | None = None
+    expand: list[str] = []
+
+
+class UpdateCustomer(msgspec.Struct, forbid_unknown_fields=True):
+    """Stripe's update: what is not sent stays; "" clears a text field; a
+    metadata key sent empty is removed, `metadata=""` removes them all."""
+
+    email: Email | None = None
+    name: Name | None = None
+    phone: Phone | None = None
+    description: Description | None = None
+    metadata: dict[str, str] | Literal[""] = {}
+    invoice_settings: CustomerInvoiceSettingsParams | None = None
+    expand: list[str] = []
+
+
+class CustomerListParams(msgspec.Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    starting_after: str | None = None
+    ending_before: str | None = None
+    created: int | CreatedFilter | None = None
+    email: Email | None = None
+    expand: list[str] = []
+
+
+class PaymentMethodListParams(msgspec.Struct, forbid_unknown_fields=True):
+    """GET /v1/payment_methods (`customer` required, as Stripe has it for a
+    secret key) and GET /v1/customers/{id}/payment_methods."""
+
+    customer: str | None = None
+    type: Literal["card"] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    starting_after: str | None = None
+    ending_before: str | None = None
+    expand: list[str] = []
+
+
+class AttachPaymentMethod(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+    expand: list[str] = []
+
+
+class DetachPaymentMethod(msgspec.Struct, forbid_unknown_fields=True):
+    expand: list[str] = []
+
 
 
 # ------------------------------------------------------------ SetupIntents

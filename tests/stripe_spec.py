@@ -51,6 +51,7 @@ ID_PREFIXES = {
     "balance_transaction": ("txn_",),
     "charge": ("ch_", "py_"),
     "setup_intent": ("seti_",),
+    "customer": ("cus_",),
 }
 
 # Departures from the spec we know of and have not fixed yet, each with the

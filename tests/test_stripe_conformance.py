@@ -20,6 +20,7 @@ import pytest
 import stripe
 
 from gateway.objects import API_VERSION
+from gateway.routes.unsupported import SERVED
 from tests.conftest import NodeProcess
 from tests.helpers import sdk_error, wait_until
 from tests.stripe_spec import RESPONSES, spec
@@ -328,8 +329,8 @@ def test_an_unknown_url_is_stripe_s_404(merchant: dict) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "what"),
     [
-        ("GET", "/v1/customers", "The customers API"),
-        ("POST", "/v1/customers", "The customers API"),
+        ("GET", "/v1/plans", "The plans API"),
+        ("POST", "/v1/quotes", "The quotes API"),
         ("POST", "/v1/charges", "Creating a charge without a PaymentIntent"),
         ("POST", "/v1/payment_intents/pi_1/apply_customer_balance", "Applying a customer balance"),
         ("GET", "/v1/setup_attempts", "The setup_attempts API"),
@@ -357,17 +358,14 @@ def test_a_stripe_resource_we_do_not_serve_says_so(merchant: dict, method: str, 
 
 
 def test_an_unserved_resource_still_wants_a_key(node: NodeProcess) -> None:
-    answer = httpx.get(node.url + "/v1/customers", timeout=30)
+    answer = httpx.get(node.url + "/v1/products", timeout=30)
     assert answer.status_code == 401 and "API key" in answer.json()["error"]["message"]
 
 
 def test_the_sdk_hears_not_supported_as_an_invalid_request(merchant: dict) -> None:
     client = sdk(merchant)
-    message = (
-        "The customers API is not supported by this server (POST /v1/customers). It serves PaymentIntents, Charges, PaymentMethods,"
-        " Refunds, Disputes, Events, Webhook endpoints, the Balance and balance transactions; /openapi.json lists its routes."
-    )
+    message = f"The products API is not supported by this server (POST /v1/products). It serves {SERVED}; /openapi.json lists its routes."
     with pytest.raises(stripe.InvalidRequestError, match=sdk_error(message)):
-        client.v1.customers.create(params={"email": "someone@shop.test"})
+        client.v1.products.create(params={"name": "A hat"})
     with pytest.raises(stripe.InvalidRequestError, match=r"Applying a customer balance is not supported"):
         client.v1.payment_intents.apply_customer_balance("pi_1")

@@ -9,11 +9,12 @@ from quart_trio import QuartTrio
 from gateway.calls import Calls
 from gateway.routes import balance, charges, disputes, events, payment_intents, payment_methods, refunds, unsupported, webhook_endpoints
 from gateway.routes import setup_intents
+from gateway.routes import customers
 from gateway.routes import search
 
 # In this order the URL map, and so /openapi.json, lists routes as it always
 # has; the unserved ones last, and never in /openapi.json.
-MODULES = (events, webhook_endpoints, payment_methods, search, payment_intents, charges, refunds, balance, disputes, setup_intents, unsupported)
+MODULES = (events, webhook_endpoints, payment_methods, search, payment_intents, charges, refunds, balance, disputes, setup_intents, customers, unsupported)
 
 
 def register(app: QuartTrio, calls: Calls) -> None:

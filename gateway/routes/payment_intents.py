@@ -16,12 +16,14 @@ from quart import Response
 
 from engine import intent as machine
 from engine.results import Result
+from engine.updates import OPEN_FOR_CHANGES
 from engine.urls import return_url_allowed
 from gateway import errors, expansions, objects, ownership, params
 from gateway.calls import Calls
 from gateway.lists import cluster_page, created_s
 from gateway.openapi import api
 from gateway.responses import intent_body, json_response, render, render_intent
+from gateway.routes import customers
 from gateway.routing import Routes
 from shards.actor import Outcome
 from store.rows import ApiKeyRow
@@ -40,10 +42,15 @@ async def create_payment_intent(calls: Calls, key: ApiKeyRow) -> Response:
     )
     if refusal is not None:
         raise errors.from_result(refusal.result, refusal.param, amount=values.amount)
+    if customers.off_session_flag(values.off_session) and not values.confirm:
+        raise errors.invalid_request("The parameter off_session can only be used when confirm is set to true.", param="off_session")
     paths = expansions.check(values.expand, "payment_intent")
     partition = calls.partition_for_new(key)
     async with expansions.replays_expanded(calls.node, key, paths), calls.idempotent(key, body, render_outcome) as claim:
-        return await expansions.run(calls, key, await _create_command(calls, key, values, partition), claim, render_outcome, paths)
+        command = await _create_command(calls, key, values, partition)
+        response = await expansions.run(calls, key, command, claim, render_outcome, paths)
+        await customers.save_payment_method(calls.node, calls.node.intent(command.intent_id))
+        return response
 
 
 @ROUTES.get("/v1/payment_intents/<intent_id>")
@@ -51,6 +58,8 @@ async def create_payment_intent(calls: Calls, key: ApiKeyRow) -> Response:
 async def retrieve_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:
     intent = ownership.intent(calls.node, intent_id, key)
     paths = expansions.check(calls.query(params.RetrievePaymentIntent).expand, "payment_intent")
+    # One that succeeded after 3-D Secure saves its payment method now.
+    await customers.save_payment_method(calls.node, intent)
     body = msgspec.to_builtins(objects.payment_intent(intent))
     return json_response(await expansions.Expansion(calls.node, key).apply(body, paths))
 
@@ -59,16 +68,21 @@ async def retrieve_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) 
 @api("Update a PaymentIntent: amount, currency and payment method before it is confirmed; description and metadata at any time", objects.PaymentIntentObject, body=params.UpdatePaymentIntent)
 async def update_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -> Response:
     node = calls.node
-    ownership.intent(node, intent_id, key)
+    intent = ownership.intent(node, intent_id, key)
     body = await calls.read_body()
     values = params.convert(body, params.UpdatePaymentIntent)
     paths = expansions.check(values.expand, "payment_intent")
     async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_intent) as claim:
+        customer_id = None if values.customer is None else await customers.intent_customer(node, key, values.customer)
         # Inside the claim, as for a confirm: a test alias becomes a new
         # payment method once, not again on every replay.
         payment_method_id = None
         if values.payment_method is not None:
             payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
+        checked = payment_method_id or intent.payment_method_id
+        # Past a confirm the engine refuses the change first (its status).
+        if checked is not None and (customer_id or intent.customer_id) is not None and intent.status in OPEN_FOR_CHANGES:
+            await customers.check_payment_method_for(node, checked, customer_id or intent.customer_id)
         command = machine.UpdateIntent(
             intent_id=intent_id,
             merchant_id=key.merchant_id,
@@ -79,6 +93,8 @@ async def update_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) ->
             description=values.description,
             metadata=values.metadata,
             payment_method_id=payment_method_id,
+            customer_id=customer_id,
+            setup_future_usage=values.setup_future_usage,
         )
         return await expansions.run(calls, key, command, claim, render_intent, paths)
 
@@ -103,6 +119,10 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
         payment_method_id = None
         if values.payment_method is not None:
             payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
+        off_session = customers.off_session_flag(values.off_session)
+        checked = payment_method_id or intent.payment_method_id
+        if checked is not None and (intent.customer_id is not None or off_session):
+            await customers.check_payment_method_for(node, checked, intent.customer_id)
         command = machine.ConfirmIntent(
             intent_id=intent_id,
             merchant_id=key.merchant_id,
@@ -111,8 +131,12 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
             at_s=int(time.time()),
             payment_method_id=payment_method_id,
             return_url=values.return_url,
+            off_session=off_session,
+            setup_future_usage=values.setup_future_usage,
         )
-        return await expansions.run(calls, key, command, claim, render_intent, paths)
+        response = await expansions.run(calls, key, command, claim, render_intent, paths)
+        await customers.save_payment_method(node, node.intent(intent_id))
+        return response
 
 
 @ROUTES.get("/v1/payment_intents")
@@ -156,6 +180,10 @@ async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePay
     payment_method_id = None
     if values.payment_method is not None:
         payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
+    customer_id = None if values.customer is None else await customers.intent_customer(node, key, values.customer)
+    off_session = customers.off_session_flag(values.off_session)
+    if payment_method_id is not None and (customer_id is not None or off_session):
+        await customers.check_payment_method_for(node, payment_method_id, customer_id)
     intent_id = node.new_id("pi", partition)
     return machine.CreateIntent(
         intent_id=intent_id,
@@ -177,6 +205,9 @@ async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePay
         fee_fixed_minor=key.fee_fixed_minor,
         settlement_delay_s=node.config.settlement_delay_s,
         dispute_fee_minor=node.config.dispute_fee_minor,
+        customer_id=customer_id,
+        setup_future_usage=values.setup_future_usage,
+        off_session=off_session,
     )
 
 

@@ -25,7 +25,7 @@ from store.rows import ApiKeyRow
 ROUTES = Routes()
 
 # What the server does serve, for the message.
-SERVED = "PaymentIntents, Charges, PaymentMethods, Refunds, Disputes, Events, Webhook endpoints, the Balance and balance transactions"
+SERVED = "PaymentIntents, Charges, PaymentMethods, Customers, SetupIntents, Refunds, Disputes, Events, Webhook endpoints, the Balance and balance transactions"
 
 # Stripe resources (paths under /v1/) with nothing of them served here.
 UNSERVED_RESOURCES = (
@@ -36,7 +36,6 @@ UNSERVED_RESOURCES = (
     "checkout/sessions",
     "coupons",
     "credit_notes",
-    "customers",
     "ephemeral_keys",
     "files",
     "invoiceitems",
@@ -72,8 +71,6 @@ UNSERVED_OPERATIONS = (
     ("POST", "/v1/charges/<charge_id>/dispute", "Updating a dispute (submitting evidence)"),
     ("POST", "/v1/charges/<charge_id>/dispute/close", "Closing a dispute"),
     ("POST", "/v1/payment_methods/<payment_method_id>", "Updating a PaymentMethod"),
-    ("POST", "/v1/payment_methods/<payment_method_id>/attach", "Attaching a PaymentMethod to a customer"),
-    ("POST", "/v1/payment_methods/<payment_method_id>/detach", "Detaching a PaymentMethod from a customer"),
     ("POST", "/v1/disputes/<dispute_id>", "Updating a dispute (submitting evidence)"),
     ("POST", "/v1/disputes/<dispute_id>/close", "Closing a dispute"),
     ("POST", "/v1/setup_intents/<setup_intent_id>/verify_microdeposits", "Verifying microdeposits"),
