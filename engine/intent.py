@@ -149,6 +149,11 @@ def _with_attempt_status(intent: PaymentIntent, attempt_id: str, status: Attempt
     )
 
 
+def _is_void(intent: PaymentIntent, attempt_id: str) -> bool:
+    attempt = intent.attempt(attempt_id)
+    return attempt is not None and attempt.kind is AttemptKind.void
+
+
 def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
     """Apply one journaled event. Pure; used both live and on replay."""
     if isinstance(event, IntentCreated):
@@ -168,6 +173,11 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
         )
     if isinstance(event, AttemptApproved | AttemptDeclined) and is_increment_answer(intent, event):
         return evolve_increment_answer(intent, event)
+    if isinstance(event, AttemptApproved) and _is_void(intent, event.attempt_id):
+        # A void only closes itself: the intent was settled when it was asked
+        # for (canceled, or declined off session) and may have moved on since
+        # (confirmed again, waiting for 3-D Secure).
+        return replace(intent, attempts=_with_attempt_status(intent, event.attempt_id, AttemptStatus.succeeded))
     if isinstance(event, AttemptApproved):
         return replace(
             intent,

@@ -93,6 +93,8 @@ def test_an_off_session_payment_that_needs_3ds_is_declined_authentication_requir
 
     closed, _ = run(declined, machine.RecordApproval(intent_id=INTENT_ID, attempt_id=void.id, at_s=102))
     assert closed.status is Status.requires_payment_method and closed.attempts[1].status is AttemptStatus.succeeded
+    # The decline stays shown: the void only closed the challenge.
+    assert closed.last_payment_error == declined.last_payment_error
     # The customer, back on the site, may pay on-session with another card.
     retry_id = ids.make_id("att", PARTITION, 1_700_000_001_000, bytes(10))
     retried, _ = run(closed, machine.ConfirmIntent(**COMMON, attempt_id=retry_id, at_s=103, payment_method_id="pm_other"))
@@ -173,3 +175,20 @@ def test_commands_written_before_customers_decode(kind: type) -> None:
         dropped = ("customer_id", "setup_future_usage")
     old = _without(msgspec.json.encode(command), *dropped)
     assert msgspec.json.decode(old, type=kind) == command
+
+
+def test_a_late_void_answer_leaves_an_intent_confirmed_again_as_it_is() -> None:
+    confirmed, _ = run(None, msgspec.structs.replace(CREATE, confirm=True, off_session=True))
+    declined, _ = run(confirmed, action_required())
+    void_id = declined.attempts[1].id
+    retry_id = ids.make_id("att", PARTITION, 1_700_000_001_000, bytes(10))
+    retried, _ = run(declined, machine.ConfirmIntent(**COMMON, attempt_id=retry_id, at_s=103, payment_method_id="pm_other"))
+    waiting, _ = run(retried, action_required(retry_id))
+    # The void of the first challenge answers while the second one waits.
+    late, _ = run(waiting, machine.RecordApproval(intent_id=INTENT_ID, attempt_id=void_id, at_s=104))
+    assert late.attempts[1].status is AttemptStatus.succeeded
+    assert msgspec.structs.replace(late, attempts=waiting.attempts) == waiting
+    assert (late.status, late.next_action_url) == (Status.requires_action, "https://acs.test/3ds")
+    paid, _ = run(late, machine.RecordApproval(intent_id=INTENT_ID, attempt_id=retry_id, at_s=105))
+    assert paid.status is Status.succeeded and paid.amount_received == 4200
+
