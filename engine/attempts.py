@@ -95,6 +95,7 @@ def decide_create(existing: PaymentIntent | None, command: CreateIntent) -> Deci
         attempt_id=command.attempt_id,
         at_s=command.at_s,
         return_url=command.return_url,
+        card=command.card,
         off_session=command.off_session,
     )
     confirmed = decide_confirm(intent, confirm)
@@ -130,6 +131,7 @@ def decide_confirm(intent: PaymentIntent, command: ConfirmIntent) -> Decision:
         amount=intent.amount,
         status=AttemptStatus.pending,
         created_s=command.at_s,
+        card=command.card,
         off_session=command.off_session,
     )
     if command.return_url is not None and not return_url_allowed(command.return_url, command.livemode):

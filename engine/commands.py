@@ -22,6 +22,20 @@ class CaptureMethod(enum.StrEnum):
     manual = "manual"
 
 
+class CardSummary(msgspec.Struct, frozen=True, gc=False):
+    """What a charge shows of its card (Stripe's payment_method_details.card),
+    taken from the payment method when the attempt is made, so an event
+    about the charge renders it without reading the payment method again.
+    Never the card number. Here beside CaptureMethod: a confirm names it."""
+
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    fingerprint: str
+    funding: str = "unknown"
+
+
 class CreateIntent(msgspec.Struct, frozen=True, tag=True):
     """Create an intent; with `confirm` it is confirmed in the same step."""
 
@@ -43,6 +57,8 @@ class CreateIntent(msgspec.Struct, frozen=True, tag=True):
     fee_fixed_minor: int = 30
     settlement_delay_s: int = 2 * 86_400
     dispute_fee_minor: int = 1500
+    # The card of `payment_method_id`, for the attempt a confirm opens.
+    card: CardSummary | None = None
     # The customer the intent is for (checked to exist by the shell), and
     # whether its payment method is saved to that customer on success.
     customer_id: str | None = None
@@ -60,6 +76,9 @@ class ConfirmIntent(msgspec.Struct, frozen=True, tag=True):
     at_s: int
     payment_method_id: str | None = None
     return_url: str | None = None
+    # The card of the payment method the attempt uses (the one named here,
+    # else the intent's); None when the shell did not read it.
+    card: CardSummary | None = None
     off_session: bool = False
     # Set on the intent with the confirm; None leaves it as it is.
     setup_future_usage: str | None = None
@@ -192,6 +211,32 @@ class RecordDisputeClosed(msgspec.Struct, frozen=True, tag=True):
     at_s: int
 
 
+class UpdateDispute(msgspec.Struct, frozen=True, tag=True):
+    """The merchant's answer to a dispute, as Stripe's update: `evidence`
+    fields are merged into what is staged (an empty value removes one),
+    `metadata` merged as everywhere; with `submit` the evidence goes to the
+    issuer and the dispute is under review."""
+
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    dispute_id: str
+    at_s: int
+    evidence: dict[str, str] = {}
+    metadata: dict[str, str] = {}
+    submit: bool = True
+
+
+class CloseDispute(msgspec.Struct, frozen=True, tag=True):
+    """The merchant accepts a dispute: it is lost, for good."""
+
+    intent_id: str
+    merchant_id: str
+    livemode: bool
+    dispute_id: str
+    at_s: int
+
+
 class IncrementAuthorization(msgspec.Struct, frozen=True, tag=True):
     """Raise the intent's held authorization to `amount` (the new total,
     above what is held); `description` and `metadata` apply if the network
@@ -233,6 +278,7 @@ class UpdateRefund(msgspec.Struct, frozen=True, tag=True):
     at_s: int
     metadata: dict[str, str] = {}
 
+
 Command = (
     CreateIntent
     | ConfirmIntent
@@ -252,6 +298,8 @@ Command = (
     | IncrementAuthorization
     | UpdateCharge
     | UpdateRefund
+    | UpdateDispute
+    | CloseDispute
 )
 # The network's answers to one attempt or refund, named by its reference.
 ANSWERS = (RecordApproval, RecordDecline, RecordActionRequired, RecordUnknownOutcome, RecordNotSent)

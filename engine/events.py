@@ -123,6 +123,19 @@ class IntentUpdated(msgspec.Struct, frozen=True, tag=True):
     setup_future_usage: str | None = None
 
 
+class DisputeUpdated(msgspec.Struct, frozen=True, tag=True):
+    """What the merchant's update or close left the dispute with (every
+    field, not a diff)."""
+
+    intent_id: str
+    dispute_id: str
+    status: DisputeStatus
+    evidence: dict[str, str]
+    metadata: dict[str, str]
+    submission_count: int
+    past_due: bool
+
+
 class IncrementRequested(msgspec.Struct, frozen=True, tag=True):
     """What an increment (started by the AttemptStarted before it) changes
     besides the amount, kept until the network answers."""
@@ -143,6 +156,7 @@ class RefundMetadataUpdated(msgspec.Struct, frozen=True, tag=True):
     refund_id: str
     metadata: dict[str, str]
 
+
 Event = (
     IntentCreated
     | AttemptStarted
@@ -157,6 +171,7 @@ Event = (
     | DisputeOpened
     | DisputeClosed
     | IntentUpdated
+    | DisputeUpdated
     | IncrementRequested
     | ChargeUpdated
     | RefundMetadataUpdated

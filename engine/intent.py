@@ -31,6 +31,7 @@ from engine.commands import (
     ANSWERS, CancelIntent, CaptureIntent, CaptureMethod, Command, ConfirmIntent, CreateIntent, CreateRefund,
     ExpireAuthorization, RecordActionRequired, RecordApproval, RecordDecline, RecordDisputeClosed,
     RecordDisputeOpened, RecordNotSent, RecordRefundFailure, RecordUnknownOutcome, UpdateIntent,
+    UpdateDispute, CloseDispute, CardSummary,
 )
 from engine.amendments import decide_charge_update, decide_refund_update
 from engine.commands import IncrementAuthorization, UpdateCharge, UpdateRefund
@@ -38,16 +39,18 @@ from engine.decisions import Decision, Effect, NetworkCall, refuse
 from engine.events import ChargeUpdated, IncrementRequested, RefundMetadataUpdated
 from engine.increments import INCREMENTS_PER_INTENT_MAX, decide_increment, evolve_increment_answer, is_increment_answer
 from engine.records import ChargeDetails, IncrementRequest
-from engine.disputes import DISPUTE_TRANSITIONS, decide_dispute_closed, decide_dispute_opened
+from engine.disputes import (
+    DISPUTE_TRANSITIONS, decide_dispute_close, decide_dispute_closed, decide_dispute_opened, decide_dispute_update,
+)
 from engine.events import (
     AttemptActionRequired, AttemptApproved, AttemptDeclined, AttemptNotSent, AttemptOutcomeUnknown, AttemptStarted,
     DisputeClosed, DisputeOpened, Event, IntentCanceled, IntentCreated, IntentUpdated, RefundCreated, RefundUpdated, entity_id_of,
-    event_decoder, event_encoder, transfers_of,
+    event_decoder, event_encoder, transfers_of, DisputeUpdated,
 )
 from engine.postings import ledger_release_hold, ledger_single
 from engine.records import (
     OPEN_ATTEMPT, Attempt, AttemptKind, AttemptStatus, Dispute, DisputeStatus, PaymentError, PaymentIntent, Refund,
-    RefundStatus,
+    RefundStatus, OPEN_DISPUTE,
 )
 from engine.refunds import (
     REFUND_TRANSITIONS, REFUNDS_PER_INTENT_MAX, decide_refund, decide_refund_answer, decide_refund_failure,
@@ -70,15 +73,15 @@ __all__ = [
     "ANSWERS", "CancelIntent", "CaptureIntent", "CaptureMethod", "Command", "ConfirmIntent", "CreateIntent",
     "CreateRefund", "ExpireAuthorization", "RecordActionRequired", "RecordApproval", "RecordDecline",
     "RecordDisputeClosed", "RecordDisputeOpened", "RecordNotSent", "RecordRefundFailure", "RecordUnknownOutcome",
-    "UpdateIntent",
+    "UpdateIntent", "UpdateDispute", "CloseDispute", "CardSummary",
     # engine.records
     "OPEN_ATTEMPT", "Attempt", "AttemptKind", "AttemptStatus", "Dispute", "DisputeStatus", "PaymentError",
-    "PaymentIntent", "Refund", "RefundStatus",
+    "PaymentIntent", "Refund", "RefundStatus", "OPEN_DISPUTE",
     # engine.events
     "AttemptActionRequired", "AttemptApproved", "AttemptDeclined", "AttemptNotSent", "AttemptOutcomeUnknown",
     "AttemptStarted",
     "DisputeClosed", "DisputeOpened", "Event", "IntentCanceled", "IntentCreated", "IntentUpdated", "RefundCreated",
-    "RefundUpdated", "entity_id_of", "event_decoder", "event_encoder", "transfers_of",
+    "RefundUpdated", "entity_id_of", "event_decoder", "event_encoder", "transfers_of", "DisputeUpdated",
     # engine.decisions
     "Decision", "Effect", "NetworkCall", "refuse",
     # increments and amendments (engine.commands, engine.events, engine.records, engine.increments)
@@ -132,6 +135,10 @@ def decide(intent: PaymentIntent | None, command: Command) -> Decision:
         return decide_cancel(intent, command)
     if isinstance(command, UpdateIntent):
         return decide_update(intent, command)
+    if isinstance(command, UpdateDispute):
+        return decide_dispute_update(intent, command)
+    if isinstance(command, CloseDispute):
+        return decide_dispute_close(intent, command)
     if isinstance(command, IncrementAuthorization):
         return decide_increment(intent, command)
     if isinstance(command, UpdateCharge):
@@ -253,6 +260,21 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
     if isinstance(event, DisputeClosed):
         disputes = tuple(
             replace(dispute, status=event.status) if dispute.id == event.dispute_id else dispute for dispute in intent.disputes
+        )
+        return replace(intent, disputes=disputes)
+    if isinstance(event, DisputeUpdated):
+        disputes = tuple(
+            replace(
+                dispute,
+                status=event.status,
+                evidence=event.evidence,
+                metadata=event.metadata,
+                submission_count=event.submission_count,
+                past_due=event.past_due,
+            )
+            if dispute.id == event.dispute_id
+            else dispute
+            for dispute in intent.disputes
         )
         return replace(intent, disputes=disputes)
     if isinstance(event, IncrementRequested):

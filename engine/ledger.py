@@ -56,6 +56,31 @@ def account_id(merchant_id: str, name: str) -> str:
     return merchant_id + _ACCOUNT_SEPARATOR + name
 
 
+# Fees are transfers of their own here (money from the merchant's balance to
+# the platform's revenue), but Stripe shows a fee inside the balance
+# transaction of the movement it was taken on, with `net = amount - fee`.
+# A fee is named after the operation of that movement, "<operation>:<fee
+# code>" beside the movement's "<operation>:<what it does>" (engine.postings
+# names them so, and always did: journals written before fees were shown this
+# way group the same). The movement's code says which fee goes with it.
+FEE_CODE_OF = {"charge": "fee", "dispute": "dispute_fee"}
+FEE_CODES = frozenset(FEE_CODE_OF.values())
+
+
+def operation_of(transfer_id: str) -> str:
+    """The attempt, refund or dispute a transfer belongs to: its id before
+    the last separator ("att_x:charge" -> "att_x")."""
+    operation, separator, _ = transfer_id.rpartition(_ACCOUNT_SEPARATOR)
+    return operation if separator else transfer_id
+
+
+def fee_id_of(transfer: Transfer) -> str | None:
+    """The id the fee taken on `transfer` has when there is one; None for a
+    movement that carries no fee (a refund, a dispute reversal, a fee)."""
+    fee_code = FEE_CODE_OF.get(transfer.code)
+    return None if fee_code is None else operation_of(transfer.id) + _ACCOUNT_SEPARATOR + fee_code
+
+
 def _merchant_of(account: str) -> str:
     merchant_id, separator, _ = account.partition(_ACCOUNT_SEPARATOR)
     assert separator, account
@@ -93,6 +118,34 @@ class Transfer(msgspec.Struct, frozen=True, tag=True, gc=False):  # no cycles: s
     created_s: int
     pending_id: str | None = None
     available_on_s: int | None = None
+
+
+class Entry(msgspec.Struct, frozen=True, gc=False):
+    """A movement of a merchant's balance as Stripe shows it (a balance
+    transaction): one posted transfer and the fees taken on it."""
+
+    transfer: Transfer
+    fees: tuple[Transfer, ...] = ()
+
+    @property
+    def fee(self) -> int:
+        return sum(fee.amount for fee in self.fees)
+
+
+def entries(transfers: list[Transfer]) -> list[Entry]:
+    """The posted `transfers` grouped as balance transactions, in their
+    order: each fee joins the movement it was taken on (`fee_id_of`), and a
+    fee whose movement is not among them stands alone."""
+    by_fee_id = {fee_id: transfer for transfer in transfers if (fee_id := fee_id_of(transfer)) is not None}
+    fees_of: dict[str, list[Transfer]] = {}
+    shown: list[Transfer] = []
+    for transfer in transfers:
+        principal = by_fee_id.get(transfer.id) if transfer.code in FEE_CODES else None
+        if principal is None:
+            shown.append(transfer)
+        else:
+            fees_of.setdefault(principal.id, []).append(transfer)
+    return [Entry(transfer, tuple(fees_of.get(transfer.id, ()))) for transfer in shown]
 
 
 class LedgerResult(enum.StrEnum):
@@ -284,6 +337,15 @@ class Ledger:
     def transfer(self, transfer_id: str) -> Transfer | None:
         """The applied transfer with this id, if any."""
         return self._transfers_by_id.get(transfer_id)
+
+    def entry(self, transfer_id: str) -> Entry | None:
+        """The applied transfer with this id and the fee taken on it, if any."""
+        transfer = self._transfers_by_id.get(transfer_id)
+        if transfer is None:
+            return None
+        fee_id = fee_id_of(transfer)
+        fee = None if fee_id is None else self._transfers_by_id.get(fee_id)
+        return Entry(transfer, () if fee is None else (fee,))
 
     # --------------------------------------------------------------- checks
 

@@ -15,7 +15,20 @@ Rules:
 - a new refund raises `refund.created` and `charge.refunded`; a refund
   reaching a final status raises `refund.updated`, and `refund.failed` too
   when it failed; an unknown outcome raises nothing (it is not a status);
-- disputes raise `charge.dispute.created` and `charge.dispute.closed`.
+- a charge raises Stripe's `charge.*` events about itself (data.object is
+  the charge, named by its attempt): `charge.succeeded` when an
+  authorization or charge is approved, `charge.failed` when one is declined
+  (a declined capture is not: the charge is unchanged), `charge.captured`
+  when a capture of it succeeds, `charge.refunded` for a refund and when a
+  cancel releases its hold (`charge.expired` instead when the hold ran out),
+  `charge.updated` when the merchant updates it;
+- disputes raise `charge.dispute.created` with `charge.dispute.funds_withdrawn`
+  (the amount and fee leave the balance at once), `charge.dispute.updated`
+  when the merchant stages or submits evidence or changes its metadata,
+  and `charge.dispute.closed` (with `charge.dispute.funds_reinstated` when
+  won) when the issuer decides or the merchant accepts it;
+- an increment of an authorization raises `amount_capturable_updated` when
+  approved, and nothing while in flight or when declined.
 """
 
 from __future__ import annotations
@@ -32,12 +45,20 @@ EVENT_TYPES = (
     "payment_intent.succeeded",
     "payment_intent.payment_failed",
     "payment_intent.canceled",
+    "charge.succeeded",
+    "charge.failed",
+    "charge.captured",
+    "charge.expired",
+    "charge.updated",
     "charge.refunded",
     "refund.created",
     "refund.updated",
     "refund.failed",
     "charge.dispute.created",
+    "charge.dispute.updated",
     "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
 )
 
 STATUS_EVENTS = {
@@ -50,13 +71,23 @@ STATUS_EVENTS = {
 
 # What data.object of an event type shows.
 OBJECT_KINDS = {
+    "charge.succeeded": "charge",
+    "charge.failed": "charge",
+    "charge.captured": "charge",
+    "charge.expired": "charge",
+    "charge.updated": "charge",
     "charge.refunded": "charge",
     "refund.created": "refund",
     "refund.updated": "refund",
     "refund.failed": "refund",
     "charge.dispute.created": "dispute",
+    "charge.dispute.updated": "dispute",
     "charge.dispute.closed": "dispute",
+    "charge.dispute.funds_withdrawn": "dispute",
+    "charge.dispute.funds_reinstated": "dispute",
 }
+
+CHARGE_KINDS = (machine.AttemptKind.authorize, machine.AttemptKind.charge)
 
 
 def object_kind(event_type: str) -> str:
@@ -78,8 +109,17 @@ def notices(before: PaymentIntent | None, event: machine.Event, after: PaymentIn
     raised: list[tuple[str, str]] = []
     if isinstance(event, machine.IntentCreated):
         raised.append(("payment_intent.created", after.id))
+    elif isinstance(event, machine.AttemptApproved):
+        raised.extend(_approved_charge(after, event.attempt_id))
     elif isinstance(event, machine.AttemptDeclined) and event.error is not None:
+        attempt = after.attempt(event.attempt_id)
+        if attempt is not None and attempt.kind in CHARGE_KINDS:
+            raised.append(("charge.failed", attempt.id))
         raised.append(("payment_intent.payment_failed", after.id))
+    elif isinstance(event, machine.IntentCanceled) and event.transfers and event.void is not None and event.void.parent_id is not None:
+        # A hold released: Stripe counts the uncaptured amount refunded.
+        expired = event.cancellation_reason == "automatic"
+        raised.append(("charge.expired" if expired else "charge.refunded", event.void.parent_id))
     elif isinstance(event, machine.RefundCreated):
         raised.append(("refund.created", event.refund.id))
         charge = after.authorization()
@@ -93,8 +133,15 @@ def notices(before: PaymentIntent | None, event: machine.Event, after: PaymentIn
                 raised.append(("refund.failed", event.refund_id))
     elif isinstance(event, machine.DisputeOpened):
         raised.append(("charge.dispute.created", event.dispute.id))
+        raised.append(("charge.dispute.funds_withdrawn", event.dispute.id))
+    elif isinstance(event, machine.ChargeUpdated):
+        raised.append(("charge.updated", event.details.attempt_id))
+    elif isinstance(event, machine.DisputeUpdated):
+        raised.append(("charge.dispute.updated", event.dispute_id))
     elif isinstance(event, machine.DisputeClosed):
         raised.append(("charge.dispute.closed", event.dispute_id))
+        if event.status is machine.DisputeStatus.won:
+            raised.append(("charge.dispute.funds_reinstated", event.dispute_id))
     entered = after.status if before is None or before.status is not after.status else None
     if _increment_in_flight_or_declined(event, after):
         # An increment passes through processing and, declined, comes back
@@ -104,3 +151,17 @@ def notices(before: PaymentIntent | None, event: machine.Event, after: PaymentIn
     if status_event is not None:
         raised.append((status_event, after.id))
     return raised
+
+
+def _approved_charge(after: PaymentIntent, attempt_id: str) -> list[tuple[str, str]]:
+    """`charge.succeeded` for an approved authorization or charge,
+    `charge.captured` (about the authorization) for an approved capture; a
+    void's approval raises nothing (its cancel did)."""
+    attempt = after.attempt(attempt_id)
+    if attempt is None:
+        return []
+    if attempt.kind in CHARGE_KINDS:
+        return [("charge.succeeded", attempt.id)]
+    if attempt.kind is machine.AttemptKind.capture and attempt.parent_id is not None:
+        return [("charge.captured", attempt.parent_id)]
+    return []

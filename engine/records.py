@@ -11,7 +11,7 @@ import enum
 
 import msgspec
 
-from engine.commands import CaptureMethod
+from engine.commands import CaptureMethod, CardSummary
 from engine.status import Status
 
 
@@ -37,6 +37,8 @@ class DisputeStatus(enum.StrEnum):
     needs_response = "needs_response"
     won = "won"
     lost = "lost"
+    # The merchant submitted evidence; the issuer decides.
+    under_review = "under_review"
 
 
 class RefundStatus(enum.StrEnum):
@@ -46,6 +48,8 @@ class RefundStatus(enum.StrEnum):
 
 
 OPEN_ATTEMPT = (AttemptStatus.pending, AttemptStatus.unknown)
+# A dispute waiting for the issuer's decision, answered or not.
+OPEN_DISPUTE = (DisputeStatus.needs_response, DisputeStatus.under_review)
 
 
 # State kept in memory for every intent is not tracked by the garbage
@@ -71,6 +75,9 @@ class Attempt(msgspec.Struct, frozen=True, gc=False):
     status: AttemptStatus
     created_s: int
     parent_id: str | None = None  # the authorization a capture or void acts on
+    # What the charge shows of its card; authorizations and charges only,
+    # and None for those made before attempts carried it.
+    card: CardSummary | None = None
     # Made while the cardholder was away: no 3-D Secure challenge possible.
     off_session: bool = False
 
@@ -98,6 +105,17 @@ class Dispute(msgspec.Struct, frozen=True, gc=False):
     amount: int
     status: DisputeStatus
     created_s: int
+    # The merchant's side (engine.disputes): evidence staged or submitted,
+    # by Stripe's field names; how often it was submitted, and whether the
+    # last submission came after `due_by_s`. None for disputes journaled
+    # before there was a deadline: their deadline is derived from created_s.
+    metadata: dict[str, str] = {}
+    evidence: dict[str, str] = {}
+    submission_count: int = 0
+    past_due: bool = False
+    due_by_s: int | None = None
+
+
 class ChargeDetails(msgspec.Struct, frozen=True, gc=False):
     """What a charge shows of its own once the merchant updated it
     (engine.amendments); before that it shows its intent's."""
@@ -193,4 +211,4 @@ class PaymentIntent(msgspec.Struct, frozen=True, gc=False):
 
     def has_open_dispute(self) -> bool:
         """Whether a dispute waits for the issuer's decision."""
-        return any(dispute.status is DisputeStatus.needs_response for dispute in self.disputes)
+        return any(dispute.status in OPEN_DISPUTE for dispute in self.disputes)

@@ -19,6 +19,7 @@ class Result(enum.StrEnum):
     refund_reason_invalid = "refund_reason_invalid"
     currency_unknown = "currency_unknown"
     metadata_invalid = "metadata_invalid"
+    evidence_invalid = "evidence_invalid"
     return_url_invalid = "return_url_invalid"
     email_invalid = "email_invalid"
     fraud_report_invalid = "fraud_report_invalid"
@@ -27,11 +28,13 @@ class Result(enum.StrEnum):
     intent_exists = "intent_exists"
     charge_missing = "charge_missing"
     refund_missing = "refund_missing"
+    dispute_missing = "dispute_missing"
     # state: the intent is not in a status that allows the command
     intent_unexpected_state = "intent_unexpected_state"
     payment_method_required = "payment_method_required"
     intent_not_refundable = "intent_not_refundable"
     intent_disputed = "intent_disputed"
+    dispute_not_open = "dispute_not_open"
     # amounts: checked last, against the intent's current figures
     amount_exceeds_capturable = "amount_exceeds_capturable"
     amount_exceeds_refundable = "amount_exceeds_refundable"

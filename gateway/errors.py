@@ -207,4 +207,20 @@ def from_result(result: Result, param: str | None, *, amount: object = None, sta
         return invalid_request("Invalid email address: it must be name@domain, at most 800 characters.", param=param, code="email_invalid")
     if result is Result.fraud_report_invalid:
         return invalid_request("Invalid value for parameter fraud_details[user_report]: fraudulent or safe.", param=param, code="parameter_invalid")
+    if result is Result.evidence_invalid:
+        return invalid_request(
+            "Invalid evidence: only Stripe's text evidence fields, each within its length limit, at most 150,000 characters in all.",
+            param=param,
+            code="parameter_invalid",
+        )
+    if result is Result.dispute_missing:
+        return invalid_request("No such dispute.", param="dispute", code="resource_missing", status=404)
+    if result is Result.dispute_not_open:
+        if param == "evidence":
+            return invalid_request(
+                "This dispute no longer takes evidence: it was already submitted or the dispute is closed. Only its metadata may change.",
+                param="evidence",
+                code="dispute_not_open",
+            )
+        return invalid_request("This dispute is already under review or closed; only a dispute that needs a response can be closed.", code="dispute_not_open")
     raise AssertionError(f"no client-facing mapping for {result}")

@@ -199,10 +199,10 @@ class Expansion:
         intent, attempt = found
         transfer_id = objects.charge_transfer_id(intent, attempt)
         shard = self.node.shards.get(self.node.partition_of_intent(intent.id))
-        transfer = None if transfer_id is None or shard is None else shard.state.ledger.transfer(transfer_id)
-        if transfer is None:
+        entry = None if transfer_id is None or shard is None else shard.state.ledger.entry(transfer_id)
+        if entry is None:
             return None
-        return msgspec.to_builtins(objects.balance_transaction(transfer, intent.merchant_id, int(time.time())))
+        return msgspec.to_builtins(objects.balance_entry(entry, intent.merchant_id, int(time.time()), intent))
 
     async def refunds(self, parent: dict[str, Any], _: str) -> dict[str, Any] | None:
         """A charge's refunds, newest first, as the list Stripe includes."""

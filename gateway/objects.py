@@ -17,11 +17,12 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from engine import charges, ids, ledger
+from engine import charges, disputes, ids, ledger
 from engine.intent import Dispute, PaymentIntent, Refund
 from engine.ledger import Transfer
 from engine import notifications
 from engine.postings import ledger_fee, ledger_single
+from engine.commands import CardSummary
 from engine.records import Attempt, AttemptKind, AttemptStatus, PaymentError
 from gateway.errors import doc_url
 from store.rows import CustomerRow, EventRow, PaymentMethodRow, WebhookEndpointRow
@@ -149,8 +150,9 @@ class RefundObject(msgspec.Struct, tag_field="object", tag="refund"):
 
 
 class DisputeEvidence(msgspec.Struct, frozen=True):
-    """What the merchant has submitted to fight a dispute: nothing yet, as
-    there is no API to submit it (issue 15). Stripe sends every field."""
+    """What the merchant has staged or submitted to fight a dispute
+    (POST /v1/disputes/{id}); Stripe sends every field, null when not given.
+    The file fields stay null: there is no Files API here."""
 
     access_activity_log: str | None = None
     billing_address: str | None = None
@@ -182,7 +184,6 @@ class DisputeEvidence(msgspec.Struct, frozen=True):
 
 
 class DisputeEvidenceDetails(msgspec.Struct, frozen=True):
-    # The network tells no deadline; Stripe's null for "none known".
     due_by: int | None = None
     has_evidence: bool = False
     past_due: bool = False
@@ -223,8 +224,9 @@ class BalanceTransactionObject(msgspec.Struct):
     status: Literal["available", "pending"]
     reporting_category: str
     object: Literal["balance_transaction"] = "balance_transaction"
-    # Fees are balance transactions of their own here, so none is inside another's.
+    # The fees taken on this movement (the ledger's fee transfers beside it).
     fee_details: list[FeeDetail] = []
+    description: str | None = None
 
 
 class DisputeObject(msgspec.Struct, tag_field="object", tag="dispute"):
@@ -234,7 +236,7 @@ class DisputeObject(msgspec.Struct, tag_field="object", tag="dispute"):
     payment_intent: str
     charge: str
     created: int
-    status: Literal["needs_response", "won", "lost"]
+    status: Literal["needs_response", "under_review", "won", "lost"]
     livemode: bool
     balance_transactions: list[BalanceTransactionObject]
     is_charge_refundable: bool
@@ -538,29 +540,38 @@ def refund(intent: PaymentIntent, item: Refund) -> RefundObject:
     return RefundObject(**_about_a_charge(intent, item), reason=item.reason, failure_reason=failure_reason, metadata=item.metadata)
 
 
-def _dispute_transfers(intent: PaymentIntent, item: Dispute) -> list[Transfer]:
-    """The movements the dispute's opening made: the disputed amount out of
-    the merchant's balance, and the dispute fee. They are made again here
-    exactly as engine.disputes.decide_dispute_opened made them (same ids,
-    amounts and times); the tests hold them against the balance
-    transactions the ledger lists."""
+def _dispute_transfers(intent: PaymentIntent, item: Dispute) -> list[ledger.Entry]:
+    """The movement of the dispute's opening as a balance transaction: the
+    disputed amount out of the merchant's balance with the dispute fee taken
+    on it. Made again here exactly as engine.disputes made them (same ids,
+    amounts and times); the tests hold them against the balance transactions
+    the ledger lists. A won dispute's reversal is not among them: the
+    intent does not keep when it was decided, and replaying old journals
+    must give the intent they gave."""
     transfers = [ledger_single(intent, f"{item.id}:dispute", "dispute", item.amount, item.created_s, to_merchant=False)]
     if intent.dispute_fee_minor > 0:
         transfers.append(ledger_fee(intent, f"{item.id}:dispute_fee", "dispute_fee", intent.dispute_fee_minor, item.created_s))
-    return transfers
+    return ledger.entries(transfers)
 
 
 def dispute(intent: PaymentIntent, item: Dispute) -> DisputeObject:
     about = _about_a_charge(intent, item)
     assert about["charge"] is not None, "a dispute is opened only on a successful charge"
     now_s = int(time.time())
+    entries = _dispute_transfers(intent, item)
+    due_by = disputes.due_by_s(item)
     return DisputeObject(
         **about,
         livemode=intent.livemode,
-        balance_transactions=[balance_transaction(t, intent.merchant_id, now_s) for t in _dispute_transfers(intent, item)],
+        balance_transactions=[balance_entry(entry, intent.merchant_id, now_s, intent) for entry in entries],
         # As engine.refunds decides: no refund while a dispute is open, nor
         # past what may still go back.
         is_charge_refundable=not intent.has_open_dispute() and intent.amount_returnable > 0,
+        metadata=item.metadata,
+        evidence=DisputeEvidence(**item.evidence),
+        evidence_details=DisputeEvidenceDetails(
+            due_by=due_by, has_evidence=bool(item.evidence), past_due=item.past_due, submission_count=item.submission_count
+        ),
     )
 
 
@@ -582,30 +593,74 @@ BALANCE_TRANSACTION_TYPES = {
     "dispute_fee": "stripe_fee",
     "dispute_won": "adjustment",
 }
+# Stripe's reporting categories, by the ledger's code.
+REPORTING_CATEGORIES = {"dispute_won": "dispute_reversal", "dispute_fee": "fee"}
+FEE_DESCRIPTIONS = {"fee": "Stripe processing fees", "dispute_fee": "Dispute fee"}
 
 
 def balance_transaction_id(transfer: Transfer) -> str:
     return "txn_" + transfer.id.replace(":", "_")
 
 
-def balance_transaction(transfer: Transfer, merchant_id: str, now_s: int) -> BalanceTransactionObject:
-    """A posted movement of the merchant's balance, from the merchant's side."""
+def balance_transaction_source(transfer: Transfer, intent: PaymentIntent | None = None) -> str:
+    """What a movement is about, as Stripe names it: the charge (`ch_`) for
+    a charge or a capture (a capture is named by the authorization it
+    captures), the refund for a refund or its failure, the dispute for a
+    dispute and its fee or reversal. A transfer's id names its operation
+    (engine.postings); a capture's authorization is found in `intent`, or
+    else from the hold the capture closes."""
+    operation = ledger.operation_of(transfer.id)
+    if transfer.pending_id is not None:
+        capture = None if intent is None else intent.attempt(operation)
+        if capture is not None and capture.parent_id is not None:
+            operation = capture.parent_id
+        else:
+            operation = ledger.operation_of(transfer.pending_id)
+    if operation.startswith(ids.ATTEMPT_PREFIX + "_"):
+        return ids.charge_id(operation)
+    return operation
+
+
+def _description(transfer: Transfer) -> str | None:
+    if transfer.code == "refund":
+        return "REFUND FOR CHARGE"
+    if transfer.code == "dispute":
+        return "Chargeback withdrawal"
+    if transfer.code == "dispute_won":
+        return "Chargeback reversal"
+    return FEE_DESCRIPTIONS.get(transfer.code)
+
+
+def balance_transaction(
+    transfer: Transfer, merchant_id: str, now_s: int, fees: tuple[Transfer, ...] = (), intent: PaymentIntent | None = None
+) -> BalanceTransactionObject:
+    """A posted movement of the merchant's balance, from the merchant's
+    side, with the fees taken on it (`engine.ledger.entries`): `amount` is
+    the movement, `fee` what the fees took, `net` what the balance moved.
+    `intent`, the transfer's, names a capture's charge for certain."""
     into_merchant = transfer.credit_account_id == ledger.account_id(merchant_id, ledger.MERCHANT_BALANCE)
     amount = transfer.amount if into_merchant else -transfer.amount
+    fee = sum(item.amount for item in fees)
     available_on = transfer.available_on_s if transfer.available_on_s is not None else transfer.created_s
     return BalanceTransactionObject(
         id=balance_transaction_id(transfer),
         amount=amount,
-        fee=0,
-        net=amount,
+        fee=fee,
+        net=amount - fee,
         currency=transfer.currency,
         type=BALANCE_TRANSACTION_TYPES.get(transfer.code, "adjustment"),
-        source=transfer.intent_id,
+        source=balance_transaction_source(transfer, intent),
         created=transfer.created_s,
         available_on=available_on,
         status="available" if available_on <= now_s else "pending",
-        reporting_category=transfer.code,
+        reporting_category=REPORTING_CATEGORIES.get(transfer.code, transfer.code),
+        fee_details=[FeeDetail(item.amount, item.currency, "stripe_fee", FEE_DESCRIPTIONS.get(item.code)) for item in fees],
+        description=_description(transfer),
     )
+
+
+def balance_entry(entry: ledger.Entry, merchant_id: str, now_s: int, intent: PaymentIntent | None = None) -> BalanceTransactionObject:
+    return balance_transaction(entry.transfer, merchant_id, now_s, entry.fees, intent)
 
 
 def charge_transfer_id(intent: PaymentIntent, attempt: Attempt) -> str | None:
@@ -645,6 +700,23 @@ def charge_card_details(card: PaymentMethodRow | None) -> ChargePaymentMethodDet
     return ChargePaymentMethodDetails(ChargeCardDetails(card.brand, card.last4, card.exp_month, card.exp_year, card.fingerprint, card.brand))
 
 
+def card_summary(row: PaymentMethodRow | None) -> CardSummary | None:
+    """What an attempt made with this payment method keeps of its card, so
+    its charge renders in events without reading the payment method again."""
+    if row is None:
+        return None
+    funding = getattr(row, "funding", None) or "unknown"
+    return CardSummary(row.brand, row.last4, row.exp_month, row.exp_year, row.fingerprint, funding)
+
+
+def _attempt_card_details(attempt: Attempt) -> ChargePaymentMethodDetails | None:
+    card = attempt.card
+    if card is None:
+        return None
+    funding: Any = card.funding if card.funding in ("credit", "debit", "prepaid") else "unknown"
+    return ChargePaymentMethodDetails(ChargeCardDetails(card.brand, card.last4, card.exp_month, card.exp_year, card.fingerprint, card.brand, funding))
+
+
 def charge_created_s(attempt: Attempt) -> int:
     """The charge's creation time: its id's second, so a list cursor naming
     it is placed from the id alone (gateway/lists.py), as intents are."""
@@ -677,7 +749,7 @@ def charge(intent: PaymentIntent, attempt: Attempt, card: PaymentMethodRow | Non
         failure_message=None if failure is None else failure.message,
         payment_intent=intent.id,
         payment_method=attempt.payment_method_id,
-        payment_method_details=charge_card_details(card),
+        payment_method_details=_attempt_card_details(attempt) or charge_card_details(card),
         created=charge_created_s(attempt),
         livemode=intent.livemode,
         outcome=_outcome(intent, attempt),

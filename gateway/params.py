@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 import msgspec.inspect
 
+from engine.disputes import EVIDENCE_TEXT_FIELDS
 from gateway.errors import ApiError, invalid_request
 
 T = TypeVar("T")
@@ -386,12 +387,39 @@ class NoParams(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
+# Stripe's text evidence fields, each with its length limit (the file
+# fields would name Files API objects, which are not served).
+DisputeEvidenceParams = msgspec.defstruct(
+    "DisputeEvidenceParams",
+    [(field, Annotated[str, msgspec.Meta(max_length=chars_max)] | None, None) for field, chars_max in EVIDENCE_TEXT_FIELDS.items()],
+    forbid_unknown_fields=True,
+    module=__name__,
+)
+
+
+class UpdateDispute(msgspec.Struct, forbid_unknown_fields=True):
+    """Stripe's dispute update: evidence is merged into what is staged and,
+    unless `submit` is false, submitted; metadata merges as everywhere."""
+
+    evidence: DisputeEvidenceParams | None = None  # type: ignore[valid-type]
+    metadata: dict[str, str] = {}
+    submit: bool | None = None
+    expand: list[str] = []
+
+
+class ExpandParams(msgspec.Struct, forbid_unknown_fields=True):
+    """A call whose body takes nothing but `expand` (a dispute's close)."""
+
+    expand: list[str] = []
+
+
 class SimulateDispute(msgspec.Struct, forbid_unknown_fields=True):
     payment_intent: str
 
 
 class CloseDispute(msgspec.Struct, forbid_unknown_fields=True):
-    outcome: Literal["won", "lost"]
+    # Without one, the issuer decides by the merchant's submitted evidence.
+    outcome: Literal["won", "lost"] | None = None
 
 
 # ---------------------------------------------------------------- customers

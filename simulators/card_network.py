@@ -421,6 +421,16 @@ class CardNetwork:
         )
         return True
 
+    def dispute_accepted(self, reference: str) -> bool:
+        """The merchant accepted the dispute (Stripe's close): it is lost and
+        closed here too, with no notice (the engine decided it). False if
+        there is none open."""
+        dispute = self._disputes.get(reference)
+        if dispute is None or dispute[2]:
+            return False
+        self._disputes[reference] = (dispute[0], dispute[1], True)
+        return True
+
     def _notify(self, notice: NetworkNotice) -> None:
         self._notices_due.append(notice)
         self._notice_scheduled.set()

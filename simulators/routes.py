@@ -10,7 +10,12 @@ need them can run end to end in test mode:
   Passing or failing it makes the network send its final answer, and the
   intent moves on by itself;
 - `POST /simulator/disputes` and `/simulator/disputes/{id}/close`: the
-  cardholder opens a dispute on a captured payment, the issuer decides it;
+  cardholder opens a dispute on a captured payment, the issuer decides it.
+  The issuer reads the merchant's side from the engine: a dispute the
+  merchant accepted (closed) is lost already and cannot be decided again,
+  and without an `outcome` the issuer follows the submitted evidence as
+  Stripe's test mode does (`uncategorized_text` "winning_evidence" wins,
+  "losing_evidence" or no submitted evidence loses);
 - `GET /simulator/operations`: the network's own record of the caller's
   operations, for checking that nothing was charged twice.
 
@@ -27,6 +32,7 @@ import msgspec
 from quart import Response, redirect
 from quart_trio import QuartTrio
 
+from engine.intent import OPEN_DISPUTE, Dispute, DisputeStatus
 from engine.urls import return_url_allowed
 from gateway import errors, params
 from gateway.app import ID_CHARS_MAX, Mount, json_response
@@ -100,9 +106,16 @@ def _register_disputes(app: QuartTrio, node: Node, network: CardNetwork, authent
         found = node.dispute(dispute_id) if len(dispute_id) <= ID_CHARS_MAX else None
         if found is None or found[0].merchant_id != key.merchant_id:
             raise errors.not_found("dispute", dispute_id, "dispute")
-        if not network.close_dispute(dispute_id, values.outcome == "won"):
+        dispute = found[1]
+        if dispute.status not in OPEN_DISPUTE:
+            # The merchant accepted it (or it was decided): the network's
+            # record learns so, and nothing is decided twice.
+            network.dispute_accepted(dispute_id)
             raise errors.invalid_request("This dispute is already closed.", code="dispute_already_closed")
-        return json_response({"object": "simulated_dispute", "id": dispute_id, "outcome": values.outcome})
+        outcome = values.outcome or _issuer_decision(dispute)
+        if not network.close_dispute(dispute_id, outcome == "won"):
+            raise errors.invalid_request("This dispute is already closed.", code="dispute_already_closed")
+        return json_response({"object": "simulated_dispute", "id": dispute_id, "outcome": outcome})
 
     @app.get("/simulator/operations")
     async def simulated_operations() -> Response:
@@ -116,3 +129,17 @@ def _register_disputes(app: QuartTrio, node: Node, network: CardNetwork, authent
             if intent is not None and intent.merchant_id == key.merchant_id:
                 mine.append({"payment_intent": intent.id, **msgspec.structs.asdict(operation)})
         return json_response({"object": "list", "data": mine})
+
+
+# Stripe's test-mode words in a dispute's evidence that decide it.
+WINNING_EVIDENCE = "winning_evidence"
+LOSING_EVIDENCE = "losing_evidence"
+
+
+def _issuer_decision(dispute: Dispute) -> str:
+    """How the issuer decides a dispute by the merchant's answer: evidence
+    submitted with Stripe's test word for winning wins; anything else (the
+    word for losing, other evidence, nothing submitted) loses."""
+    submitted = dispute.status is DisputeStatus.under_review
+    text = dispute.evidence.get("uncategorized_text", "")
+    return "won" if submitted and WINNING_EVIDENCE in text and LOSING_EVIDENCE not in text else "lost"

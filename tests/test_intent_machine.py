@@ -65,6 +65,7 @@ from engine.intent import (
     evolve,
     transfers_of,
 )
+from engine.intent import CloseDispute, DisputeUpdated, UpdateDispute
 from engine.ledger import Ledger, LedgerResult, Transfer, TransferKind
 from engine.results import Result
 
@@ -1125,6 +1126,10 @@ DISPUTE_EXPECTED = [
     (DisputeStatus.lost, "closed-won", D),
     (DisputeStatus.lost, "closed-lost", D),
     (DisputeStatus.lost, "opened-again", D),
+    # Under review (the merchant submitted evidence), the issuer still decides.
+    (DisputeStatus.under_review, "closed-won", DisputeStatus.won),
+    (DisputeStatus.under_review, "closed-lost", DisputeStatus.lost),
+    (DisputeStatus.under_review, "opened-again", D),
 ]
 DISPUTE_COMMANDS = {
     "closed-won": lambda: dispute_closed(won=True),
@@ -1137,7 +1142,10 @@ def test_dispute_transitions_table_allows_exactly_the_accepted_pairs():
     assert set(DISPUTE_TRANSITIONS) == set(DisputeStatus)
     closable = {status for status, row in DISPUTE_TRANSITIONS.items() if RecordDisputeClosed in row}
     assert closable == {status for status, command, expected in DISPUTE_EXPECTED if isinstance(expected, DisputeStatus)}
-    assert {command_type for row in DISPUTE_TRANSITIONS.values() for command_type in row} == {RecordDisputeClosed}
+    # The merchant's commands are tested in tests/test_dispute_actions.py.
+    assert {command_type for row in DISPUTE_TRANSITIONS.values() for command_type in row} == {
+        RecordDisputeClosed, UpdateDispute, CloseDispute,
+    }
     assert set(DISPUTE_TRANSITIONS[DisputeStatus.needs_response][RecordDisputeClosed]) == {DisputeStatus.won, DisputeStatus.lost}
 
 
@@ -1652,7 +1660,7 @@ def test_journal_rows_written_earlier_decode_replay_and_encode_byte_for_byte():
     # Every event type there was when these rows were written; AttemptNotSent,
     # IntentUpdated and the increment and amendment events came later and
     # have no old rows to decode.
-    later = {AttemptNotSent, IntentUpdated, IncrementRequested, ChargeUpdated, RefundMetadataUpdated}
+    later = {AttemptNotSent, IntentUpdated, IncrementRequested, ChargeUpdated, RefundMetadataUpdated, DisputeUpdated}
     assert {type(event) for event in decoded} == set(typing.get_args(Event)) - later
     assert [_as_written_then(event_encoder.encode(event), row) for event, row in zip(decoded, JOURNAL_ROWS_WRITTEN_EARLIER)] == [
         msgspec.json.decode(row) for row in JOURNAL_ROWS_WRITTEN_EARLIER

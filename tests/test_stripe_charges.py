@@ -190,7 +190,7 @@ def test_expand_on_retrieve_shows_the_charge_its_balance_transaction_and_the_pay
     charge = expanded["latest_charge"]
     assert charge["id"] == plain["latest_charge"] and charge["object"] == "charge"
     transaction = charge["balance_transaction"]
-    assert (transaction["object"], transaction["amount"], transaction["type"], transaction["source"]) == ("balance_transaction", 5000, "charge", paid["id"])
+    assert (transaction["object"], transaction["amount"], transaction["type"], transaction["source"]) == ("balance_transaction", 5000, "charge", charge["id"])
     listed = ok(http.get("/v1/balance_transactions", params={"payment_intent": paid["id"], "limit": 100}))["data"]
     assert transaction in listed
     method = expanded["payment_method"]

@@ -154,6 +154,7 @@ OBJECT_TYPES = {
     "webhook_endpoint",
     "balance",
     "balance_transaction",
+    "setup_intent",
 }
 RESPONSE_KINDS = OBJECT_TYPES - {"balance_transaction"} | {"list", "error"}
 
@@ -182,6 +183,9 @@ def _tour(merchant: dict) -> None:
     client.v1.refunds.retrieve(refund.id)
     client.v1.refunds.list()
     client.v1.payment_intents.list(params={"limit": 3})
+    saved = client.v1.setup_intents.create(params={"payment_method": "pm_card_visa", "confirm": True})
+    client.v1.setup_intents.retrieve(saved.id, params={"expand": ["payment_method"]})
+    client.v1.setup_intents.list(params={"limit": 3})
     with http(merchant) as plain:
         opened = plain.post("/simulator/disputes", data={"payment_intent": held.id})
         assert opened.status_code == 200, opened.text
@@ -344,7 +348,7 @@ def test_an_unknown_url_is_stripe_s_404(merchant: dict) -> None:
         ("DELETE", "/v1/subscriptions/sub_1", "The subscriptions API"),
         ("GET", "/v1/account", "The account API"),
         ("POST", "/v1/charges/ch_1/refund", "Refunding through the charge (POST /v1/refunds with charge=)"),
-        ("POST", "/v1/disputes/dp_1/close", "Closing a dispute"),
+        ("POST", "/v1/charges/ch_1/dispute/close", "Closing a dispute"),
         ("GET", "/v1/balance/history", "The balance history (use /v1/balance_transactions)"),
     ],
 )

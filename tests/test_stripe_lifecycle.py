@@ -179,8 +179,10 @@ def test_balance_after_a_mix_equals_the_hand_computed_figure(node: NodeProcess, 
     assert {entry.currency: entry.amount for entry in balance.pending} == {"usd": usd, "jpy": jpy}
     assert {entry.currency: entry.amount for entry in balance.available} == {"usd": 0, "jpy": 0}
     transactions = list(client.v1.balance_transactions.list(params={"limit": 100}).auto_paging_iter())
-    assert sum(t.amount for t in transactions if t.currency == "usd") == usd
-    assert sorted(t.type for t in transactions if t.currency == "usd") == ["charge", "charge", "refund", "stripe_fee", "stripe_fee"]
+    # Fees are inside the charges' transactions (Stripe's fee and net).
+    assert sum(t.net for t in transactions if t.currency == "usd") == usd
+    assert sorted(t.type for t in transactions if t.currency == "usd") == ["charge", "charge", "refund"]
+    assert sorted(t.fee for t in transactions if t.currency == "usd") == [0, ledger.fee_minor(3000), ledger.fee_minor(10_000)]
 
 
 def wait_for_status(client: stripe.StripeClient, intent_id: str, status: str):

@@ -88,6 +88,7 @@ def test_an_automatic_payment_raises_created_processing_succeeded() -> None:
     assert run_commands(create(), machine.RecordApproval(intent_id=INTENT, attempt_id=ATTEMPT, at_s=2)) == [
         "payment_intent.created",
         "payment_intent.processing",
+        "charge.succeeded",
         "payment_intent.succeeded",
     ]
 
@@ -98,7 +99,7 @@ def test_a_manual_capture_raises_amount_capturable_updated_then_succeeded() -> N
         machine.RecordApproval(intent_id=INTENT, attempt_id=ATTEMPT, at_s=2),
         machine.CaptureIntent(intent_id=INTENT, **OWNER, attempt_id=CAPTURE, at_s=3),
         machine.RecordApproval(intent_id=INTENT, attempt_id=CAPTURE, at_s=4),
-    ) == MANUAL_FLOW
+    ) == MANUAL_FLOW[:2] + ["charge.succeeded"] + MANUAL_FLOW[2:4] + ["charge.captured"] + MANUAL_FLOW[4:]
 
 
 def test_a_decline_raises_payment_failed_and_a_3ds_card_requires_action() -> None:
@@ -121,14 +122,16 @@ def test_refunds_and_disputes_raise_their_events() -> None:
         machine.RecordDisputeOpened(intent_id=INTENT, dispute_id="dp_1", amount=1500, at_s=5),
         machine.RecordDisputeClosed(intent_id=INTENT, dispute_id="dp_1", won=True, at_s=6),
     )
-    assert raised[3:] == [
+    assert raised[4:] == [
         "refund.created",
         "charge.refunded",
         "refund.updated",
         "refund.updated",
         "refund.failed",
         "charge.dispute.created",
+        "charge.dispute.funds_withdrawn",
         "charge.dispute.closed",
+        "charge.dispute.funds_reinstated",
     ]
     assert set(raised) <= set(notifications.EVENT_TYPES)
 
@@ -496,10 +499,12 @@ def test_events_are_listed_newest_first_filtered_and_paged(node: NodeProcess) ->
     with client_for(node, keys["secret_key"]) as client:
         intents = [pay_manually(client) for _ in range(3)]
         listed = client.get("/v1/events", params={"limit": 100}).json()
-        assert len(listed["data"]) == 15 and not listed["has_more"]
+        # Five about each intent, two about its charge (succeeded, captured).
+        assert len(listed["data"]) == 21 and not listed["has_more"]
         keys_in_order = [(event["created"], event["id"]) for event in listed["data"]]
         assert keys_in_order == sorted(keys_in_order, reverse=True)
-        assert {event["data"]["object"]["id"] for event in listed["data"]} == set(intents)
+        shown = {event["data"]["object"]["id"] for event in listed["data"]}
+        assert set(intents) <= shown and {object_id[:3] for object_id in shown - set(intents)} == {"ch_"}
         succeeded = client.get("/v1/events", params={"type": "payment_intent.succeeded"}).json()["data"]
         assert len(succeeded) == 3 and {event["type"] for event in succeeded} == {"payment_intent.succeeded"}
         family = client.get("/v1/events", params={"type": "payment_intent.*", "limit": 100}).json()["data"]

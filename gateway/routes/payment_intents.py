@@ -117,8 +117,13 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
     paths = expansions.check(values.expand, "payment_intent")
     async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_intent) as claim:
         payment_method_id = None
+        method = None
         if values.payment_method is not None:
-            payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
+            method = await ownership.payment_method(node, values.payment_method, key)
+            payment_method_id = method.id
+        elif intent.payment_method_id is not None:
+            # The charge shows its card from the attempt (objects.card_summary).
+            method = await node.payment_method(intent.payment_method_id)
         off_session = customers.off_session_flag(values.off_session)
         checked = payment_method_id or intent.payment_method_id
         if checked is not None and (intent.customer_id is not None or off_session):
@@ -131,6 +136,7 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
             at_s=int(time.time()),
             payment_method_id=payment_method_id,
             return_url=values.return_url,
+            card=objects.card_summary(method),
             off_session=off_session,
             setup_future_usage=values.setup_future_usage,
         )
@@ -178,8 +184,10 @@ async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePay
     caller's."""
     node = calls.node
     payment_method_id = None
+    method = None
     if values.payment_method is not None:
-        payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
+        method = await ownership.payment_method(node, values.payment_method, key)
+        payment_method_id = method.id
     customer_id = None if values.customer is None else await customers.intent_customer(node, key, values.customer)
     off_session = customers.off_session_flag(values.off_session)
     if payment_method_id is not None and (customer_id is not None or off_session):
@@ -205,6 +213,7 @@ async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePay
         fee_fixed_minor=key.fee_fixed_minor,
         settlement_delay_s=node.config.settlement_delay_s,
         dispute_fee_minor=node.config.dispute_fee_minor,
+        card=objects.card_summary(method),
         customer_id=customer_id,
         setup_future_usage=values.setup_future_usage,
         off_session=off_session,

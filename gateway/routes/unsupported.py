@@ -2,8 +2,8 @@
 
 An integration written against Stripe calls more of Stripe than we serve. A
 call to a Stripe resource we do not have (customers, charges, products, ...)
-or to an operation of a served resource we do not have (closing a
-dispute, applying a customer balance, ...) is answered with a Stripe-shaped 404 that
+or to an operation of a served resource we do not have (applying a
+customer balance, verifying microdeposits, ...) is answered with a Stripe-shaped 404 that
 says so, after the caller's key is checked like any other call. Without
 these routes such a call would be read as something else: a 405, or
 `/v1/payment_intents/search` as the retrieval of an intent named "search".
@@ -71,8 +71,6 @@ UNSERVED_OPERATIONS = (
     ("POST", "/v1/charges/<charge_id>/dispute", "Updating a dispute (submitting evidence)"),
     ("POST", "/v1/charges/<charge_id>/dispute/close", "Closing a dispute"),
     ("POST", "/v1/payment_methods/<payment_method_id>", "Updating a PaymentMethod"),
-    ("POST", "/v1/disputes/<dispute_id>", "Updating a dispute (submitting evidence)"),
-    ("POST", "/v1/disputes/<dispute_id>/close", "Closing a dispute"),
     ("POST", "/v1/setup_intents/<setup_intent_id>/verify_microdeposits", "Verifying microdeposits"),
     ("GET", "/v1/balance/history", "The balance history (use /v1/balance_transactions)"),
     ("GET", "/v1/balance/history/<transaction_id>", "The balance history (use /v1/balance_transactions)"),
