@@ -3,7 +3,15 @@
 A route is published by decorating its view with `api(...)`, naming the
 Structs of its body, query and response; paths and methods come from the
 app's URL map. Nothing here is written by hand per route, so the document
-cannot drift from the code.
+cannot drift from the code: a route another module adds with a params
+Struct for its body appears with that body, and tests/test_openapi.py holds
+every /v1 route of the URL map against the document.
+
+A body is described twice, from the one Struct: as
+`application/x-www-form-urlencoded`, the way Stripe's SDKs send it (nested
+fields in brackets: the `deepObject` style, as Stripe's own description
+says for its object and array parameters), and as `application/json`,
+which the API also reads.
 """
 
 from __future__ import annotations
@@ -52,6 +60,45 @@ def _query_parameters(query: Any, components: dict[str, Any]) -> list[dict[str, 
     return parameters
 
 
+# Field types sent in brackets in a form body (card[number]=..., expand[0]=...).
+_NESTED_TYPES = (msgspec.inspect.StructType, msgspec.inspect.DictType, msgspec.inspect.ListType)
+
+
+def _is_nested(info: msgspec.inspect.Type) -> bool:
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(_is_nested(member) for member in info.types)
+    if isinstance(info, msgspec.inspect.Metadata):
+        return _is_nested(info.type)
+    return isinstance(info, _NESTED_TYPES)
+
+
+def form_encoding(body: Any) -> dict[str, Any]:
+    """How each nested field of the Struct `body` is written in a form body:
+    Stripe's bracket nesting, OpenAPI's deepObject style."""
+    info = msgspec.inspect.type_info(body)
+    assert isinstance(info, msgspec.inspect.StructType), body
+    return {
+        field.encode_name: {"style": "deepObject", "explode": True}
+        for field in info.fields
+        if _is_nested(field.type)
+    }
+
+
+def request_body(body: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    """The requestBody of an operation whose body is the Struct `body`
+    (described by `schema`): form-encoded as Stripe's SDKs send it, or JSON."""
+    required = any(field.required for field in msgspec.structs.fields(body))
+    form: dict[str, Any] = {"schema": schema}
+    encoding = form_encoding(body)
+    if encoding:
+        form["encoding"] = encoding
+    return {
+        "required": required,
+        "description": "Form-encoded with bracket nesting (card[number]=...), as Stripe SDKs send it, or JSON.",
+        "content": {"application/x-www-form-urlencoded": form, "application/json": {"schema": schema}},
+    }
+
+
 def document(app: Any, *, title: str = "payments", version: str = "1") -> dict[str, Any]:
     documented = []
     for rule in app.url_map.iter_rules():
@@ -89,12 +136,7 @@ def document(app: Any, *, title: str = "payments", version: str = "1") -> dict[s
                 },
             }
             if doc.body is not None:
-                required = any(field.required for field in msgspec.structs.fields(doc.body))
-                operation["requestBody"] = {
-                    "required": required,
-                    "description": "Also accepted form-encoded with bracket nesting (card[number]=...), as Stripe SDKs send it.",
-                    "content": {"application/json": {"schema": ref(doc.body)}},
-                }
+                operation["requestBody"] = request_body(doc.body, ref(doc.body))
             paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
