@@ -308,7 +308,8 @@ def test_a_dispute_s_balance_transactions_are_the_ledger_s(merchant: dict) -> No
     # the very transactions the ledger posted.
     shown = {item["id"]: item for item in dispute["balance_transactions"]}
     assert shown == {item["id"]: item for item in listed if item["id"] in shown}
-    assert sorted((item["amount"], item["type"]) for item in shown.values()) == [(-4000, "adjustment"), (-1500, "stripe_fee")]
+    # The dispute fee rides on the dispute's own transaction (no fee transaction of its own).
+    assert [(item["amount"], item["fee"], item["net"], item["type"]) for item in shown.values()] == [(-4000, 1500, -5500, "adjustment")]
     assert (dispute["reason"], dispute["is_charge_refundable"], dispute["evidence_details"]["has_evidence"]) == ("general", False, False)
     # Won, the money is back and may be refunded again.
     with http(merchant) as plain:
