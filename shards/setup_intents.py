@@ -91,6 +91,10 @@ class SetupIntents:
         self.node = node
         self.store = node.store.setup_intents
 
+    def _new_reference(self) -> str:
+        # A card check belongs to no partition (no actor holds it): 0 in every reference.
+        return self.node.new_id("setatt", 0)
+
     async def get(self, setup_intent_id: str) -> SetupIntent | None:
         return await self.store.get(setup_intent_id)
 
@@ -102,7 +106,7 @@ class SetupIntents:
             await self.store.insert(setup, None if claim is None else Idempotency(claim.completed(SetupOutcome(setup), setup.id), "claim"))
             return SetupOutcome(setup)
         decided = machine.decide_confirm(
-            setup, payment_method_id=None, return_url=return_url, reference=self.node.new_id("setatt"), at_s=int(time.time())
+            setup, payment_method_id=None, return_url=return_url, reference=self._new_reference(), at_s=int(time.time())
         )
         if isinstance(decided, Refusal):
             return decided
@@ -140,7 +144,7 @@ class SetupIntents:
             if setup is None:
                 return Refusal(Result.intent_missing)
             decided = machine.decide_confirm(
-                setup, payment_method_id=payment_method_id, return_url=return_url, reference=self.node.new_id("setatt"), at_s=int(time.time())
+                setup, payment_method_id=payment_method_id, return_url=return_url, reference=self._new_reference(), at_s=int(time.time())
             )
             if isinstance(decided, Refusal):
                 return decided

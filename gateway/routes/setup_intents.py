@@ -65,7 +65,8 @@ async def create_setup_intent(calls: Calls, key: ApiKeyRow) -> Response:
         payment_method_id = None
         if values.payment_method is not None:
             payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
-        setup_id = node.new_id("seti")
+        # SetupIntents belong to no partition (no actor holds them): 0 in every id.
+        setup_id = node.new_id("seti", 0)
         setup = SetupIntent(
             id=setup_id,
             merchant_id=key.merchant_id,
