@@ -37,7 +37,7 @@ import trio
 import trio_asyncio
 
 from bench.arrivals import Arrival
-from bench.histograms import Outcome, Recorder
+from bench.histograms import Outcome, Recorder, Steps
 from bench.machine import own_usage
 from bench.load import CARD_OF_SCENARIO, CARDS, CHALLENGE_POLL_S, LoadSettings, PaymentFailed, challenge_wait, expect_status, generate
 from engine import cards
@@ -103,10 +103,10 @@ class EngineDriver:
             return True
         return False
 
-    async def _submit(self, command: machine.Command, recorder: Recorder, operation: str) -> Any:
+    async def _submit(self, command: machine.Command, steps: Steps, operation: str) -> Any:
         """The command's outcome; raises PaymentFailed, shed when the node
         refused it for overload (`operation` says at which step)."""
-        recorder.requests += 1
+        steps.sent()
         try:
             outcome = await self.node.submit(command)
         except Overloaded:
@@ -120,6 +120,7 @@ class EngineDriver:
     async def pay(self, arrival: Arrival, due: float, recorder: Recorder) -> None:
         node = self.node
         scenario = arrival.scenario
+        steps = Steps(recorder)
         partition, self._next_partition = self._next_partition, next(self._partitions)
         intent_id = node.new_id("pi", partition)
         common = {"intent_id": intent_id, "merchant_id": self.merchant_id, "livemode": False}
@@ -135,14 +136,14 @@ class EngineDriver:
             settlement_delay_s=node.config.settlement_delay_s,
             dispute_fee_minor=node.config.dispute_fee_minor,
         )
-        outcome = await self._submit(create, recorder, "create")
+        outcome = await self._submit(create, steps, "create")
         now = trio.current_time()
         recorder.operation("create", now - due)
         expect_status("create", outcome.intent.status, "requires_confirmation")
 
         attempt_id = node.new_id("att", partition)
         started = now
-        outcome = await self._submit(machine.ConfirmIntent(**common, attempt_id=attempt_id, at_s=int(time.time())), recorder, "confirm")
+        outcome = await self._submit(machine.ConfirmIntent(**common, attempt_id=attempt_id, at_s=int(time.time())), steps, "confirm")
         now = trio.current_time()
         recorder.operation("confirm", now - started)
         status = str(outcome.intent.status)
@@ -152,7 +153,7 @@ class EngineDriver:
             expect_status("confirm", status, "requires_capture")
             started = now
             capture = machine.CaptureIntent(**common, attempt_id=node.new_id("att", partition), at_s=int(time.time()))
-            outcome = await self._submit(capture, recorder, "capture")
+            outcome = await self._submit(capture, steps, "capture")
             now = trio.current_time()
             recorder.operation("capture", now - started)
             expect_status("capture", outcome.intent.status, "succeeded")
@@ -173,11 +174,11 @@ class EngineDriver:
                 started = now
                 refund_id = node.new_id("re", partition)
                 refund = machine.CreateRefund(**common, refund_id=refund_id, at_s=int(time.time()), amount=arrival.amount_minor // 2)
-                outcome = await self._submit(refund, recorder, "refund")
+                outcome = await self._submit(refund, steps, "refund")
                 now = trio.current_time()
                 recorder.operation("refund", now - started)
                 expect_status("refund", outcome.intent.refund(refund_id).status, "succeeded")
-        recorder.finished(scenario, due, now)
+        recorder.finished(scenario, due, now, steps)
 
 
 async def _settle(node: Any) -> int:

@@ -110,6 +110,22 @@ def cdf_points_ms(histogram: HdrHistogram, points_max: int = 400) -> list[tuple[
     return points
 
 
+class Steps:
+    """The requests (or engine commands) one payment sends, counted for the
+    run as well: the baselines' payment equivalents divide by what a
+    finished payment sent."""
+
+    __slots__ = ("recorder", "count")
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.count = 0
+
+    def sent(self) -> None:
+        self.count += 1
+        self.recorder.requests += 1
+
+
 class Recorder:
     """Measurements of one process's share of the load. Times are seconds on
     the caller's monotonic clock; `start` is the run's time zero on it."""
@@ -131,6 +147,8 @@ class Recorder:
         self.outcomes = collections.Counter[str]({name: 0 for name in OUTCOME_COUNTS})
         self.in_flight = 0
         self.requests = 0  # HTTP requests or engine commands sent
+        # Of them, those sent by the payments that finished.
+        self.finished_requests = 0
         self._window_start = 0
 
     def arrival(self, at: float, scenario: str) -> None:
@@ -141,7 +159,8 @@ class Recorder:
     def operation(self, name: str, latency_s: float) -> None:
         self.samples_us[name].append(int(latency_s * 1_000_000))
 
-    def finished(self, scenario: str, scheduled: float, now: float) -> None:
+    def finished(self, scenario: str, scheduled: float, now: float, steps: Steps) -> None:
+        self.finished_requests += steps.count
         latency_us = int((now - scheduled) * 1_000_000)
         self.samples_us["e2e"].append(latency_us)
         self.scenario_e2e_us[scenario].append(latency_us)
@@ -204,6 +223,7 @@ class Recorder:
             "completed": self.completed,
             "outcomes": dict(self.outcomes),
             "requests": self.requests,
+            "finished_requests": self.finished_requests,
             "last_completed_s": max(self.completed_at, default=0.0),
         }
 
@@ -225,6 +245,7 @@ class Merged:
         self.completed = 0
         self.outcomes = collections.Counter[str]({name: 0 for name in OUTCOME_COUNTS})
         self.requests = 0
+        self.finished_requests = 0
         self.last_completed_s = 0.0
 
     def add(self, export: dict[str, Any]) -> None:
@@ -244,4 +265,5 @@ class Merged:
         self.completed += export["completed"]
         self.outcomes.update(export["outcomes"])
         self.requests += export["requests"]
+        self.finished_requests += export["finished_requests"]
         self.last_completed_s = max(self.last_completed_s, export["last_completed_s"])

@@ -43,7 +43,7 @@ import trio
 import trio_asyncio
 
 from bench.arrivals import Arrival
-from bench.histograms import Outcome, Recorder
+from bench.histograms import Outcome, Recorder, Steps
 from bench.http_client import TIMED_OUT, HttpFailed, Pool, Templates
 from bench.machine import child_processes, own_usage, process_usage
 from bench.engine_mode import PROGRESS_EVERY_S
@@ -400,16 +400,16 @@ class HttpDriver:
         # Intents that a fault left `processing`, to wait for at the end.
         self.unsettled: list[str] = []
 
-    async def _request(self, pool: Pool, request: bytes, recorder: Recorder, operation: str) -> tuple[int, bytes]:
-        recorder.requests += 1
+    async def _request(self, pool: Pool, request: bytes, steps: Steps, operation: str) -> tuple[int, bytes]:
+        steps.sent()
         try:
             return await pool.request(request)
         except HttpFailed as failure:
             outcome = Outcome.timed_out if failure.kind == TIMED_OUT else Outcome.failed
             raise PaymentFailed(f"{operation}_{failure.kind}", outcome, operation) from None
 
-    async def _intent_step(self, pool: Pool, request: bytes, recorder: Recorder, operation: str) -> IntentView:
-        status, body = await self._request(pool, request, recorder, operation)
+    async def _intent_step(self, pool: Pool, request: bytes, steps: Steps, operation: str) -> IntentView:
+        status, body = await self._request(pool, request, steps, operation)
         if status != 200:
             raise _failed(operation, status, body)
         return _intent.decode(body)
@@ -431,17 +431,18 @@ class HttpDriver:
         self._turn += 1
         pool, templates = route
         scenario = arrival.scenario
+        steps = Steps(recorder)
         body = f"amount={arrival.amount_minor}&currency=usd&payment_method={self.payment_methods[CARD_OF_SCENARIO[scenario]]}"
         if scenario == "manual":
             body += "&capture_method=manual"
-        intent = await self._intent_step(pool, templates.post("/v1/payment_intents", body.encode()), recorder, "create")
+        intent = await self._intent_step(pool, templates.post("/v1/payment_intents", body.encode()), steps, "create")
         now = trio.current_time()
         recorder.operation("create", now - due)
         expect_status("create", intent.status, "requires_confirmation")
         intent_path = f"/v1/payment_intents/{intent.id}"
 
         started = now
-        status, response = await self._request(pool, templates.post(intent_path + "/confirm"), recorder, "confirm")
+        status, response = await self._request(pool, templates.post(intent_path + "/confirm"), steps, "confirm")
         now = trio.current_time()
         if scenario == "decline":
             if status != 402:
@@ -449,7 +450,7 @@ class HttpDriver:
             declined = _error.decode(response).error.payment_intent
             recorder.operation("confirm", now - started)
             expect_status("confirm", declined.status if declined is not None else "none", "requires_payment_method")
-            recorder.finished(scenario, due, now)
+            recorder.finished(scenario, due, now, steps)
             return
         if status != 200:
             raise _failed("confirm", status, response)
@@ -460,7 +461,7 @@ class HttpDriver:
         if scenario == "manual":
             expect_status("confirm", intent.status, "requires_capture")
             started = now
-            intent = await self._intent_step(pool, templates.post(intent_path + "/capture"), recorder, "capture")
+            intent = await self._intent_step(pool, templates.post(intent_path + "/capture"), steps, "capture")
             now = trio.current_time()
             recorder.operation("capture", now - started)
             expect_status("capture", intent.status, "succeeded")
@@ -470,13 +471,13 @@ class HttpDriver:
                 raise PaymentFailed("confirm_no_next_action", operation="confirm")
             started = now
             challenge_pool, challenge = self._challenge(route, intent.next_action.redirect_to_url.url)
-            status, response = await self._request(challenge_pool, challenge, recorder, "challenge")
+            status, response = await self._request(challenge_pool, challenge, steps, "challenge")
             if status != 200:
                 raise _failed("challenge", status, response)
             with challenge_wait():
                 while intent.status != "succeeded":
                     await trio.sleep(CHALLENGE_POLL_S)
-                    intent = await self._intent_step(pool, templates.get(intent_path), recorder, "challenge")
+                    intent = await self._intent_step(pool, templates.get(intent_path), steps, "challenge")
             now = trio.current_time()
             expect_status("challenge", intent.status, "succeeded")
             recorder.operation("challenge", now - started)
@@ -485,13 +486,13 @@ class HttpDriver:
             if scenario == "refund":
                 started = now
                 refund_body = f"payment_intent={intent.id}&amount={arrival.amount_minor // 2}".encode()
-                status, response = await self._request(pool, templates.post("/v1/refunds", refund_body), recorder, "refund")
+                status, response = await self._request(pool, templates.post("/v1/refunds", refund_body), steps, "refund")
                 now = trio.current_time()
                 if status != 200:
                     raise _failed("refund", status, response)
                 recorder.operation("refund", now - started)
                 expect_status("refund", _refund.decode(response).status, "succeeded")
-        recorder.finished(scenario, due, now)
+        recorder.finished(scenario, due, now, steps)
 
     async def settle(self) -> int:
         """Wait (bounded) until the intents faults left `processing` move on;

@@ -56,8 +56,12 @@ def build(
     completed_in_window = sum(row["completed"] for second, row in merged.per_second.items() if second < duration_s)
     payments = max(1, merged.arrived)
     outcomes = merged.outcomes
-    rows_per_payment = journal["journal_rows"] / payments
-    requests_per_payment = merged.requests / payments
+    # Per payment that was let in (a payment refused at create wrote
+    # nothing), and per payment finished (a refused one sent one request):
+    # what one payment costs is the figure a baseline is divided by, however
+    # much of the offered load was shed.
+    rows_per_payment = journal["journal_rows"] / max(1, merged.arrived - outcomes["shed_at_create"])
+    requests_per_payment = merged.finished_requests / merged.completed if merged.completed else merged.requests / payments
     figures: dict[str, Any] = {
         "mode": settings["mode"],
         # Http mode: the node processes serving the load (None in engine mode).
@@ -92,6 +96,7 @@ def build(
         "error_outcomes": dict(sorted(merged.error_outcomes.items())),
         "requests_total": merged.requests,
         "requests_per_payment": round(requests_per_payment, 3),
+        "requests_per_arrival": round(merged.requests / payments, 3),
         "journal": {
             **journal,
             "rows_per_payment": round(rows_per_payment, 3),

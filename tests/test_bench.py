@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench import arrivals, engine_mode, http_mode
-from bench.histograms import Merged, Outcome, Recorder
+from bench.histograms import Merged, Outcome, Recorder, Steps
 from tests import conftest
 
 RUN_TIMEOUT_S = 180
@@ -257,13 +257,17 @@ def test_recordings_of_processes_merge() -> None:
         for index in range(100):
             recorder.arrival(index / 100, "auto")
             recorder.operation("create", 0.001 * (index + 1))
-            recorder.finished("auto", 100.0 + index / 100, 100.0 + index / 100 + 0.010 + offset)
+            steps = Steps(recorder)
+            steps.sent()
+            steps.sent()
+            recorder.finished("auto", 100.0 + index / 100, 100.0 + index / 100 + 0.010 + offset, steps)
         recorder.error("overloaded", 100.5, Outcome.shed, "create")
         recorder.error("confirm_http_429_rate_limit", 101.5, Outcome.rate_limited, "confirm")
         recorder.error("unfinished", 101.5, Outcome.timed_out)
         recorder.error("refused_intent_not_capturable", 102.5, operation="capture")
         merged.add(recorder.export())
     assert (merged.arrived, merged.completed) == (200, 200)
+    assert (merged.requests, merged.finished_requests) == (400, 400)
     assert merged.outcomes == {"shed": 4, "shed_at_create": 2, "shed_rate_limited": 2, "timed_out": 2, "failed": 2}
     assert merged.errors == {"overloaded": 2, "confirm_http_429_rate_limit": 2, "unfinished": 2, "refused_intent_not_capturable": 2}
     assert merged.error_outcomes["confirm_http_429_rate_limit"] == "shed"
