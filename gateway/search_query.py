@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
+# Stripe's bound is 5,000; the gateway's is lower (gateway/params.py).
 QUERY_CHARS_MAX = 5000
 CLAUSES_MAX = 10
 # Stripe's metadata keys are at most 40 characters; a longer one never matches.

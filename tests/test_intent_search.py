@@ -107,6 +107,7 @@ def test_search_expands_and_sees_only_the_callers_intents(node: NodeProcess, sho
         ({"query": 'email:"a@b.c"'}, "query", "Field `email` is not a search field of payment intents"),
         ({"query": 'status:"a" AND amount>1 OR amount<2'}, "query", "A search query cannot combine AND and OR"),
         ({"query": ""}, "query", "The search query is empty"),
+        ({"query": "x" * 1001}, "query", "Invalid string for parameter query."),
         ({"query": 'status:"a"', "page": "nonsense"}, "page", "Invalid page"),
         ({"query": 'status:"a"', "page": "page_!!!"}, "page", "Invalid page"),
         ({"query": 'status:"a"', "limit": "0"}, "limit", None),
