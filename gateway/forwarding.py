@@ -91,33 +91,43 @@ class Forwarder:
                 return None
         return None
 
-    def _signed_headers(self) -> dict[str, str]:
-        """The caller's headers, with this node's signature for the peer."""
+    def _signed_headers(self, lookup_path: str | None = None) -> dict[str, str]:
+        """The caller's headers, with this node's signature for the peer:
+        for the request itself, or for a GET of `lookup_path` made on its
+        behalf (then without the request's body headers)."""
         membership = self.node.membership
         assert membership is not None
         headers = {name: value for name, value in request.headers.items() if name.lower() not in _HOP_HEADERS}
-        headers[FORWARDED_HEADER] = forward_signature(membership.secret, membership.node_id, int(time.time()), request.method, request.path)
+        method, path = request.method, request.path
+        if lookup_path is not None:
+            method, path = "GET", lookup_path
+            headers = {name: value for name, value in headers.items() if name.lower() not in ("content-type", "content-length")}
+        headers[FORWARDED_HEADER] = forward_signature(membership.secret, membership.node_id, int(time.time()), method, path)
         headers[FORWARDED_FOR_HEADER] = client_address(self.node) or ""
         return headers
 
-    async def peer_answers(self) -> list[httpx.Response]:
+    async def peer_answers(self, lookup_path: str | None = None) -> list[httpx.Response]:
         """The current (bodiless) request as each other live node serving
-        partitions answers it for its own partitions. Raises a 503 when one
-        cannot be asked: an answer without its partitions would be wrong."""
+        partitions answers it for its own partitions; with `lookup_path`
+        (a path without a query), a GET of that path instead, made on the
+        request's behalf (where is the dispute a POST names?). Raises a 503
+        when one cannot be asked: an answer without its partitions would be
+        wrong."""
         membership = self.node.membership
         assert membership is not None
         # Who holds what now, not at the last heartbeat: a partition handed
         # off since would otherwise be missed. Raises StoreUnavailable.
         await membership.refresh_view()
         urls = membership.peer_urls()
-        headers = self._signed_headers()
+        headers = self._signed_headers(lookup_path)
+        target = request.full_path.rstrip("?") if lookup_path is None else lookup_path
         answers: list[httpx.Response] = []
         # A peer that took partitions before saying where it listens.
         unreachable: list[str | None] = [url for url in urls if url is None]
 
         async def ask(url: str) -> None:
             try:
-                answers.append(await self._http().get(url.rstrip("/") + request.full_path.rstrip("?"), headers=headers))
+                answers.append(await self._http().get(url.rstrip("/") + target, headers=headers))
             except httpx.HTTPError as failure:
                 log.warning("peer_unreachable", peer=url, error=type(failure).__name__)
                 unreachable.append(url)

@@ -10,11 +10,12 @@ import httpx
 import pytest
 import stripe
 
-from engine import disputes
+from engine import disputes, ids
 from engine import intent as machine
 from engine.intent import DisputeStatus, Result
 from tests.conftest import NodeProcess, create_merchant_keys
-from tests.helpers import sdk_error, wait_until
+from tests.helpers import sdk_error, wait_until, wait_until_async
+from tests.test_cluster import PAY, cluster, served, two_nodes
 from tests.test_webhooks import ATTEMPT, INTENT, OWNER, create
 
 DISPUTE = "dp_1"
@@ -259,3 +260,26 @@ def test_the_stripe_sdk_modifies_and_closes_disputes(node: NodeProcess, fresh_me
         client.v1.disputes.close("dp_missing")
     listed = {item.id: item.status for item in client.v1.disputes.list(params={"limit": 100}).data}
     assert listed == {first["id"]: "under_review", second["id"]: "lost"}
+
+
+async def test_a_dispute_another_node_holds_is_updated_and_closed_through_any_node(database_url: str) -> None:
+    async with cluster(database_url) as (start, headers, _, network):
+        a, b = await two_nodes(start)
+        async with httpx.AsyncClient(headers=headers, timeout=30) as http:
+            opened = []
+            for _ in range(2):
+                intent = (await http.post(f"{a.url}/v1/payment_intents", data=PAY)).json()
+                owner, other = (a, b) if a.node.partition_of_intent(intent["id"]) in served(a) else (b, a)
+                dispute_id = network.open_dispute(ids.attempt_id_of_charge(intent["latest_charge"]))
+                assert dispute_id is not None
+                await wait_until_async(lambda: owner.node.dispute(dispute_id) is not None, 15, "the owner recording the dispute")
+                opened.append((dispute_id, other))
+            (first, first_other), (second, second_other) = opened
+            updated = await http.post(f"{first_other.url}/v1/disputes/{first}", data={"evidence[uncategorized_text]": "receipt attached", "metadata[k]": "v"})
+            assert updated.status_code == 200, updated.text
+            assert (updated.json()["status"], updated.json()["metadata"]) == ("under_review", {"k": "v"})
+            closed = await http.post(f"{second_other.url}/v1/disputes/{second}/close")
+            assert closed.status_code == 200 and closed.json()["status"] == "lost", closed.text
+            for node in (a, b):
+                assert (await http.post(f"{node.url}/v1/disputes/dp_unknown/close")).status_code == 404
+                assert (await http.post(f"{node.url}/v1/disputes/dp_unknown", data={"metadata[k]": "v"})).status_code == 404

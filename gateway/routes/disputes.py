@@ -8,6 +8,7 @@ asking the others; a change to it is then forwarded to its owner."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,9 @@ from shards.node import NotServed
 from store.rows import ApiKeyRow
 
 ROUTES = Routes()
+
+# What a dispute id the network gives looks like: safe to put in a lookup's path.
+DISPUTE_ID = re.compile(r"dp_[A-Za-z0-9]{1,64}")
 
 
 @ROUTES.get("/v1/disputes/<dispute_id>")
@@ -112,8 +116,8 @@ async def _disputed_intent(calls: Calls, key: ApiKeyRow, dispute_id: str) -> str
     found = node.dispute(dispute_id) if len(dispute_id) <= ID_CHARS_MAX else None
     if found is not None and found[0].merchant_id == key.merchant_id and found[0].livemode == key.livemode:
         return found[0].id
-    if found is None and node.membership is not None and forwarded_from(node) is None and len(dispute_id) <= ID_CHARS_MAX:
-        for answer in await calls.forwarder.peer_answers():
+    if found is None and node.membership is not None and forwarded_from(node) is None and DISPUTE_ID.fullmatch(dispute_id):
+        for answer in await calls.forwarder.peer_answers(f"/v1/disputes/{dispute_id}"):
             if answer.status_code != 200:
                 continue
             intent_id = str(answer.json().get("payment_intent", ""))
