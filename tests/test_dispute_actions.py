@@ -283,3 +283,19 @@ async def test_a_dispute_another_node_holds_is_updated_and_closed_through_any_no
             for node in (a, b):
                 assert (await http.post(f"{node.url}/v1/disputes/dp_unknown/close")).status_code == 404
                 assert (await http.post(f"{node.url}/v1/disputes/dp_unknown", data={"metadata[k]": "v"})).status_code == 404
+
+
+def test_the_legacy_stripe_resources_modify_and_close_disputes(node: NodeProcess, fresh_merchant: dict) -> None:
+    """stripe.Dispute.modify and .close, as older integrations call them."""
+    with _http(node, fresh_merchant) as http:
+        first, second = _dispute(http, 2500), _dispute(http, 2600)
+    stripe.api_key, stripe.api_base = fresh_merchant["secret_key"], node.url
+    try:
+        staged = stripe.Dispute.modify(first["id"], evidence={"customer_email_address": "ada@shop.test"}, submit=False)
+        assert (staged.status, staged.evidence.customer_email_address, staged.evidence_details.has_evidence) == ("needs_response", "ada@shop.test", True)
+        submitted = stripe.Dispute.modify(first["id"], submit=True)
+        assert (submitted.status, submitted.evidence_details.submission_count) == ("under_review", 1)
+        closed = stripe.Dispute.retrieve(second["id"]).close()
+        assert closed.status == "lost"
+    finally:
+        stripe.api_key, stripe.api_base = None, "https://api.stripe.com"
