@@ -308,3 +308,22 @@ def test_what_was_answered_survives_a_restart(new_node, tmp_path) -> None:
         assert client.post(f"/v1/setup_intents/{waiting['id']}/cancel").json()["status"] == "canceled"
         listed = wait_until(lambda: client.get("/v1/setup_intents").json()["data"], 10, "the list")
         assert {item["id"] for item in listed} == {done["id"], waiting["id"], open_one["id"]}
+
+
+def test_a_check_whose_answer_is_lost_is_asked_about_by_reference(new_node, tmp_path) -> None:
+    # Every call to the network is performed there, and its answer lost.
+    node = new_node(None, tmp_path, "--faults", "timeout_after=1")
+    keys = create_merchant_keys(node, "Lost answers")
+    with httpx.Client(base_url=node.url, auth=(keys["secret_key"], ""), timeout=60) as client:
+        setup = created(client, payment_method="pm_card_visa")
+        url = f"/v1/setup_intents/{setup['id']}/confirm"
+        first = client.post(url, headers={"Idempotency-Key": "lost-1"})
+        assert first.status_code == 200 and first.json()["status"] == "processing", first.text
+        # One check at a time: a second confirm meanwhile is refused.
+        assert error_of(client.post(url), 400)["code"] == "setup_intent_unexpected_state"
+        assert client.get(f"/v1/setup_intents/{setup['id']}").json()["status"] == "processing"
+        # Once no call could still be answering, the network is asked by the
+        # check's reference: it had approved.
+        wait_until(lambda: client.get(f"/v1/setup_intents/{setup['id']}").json()["status"] == "succeeded", 40, "the check to be resolved", interval_s=1)
+        replayed = client.post(url, headers={"Idempotency-Key": "lost-1"})
+        assert replayed.status_code == 200 and replayed.json()["status"] == "succeeded"
