@@ -305,6 +305,8 @@ class ChargeObject(msgspec.Struct, tag_field="object", tag="charge"):
     shipping: None = None
     metadata: dict[str, str] = {}
     billing_details: BillingDetails = BillingDetails()
+    # Its intent's customer (`cus_...`), if any.
+    customer: str | None = None
     # What the merchant reported of its fraud (POST /v1/charges/{id}).
     fraud_details: ChargeFraudDetails = msgspec.field(default_factory=lambda: ChargeFraudDetails())
 
@@ -758,6 +760,7 @@ def charge(intent: PaymentIntent, attempt: Attempt, card: PaymentMethodRow | Non
         disputed=charges.is_disputed(intent, attempt),
         metadata=shown.metadata,
         receipt_email=shown.receipt_email,
+        customer=intent.customer_id,
         fraud_details=ChargeFraudDetails(user_report=UNSET if shown.fraud_user_report is None else shown.fraud_user_report),
     )
 
