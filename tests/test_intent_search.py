@@ -179,3 +179,22 @@ async def test_search_over_two_nodes_finds_and_pages_through_both(database_url: 
                 assert {item["payment_intent"]["id"] for item in charges["data"]} == set(newest_first)
                 odd = (await http.get(f"{node.url}/v1/payment_intents/search", params={"query": 'metadata["n"]:"1" OR metadata["n"]:"4"'})).json()
                 assert [item["id"] for item in odd["data"]] == [made[4]["id"], made[1]["id"]]
+
+
+def test_search_finds_a_customers_intents_and_charges(shop: dict) -> None:
+    client = shop["client"]
+    customer = client.v1.customers.create(params={"email": "ada@shop.test"})
+    other = client.v1.customers.create(params={"email": "bob@shop.test"})
+    theirs = [
+        client.v1.payment_intents.create(
+            params={"amount": amount, "currency": "usd", "customer": customer.id, "payment_method": "pm_card_visa", "confirm": True}
+        )
+        for amount in (1100, 1200)
+    ]
+    client.v1.payment_intents.create(params={"amount": 1300, "currency": "usd", "customer": other.id})
+    assert ids_of(search(client, f'customer:"{customer.id}"')) == [theirs[1].id, theirs[0].id]
+    assert ids_of(search(client, f'customer:"{customer.id}" AND amount<1200')) == [theirs[0].id]
+    mine = {intent.id for intent in shop["intents"].values()}
+    assert set(ids_of(search(client, f'-customer:"{customer.id}" customer:null', limit=100))) == mine
+    found = client.v1.charges.search(params={"query": f'customer:"{customer.id}"'})
+    assert ids_of(found) == [theirs[1].latest_charge, theirs[0].latest_charge]

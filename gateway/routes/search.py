@@ -41,11 +41,6 @@ T = TypeVar("T")
 PAGE_PREFIX = "page_"
 
 
-def _customer(intent: PaymentIntent) -> str | None:
-    # The intent's customer, once intents have one (`cus_...`).
-    return getattr(intent, "customer_id", None)
-
-
 def intent_lookup(intent: PaymentIntent) -> search_query.Lookup:
     """An intent's fields, as search reads them."""
 
@@ -57,7 +52,7 @@ def intent_lookup(intent: PaymentIntent) -> search_query.Lookup:
             "amount": intent.amount,
             "created": intent.created_s,
             "currency": intent.currency,
-            "customer": _customer(intent),
+            "customer": intent.customer_id,
             "status": str(intent.status),
         }[field]
 
@@ -78,7 +73,7 @@ def charge_lookup(intent: PaymentIntent, attempt: Attempt) -> search_query.Looku
             "amount": attempt.amount,
             "created": objects.charge_created_s(attempt),
             "currency": intent.currency,
-            "customer": _customer(intent),
+            "customer": intent.customer_id,
             "disputed": charges.is_disputed(intent, attempt),
             "payment_intent": intent.id,
             "status": status,
