@@ -415,7 +415,7 @@ def test_unknown_route_is_a_stripe_404(client, method, path):
     ("method", "path"),
     [
         ("DELETE", "/v1/payment_intents"),
-        ("GET", "/v1/payment_methods"),
+        ("DELETE", "/v1/payment_methods"),
         ("PUT", "/v1/payment_intents/pi_x/confirm"),
         ("GET", "/v1/payment_intents/pi_x/confirm"),
     ],
