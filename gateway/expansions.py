@@ -6,7 +6,7 @@ A path names fields from the object answered (`latest_charge`,
 the table EXPANDABLE before anything runs, so a confirm with a bad path
 changes nothing; a field Stripe does not let expand answers Stripe's 400,
 `This property cannot be expanded (...)`. Fields Stripe lets expand that
-this server never fills (`customer`, `invoice`, ...) are accepted and stay
+this server never fills (`invoice`, `review`, ...) are accepted and stay
 as they are.
 
 Expansion works on the answer already rendered (JSON values), with what the
@@ -49,7 +49,7 @@ EXPANDABLE: dict[str, dict[str, str | None]] = {
         "latest_charge": "charge",
         "payment_method": "payment_method",
         "application": None,
-        "customer": None,
+        "customer": "customer",
         "invoice": None,
         "on_behalf_of": None,
         "review": None,
@@ -78,6 +78,7 @@ EXPANDABLE: dict[str, dict[str, str | None]] = {
     },
     "dispute": {"charge": "charge", "payment_intent": "payment_intent"},
     "payment_method": {"customer": None},
+    "customer": {"default_source": None, "test_clock": None},
     "balance_transaction": {"source": None},
     "refund_list": {"data": "refund"},
     "list": {"data": "item"},
@@ -187,6 +188,15 @@ class Expansion:
         customer_id = None if attached is None or attached.detached_s is not None else attached.customer_id
         return msgspec.to_builtins(objects.payment_method(row, customer_id))
 
+    async def customer(self, parent: dict[str, Any], customer_id: str) -> dict[str, Any] | None:
+        """The caller's customer, or Stripe's deleted customer once deleted."""
+        row = await self.node.store.customers.get_customer(customer_id) if len(customer_id) <= ID_CHARS_MAX else None
+        if row is None or row.merchant_id != self.key.merchant_id or row.livemode != self.key.livemode:
+            return None
+        if row.deleted:
+            return msgspec.to_builtins(objects.DeletedObject(id=row.id, deleted=True, object="customer"))
+        return msgspec.to_builtins(objects.customer(row))
+
     async def payment_intent(self, parent: dict[str, Any], intent_id: str) -> dict[str, Any] | None:
         intent = self.intent(intent_id)
         return None if intent is None else msgspec.to_builtins(objects.payment_intent(intent))
@@ -219,6 +229,7 @@ class Expansion:
 _RESOLVERS: dict[tuple[str, str], Resolver] = {
     ("payment_intent", "latest_charge"): Expansion.charge,
     ("payment_intent", "payment_method"): Expansion.payment_method,
+    ("payment_intent", "customer"): Expansion.customer,
     ("charge", "payment_intent"): Expansion.payment_intent,
     ("charge", "balance_transaction"): Expansion.balance_transaction,
     ("refund", "charge"): Expansion.charge,

@@ -221,8 +221,9 @@ def test_an_intent_names_its_customer_and_saves_its_card_with_setup_future_usage
     assert ok(http.get(f"/v1/payment_intents/{paid['id']}"))["customer"] == customer
     assert ok(http.get(f"/v1/payment_methods/{method}"))["customer"] == customer
     assert [pm["id"] for pm in ok(http.get(f"/v1/customers/{customer}/payment_methods"))["data"]] == [method]
-    expanded = ok(http.get(f"/v1/payment_intents/{paid['id']}", params={"expand[]": "payment_method"}))
+    expanded = ok(http.get(f"/v1/payment_intents/{paid['id']}", params={"expand[]": ["payment_method", "customer"]}))
     assert expanded["payment_method"]["customer"] == customer
+    assert (expanded["customer"]["id"], expanded["customer"]["email"]) == (customer, "buyer@shop.test")
 
     # Without setup_future_usage nothing is saved; the intent still shows its customer.
     once = card(http)
