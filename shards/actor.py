@@ -629,7 +629,9 @@ class ShardActor:
             elif isinstance(event, machine.DisputeOpened):
                 status = event.dispute.status
             else:
-                status = event.status
+                # An event that changes no status (an increment's request,
+                # a charge's or a refund's update) logs the intent's.
+                status = getattr(event, "status", current.status)
             log.debug(
                 LOG_EVENT_NAMES.get(type(event), type(event).__name__), partition=self.state.partition, intent_id=current.id, status=str(status), request_id=message.request_id
             )

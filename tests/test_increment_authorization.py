@@ -5,10 +5,14 @@ official SDK on a real node."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
+import msgspec
 import pytest
 import stripe
 
+from engine import intent as machine
 from engine import notifications
 from engine.cards import INCREMENT_DECLINED
 from engine.intent import (
@@ -28,9 +32,13 @@ from engine.intent import (
 )
 from engine.ledger import TransferKind
 from engine.results import Result
+from shards import checks
+from shards.actor import ShardState
+from simulators import faults
 from simulators.card_network import AuthorizationRequest, CaptureRequest, CardNetwork, IncrementRequest
 from tests.conftest import NodeProcess
-from tests.helpers import wait_until
+from tests.helpers import wait_until, wait_until_async
+from tests.test_actor import create_command, new_payment_method, running_node, seed_merchant
 from tests.test_intent_machine import (
     AMOUNT,
     CREATED_S,
@@ -42,6 +50,7 @@ from tests.test_intent_machine import (
     charged,
     decline,
 )
+from workers.reconciliation import reconcile_once
 
 INCREMENTED = AMOUNT + 1_500
 
@@ -360,3 +369,61 @@ def test_a_charge_payload_of_an_incremented_intent_renders(http: httpx.Client) -
     # The released hold is the whole incremented amount, refunded as Stripe counts it.
     charge = http.get(f"/v1/charges/{held['latest_charge']}").json()
     assert (charge["amount_refunded"], charge["refunded"]) == (5001, True)
+
+
+# ------------------------------------------------------------------ actors
+
+
+async def test_an_increment_whose_answer_is_lost_is_reconciled_and_every_invariant_holds(store) -> None:
+    """The network raises the hold but its answer is lost: the increment is
+    unknown and the intent stays processing until reconciliation asks by
+    reference; then it holds the new total, and `payments check` (I1 to I6,
+    the network's record included) finds nothing."""
+    await seed_merchant(store)
+    network = CardNetwork(seed=7, latency_ms=(1, 2))
+    async with running_node(store, network, network_timeout_s=0.3) as node:
+        method = await new_payment_method(node)
+        held = await node.submit(create_command(node, payment_method_id=method, confirm=True, capture_method=machine.CaptureMethod.manual))
+        intent_id = held.intent.id
+        assert held.intent.status is Status.requires_capture
+        network.set_faults(faults.parse("timeout_after=1"))
+        raise_to = IncrementAuthorization(
+            intent_id=intent_id,
+            merchant_id="acct_test",
+            livemode=False,
+            attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+            at_s=int(time.time()),
+            amount=1700,
+            metadata={"tip": "700"},
+        )
+        lost = await node.submit(raise_to)
+        assert lost.intent.status is Status.processing and lost.intent.attempt(raise_to.attempt_id).status is AttemptStatus.unknown
+        assert lost.intent.metadata == {}
+        network.set_faults(faults.FaultSpec())
+        summary = await reconcile_once(node)
+        assert summary.resolved == 1
+        await wait_until_async(lambda: node.intent(intent_id).status is Status.requires_capture, 10, "the increment reconciled")
+        intent = node.intent(intent_id)
+        assert (intent.amount, intent.amount_capturable, intent.metadata) == (1700, 1700, {"tip": "700"})
+        captured = await node.submit(
+            machine.CaptureIntent(
+                intent_id=intent_id,
+                merchant_id="acct_test",
+                livemode=False,
+                attempt_id=node.new_id("att", node.partition_of_intent(intent_id)),
+                at_s=int(time.time()),
+            )
+        )
+        assert (captured.intent.status, captured.intent.amount_received) == (Status.succeeded, 1700)
+        node.stop_accepting()
+    states = []
+    for partition in range(4):
+        state = ShardState(partition)
+        state.replay(await store.journal.load(partition))
+        states.append(state)
+    replayed = next(state.intents[intent_id] for state in states if intent_id in state.intents)
+    assert (replayed.status, replayed.amount_received) == (Status.succeeded, 1700)
+    operations = [msgspec.structs.asdict(operation) for operation in network.operations()]
+    assert [operation["kind"] for operation in operations] == ["authorize", "increment", "capture"]
+    report = checks.check(states, await store.idempotency.records(), operations)
+    assert report.ok, report.table()

@@ -12,7 +12,9 @@ import stripe
 from engine import charges
 from engine.intent import ChargeUpdated, CreateRefund, RecordApproval, RefundMetadataUpdated, UpdateCharge, UpdateRefund
 from engine.results import Result
+from shards.actor import ShardState
 from tests.conftest import NodeProcess
+from tests.test_actor import create_command, journal_kinds, new_payment_method, running_node, seed_merchant
 from tests.test_intent_machine import CREATED_S, INTENT_ID, MERCHANT_ID, OPEN_ATTEMPT_ID, authorized_manually, charged
 
 # ------------------------------------------------------------------ engine
@@ -209,3 +211,35 @@ def test_a_failed_charge_can_be_relabelled_and_keeps_its_failure(http: httpx.Cli
     assert answer.status_code == 200, answer.text
     charge = answer.json()
     assert (charge["status"], charge["failure_code"], charge["metadata"]) == ("failed", "card_declined", {"order": "7", "reviewed": "yes"})
+
+
+# ------------------------------------------------------------------ actors
+
+
+async def test_updates_are_journaled_and_replay_to_what_was_answered(store) -> None:
+    """Through a shard actor (with its debug log of every transition): a
+    charge's and a refund's update are journal rows of their own, and a
+    replay of the journal shows what the answers showed."""
+    await seed_merchant(store)
+    async with running_node(store) as node:
+        method = await new_payment_method(node)
+        paid = await node.submit(create_command(node, payment_method_id=method, confirm=True, metadata={"order": "7"}))
+        intent_id, attempt_id = paid.intent.id, paid.intent.authorization().id
+        common = {"intent_id": intent_id, "merchant_id": "acct_test", "livemode": False, "at_s": CREATED_S}
+        refund_id = node.new_id("re", node.partition_of_intent(intent_id))
+        await node.submit(CreateRefund(**common, refund_id=refund_id, amount=100))
+        updated = await node.submit(UpdateCharge(**common, attempt_id=attempt_id, metadata={"wrap": "yes"}, receipt_email="jo@shop.test"))
+        assert updated.result is Result.ok
+        relabelled = await node.submit(UpdateRefund(**common, refund_id=refund_id, metadata={"agent": "sam"}))
+        assert relabelled.intent.refund(refund_id).metadata == {"agent": "sam"}
+        missing = await node.submit(UpdateRefund(**common, refund_id="re_nothing"))
+        assert missing.result is Result.refund_missing
+        node.stop_accepting()
+    kinds = await journal_kinds(store, node, intent_id)
+    assert kinds[-2:] == ["ChargeUpdated", "RefundMetadataUpdated"]
+    state = ShardState(node.partition_of_intent(intent_id))
+    state.replay(await store.journal.load(state.partition))
+    replayed = state.intents[intent_id]
+    shown = charges.details(replayed, replayed.authorization())
+    assert (shown.metadata, shown.receipt_email, replayed.metadata) == ({"order": "7", "wrap": "yes"}, "jo@shop.test", {"order": "7"})
+    assert replayed.refund(refund_id).metadata == {"agent": "sam"}
