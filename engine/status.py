@@ -33,6 +33,9 @@ Special cases (decided in `engine.attempts` unless another module is named):
   intent is `requires_action`; the network's final answer for that same
   attempt comes after the cardholder's challenge. A cancel meanwhile
   abandons the attempt and asks the network to void it;
+- but an attempt made off session (the cardholder away) that the network
+  wants authenticated is declined at once, `authentication_required`, to
+  `requires_payment_method`, and its challenge voided: nobody would answer;
 - an increment of a held authorization (engine.increments) goes through
   `processing` like a capture, but its answer, approved or declined, leads
   back to `requires_capture` whatever the table's target says;
