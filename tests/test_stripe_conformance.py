@@ -155,6 +155,7 @@ OBJECT_TYPES = {
     "balance",
     "balance_transaction",
     "setup_intent",
+    "customer",
 }
 RESPONSE_KINDS = OBJECT_TYPES - {"balance_transaction"} | {"list", "error"}
 
@@ -186,6 +187,16 @@ def _tour(merchant: dict) -> None:
     saved = client.v1.setup_intents.create(params={"payment_method": "pm_card_visa", "confirm": True})
     client.v1.setup_intents.retrieve(saved.id, params={"expand": ["payment_method"]})
     client.v1.setup_intents.list(params={"limit": 3})
+    customer = client.v1.customers.create(params={"email": "tour@shop.test", "payment_method": method.id})
+    client.v1.customers.retrieve(customer.id, params={"expand": ["invoice_settings.default_payment_method"]})
+    client.v1.customers.update(customer.id, params={"metadata": {"tour": "1"}})
+    client.v1.customers.list(params={"limit": 3})
+    client.v1.customers.payment_methods.list(customer.id)
+    client.v1.payment_intents.create(
+        params={"amount": 1200, "currency": "usd", "customer": customer.id, "payment_method": method.id, "off_session": True, "confirm": True}
+    )
+    client.v1.payment_methods.detach(method.id)
+    client.v1.customers.delete(customer.id)
     with http(merchant) as plain:
         opened = plain.post("/simulator/disputes", data={"payment_intent": held.id})
         assert opened.status_code == 200, opened.text
