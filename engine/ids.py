@@ -16,7 +16,8 @@ from __future__ import annotations
 PREFIXES = frozenset({"pi", "pm", "att", "ch", "evt", "re", "acct", "we", "seti", "setatt", "cus"})
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-_DIGIT_VALUES = {character: value for value, character in enumerate(ALPHABET)}
+# Crockford's digits to the digits Python's int(text, 32) reads.
+_TO_BASE32 = str.maketrans(ALPHABET, "0123456789abcdefghijklmnopqrstuv")
 
 TIME_BITS = 48
 PARTITION_BITS = 16
@@ -50,14 +51,12 @@ def parse_id(text: str, prefix: str) -> tuple[int, int] | None:
     Never raises: ids come from clients, and a malformed one is just "not found".
     """
     head, separator, body = text.partition("_")
-    if separator != "_" or head != prefix or len(body) != BODY_CHARS:
+    # Every character in the alphabet (nothing is left once they are
+    # stripped), then read in C: Crockford's digits become Python's base-32
+    # digits, which `int` reads.
+    if separator != "_" or head != prefix or len(body) != BODY_CHARS or body.strip(ALPHABET):
         return None
-    value = 0
-    for character in body:
-        digit = _DIGIT_VALUES.get(character)
-        if digit is None:
-            return None
-        value = (value << 5) | digit
+    value = int(body.translate(_TO_BASE32), 32)
     if value >> (TIME_BITS + PARTITION_BITS + RANDOM_BITS):
         return None
     partition = (value >> RANDOM_BITS) & (PARTITIONS_MAX - 1)

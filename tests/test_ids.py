@@ -146,3 +146,34 @@ def test_make_id_with_impossible_arguments_is_a_bug(prefix, partition, now_ms, r
     # Only a bug in the shell can pass these, so make_id asserts, not refuses.
     with pytest.raises(AssertionError, match=rf"^{message}$"):
         make_id(prefix, partition, now_ms, random_bytes)
+
+
+def _parse_digit_by_digit(text: str, prefix: str) -> tuple[int, int] | None:
+    """The plain reading of an id, one Crockford digit at a time: what
+    parse_id (which reads in C) must agree with."""
+    head, separator, body = text.partition("_")
+    if separator != "_" or head != prefix or len(body) != ids.BODY_CHARS:
+        return None
+    value = 0
+    for character in body:
+        if character not in ids.ALPHABET:
+            return None
+        value = (value << 5) | ids.ALPHABET.index(character)
+    if value >> (ids.TIME_BITS + ids.PARTITION_BITS + ids.RANDOM_BITS):
+        return None
+    return value >> (ids.PARTITION_BITS + ids.RANDOM_BITS), (value >> ids.RANDOM_BITS) & (ids.PARTITIONS_MAX - 1)
+
+
+@given(body=st.text(alphabet=ids.ALPHABET + "ILOUilou_-+ \t\n\u0663\u00b2", min_size=27, max_size=31))
+def test_parse_agrees_with_reading_digit_by_digit(body):
+    # int() alone would take underscores, signs, spaces and other scripts'
+    # digits; the alphabet check before it must refuse them all.
+    assert parse_id("pi_" + body, "pi") == _parse_digit_by_digit("pi_" + body, "pi")
+
+
+@given(partition=partitions, now_ms=times_ms, random_bytes=randoms, position=st.integers(0, ids.BODY_CHARS - 1),
+       character=st.sampled_from(ids.ALPHABET + "ILOUilou_-+ \u0663"))
+def test_parse_agrees_with_reading_digit_by_digit_one_character_off(partition, now_ms, random_bytes, position, character):
+    body = make_id("pi", partition, now_ms, random_bytes)[3:]
+    text = "pi_" + body[:position] + character + body[position + 1 :]
+    assert parse_id(text, "pi") == _parse_digit_by_digit(text, "pi")
