@@ -427,3 +427,18 @@ async def test_an_increment_whose_answer_is_lost_is_reconciled_and_every_invaria
     assert [operation["kind"] for operation in operations] == ["authorize", "increment", "capture"]
     report = checks.check(states, await store.idempotency.records(), operations)
     assert report.ok, report.table()
+
+
+def test_the_module_level_sdk_increments(node: NodeProcess, fresh_merchant: dict) -> None:
+    stripe.api_key, stripe.api_base = fresh_merchant["secret_key"], node.url
+    try:
+        held = stripe.PaymentIntent.create(amount=2000, currency="eur", payment_method="pm_card_mastercard", confirm=True, capture_method="manual")
+        raised = stripe.PaymentIntent.increment_authorization(held.id, amount=2600, description="room service")
+        assert (raised.amount, raised.amount_capturable, raised.description) == (2600, 2600, "room service")
+        again = held.increment_authorization(amount=3000)
+        assert (again.amount, again.status) == (3000, "requires_capture")
+        with pytest.raises(stripe.InvalidRequestError, match=r"must be greater than the amount authorized now") as refused:
+            stripe.PaymentIntent.increment_authorization(held.id, amount=3000)
+        assert refused.value.param == "amount"
+    finally:
+        stripe.api_key, stripe.api_base = None, "https://api.stripe.com"

@@ -198,3 +198,16 @@ def test_search_finds_a_customers_intents_and_charges(shop: dict) -> None:
     assert set(ids_of(search(client, f'-customer:"{customer.id}" customer:null', limit=100))) == mine
     found = client.v1.charges.search(params={"query": f'customer:"{customer.id}"'})
     assert ids_of(found) == [theirs[1].latest_charge, theirs[0].latest_charge]
+
+
+def test_the_module_level_sdk_searches_too(node: NodeProcess, shop: dict) -> None:
+    made = shop["intents"]
+    stripe.api_key, stripe.api_base = shop["keys"]["secret_key"], node.url
+    try:
+        found = stripe.PaymentIntent.search(query="status:'succeeded' AND metadata['shop']:'hats'", limit=2)
+        assert [item.id for item in found.data] == [made[2].id, made[1].id] and found.has_more
+        assert [item.id for item in found.auto_paging_iter()] == [made[2].id, made[1].id, made[0].id]
+        charges = stripe.Charge.search(query=f"payment_intent:'{made[0].id}'")
+        assert [item.id for item in charges.data] == [made[0].latest_charge]
+    finally:
+        stripe.api_key, stripe.api_base = None, "https://api.stripe.com"
