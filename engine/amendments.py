@@ -14,7 +14,7 @@ removes its key. An empty description clears it.
 from __future__ import annotations
 
 from engine import charges
-from engine.commands import UpdateCharge, UpdateRefund
+from engine.commands import Shipping, UpdateCharge, UpdateRefund
 from engine.decisions import Decision, refuse
 from engine.events import ChargeUpdated, RefundMetadataUpdated
 from engine.records import ChargeDetails, PaymentIntent
@@ -22,6 +22,8 @@ from engine.results import Result
 from engine.shapes import DESCRIPTION_CHARS_MAX, check_metadata, check_text
 
 RECEIPT_EMAIL_CHARS_MAX = 800
+# Stripe's bound on each text of a shipping address.
+SHIPPING_TEXT_CHARS_MAX = 5000
 # Stripe's values for what the merchant reports of a charge's fraud.
 FRAUD_USER_REPORTS = frozenset({"fraudulent", "safe"})
 
@@ -35,10 +37,18 @@ def _email_shaped(email: str) -> bool:
     return bool(at and local and "." in domain and not any(character.isspace() for character in email))
 
 
+def _shipping_shaped(shipping: Shipping) -> bool:
+    address = shipping.address
+    texts = (shipping.carrier, shipping.phone, shipping.tracking_number, address.city, address.country, address.line1, address.line2,
+             address.postal_code, address.state)
+    return bool(shipping.name) and check_text(shipping.name, SHIPPING_TEXT_CHARS_MAX) and all(check_text(text, SHIPPING_TEXT_CHARS_MAX) for text in texts)
+
+
 def decide_charge_update(intent: PaymentIntent, command: UpdateCharge) -> Decision:
-    """Records the charge's description, metadata, receipt email and fraud
-    report after the update; refused on any of them out of shape, or a
-    charge the intent does not have."""
+    """Records the charge's description, metadata, receipt email, fraud
+    report and shipping after the update (shipping replaced whole, as sent);
+    refused on any of them out of shape, or a charge the intent does not
+    have."""
     if not check_metadata(command.metadata) or not check_text(command.description, DESCRIPTION_CHARS_MAX):
         return refuse(Result.metadata_invalid, "metadata" if command.description is None else "description")
     email = command.receipt_email
@@ -46,6 +56,8 @@ def decide_charge_update(intent: PaymentIntent, command: UpdateCharge) -> Decisi
         return refuse(Result.email_invalid, "receipt_email")
     if command.fraud_user_report is not None and command.fraud_user_report not in FRAUD_USER_REPORTS:
         return refuse(Result.fraud_report_invalid, "fraud_details[user_report]")
+    if command.shipping is not None and not _shipping_shaped(command.shipping):
+        return refuse(Result.shipping_invalid, "shipping")
     attempt = charges.charge_attempt(intent, command.attempt_id)
     if attempt is None:
         return refuse(Result.charge_missing, "charge")
@@ -56,12 +68,14 @@ def decide_charge_update(intent: PaymentIntent, command: UpdateCharge) -> Decisi
     description = current.description if command.description is None else (command.description or None)
     receipt_email = current.receipt_email if email is None else (email or None)
     fraud_user_report = command.fraud_user_report or current.fraud_user_report
+    shipping = command.shipping or current.shipping
     details = ChargeDetails(
         attempt_id=attempt.id,
         description=description,
         metadata=metadata,
         receipt_email=receipt_email,
         fraud_user_report=fraud_user_report,
+        shipping=shipping,
     )
     return Decision(result=Result.ok, events=(ChargeUpdated(intent_id=intent.id, details=details),))
 

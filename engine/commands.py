@@ -252,6 +252,26 @@ class IncrementAuthorization(msgspec.Struct, frozen=True, tag=True):
     metadata: dict[str, str] = {}
 
 
+class ShippingAddress(msgspec.Struct, frozen=True, gc=False):
+    city: str | None = None
+    country: str | None = None
+    line1: str | None = None
+    line2: str | None = None
+    postal_code: str | None = None
+    state: str | None = None
+
+
+class Shipping(msgspec.Struct, frozen=True, gc=False):
+    """Where a charge's goods go (Stripe's `shipping`). Here beside the
+    commands, as CardSummary is: an update of a charge names it."""
+
+    name: str
+    address: ShippingAddress = ShippingAddress()
+    carrier: str | None = None
+    phone: str | None = None
+    tracking_number: str | None = None
+
+
 class UpdateCharge(msgspec.Struct, frozen=True, tag=True):
     """Stripe's update of a charge (the attempt `attempt_id`): None leaves a
     field as it is, an empty string clears it, metadata merges
@@ -266,6 +286,7 @@ class UpdateCharge(msgspec.Struct, frozen=True, tag=True):
     metadata: dict[str, str] = {}
     receipt_email: str | None = None
     fraud_user_report: str | None = None
+    shipping: Shipping | None = None
 
 
 class UpdateRefund(msgspec.Struct, frozen=True, tag=True):

@@ -11,7 +11,7 @@ import enum
 
 import msgspec
 
-from engine.commands import CaptureMethod, CardSummary
+from engine.commands import CaptureMethod, CardSummary, Shipping
 from engine.status import Status
 
 
@@ -125,6 +125,7 @@ class ChargeDetails(msgspec.Struct, frozen=True, gc=False):
     metadata: dict[str, str] = {}
     receipt_email: str | None = None
     fraud_user_report: str | None = None
+    shipping: Shipping | None = None
 
 
 class IncrementRequest(msgspec.Struct, frozen=True, gc=False):

@@ -23,6 +23,7 @@ class Result(enum.StrEnum):
     return_url_invalid = "return_url_invalid"
     email_invalid = "email_invalid"
     fraud_report_invalid = "fraud_report_invalid"
+    shipping_invalid = "shipping_invalid"
     # lookups: the command names something that is not there for this caller
     intent_missing = "intent_missing"
     intent_exists = "intent_exists"

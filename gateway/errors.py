@@ -205,6 +205,8 @@ def from_result(result: Result, param: str | None, *, amount: object = None, sta
         return invalid_request("No such refund.", param="id", code="resource_missing", status=404)
     if result is Result.email_invalid:
         return invalid_request("Invalid email address: it must be name@domain, at most 800 characters.", param=param, code="email_invalid")
+    if result is Result.shipping_invalid:
+        return invalid_request("Invalid shipping: a name is required, and each field is at most 5000 characters.", param=param, code="parameter_invalid")
     if result is Result.fraud_report_invalid:
         return invalid_request("Invalid value for parameter fraud_details[user_report]: fraudulent or safe.", param=param, code="parameter_invalid")
     if result is Result.evidence_invalid:

@@ -273,6 +273,23 @@ class ChargePaymentMethodDetails(msgspec.Struct):
     type: Literal["card"] = "card"
 
 
+class ChargeAddress(msgspec.Struct):
+    city: str | None = None
+    country: str | None = None
+    line1: str | None = None
+    line2: str | None = None
+    postal_code: str | None = None
+    state: str | None = None
+
+
+class ChargeShipping(msgspec.Struct):
+    name: str
+    address: ChargeAddress
+    carrier: str | None = None
+    phone: str | None = None
+    tracking_number: str | None = None
+
+
 class ChargeFraudDetails(msgspec.Struct):
     user_report: Literal["fraudulent", "safe"] | UnsetType = UNSET
 
@@ -302,7 +319,7 @@ class ChargeObject(msgspec.Struct, tag_field="object", tag="charge"):
     paid: bool
     disputed: bool
     receipt_email: str | None = None
-    shipping: None = None
+    shipping: ChargeShipping | None = None
     metadata: dict[str, str] = {}
     billing_details: BillingDetails = BillingDetails()
     # Its intent's customer (`cus_...`), if any.
@@ -760,6 +777,7 @@ def charge(intent: PaymentIntent, attempt: Attempt, card: PaymentMethodRow | Non
         disputed=charges.is_disputed(intent, attempt),
         metadata=shown.metadata,
         receipt_email=shown.receipt_email,
+        shipping=None if shown.shipping is None else msgspec.convert(msgspec.to_builtins(shown.shipping), ChargeShipping),
         customer=intent.customer_id,
         fraud_details=ChargeFraudDetails(user_report=UNSET if shown.fraud_user_report is None else shown.fraud_user_report),
     )

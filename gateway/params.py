@@ -335,6 +335,26 @@ class FraudDetails(msgspec.Struct, forbid_unknown_fields=True):
     user_report: Literal["fraudulent", "safe"]
 
 
+ShippingText = Annotated[str, msgspec.Meta(max_length=5000)]
+
+
+class ShippingAddressParams(msgspec.Struct, forbid_unknown_fields=True):
+    city: ShippingText | None = None
+    country: ShippingText | None = None
+    line1: ShippingText | None = None
+    line2: ShippingText | None = None
+    postal_code: ShippingText | None = None
+    state: ShippingText | None = None
+
+
+class ShippingParams(msgspec.Struct, forbid_unknown_fields=True):
+    name: ShippingText
+    address: ShippingAddressParams
+    carrier: ShippingText | None = None
+    phone: ShippingText | None = None
+    tracking_number: ShippingText | None = None
+
+
 class UpdateCharge(msgspec.Struct, forbid_unknown_fields=True):
     """Stripe's update of a charge: what is not sent stays; an empty string
     clears a text field; a metadata key sent empty is removed."""
@@ -343,6 +363,7 @@ class UpdateCharge(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, str] = {}
     receipt_email: str | None = None
     fraud_details: FraudDetails | None = None
+    shipping: ShippingParams | None = None
     expand: list[str] = []
 
 

@@ -10,6 +10,7 @@ import pytest
 import stripe
 
 from engine import charges
+from engine.commands import Shipping, ShippingAddress
 from engine.intent import ChargeUpdated, CreateRefund, RecordApproval, RefundMetadataUpdated, UpdateCharge, UpdateRefund
 from engine.results import Result
 from shards.actor import ShardState
@@ -70,6 +71,20 @@ def test_a_held_or_failed_charge_may_be_updated_but_not_one_that_is_not_there():
 )
 def test_a_charge_update_out_of_shape_is_refused(changes, result, param):
     charged().refuse(update_charge(**changes), result, param)
+
+
+def test_a_charges_shipping_is_replaced_whole_and_kept_across_other_updates():
+    journey = charged()
+    attempt = journey.intent.authorization()
+    first = Shipping(name="Jo", address=ShippingAddress(line1="1 Main St", city="Springfield", country="US"), carrier="UPS")
+    journey.do(update_charge(shipping=first))
+    journey.do(update_charge(description="gift"))
+    assert charges.details(journey.intent, attempt).shipping == first
+    second = Shipping(name="Sam", address=ShippingAddress(postal_code="12345"), tracking_number="1Z999")
+    journey.do(update_charge(shipping=second))
+    assert charges.details(journey.intent, attempt).shipping == second
+    journey.refuse(update_charge(shipping=Shipping(name="")), Result.shipping_invalid, "shipping")
+    journey.refuse(update_charge(shipping=Shipping(name="Jo", carrier="x" * 5001)), Result.shipping_invalid, "shipping")
 
 
 def test_merged_charge_metadata_past_fifty_keys_is_refused():
@@ -174,6 +189,17 @@ def test_the_sdk_modifies_a_charge_which_then_shows_its_own_words(node: NodeProc
     assert (again.payment_intent.metadata.to_dict(), again.payment_intent.description) == ({"order": "7"}, "hats")
     listed = client.v1.charges.list(params={"payment_intent": paid.id})
     assert listed.data[0].description == "hats, gift wrapped"
+    shipped = client.v1.charges.update(
+        charge.id, params={"shipping": {"name": "Jo", "address": {"line1": "1 Main St", "country": "US"}, "tracking_number": "1Z999"}}
+    )
+    assert shipped.shipping.to_dict() == {
+        "name": "Jo",
+        "address": {"city": None, "country": "US", "line1": "1 Main St", "line2": None, "postal_code": None, "state": None},
+        "carrier": None,
+        "phone": None,
+        "tracking_number": "1Z999",
+    }
+    assert client.v1.charges.retrieve(charge.id).shipping.name == "Jo"
     found = client.v1.charges.search(params={"query": f'metadata["wrap"]:"yes" payment_intent:"{paid.id}"'})
     assert [item.id for item in found.data] == [charge.id]
     stripe.api_key, stripe.api_base = fresh_merchant["secret_key"], node.url
@@ -192,7 +218,11 @@ def test_a_charge_update_is_refused_when_out_of_shape_or_not_the_callers(http: h
         ({"fraud_details[user_report]": "maybe"}, "fraud_details[user_report]", "parameter_invalid"),
         ({"description": "x" * 1001}, "description", "parameter_invalid"),
         ({"amount": "10"}, "amount", "parameter_unknown"),
-        ({"shipping[name]": "Jo"}, "shipping", "parameter_unknown"),
+        ({"shipping[name]": "Jo"}, "shipping[address]", "parameter_missing"),
+        ({"shipping[address][line1]": "1 Main St"}, "shipping[name]", "parameter_missing"),
+        ({"shipping[name]": "", "shipping[address][line1]": "x"}, "shipping", "parameter_invalid"),
+        ({"shipping[name]": "Jo", "shipping[address][planet]": "Mars"}, "shipping[address][planet]", "parameter_unknown"),
+        ({"customer": "cus_1"}, "customer", "parameter_unknown"),
     ]:
         answer = http.post(url, data=data)
         assert answer.status_code == 400, (data, answer.text)

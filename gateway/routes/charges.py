@@ -16,6 +16,7 @@ from quart import Response
 
 from engine import charges, ids
 from engine import intent as machine
+from engine.commands import Shipping
 from engine.intent import Attempt, PaymentIntent
 from gateway import errors, expansions, objects, params
 from gateway.calls import Calls
@@ -132,7 +133,7 @@ def render_charge_outcome(attempt_id: str, card: PaymentMethodRow | None) -> Cal
 
 
 @ROUTES.post("/v1/charges/<charge_id>")
-@api("Update a charge: its description, metadata, receipt email and fraud report", objects.ChargeObject, body=params.UpdateCharge)
+@api("Update a charge: its description, metadata, receipt email, fraud report and shipping", objects.ChargeObject, body=params.UpdateCharge)
 async def update_charge(calls: Calls, key: ApiKeyRow, charge_id: str) -> Response:
     node = calls.node
     intent, attempt = _charge_of(calls, key, charge_id)
@@ -149,6 +150,7 @@ async def update_charge(calls: Calls, key: ApiKeyRow, charge_id: str) -> Respons
         metadata=values.metadata,
         receipt_email=values.receipt_email,
         fraud_user_report=None if values.fraud_details is None else values.fraud_details.user_report,
+        shipping=None if values.shipping is None else msgspec.convert(msgspec.to_builtins(values.shipping), Shipping),
     )
     render_outcome = render_charge_outcome(attempt.id, await node.payment_method(attempt.payment_method_id))
     async with expansions.replays_expanded(node, key, paths), calls.idempotent(key, body, render_outcome) as claim:
