@@ -6,12 +6,16 @@ against Stripe's spec by tests/conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import asyncpg
 import httpx
+import msgspec
 import pytest
 
 from tests.conftest import NodeProcess
+from tests.helpers import wait_until
 
 VISA = {"type": "card", "card[number]": "4242424242424242", "card[exp_month]": "12", "card[exp_year]": "2040"}
 # Stripe's 3-D Secure 2 test card: every payment asks for authentication
@@ -316,3 +320,39 @@ def test_off_session_a_card_that_wants_3ds_is_declined_authentication_required(h
     other_card = card(http)
     retried = ok(http.post(f"/v1/payment_intents/{intent['id']}/confirm", data={"payment_method": other_card}))
     assert retried["status"] == "succeeded"
+
+
+def _attempt_ids(database_url: str, intent_id: str) -> list[str]:
+    """The intent's attempts as its journal has them, oldest first."""
+
+    async def read() -> list[str]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            rows = await connection.fetch(
+                "SELECT body FROM journal WHERE entity_id = $1 AND kind = 'AttemptStarted' ORDER BY partition, seq", intent_id
+            )
+        finally:
+            await connection.close()
+        return [msgspec.json.decode(row["body"])["attempt"]["id"] for row in rows]
+
+    return asyncio.run(read())
+
+
+def test_off_session_the_challenge_the_network_opened_is_voided(http: httpx.Client, node: NodeProcess) -> None:
+    customer = ok(http.post("/v1/customers"))["id"]
+    strict = card(http, THREE_D_SECURE)
+    ok(http.post(f"/v1/payment_methods/{strict}/attach", data={"customer": customer}))
+    pay = {"amount": "800", "currency": "usd", "customer": customer, "payment_method": strict, "confirm": "true"}
+    on_session = ok(http.post("/v1/payment_intents", data=pay))
+    page_url = on_session["next_action"]["redirect_to_url"]["url"]
+    (on_reference,) = _attempt_ids(node.database_url, on_session["id"])
+    assert on_reference in page_url and httpx.get(page_url, timeout=30).status_code == 200  # waiting for the cardholder
+
+    intent_id = refused(http.post("/v1/payment_intents", data={**pay, "off_session": "true"}), 402)["payment_intent"]["id"]
+    (off_reference,) = _attempt_ids(node.database_url, intent_id)
+    off_page = page_url.replace(on_reference, off_reference)
+    # Nobody can complete the off-session challenge: the void closed it.
+    wait_until(lambda: httpx.get(off_page, timeout=30).status_code == 404, 10, "the off-session challenge to be voided")
+    assert httpx.post(off_page, data={"result": "pass"}, timeout=30).status_code == 404
+    assert ok(http.get(f"/v1/payment_intents/{intent_id}"))["status"] == "requires_payment_method"
+
