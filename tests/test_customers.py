@@ -184,6 +184,9 @@ def test_payment_methods_attach_to_one_customer_and_detach_for_good(http: httpx.
         error = refused(http.post(f"/v1/payment_methods/{first}/attach", data={"customer": customer}))
         assert error["message"].startswith("This PaymentMethod was previously used without being attached to a Customer or was detached")
     assert [pm["id"] for pm in ok(http.get(f"/v1/customers/{alice}/payment_methods"))["data"]] == [second]
+    assert ok(http.get(f"/v1/customers/{alice}/payment_methods/{second}"))["customer"] == alice
+    for customer, method in ((alice, first), (bob, second)):
+        assert refused(http.get(f"/v1/customers/{customer}/payment_methods/{method}"), 404)["code"] == "resource_missing"
     error = refused(http.post(f"/v1/payment_methods/{card(http)}/attach", data={"customer": "cus_nope"}))
     assert (error["param"], error["code"]) == ("customer", "resource_missing")
     assert refused(http.post(f"/v1/payment_methods/{first}/attach"))["param"] == "customer"
@@ -355,4 +358,19 @@ def test_off_session_the_challenge_the_network_opened_is_voided(http: httpx.Clie
     wait_until(lambda: httpx.get(off_page, timeout=30).status_code == 404, 10, "the off-session challenge to be voided")
     assert httpx.post(off_page, data={"result": "pass"}, timeout=30).status_code == 404
     assert ok(http.get(f"/v1/payment_intents/{intent_id}"))["status"] == "requires_payment_method"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "what"),
+    [
+        ("GET", "/v1/customers/search", "Searching customers"),
+        ("GET", "/v1/customers/cus_1/sources", "A customer's sources"),
+        ("POST", "/v1/customers/cus_1/tax_ids", "A customer's tax_ids"),
+        ("DELETE", "/v1/customers/cus_1/discount", "A customer's discount"),
+        ("GET", "/v1/customers/cus_1/subscriptions/sub_1", "A customer's subscriptions"),
+    ],
+)
+def test_a_customer_s_billing_parts_say_they_are_not_served(http: httpx.Client, method: str, path: str, what: str) -> None:
+    error = refused(http.request(method, path), 404)
+    assert error["message"].startswith(f"{what} is not supported by this server ({method} {path}).")
 

@@ -180,6 +180,21 @@ async def list_customer_payment_methods(calls: Calls, key: ApiKeyRow, customer_i
     return json_response(await payment_method_page(calls.node, key, customer_id, values, f"/v1/customers/{customer_id[:ID_CHARS_MAX]}/payment_methods"))
 
 
+@ROUTES.get("/v1/customers/<customer_id>/payment_methods/<payment_method_id>")
+@api("Retrieve a payment method saved to a customer", objects.PaymentMethodObject, query=params.RetrieveParams)
+async def retrieve_customer_payment_method(calls: Calls, key: ApiKeyRow, customer_id: str, payment_method_id: str) -> Response:
+    node = calls.node
+    for path in calls.query(params.RetrieveParams).expand:
+        if path != "customer":
+            raise errors.invalid_request(f"This property cannot be expanded ({path[:200]}).")
+    customer = await _owned(node, customer_id, key)
+    row = await node.payment_method(payment_method_id) if len(payment_method_id) <= ID_CHARS_MAX else None
+    attached = None if row is None else await node.store.customers.attachment(row.id)
+    if row is None or attached_customer(attached) != customer.id:
+        raise errors.not_found("payment_method", payment_method_id, "payment_method")
+    return json_response(objects.payment_method(row, customer.id))
+
+
 async def payment_method_page(
     node: Node, key: ApiKeyRow, customer_id: str, values: params.PaymentMethodListParams, url: str
 ) -> dict[str, Any]:

@@ -74,6 +74,23 @@ UNSERVED_OPERATIONS = (
     ("POST", "/v1/setup_intents/<setup_intent_id>/verify_microdeposits", "Verifying microdeposits"),
     ("GET", "/v1/balance/history", "The balance history (use /v1/balance_transactions)"),
     ("GET", "/v1/balance/history/<transaction_id>", "The balance history (use /v1/balance_transactions)"),
+    ("GET", "/v1/customers/search", "Searching customers"),
+)
+
+# A customer's parts that belong to Billing and the older Sources API, not
+# served: without these routes a call to one would be an unknown URL, and
+# `/v1/customers/search` the retrieval of a customer named "search".
+UNSERVED_CUSTOMER_PARTS = (
+    "balance_transactions",
+    "bank_accounts",
+    "cards",
+    "cash_balance",
+    "cash_balance_transactions",
+    "discount",
+    "funding_instructions",
+    "sources",
+    "subscriptions",
+    "tax_ids",
 )
 
 
@@ -110,3 +127,8 @@ for _resource in UNSERVED_RESOURCES:
 
 for _method, _rule, _what in UNSERVED_OPERATIONS:
     ROUTES.route(_method, _rule, endpoint=_endpoint(_method, _rule))(_unserved_operation(_what))
+
+for _part in UNSERVED_CUSTOMER_PARTS:
+    for _rule in (f"/v1/customers/<customer_id>/{_part}", f"/v1/customers/<customer_id>/{_part}/<path:rest>"):
+        for _method in ("GET", "POST", "DELETE"):
+            ROUTES.route(_method, _rule, endpoint=_endpoint(_method, _rule))(_unserved_operation(f"A customer's {_part}"))
