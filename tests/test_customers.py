@@ -133,6 +133,13 @@ def test_a_customer_create_and_update_replay_under_their_idempotency_key(http: h
     replayed = http.post(url, data={"metadata[n]": "1"}, headers={"Idempotency-Key": "cus-2"})
     assert replayed.json() == updated.json() and replayed.json()["metadata"] == {"n": "1"}
     assert ok(http.get(url))["metadata"] == {"n": "2"}
+    method = card(http)
+    attach = f"/v1/payment_methods/{method}/attach"
+    attached = http.post(attach, data={"customer": first.json()["id"]}, headers={"Idempotency-Key": "attach-1"})
+    ok(http.post(f"/v1/payment_methods/{method}/detach"))
+    again = http.post(attach, data={"customer": first.json()["id"]}, headers={"Idempotency-Key": "attach-1"})
+    assert again.json() == attached.json() and again.headers.get("Idempotent-Replayed") == "true"
+    assert ok(http.get(f"/v1/payment_methods/{method}"))["customer"] is None
 
 
 def test_bad_customer_input_is_a_clear_400(http: httpx.Client, node: NodeProcess, fresh_merchant: dict) -> None:
