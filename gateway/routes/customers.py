@@ -29,7 +29,7 @@ from gateway.openapi import api
 from gateway.responses import json_response, raw_response, render
 from gateway.routing import Routes
 from shards.cache import BoundedCache
-from shards.node import Node
+from shards.node import Node, NotServed
 from store.customers import CustomerChange, CustomerQuery, Refusal, changed
 from store.errors import StoreUnavailable
 from store.rows import ApiKeyRow, AttachmentRow, CustomerRow, PaymentMethodRow
@@ -255,6 +255,17 @@ def off_session_flag(value: bool | str | None) -> bool:
     """Stripe's `off_session`: true, "one_off" or "recurring" all mean the
     customer is not there."""
     return value is not None and value is not False
+
+
+async def save_payment_method_of(node: Node, intent_id: str) -> None:
+    """`save_payment_method` for the intent a command just answered, as
+    this node holds it now (nothing when its partition moved meanwhile:
+    its next answer saves the method)."""
+    try:
+        intent = node.intent(intent_id)
+    except NotServed:
+        return
+    await save_payment_method(node, intent)
 
 
 async def save_payment_method(node: Node, intent: machine.PaymentIntent | None) -> None:

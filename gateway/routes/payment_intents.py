@@ -49,7 +49,7 @@ async def create_payment_intent(calls: Calls, key: ApiKeyRow) -> Response:
     async with expansions.replays_expanded(calls.node, key, paths), calls.idempotent(key, body, render_outcome) as claim:
         command = await _create_command(calls, key, values, partition)
         response = await expansions.run(calls, key, command, claim, render_outcome, paths)
-        await customers.save_payment_method(calls.node, calls.node.intent(command.intent_id))
+        await customers.save_payment_method_of(calls.node, command.intent_id)
         return response
 
 
@@ -141,7 +141,7 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
             setup_future_usage=values.setup_future_usage,
         )
         response = await expansions.run(calls, key, command, claim, render_intent, paths)
-        await customers.save_payment_method(node, node.intent(intent_id))
+        await customers.save_payment_method_of(node, intent_id)
         return response
 
 
