@@ -99,7 +99,8 @@ def page_position(page: str | None) -> tuple[int, str] | None:
         created, separator, object_id = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise refusal from None
-    if not separator or not created.isdigit() or len(created) > 12 or not object_id:
+    # isascii too: str.isdigit takes superscripts and other digits int() cannot read.
+    if not separator or not (created.isascii() and created.isdigit()) or len(created) > 12 or not object_id:
         raise refusal
     return int(created), object_id
 

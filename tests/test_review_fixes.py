@@ -1,0 +1,29 @@
+"""Defects found in review of the customers, SetupIntents, search and
+increment work, each pinned by a test named after what broke."""
+
+import base64
+
+import httpx
+import pytest
+
+
+@pytest.fixture
+def client(node):
+    with httpx.Client(base_url=node.url, auth=(node.secret_key, ""), timeout=30) as opened:
+        yield opened
+
+
+def assert_refused(response: httpx.Response, param: str | None = None) -> None:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error.get("param") == param, error
+
+
+@pytest.mark.parametrize("digits", ["\u00b2", "1\u00b9", "\u2460"])
+def test_a_search_page_cursor_with_digits_int_cannot_read_is_a_400_not_a_500(client: httpx.Client, digits: str) -> None:
+    # str.isdigit takes superscripts and circled digits; int() does not.
+    cursor = "page_" + base64.urlsafe_b64encode(f"{digits}:pi_x".encode()).decode().rstrip("=")
+    for path in ("/v1/payment_intents/search", "/v1/charges/search"):
+        assert_refused(client.get(path, params={"query": 'status:"succeeded"', "page": cursor}), "page")
