@@ -295,18 +295,23 @@ class CreateRefund(msgspec.Struct, forbid_unknown_fields=True):
     expand: list[str] = []
 
 
+# A unix time a `created` filter may name: PostgreSQL keeps times as bigint,
+# which a larger one (or gt + 1 of the largest) would overflow in a query.
+Timestamp = Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
+
+
 class CreatedFilter(msgspec.Struct, forbid_unknown_fields=True):
-    gt: int | None = None
-    gte: int | None = None
-    lt: int | None = None
-    lte: int | None = None
+    gt: Timestamp | None = None
+    gte: Timestamp | None = None
+    lt: Timestamp | None = None
+    lte: Timestamp | None = None
 
 
 class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
     starting_after: str | None = None
     ending_before: str | None = None
-    created: int | CreatedFilter | None = None
+    created: Timestamp | CreatedFilter | None = None
     # Only on /v1/refunds, /v1/charges and /v1/balance_transactions: narrows to one intent.
     payment_intent: str | None = None
     type: str | None = None
@@ -400,7 +405,7 @@ class EventListParams(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
     starting_after: str | None = None
     ending_before: str | None = None
-    created: int | CreatedFilter | None = None
+    created: Timestamp | CreatedFilter | None = None
     # One type, or a family with a trailing `*` (`payment_intent.*`).
     type: str | None = None
     types: list[str] | None = None
@@ -488,7 +493,7 @@ class CustomerListParams(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
     starting_after: str | None = None
     ending_before: str | None = None
-    created: int | CreatedFilter | None = None
+    created: Timestamp | CreatedFilter | None = None
     email: Email | None = None
     expand: list[str] = []
 
@@ -565,7 +570,7 @@ class ListSetupIntents(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
     starting_after: str | None = None
     ending_before: str | None = None
-    created: int | CreatedFilter | None = None
+    created: Timestamp | CreatedFilter | None = None
     customer: str | None = None
     payment_method: str | None = None
     expand: list[str] = []

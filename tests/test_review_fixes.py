@@ -27,3 +27,15 @@ def test_a_search_page_cursor_with_digits_int_cannot_read_is_a_400_not_a_500(cli
     cursor = "page_" + base64.urlsafe_b64encode(f"{digits}:pi_x".encode()).decode().rstrip("=")
     for path in ("/v1/payment_intents/search", "/v1/charges/search"):
         assert_refused(client.get(path, params={"query": 'status:"succeeded"', "page": cursor}), "page")
+
+
+@pytest.mark.parametrize("path", ["/v1/customers", "/v1/setup_intents", "/v1/events"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("created", str(2**63)), ("created", str(2**64 - 1)), ("created[gt]", str(2**63 - 1)), ("created[lt]", str(-(2**63))), ("created[lte]", str(2**63))],
+)
+def test_a_created_filter_past_a_bigint_is_a_400_not_a_500(client: httpx.Client, path: str, name: str, value: str) -> None:
+    # PostgreSQL's bigint column cannot take it (asyncpg raised DataError).
+    response = client.get(path, params={name: value})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == name

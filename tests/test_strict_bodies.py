@@ -216,6 +216,10 @@ def test_integer_written_as_integer_is_accepted(schema, values, param, written):
         # Well written, but outside limit's bounds: refused for its range.
         refused_integer(put(values, written), schema, param)
         return
+    if param.startswith("created") and abs(int(written)) > 2**53:
+        # Past what PostgreSQL's bigint times can be compared with.
+        refused_integer(put(values, written), schema, param)
+        return
     assert value_at(params.convert(put(values, written), schema), param) == int(written)
 
 
