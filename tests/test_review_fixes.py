@@ -39,3 +39,20 @@ def test_a_created_filter_past_a_bigint_is_a_400_not_a_500(client: httpx.Client,
     response = client.get(path, params={name: value})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == name
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/setup_intents/seti_%00"),
+        ("POST", "/v1/setup_intents/seti_%00"),
+        ("POST", "/v1/setup_intents/seti_%00/confirm"),
+        ("POST", "/v1/setup_intents/seti_%00/cancel"),
+        ("GET", "/v1/setup_intents?starting_after=seti_x%00"),
+    ],
+)
+def test_a_setup_intent_id_with_a_nul_is_not_found_not_a_500(client: httpx.Client, method: str, path: str) -> None:
+    # PostgreSQL cannot compare text with NUL in it (asyncpg raised).
+    response = client.request(method, path)
+    assert response.status_code in (400, 404), response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from quart import Response, request
 
+from engine import ids
 from engine import setup_intents as machine
 from engine.results import Result
 from engine.setup_intents import Refusal, SetupIntent
@@ -200,7 +201,7 @@ def _check_shape(metadata: dict[str, str], description: str | None) -> None:
 async def _owned(service: SetupIntents, setup_intent_id: str, key: ApiKeyRow, client_secret: str | None = None) -> SetupIntent:
     """The caller's SetupIntent; raises a 404 otherwise. A publishable key
     must also present its client secret."""
-    found = await service.get(setup_intent_id) if len(setup_intent_id) <= ID_CHARS_MAX and setup_intent_id.startswith("seti_") else None
+    found = await service.get(setup_intent_id) if _well_formed(setup_intent_id) else None
     if found is None or found.merchant_id != key.merchant_id or found.livemode != key.livemode:
         raise errors.not_found("setup_intent", setup_intent_id, "intent")
     if key.kind == "publishable" and not (
@@ -208,6 +209,12 @@ async def _owned(service: SetupIntents, setup_intent_id: str, key: ApiKeyRow, cl
     ):
         raise errors.not_found("setup_intent", setup_intent_id, "intent")
     return found
+
+
+def _well_formed(setup_intent_id: str) -> bool:
+    # Only an id we could have made reaches the database (one with a NUL
+    # in it would make PostgreSQL raise).
+    return len(setup_intent_id) <= ID_CHARS_MAX and ids.parse_id(setup_intent_id, "seti") is not None
 
 
 async def _customer(calls: Calls, key: ApiKeyRow, customer_id: str) -> str:
@@ -306,7 +313,7 @@ def _created_bounds(created: int | params.CreatedFilter | None) -> tuple[int | N
 async def _cursor(service: SetupIntents, key: ApiKeyRow, cursor: str | None, param: str) -> tuple[int, str] | None:
     if cursor is None:
         return None
-    found = await service.get(cursor) if len(cursor) <= ID_CHARS_MAX and cursor.startswith("seti_") else None
+    found = await service.get(cursor) if _well_formed(cursor) else None
     if found is None or found.merchant_id != key.merchant_id or found.livemode != key.livemode:
         raise errors.invalid_request(f"No such setup_intent: '{cursor[:64]}'", param=param, code="resource_missing")
     return found.created_s, found.id
