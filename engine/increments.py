@@ -59,6 +59,9 @@ def decide_increment(intent: PaymentIntent, command: IncrementAuthorization) -> 
         return refuse(Result.amount_out_of_range, "amount")
     if not check_metadata(command.metadata) or not check_text(command.description, DESCRIPTION_CHARS_MAX):
         return refuse(Result.metadata_invalid, "metadata" if command.description is None else "description")
+    # Bounded as merged, as an update's: the intent's keys count too.
+    if not check_metadata(_merged(intent.metadata, command.metadata)):
+        return refuse(Result.metadata_invalid, "metadata")
     target = TRANSITIONS[intent.status].get(IncrementAuthorization)
     if target is None:
         return refuse(Result.intent_unexpected_state)
@@ -128,7 +131,7 @@ def evolve_increment_answer(intent: PaymentIntent, event: AttemptApproved | Atte
     )
     description, metadata = intent.description, intent.metadata
     if request is not None:
-        metadata = {key: value for key, value in {**metadata, **request.metadata}.items() if value != ""}
+        metadata = _merged(metadata, request.metadata)
         description = description if request.description is None else (request.description or None)
     return replace(
         intent,
@@ -140,3 +143,8 @@ def evolve_increment_answer(intent: PaymentIntent, event: AttemptApproved | Atte
         metadata=metadata,
         increment_request=None,
     )
+
+
+def _merged(metadata: dict[str, str], changes: dict[str, str]) -> dict[str, str]:
+    """`metadata` with `changes` merged in; a key sent empty is removed."""
+    return {key: value for key, value in {**metadata, **changes}.items() if value != ""}

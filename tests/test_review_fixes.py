@@ -6,6 +6,10 @@ import base64
 import httpx
 import pytest
 
+from engine.results import Result
+from tests.test_increment_authorization import increment
+from tests.test_intent_machine import authorized_manually
+
 
 @pytest.fixture
 def client(node):
@@ -56,3 +60,11 @@ def test_a_setup_intent_id_with_a_nul_is_not_found_not_a_500(client: httpx.Clien
     response = client.request(method, path)
     assert response.status_code in (400, 404), response.text
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_an_increment_cannot_take_an_intents_metadata_past_50_keys() -> None:
+    # Checked alone, 25 new keys passed; merged with the intent's 30 they made 55.
+    journey = authorized_manually(metadata={f"old{n}": "x" for n in range(30)})
+    journey.refuse(increment(metadata={f"new{n}": "y" for n in range(25)}), Result.metadata_invalid, "metadata")
+    # Keys sent empty are removed, so they do not count.
+    journey.do(increment(metadata={f"old{n}": "" for n in range(20)} | {f"new{n}": "y" for n in range(25)}))
