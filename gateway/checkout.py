@@ -122,6 +122,16 @@ PUBLISHABLE_INTENT_FIELDS = frozenset({
     "next_action", "payment_method", "payment_method_types", "processing", "receipt_email", "setup_future_usage",
     "shipping", "status",
 })
+# The same for a SetupIntent: not its customer or the merchant's metadata.
+PUBLISHABLE_SETUP_INTENT_FIELDS = frozenset({
+    "id", "object", "cancellation_reason", "client_secret", "created", "description", "last_setup_error", "livemode",
+    "next_action", "payment_method", "payment_method_types", "status", "usage",
+})
+# By the path an answer is for: the object it carries, and what of it a publishable key sees.
+PUBLISHABLE_SUBSETS = {
+    "/v1/payment_intents/": ("payment_intent", PUBLISHABLE_INTENT_FIELDS),
+    "/v1/setup_intents/": ("setup_intent", PUBLISHABLE_SETUP_INTENT_FIELDS),
+}
 _json = msgspec.json.Encoder()
 
 
@@ -180,23 +190,25 @@ def _register_headers(app: QuartTrio) -> None:
         if request.path.startswith("/v1/"):
             for name, value in CORS_HEADERS.items():
                 response.headers.setdefault(name, value)
-            if g.get("api_key_kind") == "publishable" and request.path.startswith("/v1/payment_intents/"):
-                await _show_publishable_subset(response)
+            for prefix, (kind, fields) in PUBLISHABLE_SUBSETS.items():
+                if g.get("api_key_kind") == "publishable" and request.path.startswith(prefix):
+                    await _show_publishable_subset(response, kind, fields)
         return response
 
 
-async def _show_publishable_subset(response: Response) -> None:
-    """Cut the PaymentIntent an answer to a publishable key carries (itself,
-    or inside a card error) down to what Stripe shows such a key."""
+async def _show_publishable_subset(response: Response, kind: str, fields: frozenset[str]) -> None:
+    """Cut the PaymentIntent or SetupIntent (`kind`) an answer to a
+    publishable key carries (itself, or inside a card error) down to what
+    Stripe shows such a key (`fields`)."""
     if response.mimetype != "application/json":
         return
     body = msgspec.json.decode(await response.get_data())
     error = body.get("error") if isinstance(body, dict) else None
-    holder, name = (error, "payment_intent") if isinstance(error, dict) else ({"intent": body}, "intent")
+    holder, name = (error, kind) if isinstance(error, dict) else ({"intent": body}, "intent")
     intent = holder.get(name)
-    if not isinstance(intent, dict) or intent.get("object") != "payment_intent":
+    if not isinstance(intent, dict) or intent.get("object") != kind:
         return
-    holder[name] = {field: value for field, value in intent.items() if field in PUBLISHABLE_INTENT_FIELDS}
+    holder[name] = {field: value for field, value in intent.items() if field in fields}
     response.set_data(_json.encode(body if error is not None else holder[name]))
 
 

@@ -68,3 +68,33 @@ def test_an_increment_cannot_take_an_intents_metadata_past_50_keys() -> None:
     journey.refuse(increment(metadata={f"new{n}": "y" for n in range(25)}), Result.metadata_invalid, "metadata")
     # Keys sent empty are removed, so they do not count.
     journey.do(increment(metadata={f"old{n}": "" for n in range(20)} | {f"new{n}": "y" for n in range(25)}))
+
+
+def test_a_publishable_key_sees_only_what_stripe_shows_it_of_a_setup_intent(node, fresh_merchant: dict) -> None:
+    # The customer and the merchant's metadata are not "retrievable with
+    # publishable key" in Stripe's reference; a browser saw both.
+    with (
+        httpx.Client(base_url=node.url, auth=(fresh_merchant["secret_key"], ""), timeout=30) as server,
+        httpx.Client(base_url=node.url, auth=(fresh_merchant["publishable_key"], ""), timeout=30) as page,
+    ):
+        customer = server.post("/v1/customers", data={"email": "private@example.com"}).json()
+        setup = server.post("/v1/setup_intents", data={"customer": customer["id"], "metadata[order]": "internal-7", "description": "d"}).json()
+        secret = setup["client_secret"]
+        shown = [
+            page.get(f"/v1/setup_intents/{setup['id']}", params={"client_secret": secret}).json(),
+            page.post(f"/v1/setup_intents/{setup['id']}/confirm", data={"client_secret": secret, "payment_method": "pm_card_visa"}).json(),
+        ]
+        declined = server.post("/v1/setup_intents", data={"customer": customer["id"], "metadata[order]": "internal-8"}).json()
+        refused = page.post(
+            f"/v1/setup_intents/{declined['id']}/confirm", data={"client_secret": declined["client_secret"], "payment_method": "pm_card_chargeDeclined"}
+        )
+        assert refused.status_code == 402, refused.text
+        shown.append(refused.json()["error"]["setup_intent"])
+    for seen in shown:
+        assert seen["object"] == "setup_intent" and seen["id"] in (setup["id"], declined["id"])
+        assert "customer" not in seen and "metadata" not in seen, seen
+    assert (shown[0]["description"], shown[1]["status"]) == ("d", "succeeded")
+    # A secret key still sees all of it.
+    with httpx.Client(base_url=node.url, auth=(fresh_merchant["secret_key"], ""), timeout=30) as server:
+        whole = server.get(f"/v1/setup_intents/{setup['id']}").json()
+    assert (whole["customer"], whole["metadata"]) == (customer["id"], {"order": "internal-7"})
