@@ -81,6 +81,7 @@ TEST_PAYMENT_METHODS: dict[str, str] = {
     "pm_card_chargeDeclined": "4000000000000002",
     "pm_card_chargeDeclinedInsufficientFunds": "4000000000009995",
     "pm_card_threeDSecure2Required": "4000000000003220",
+    "pm_card_createDispute": "4000000000000259",
 }
 
 
@@ -126,6 +127,13 @@ TEST_CARD_OUTCOMES: dict[str, CardOutcome] = {
 # not in TEST_CARD_OUTCOMES because its authorization is an ordinary approval;
 # only the card network needs to know, at refund time.
 REFUND_FAILS_LATER = "4000000000005126"
+
+# Stripe's test card whose charges succeed and are then disputed by the
+# cardholder as fraudulent, for their full amount (Stripe docs, "Testing":
+# disputes). Its authorization is an ordinary approval; only the card
+# network needs to know, once the charge is captured.
+DISPUTED_LATER = "4000000000000259"
+DISPUTED_LATER_REASON = "fraudulent"
 
 # A card of ours (Stripe publishes none for this): its authorizations are
 # approved, but the issuer declines every incremental authorization of them

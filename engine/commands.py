@@ -202,6 +202,9 @@ class RecordDisputeOpened(msgspec.Struct, frozen=True, tag=True):
     dispute_id: str
     amount: int
     at_s: int
+    # Stripe's category of the dispute (engine.disputes.DISPUTE_REASONS);
+    # None when the network names none.
+    reason: str | None = None
 
 
 class RecordDisputeClosed(msgspec.Struct, frozen=True, tag=True):

@@ -80,6 +80,14 @@ EVIDENCE_TEXT_FIELDS: dict[str, int] = {
 EVIDENCE_CHARS_MAX = 150_000
 
 
+# Stripe's dispute categories (a dispute's `reason`).
+DISPUTE_REASONS = frozenset({
+    "bank_cannot_process", "check_returned", "credit_not_processed", "customer_initiated", "debit_not_authorized",
+    "duplicate", "fraudulent", "general", "incorrect_account_details", "insufficient_funds", "product_not_received",
+    "product_unacceptable", "subscription_canceled", "unrecognized",
+})
+
+
 def due_by_s(dispute: Dispute) -> int:
     """When the merchant's answer is due."""
     return dispute.due_by_s if dispute.due_by_s is not None else dispute.created_s + RESPONSE_WINDOW_S
@@ -114,6 +122,7 @@ def decide_dispute_opened(intent: PaymentIntent, command: RecordDisputeOpened) -
         status=DisputeStatus.needs_response,
         created_s=command.at_s,
         due_by_s=command.at_s + RESPONSE_WINDOW_S,
+        reason=command.reason if command.reason in DISPUTE_REASONS else None,
     )
     transfers = [ledger_single(intent, f"{dispute.id}:dispute", "dispute", command.amount, command.at_s, to_merchant=False)]
     fee = intent.dispute_fee_minor

@@ -124,6 +124,8 @@ class NetworkNotice(msgspec.Struct, frozen=True):
     parent_reference: str | None = None
     amount_minor: int = 0
     won: bool | None = None
+    # For a dispute opened: Stripe's category, when the network names one.
+    reason: str | None = None
 
     @property
     def named(self) -> str | None:

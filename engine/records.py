@@ -114,6 +114,10 @@ class Dispute(msgspec.Struct, frozen=True, gc=False):
     submission_count: int = 0
     past_due: bool = False
     due_by_s: int | None = None
+    # Stripe's category (engine.disputes.DISPUTE_REASONS); None when the
+    # network named none (as for every dispute journaled before): Stripe's
+    # catch-all "general".
+    reason: str | None = None
 
 
 class ChargeDetails(msgspec.Struct, frozen=True, gc=False):

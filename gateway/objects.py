@@ -241,7 +241,7 @@ class DisputeObject(msgspec.Struct, tag_field="object", tag="dispute"):
     balance_transactions: list[BalanceTransactionObject]
     is_charge_refundable: bool
     metadata: dict[str, str] = {}
-    # The network reports no category: Stripe's catch-all.
+    # The network's category, or Stripe's catch-all when it names none.
     reason: str = "general"
     evidence: DisputeEvidence = DisputeEvidence()
     evidence_details: DisputeEvidenceDetails = DisputeEvidenceDetails()
@@ -587,6 +587,7 @@ def dispute(intent: PaymentIntent, item: Dispute) -> DisputeObject:
         # past what may still go back.
         is_charge_refundable=not intent.has_open_dispute() and intent.amount_returnable > 0,
         metadata=item.metadata,
+        reason=item.reason or "general",
         evidence=DisputeEvidence(**item.evidence),
         evidence_details=DisputeEvidenceDetails(
             due_by=due_by, has_evidence=bool(item.evidence), past_due=item.past_due, submission_count=item.submission_count

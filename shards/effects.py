@@ -210,7 +210,9 @@ class Effects:
 def command_for_notice(notice: NetworkNotice, intent_id: str, at_s: int) -> Command | None:
     """The command recording a notice, None for a kind we do not know."""
     if notice.kind == "dispute_opened":
-        return machine.RecordDisputeOpened(intent_id=intent_id, dispute_id=notice.reference, amount=notice.amount_minor, at_s=at_s)
+        return machine.RecordDisputeOpened(
+            intent_id=intent_id, dispute_id=notice.reference, amount=notice.amount_minor, at_s=at_s, reason=notice.reason
+        )
     if notice.kind == "dispute_closed":
         return machine.RecordDisputeClosed(intent_id=intent_id, dispute_id=notice.reference, won=bool(notice.won), at_s=at_s)
     if notice.kind == "refund_failed":

@@ -32,6 +32,15 @@ Nothing runs in the background; due failures are applied whenever the
 network is next consulted inside a trio run, which is indistinguishable to
 a caller because every observation goes through such a call.
 
+Charges captured on `cards.DISPUTED_LATER` (Stripe's test card, and its
+`pm_card_createDispute`) are disputed by the issuer after a seeded delay,
+as fraudulent, for what is still captured and unrefunded: through
+`open_dispute`, as if the cardholder had asked, so the engine hears of it by
+the same notice as any dispute. A charge is captured once, so it is
+scheduled once; `open_dispute` refuses a charge disputed already (by the
+simulator's page meanwhile, say) or refunded in full, and then nothing
+happens.
+
 Faults (simulators.faults.FaultSpec) are decided when a call arrives, from
 a random stream of their own so that they do not shift the seeded
 latencies: one draw per call says whether the call is refused
@@ -178,6 +187,8 @@ class _Charge(msgspec.Struct):
     # whether the issuer declines every increment (cards.INCREMENT_DECLINED).
     incremented_to_minor: int = 0
     increments_decline: bool = False
+    # Whether the issuer disputes the charge once captured (cards.DISPUTED_LATER).
+    disputed_later: bool = False
 
     @property
     def captured(self) -> bool:
@@ -208,6 +219,7 @@ class CardNetwork:
         latency_ms: tuple[int, int] = (1, 5),
         today: Callable[[], tuple[int, int]] | None = None,
         refund_failure_delay_ms: tuple[int, int] = (20, 50),
+        dispute_delay_ms: tuple[int, int] = (50, 200),
         faults: FaultSpec | None = None,
         latency_ticks: bool = False,
     ) -> None:
@@ -241,6 +253,13 @@ class CardNetwork:
         # Disputes by reference: (charge reference, amount, closed?).
         self._disputes: dict[str, tuple[str, int, bool]] = {}
         self._dispute_random = random.Random(f"{seed}:dispute")
+        # Charges on cards.DISPUTED_LATER waiting for their dispute: (due
+        # time, sequence of the charge's operation, charge reference).
+        delay_ms_min, delay_ms_max = dispute_delay_ms
+        assert 0 <= delay_ms_min <= delay_ms_max
+        self._dispute_delay_us_range = (delay_ms_min * 1000, delay_ms_max * 1000)
+        self._dispute_delay_random = random.Random(f"{seed}:dispute_delay")
+        self._disputes_pending: list[tuple[float, int, str]] = []
 
     # -- calls ---------------------------------------------------------------
 
@@ -370,6 +389,8 @@ class CardNetwork:
                     del self._notices_due[index]
                     return notice
             deadline = self._failures_pending[0][0] if self._failures_pending else math.inf
+            if self._disputes_pending:
+                deadline = min(deadline, self._disputes_pending[0][0])
             if partitions is not None:
                 # The caller's partitions may change (a handoff): look again.
                 deadline = min(deadline, trio.current_time() + PARTITIONS_RESCAN_S)
@@ -383,7 +404,7 @@ class CardNetwork:
         come (each will be one): what a run must wait for before it checks
         our record against the network's."""
         self._apply_due_failures()
-        return len(self._notices_due) + len(self._failures_pending)
+        return len(self._notices_due) + len(self._failures_pending) + len(self._disputes_pending)
 
     async def return_notice(self, notice: NetworkNotice) -> None:
         """Take back a notice handed to a node that no longer serves its
@@ -392,10 +413,12 @@ class CardNetwork:
         self._notice_scheduled.set()
         self._notice_scheduled = trio.Event()
 
-    def open_dispute(self, charge_reference: str) -> str | None:
-        """The cardholder disputes a captured charge. Returns the dispute's
-        reference, or None when there is no captured charge to dispute (or
-        it is disputed already). The engine hears of it by a notice."""
+    def open_dispute(self, charge_reference: str, reason: str | None = None) -> str | None:
+        """The cardholder disputes a captured charge, for what of it is not
+        refunded; `reason` is Stripe's category, if the issuer names one.
+        Returns the dispute's reference, or None when there is no captured
+        charge to dispute (or it is disputed already, or refunded in full).
+        The engine hears of it by a notice."""
         charge = self._charges.get(charge_reference)
         if charge is None or not charge.captured:
             return None
@@ -406,7 +429,9 @@ class CardNetwork:
             return None
         reference = "dp_" + "".join(self._dispute_random.choices("0123456789abcdef", k=24))
         self._disputes[reference] = (charge_reference, amount, False)
-        self._notify(NetworkNotice(reference=reference, kind="dispute_opened", parent_reference=charge_reference, amount_minor=amount))
+        self._notify(
+            NetworkNotice(reference=reference, kind="dispute_opened", parent_reference=charge_reference, amount_minor=amount, reason=reason)
+        )
         return reference
 
     def close_dispute(self, reference: str, won: bool) -> bool:
@@ -597,7 +622,10 @@ class CardNetwork:
                 refund_fails_later=request.card_number == cards.REFUND_FAILS_LATER,
                 captured_minor=request.amount_minor if request.capture else 0,
                 increments_decline=request.card_number == cards.INCREMENT_DECLINED,
+                disputed_later=request.card_number == cards.DISPUTED_LATER,
             )
+            if request.capture:
+                self._schedule_dispute(self._charges[request.reference])
         return operation
 
     def _card_digest(self, request: AuthorizationRequest) -> bytes:
@@ -620,6 +648,7 @@ class CardNetwork:
             assert charge is not None
             charge.captured_minor = request.amount_minor
             charge.capture_reference = request.reference
+            self._schedule_dispute(charge)
         return self._operation_on(
             charge,
             kind="capture",
@@ -758,9 +787,32 @@ class CardNetwork:
         self._notice_scheduled.set()
         self._notice_scheduled = trio.Event()
 
+    # -- charges disputed later ------------------------------------------------
+
+    def _schedule_dispute(self, charge: _Charge) -> None:
+        """A captured charge on cards.DISPUTED_LATER: its dispute falls due
+        after a seeded delay. Called once per charge (it is captured once)."""
+        if not charge.disputed_later:
+            return
+        delay_us = self._dispute_delay_random.randint(*self._dispute_delay_us_range)
+        due = trio.current_time() + delay_us / 1_000_000
+        authorization = charge.authorization
+        heapq.heappush(self._disputes_pending, (due, authorization.sequence, authorization.reference))
+        self._notice_scheduled.set()
+        self._notice_scheduled = trio.Event()
+
+    def _apply_due_disputes(self, now: float) -> None:
+        """Open the dispute of every charge whose dispute is due, in due order."""
+        while self._disputes_pending and self._disputes_pending[0][0] <= now:
+            _, _, charge_reference = heapq.heappop(self._disputes_pending)
+            # None when it was disputed meanwhile, or refunded in full: then
+            # the cardholder has nothing (more) to dispute.
+            self.open_dispute(charge_reference, reason=cards.DISPUTED_LATER_REASON)
+
     def _apply_due_failures(self) -> None:
-        """Fail every refund whose failure is due, in due order, and queue its notice."""
-        if not self._failures_pending:
+        """Fail every refund whose failure is due, in due order, and queue
+        its notice; open the disputes that are due."""
+        if not self._failures_pending and not self._disputes_pending:
             return
         try:
             now = trio.current_time()
@@ -768,6 +820,7 @@ class CardNetwork:
             # Outside a trio run there is no clock to say what has come due;
             # the record stands as of the last call made inside one.
             return
+        self._apply_due_disputes(now)
         while self._failures_pending and self._failures_pending[0][0] <= now:
             _, _, reference = heapq.heappop(self._failures_pending)
             refund = self._operations[reference]

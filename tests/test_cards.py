@@ -71,6 +71,7 @@ def test_test_payment_methods_map_to_their_brands():
         "pm_card_chargeDeclined": "visa",
         "pm_card_chargeDeclinedInsufficientFunds": "visa",
         "pm_card_threeDSecure2Required": "visa",
+        "pm_card_createDispute": "visa",
     }
 
 
