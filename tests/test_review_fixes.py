@@ -98,3 +98,23 @@ def test_a_publishable_key_sees_only_what_stripe_shows_it_of_a_setup_intent(node
     with httpx.Client(base_url=node.url, auth=(fresh_merchant["secret_key"], ""), timeout=30) as server:
         whole = server.get(f"/v1/setup_intents/{setup['id']}").json()
     assert (whole["customer"], whole["metadata"]) == (customer["id"], {"order": "internal-7"})
+
+
+def test_a_setup_intents_customer_expands_and_its_expanded_payment_method_shows_the_customer(node, fresh_merchant: dict) -> None:
+    # expand[]=customer was accepted and left an id, which an integration
+    # reading setup_intent.customer.email trips on; the expanded payment
+    # method said customer null although the success had saved it there.
+    with httpx.Client(base_url=node.url, auth=(fresh_merchant["secret_key"], ""), timeout=30) as server:
+        customer = server.post("/v1/customers", data={"email": "saved@example.com"}).json()
+        setup = server.post(
+            "/v1/setup_intents",
+            data={"customer": customer["id"], "payment_method": "pm_card_visa", "confirm": "true", "expand[]": ["customer", "payment_method"]},
+        ).json()
+        assert setup["status"] == "succeeded", setup
+        assert setup["customer"]["object"] == "customer" and setup["customer"]["email"] == "saved@example.com"
+        assert setup["payment_method"]["customer"] == customer["id"]
+        listed = server.get("/v1/setup_intents", params={"expand[]": "data.customer"}).json()["data"]
+        assert listed[0]["customer"]["id"] == customer["id"]
+        assert server.delete(f"/v1/customers/{customer['id']}").status_code == 200
+        again = server.get(f"/v1/setup_intents/{setup['id']}", params={"expand[]": "customer"}).json()
+        assert again["customer"] == {"id": customer["id"], "object": "customer", "deleted": True}

@@ -25,7 +25,7 @@ from engine import setup_intents as machine
 from engine.results import Result
 from engine.setup_intents import Refusal, SetupIntent
 from engine.urls import return_url_allowed
-from gateway import errors, objects, ownership, params, setup_objects
+from gateway import errors, expansions, ownership, params, setup_objects
 from gateway.calls import ID_CHARS_MAX, Calls, Replayed
 from gateway.errors import ApiError
 from gateway.lists import created_s
@@ -43,7 +43,7 @@ ROUTES = Routes()
 # What expand[] may name on a SetupIntent (or, on a list, under `data.`):
 # the payment method is shown whole; the others Stripe lets expand are
 # accepted and left as ids (nothing here fills them).
-EXPANDABLE = {"payment_method": True, "customer": False, "application": False, "latest_attempt": False,
+EXPANDABLE = {"payment_method": True, "customer": True, "application": False, "latest_attempt": False,
               "mandate": False, "on_behalf_of": False, "single_use_mandate": False}
 EXPAND_PATHS_MAX = 20
 
@@ -292,10 +292,14 @@ def _checked_expand(paths: list[str]) -> list[str]:
 
 
 async def _expand(calls: Calls, key: ApiKeyRow, body: dict[str, Any], expand: list[str]) -> dict[str, Any]:
-    if "payment_method" in expand and isinstance(body.get("payment_method"), str):
-        row = await calls.node.payment_method(body["payment_method"])
-        if row is not None and row.merchant_id == key.merchant_id and row.livemode == key.livemode:
-            body["payment_method"] = msgspec.to_builtins(objects.payment_method(row))
+    # As a PaymentIntent's: the payment method with the customer it is saved
+    # to, the customer (Stripe's deleted customer once deleted).
+    expansion = expansions.Expansion(calls.node, key)
+    for name, shown in (("payment_method", expansion.payment_method), ("customer", expansion.customer)):
+        if name in expand and isinstance(body.get(name), str):
+            found = await shown(body, body[name])
+            if found is not None:
+                body[name] = found
     return body
 
 
