@@ -7,7 +7,8 @@ records it like any dispute; the merchant answers it as usual.
 Simulator level: the dispute falls due after a seeded delay, once per
 charge, and not at all for a charge disputed or refunded meanwhile. On a
 node, through the stripe SDK: the dispute appears in disputes.list, the
-charge shows `disputed`, and it can be answered with evidence and closed.
+charge shows `disputed`, and it can be answered with evidence and closed;
+with the simulator as its own service, a node restart opens no second one.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ import pytest
 import stripe
 import trio
 
-from engine import cards
+from engine import cards, ids
 from engine import intent as machine
 from engine.disputes import DISPUTE_REASONS
 from simulators.card_network import AuthorizationRequest, CaptureRequest, CardNetwork, NetworkNotice, RefundRequest
-from tests.conftest import NodeProcess
+from tests.conftest import NodeProcess, create_merchant_keys
+from tests.test_chaos import Simulator
 from tests.helpers import wait_until
 from tests.test_webhooks import ATTEMPT, INTENT, create
 
 # How long the simulator's issuer may take to dispute (its delay is 50 to
 # 200 ms; the rest is the node recording the notice).
-DISPUTE_WAIT_S = 15
+DISPUTE_WAIT_S = 30
 
 
 def _today() -> tuple[int, int]:
@@ -227,3 +229,31 @@ def test_pm_card_create_dispute_can_be_accepted_by_the_merchant(client: stripe.S
     closed = client.v1.disputes.close(dispute.id)
     assert (closed.status, closed.amount, closed.reason, closed.is_charge_refundable) == ("lost", 1500, "fraudulent", False)
     assert client.v1.charges.retrieve(intent.latest_charge).disputed is True
+
+
+def test_the_dispute_is_not_opened_again_across_a_node_restart(new_node, database_url: str, tmp_path) -> None:
+    """With the simulator as its own service, its record outlives the node:
+    after a restart the dispute is still the one, and the network opens no
+    second for the charge."""
+    simulator = Simulator(seed=5)
+    try:
+        simulator.set_faults("")
+        environ = {"PAYMENTS_SIMULATOR_URL": simulator.url}
+        node = new_node(database_url, tmp_path, environ=environ)
+        merchant = create_merchant_keys(node, "Disputed shop")
+        with httpx.Client(base_url=node.url, auth=(merchant["secret_key"], ""), timeout=30) as http:
+            paid = http.post("/v1/payment_intents", data={"amount": "2500", "currency": "usd", "payment_method": "pm_card_createDispute", "confirm": "true"})
+            assert paid.status_code == 200 and paid.json()["status"] == "succeeded", paid.text
+            intent = paid.json()
+            first = wait_until(lambda: http.get("/v1/disputes").json()["data"], DISPUTE_WAIT_S, "the issuer's dispute")
+        assert [(d["payment_intent"], d["amount"], d["reason"], d["status"]) for d in first] == [(intent["id"], 2500, "fraudulent", "needs_response")]
+        assert node.stop() == 0
+        node = new_node(database_url, tmp_path, environ=environ)
+        charge_reference = ids.attempt_id_of_charge(intent["latest_charge"])
+        again = httpx.post(simulator.url + "/v1/disputes", json={"charge_reference": charge_reference}, timeout=10)
+        assert again.status_code == 404, again.text
+        with httpx.Client(base_url=node.url, auth=(merchant["secret_key"], ""), timeout=30) as http:
+            assert http.get(f"/v1/charges/{intent['latest_charge']}").json()["disputed"] is True
+            assert [d["id"] for d in http.get("/v1/disputes").json()["data"]] == [first[0]["id"]]
+    finally:
+        simulator.stop()
