@@ -185,11 +185,13 @@ class SetupIntents:
     async def _check_saving(self, setup: SetupIntent) -> None:
         """Refuse before the check a payment method that could not be saved
         to the SetupIntent's customer after it."""
-        if setup.customer_id is None or setup.payment_method_id is None:
+        if setup.payment_method_id is None:
             return
         found = self.node.store.customers
-        if await found.find_customer(setup.merchant_id, setup.livemode, setup.customer_id) is None:
+        if setup.customer_id is not None and await found.find_customer(setup.merchant_id, setup.livemode, setup.customer_id) is None:
             raise CannotSave(f"No such customer: '{setup.customer_id[:64]}'", "customer")
+        # Whether or not this SetupIntent has a customer: a method saved to
+        # one is set up only for it, and a detached one never again.
         attachment = await found.attachment(setup.payment_method_id)
         if attachment is None:
             return

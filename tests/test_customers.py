@@ -381,3 +381,36 @@ def test_a_customer_s_billing_parts_say_they_are_not_served(http: httpx.Client, 
     error = refused(http.request(method, path), 404)
     assert error["message"].startswith(f"{what} is not supported by this server ({method} {path}).")
 
+
+
+def test_a_card_saved_to_a_customer_pays_only_for_that_customer(node: NodeProcess, fresh_merchant: dict, http: httpx.Client) -> None:
+    """Stripe refuses a saved card on an intent or SetupIntent that does not
+    name its customer, and a detached one anywhere: so whoever learns a saved
+    card's id (a browser holding a publishable key and an intent's client
+    secret) cannot pay with it."""
+    owner = ok(http.post("/v1/customers", data={"email": "owner@shop.test"}))["id"]
+    saved = card(http)
+    ok(http.post(f"/v1/payment_methods/{saved}/attach", data={"customer": owner}))
+    pay = {"amount": "1000", "currency": "usd", "payment_method": saved, "confirm": "true"}
+
+    without = refused(http.post("/v1/payment_intents", data=pay))
+    assert without["param"] == "payment_method" and "did not provide the customer parameter" in without["message"]
+    # The intent stays open; confirming it with the saved card is refused the same way.
+    intent = ok(http.post("/v1/payment_intents", data={"amount": "1000", "currency": "usd"}))
+    assert refused(http.post(f"/v1/payment_intents/{intent['id']}/confirm", data={"payment_method": saved}))["param"] == "payment_method"
+    browser = httpx.post(
+        f"{node.url}/v1/payment_intents/{intent['id']}/confirm",
+        data={"payment_method": saved, "client_secret": intent["client_secret"]},
+        auth=(fresh_merchant["publishable_key"], ""),
+        timeout=30,
+    )
+    assert refused(browser)["param"] == "payment_method"
+    assert refused(http.post(f"/v1/payment_intents/{intent['id']}", data={"payment_method": saved}))["param"] == "payment_method"
+    setup = refused(http.post("/v1/setup_intents", data={"payment_method": saved, "confirm": "true"}))
+    assert setup["param"] == "payment_method"
+    assert ok(http.get(f"/v1/payment_intents/{intent['id']}"))["status"] == "requires_payment_method"
+
+    # With its customer it pays; once detached, never again.
+    assert ok(http.post("/v1/payment_intents", data={**pay, "customer": owner}))["status"] == "succeeded"
+    ok(http.post(f"/v1/payment_methods/{saved}/detach"))
+    assert "may not be used again" in refused(http.post("/v1/payment_intents", data=pay))["message"]

@@ -81,7 +81,9 @@ async def update_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) ->
             payment_method_id = (await ownership.payment_method(node, values.payment_method, key)).id
         checked = payment_method_id or intent.payment_method_id
         # Past a confirm the engine refuses the change first (its status).
-        if checked is not None and (customer_id or intent.customer_id) is not None and intent.status in OPEN_FOR_CHANGES:
+        # Whoever's it is: a method saved to a customer pays only for that
+        # customer, and a detached one never again (Stripe's rules).
+        if checked is not None and intent.status in OPEN_FOR_CHANGES:
             await customers.check_payment_method_for(node, checked, customer_id or intent.customer_id)
         command = machine.UpdateIntent(
             intent_id=intent_id,
@@ -126,7 +128,7 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
             method = await node.payment_method(intent.payment_method_id)
         off_session = customers.off_session_flag(values.off_session)
         checked = payment_method_id or intent.payment_method_id
-        if checked is not None and (intent.customer_id is not None or off_session):
+        if checked is not None:
             await customers.check_payment_method_for(node, checked, intent.customer_id)
         command = machine.ConfirmIntent(
             intent_id=intent_id,
@@ -190,7 +192,7 @@ async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePay
         payment_method_id = method.id
     customer_id = None if values.customer is None else await customers.intent_customer(node, key, values.customer)
     off_session = customers.off_session_flag(values.off_session)
-    if payment_method_id is not None and (customer_id is not None or off_session):
+    if payment_method_id is not None:
         await customers.check_payment_method_for(node, payment_method_id, customer_id)
     intent_id = node.new_id("pi", partition)
     return machine.CreateIntent(
