@@ -6,7 +6,10 @@ each actor turn, how long its oldest client command waited from being queued
 until its batch was journaled. The card network's time is not in it (a
 confirm's reply waits for the network after its first commit), so a slow
 network does not shrink the bound, while a CPU, a database or a loop that
-cannot keep up does.
+cannot keep up does. The count held against the bound does include
+confirms waiting for the network (they are commands in flight): while the
+node stays quick the bound grows to cover them, up to `limit_max`, so a slow
+network costs bound, not refusals, until that ceiling.
 
 Every `window_s` the bound moves once, additive increase and multiplicative
 decrease as in TCP's congestion control:
