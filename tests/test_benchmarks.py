@@ -100,6 +100,17 @@ COMMANDS: dict[str, Callable[[], tuple[machine.PaymentIntent | None, machine.Com
     "RecordRefundFailure": lambda: (refunded(), machine.RecordRefundFailure(intent_id=INTENT, refund_id=REFUND, at_s=AT_S + 5, failure_reason="refund_failed")),
     "RecordDisputeOpened": lambda: (approved(), machine.RecordDisputeOpened(intent_id=INTENT, dispute_id=DISPUTE, amount=2000, at_s=AT_S + 4)),
     "RecordDisputeClosed": lambda: (disputed(), machine.RecordDisputeClosed(intent_id=INTENT, dispute_id=DISPUTE, won=True, at_s=AT_S + 5)),
+    "IncrementAuthorization": lambda: (
+        approved(CaptureMethod.manual),
+        machine.IncrementAuthorization(**COMMON, attempt_id=SECOND_ATTEMPT, at_s=AT_S + 2, amount=2600, metadata={"order": "8"}),
+    ),
+    "UpdateCharge": lambda: (approved(), machine.UpdateCharge(**COMMON, attempt_id=ATTEMPT, at_s=AT_S + 2, description="order 8", metadata={"order": "8"})),
+    "UpdateRefund": lambda: (refunded(), machine.UpdateRefund(**COMMON, refund_id=REFUND, at_s=AT_S + 4, metadata={"reason": "return"})),
+    "UpdateDispute": lambda: (
+        disputed(),
+        machine.UpdateDispute(**COMMON, dispute_id=DISPUTE, at_s=AT_S + 5, evidence={"product_description": "A teapot"}),
+    ),
+    "CloseDispute": lambda: (disputed(), machine.CloseDispute(**COMMON, dispute_id=DISPUTE, at_s=AT_S + 5)),
 }
 
 
