@@ -414,3 +414,25 @@ def test_a_card_saved_to_a_customer_pays_only_for_that_customer(node: NodeProces
     assert ok(http.post("/v1/payment_intents", data={**pay, "customer": owner}))["status"] == "succeeded"
     ok(http.post(f"/v1/payment_methods/{saved}/detach"))
     assert "may not be used again" in refused(http.post("/v1/payment_intents", data=pay))["message"]
+
+
+def test_a_confirm_reads_the_attachment_again_unless_create_found_the_card_free(http: httpx.Client) -> None:
+    """A confirm soon after its create, with the card the create found
+    attached to no one, takes that answer (one round trip less a payment);
+    every other confirm looks again: a card detached after the create, or
+    another card named at the confirm, is refused as before."""
+    owner = ok(http.post("/v1/customers", data={"email": "keeper@shop.test"}))["id"]
+    free = card(http)
+    intent = ok(http.post("/v1/payment_intents", data={"amount": "1000", "currency": "usd", "payment_method": free}))
+    assert ok(http.post(f"/v1/payment_intents/{intent['id']}/confirm"))["status"] == "succeeded"
+
+    saved = card(http)
+    ok(http.post(f"/v1/payment_methods/{saved}/attach", data={"customer": owner}))
+    with_owner = ok(http.post("/v1/payment_intents", data={"amount": "1000", "currency": "usd", "payment_method": saved, "customer": owner}))
+    ok(http.post(f"/v1/payment_methods/{saved}/detach"))
+    assert "may not be used again" in refused(http.post(f"/v1/payment_intents/{with_owner['id']}/confirm"))["message"]
+
+    other = card(http)
+    ok(http.post(f"/v1/payment_methods/{other}/attach", data={"customer": owner}))
+    started = ok(http.post("/v1/payment_intents", data={"amount": "1000", "currency": "usd", "payment_method": card(http)}))
+    assert refused(http.post(f"/v1/payment_intents/{started['id']}/confirm", data={"payment_method": other}))["param"] == "payment_method"

@@ -46,6 +46,15 @@ NEVER_FILLED = ("default_source", "test_clock", "invoice_settings.default_paymen
 # already): a retrieve of one does not write again.
 SAVED_INTENTS_MAX = 100_000
 _saved_intents = BoundedCache(SAVED_INTENTS_MAX)
+# Intents created here whose payment method was then attached to no
+# customer, with the method and when it was looked up: a confirm of one
+# soon after, with the same method, takes that answer instead of reading
+# it again (one PostgreSQL round trip, the commonest on a payment's path).
+# What it can miss is a method attached to a customer in between; a
+# detached one was attached before, so never remembered here.
+UNATTACHED_AT_CREATE_MAX = 100_000
+UNATTACHED_TRUSTED_S = 60.0
+_unattached_at_create = BoundedCache(UNATTACHED_AT_CREATE_MAX)
 
 
 @ROUTES.post("/v1/customers")
@@ -229,13 +238,14 @@ async def intent_customer(node: Node, key: ApiKeyRow, customer_id: str) -> str:
     return row.id
 
 
-async def check_payment_method_for(node: Node, payment_method_id: str, customer_id: str | None) -> None:
+async def check_payment_method_for(node: Node, payment_method_id: str, customer_id: str | None) -> bool:
     """Stripe's rules for paying with a payment method on an intent of
     `customer_id`: one saved to another customer may not be used, nor one
-    detached. Raises the 400 naming `payment_method`."""
+    detached. Raises the 400 naming `payment_method`; returns whether the
+    method is attached to no customer."""
     attached = await node.store.customers.attachment(payment_method_id)
     if attached is None:
-        return
+        return True
     if attached.detached_s is not None:
         raise errors.invalid_request(
             "The provided PaymentMethod was previously used with a PaymentIntent without Customer attachment, shared with a"
@@ -249,6 +259,21 @@ async def check_payment_method_for(node: Node, payment_method_id: str, customer_
         else:
             message = f"The provided PaymentMethod belongs to a Customer other than '{customer_id}', the one of this PaymentIntent."
         raise errors.invalid_request(message, param="payment_method")
+    return False
+
+
+def remember_unattached(intent_id: str, payment_method_id: str) -> None:
+    """The intent was just created with a method attached to no customer."""
+    _unattached_at_create.put(intent_id, (payment_method_id, time.monotonic()))
+
+
+async def check_confirmed_method(node: Node, intent: machine.PaymentIntent, payment_method_id: str) -> None:
+    """`check_payment_method_for` at a confirm, unless the intent was
+    created here lately with this very method, then attached to no one."""
+    remembered = _unattached_at_create.pop(intent.id, None)
+    if remembered is not None and remembered[0] == payment_method_id and time.monotonic() - remembered[1] < UNATTACHED_TRUSTED_S:
+        return
+    await check_payment_method_for(node, payment_method_id, intent.customer_id)
 
 
 def off_session_flag(value: bool | str | None) -> bool:

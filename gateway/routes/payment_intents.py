@@ -129,7 +129,7 @@ async def confirm_payment_intent(calls: Calls, key: ApiKeyRow, intent_id: str) -
         off_session = customers.off_session_flag(values.off_session)
         checked = payment_method_id or intent.payment_method_id
         if checked is not None:
-            await customers.check_payment_method_for(node, checked, intent.customer_id)
+            await customers.check_confirmed_method(node, intent, checked)
         command = machine.ConfirmIntent(
             intent_id=intent_id,
             merchant_id=key.merchant_id,
@@ -192,9 +192,10 @@ async def _create_command(calls: Calls, key: ApiKeyRow, values: params.CreatePay
         payment_method_id = method.id
     customer_id = None if values.customer is None else await customers.intent_customer(node, key, values.customer)
     off_session = customers.off_session_flag(values.off_session)
-    if payment_method_id is not None:
-        await customers.check_payment_method_for(node, payment_method_id, customer_id)
+    unattached = payment_method_id is not None and await customers.check_payment_method_for(node, payment_method_id, customer_id)
     intent_id = node.new_id("pi", partition)
+    if unattached:
+        customers.remember_unattached(intent_id, payment_method_id)
     return machine.CreateIntent(
         intent_id=intent_id,
         merchant_id=key.merchant_id,
