@@ -10,11 +10,26 @@ from typing import Any
 
 import asyncpg
 
-from store.database import Database
+from store.database import Database, columns
 from store.rows import EventQuery, EventRow
 
 EVENT_COLUMNS = tuple(EventRow.__struct_fields__)
 EVENT_SELECT = "SELECT " + ", ".join(EVENT_COLUMNS) + " FROM events"
+
+# The outbox of several partitions in one statement: for each (partition,
+# cursor), its next events by the (partition, seq, idx) index, at most $4 of
+# them. The intent snapshot (about 1 KB an event) stays in the table: the
+# streams never carry it (store/redis_link.py), so an empty one stands in.
+OUTBOX_SQL = f"""
+SELECT e.* FROM unnest($1::smallint[], $2::bigint[], $3::smallint[]) AS c (partition, seq, idx)
+CROSS JOIN LATERAL (
+    SELECT {", ".join("''::bytea AS intent" if column == "intent" else column for column in EVENT_COLUMNS)} FROM events
+    WHERE events.partition = c.partition AND (events.seq, events.idx) > (c.seq, c.idx)
+    ORDER BY events.seq, events.idx
+    LIMIT $4
+) AS e
+ORDER BY e.partition, e.seq, e.idx
+"""
 
 
 def event_query_sql(query: EventQuery) -> tuple[str, list[Any], bool]:
@@ -44,31 +59,29 @@ def event_query_sql(query: EventQuery) -> tuple[str, list[Any], bool]:
     return sql, args, order == "ASC"
 
 
-async def _cursor(connection: asyncpg.Connection, table: str, partition: int) -> tuple[int, int]:
+async def _cursors(connection: asyncpg.Connection, table: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
     # `table` is one of two names written here, never a caller's text.
-    row = await connection.fetchrow(f"SELECT seq, idx FROM {table} WHERE partition = $1", partition)
-    return (0, -1) if row is None else (row["seq"], row["idx"])
+    rows = await connection.fetch(f"SELECT partition, seq, idx FROM {table} WHERE partition = ANY($1::smallint[])", partitions)
+    found = {row["partition"]: (row["seq"], row["idx"]) for row in rows}
+    return {partition: found.get(partition, (0, -1)) for partition in partitions}
 
 
-async def _move_outbox_cursor(connection: asyncpg.Connection, partition: int, cursor: tuple[int, int]) -> None:
+async def _move_outbox_cursors(connection: asyncpg.Connection, cursors: dict[int, tuple[int, int]]) -> None:
+    partitions, seqs, idxs = columns([(partition, *cursor) for partition, cursor in cursors.items()], 3)
     await connection.execute(
-        "INSERT INTO outbox_cursor (partition, seq, idx) VALUES ($1, $2, $3)"
+        "INSERT INTO outbox_cursor (partition, seq, idx)"
+        " SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::smallint[])"
         " ON CONFLICT (partition) DO UPDATE SET seq = EXCLUDED.seq, idx = EXCLUDED.idx"
         " WHERE (outbox_cursor.seq, outbox_cursor.idx) < (EXCLUDED.seq, EXCLUDED.idx)",
-        partition,
-        *cursor,
+        partitions,
+        seqs,
+        idxs,
     )
 
 
-async def _outbox_after(connection: asyncpg.Connection, partition: int, cursor: tuple[int, int], rows_max: int) -> list[EventRow]:
-    rows = await connection.fetch(
-        EVENT_SELECT + " WHERE partition = $1 AND (seq, idx) > ($2, $3) ORDER BY seq, idx LIMIT $4",
-        partition,
-        cursor[0],
-        cursor[1],
-        rows_max,
-    )
-    return [EventRow(*row) for row in rows]
+async def _outbox_after(connection: asyncpg.Connection, cursors: dict[int, tuple[int, int]], rows_max: int) -> list[EventRow]:
+    partitions, seqs, idxs = columns([(partition, *cursor) for partition, cursor in cursors.items()], 3)
+    return [EventRow(*row) for row in await connection.fetch(OUTBOX_SQL, partitions, seqs, idxs, rows_max)]
 
 
 async def _get(connection: asyncpg.Connection, event_id: str) -> EventRow | None:
@@ -87,21 +100,26 @@ class Events:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def outbox_cursor(self, partition: int) -> tuple[int, int]:
-        """The (seq, idx) of the last event of a partition known to be on the stream."""
-        return await self._database.call(_cursor, "outbox_cursor", partition)
+    async def outbox_cursors(self, partitions: list[int]) -> dict[int, tuple[int, int]]:
+        """The (seq, idx) of the last event of each partition known to be on
+        its stream ((0, -1) for one never published)."""
+        return await self._database.call(_cursors, "outbox_cursor", partitions)
 
-    async def move_outbox_cursor(self, partition: int, cursor: tuple[int, int]) -> None:
-        """Move a partition's published cursor forward to `cursor` (never back)."""
-        await self._database.call(_move_outbox_cursor, partition, cursor)
+    async def move_outbox_cursors(self, cursors: dict[int, tuple[int, int]]) -> None:
+        """Move each partition's published cursor forward to the one given
+        (never back), all in one statement."""
+        await self._database.call(_move_outbox_cursors, cursors)
 
-    async def queued_cursor(self, partition: int) -> tuple[int, int]:
-        """How far the webhook ingest has queued a partition's events."""
-        return await self._database.call(_cursor, "stream_queued", partition)
+    async def queued_cursors(self, partitions: list[int]) -> dict[int, tuple[int, int]]:
+        """How far the webhook ingest has queued each partition's events
+        ((0, -1) for one it has queued nothing of)."""
+        return await self._database.call(_cursors, "stream_queued", partitions)
 
-    async def outbox_after(self, partition: int, cursor: tuple[int, int], rows_max: int) -> list[EventRow]:
-        """The outbox: a partition's events after `cursor`, in journal order."""
-        return await self._database.call(_outbox_after, partition, cursor, rows_max)
+    async def outbox_after(self, cursors: dict[int, tuple[int, int]], rows_max: int) -> list[EventRow]:
+        """The outbox: for each partition, up to `rows_max` of its events
+        after its cursor, ordered by (partition, seq, idx). Each row's intent
+        is empty (b"")."""
+        return await self._database.call(_outbox_after, cursors, rows_max)
 
     async def get(self, event_id: str) -> EventRow | None:
         """An event by id, or None."""

@@ -12,6 +12,7 @@ database's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -125,15 +126,15 @@ class RedisLink:
     def stream_key(self, partition: int) -> str:
         return f"{self._prefix}events:{partition}"
 
-    async def publish_events(self, partition: int, rows: list[EventRow]) -> None:
-        """Append events to their partition's stream, in order, in one round
-        trip. The intent snapshot stays in PostgreSQL: entries stay small."""
+    async def publish_events(self, rows: Sequence[EventRow]) -> None:
+        """Append events, of any partitions, each to its partition's stream
+        in the order given, in one round trip. The intent snapshot stays in
+        PostgreSQL: entries stay small."""
 
         async def run() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
-                key = self.stream_key(partition)
                 for row in rows:
-                    pipe.xadd(key, {b"e": _event_encoder.encode(msgspec.structs.replace(row, intent=b""))})
+                    pipe.xadd(self.stream_key(row.partition), {b"e": _event_encoder.encode(msgspec.structs.replace(row, intent=b""))})
                 await pipe.execute()
 
         await self._call(run)

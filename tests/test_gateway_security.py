@@ -227,7 +227,7 @@ async def test_a_redis_outage_is_not_reported_as_a_database_failure(database_url
                     intent = await paid.get_json()
                     partition = node.partition_of_intent(intent["id"])
                     with trio.move_on_after(10):
-                        await nursery.start(run_outbox_relay, store, redis, partition, RelayBounds(retry_s=0.05))
+                        await nursery.start(run_outbox_relay, store, redis, [partition], RelayBounds(retry_s=0.05))
                         # The real clock: the store is a real PostgreSQL (see tests/helpers.py).
                         await wait_until_async(
                             lambda: any(entry["event"] == "outbox_relay_waiting" for entry in logs), 10, "the relay to wait for Redis", interval_s=0.05

@@ -1,5 +1,5 @@
-"""A node's event workers: one outbox relay per partition, the stream
-trimmer, the webhook ingest and the webhook dispatcher; and what the API
+"""A node's event workers: one outbox relay for all their partitions, the
+stream trimmer, the webhook ingest and the webhook dispatcher; and what the API
 asks of them (send an event again, reload endpoints after a change)."""
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class EventWorkers:
         self.errors = {name: WorkerErrors(name) for name in ("outbox_relay", "stream_trimming", "webhook_ingest", "webhook_delivery")}
         self.endpoints = EndpointCache(store)
         self.dispatcher = Dispatcher(store, vault, self.endpoints, render, config, errors=self.errors["webhook_delivery"])
-        self.relays: dict[int, OutboxRelay] = {}
+        # The running relay, while `run_event_workers` runs.
+        self.relay: OutboxRelay | None = None
         # The node's metrics (shards.metrics); set by the composition root.
         self.metrics: Metrics | None = None
 
@@ -54,10 +55,11 @@ class EventWorkers:
         self.endpoints.invalidate()
 
     def wake(self, partition: int) -> None:
-        """A commit wrote events for `partition`: wake its relay, if it runs here."""
-        relay = self.relays.get(partition)
-        if relay is not None:
-            relay.wake()
+        """A commit wrote events for `partition`: wake the relay, if it runs
+        here. The relay serves every partition the workers were given, so
+        the pass this starts looks at all of them, `partition` among them."""
+        if self.relay is not None:
+            self.relay.wake()
 
     async def retry(self, event: EventRow) -> list[str]:
         """Send an event again to the endpoints that gave up on it, and to
@@ -73,8 +75,8 @@ class EventWorkers:
 
 
 async def run_event_workers(events: EventWorkers, partitions: Iterable[int], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the relays of `partitions` (an actor here wakes its relay after a
-    commit that wrote events, through `events.wake`; the others look every
+    """Run one relay for `partitions` (an actor here wakes it after a commit
+    that wrote events, through `events.wake`; otherwise it looks every
     `idle_s`), the trimmer, the ingest and the dispatcher until cancelled.
     Everything not yet published or delivered when cancelled is in
     PostgreSQL and goes out after the next start, here or on another node."""
@@ -82,16 +84,15 @@ async def run_event_workers(events: EventWorkers, partitions: Iterable[int], *, 
     partitions = sorted(partitions)
     try:
         async with trio.open_nursery() as nursery:
-            for partition in partitions:
-                events.relays[partition] = await nursery.start(
-                    functools.partial(
-                        run_outbox_relay, store, redis, partition, events.relay_bounds, errors=errors["outbox_relay"], metrics=events.metrics
-                    )
+            events.relay = await nursery.start(
+                functools.partial(
+                    run_outbox_relay, store, redis, partitions, events.relay_bounds, errors=errors["outbox_relay"], metrics=events.metrics
                 )
+            )
             await _start_stream_workers(events, partitions, nursery)
             task_status.started()
     finally:
-        events.relays.clear()
+        events.relay = None
 
 
 async def _start_stream_workers(events: EventWorkers, partitions: list[int], nursery: trio.Nursery) -> None:

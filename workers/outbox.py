@@ -15,7 +15,13 @@ cursor: entries that might be lost are published again, and the ingest
 ignores the ones it already has. The published cursor is kept for
 operators: how far the relay got (written at most once a second).
 
-The relay is woken by its actor after each commit that wrote events, and
+One relay serves all the partitions of a node's event workers, because a
+bridged round trip costs far more CPU than the rows it carries: a pass is
+one query for every partition's next events, one Redis pipeline for all of
+them, and at most once a second one statement moving every cursor that
+moved. Each partition's events still go to its own stream in order.
+
+The relay is woken by an actor after each commit that wrote events, and
 otherwise looks again every `idle_s`, so events committed by an earlier
 process (before a crash) go out as soon as the node is back.
 """
@@ -23,6 +29,7 @@ process (before a crash) go out as soon as the node is back.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -36,7 +43,9 @@ from workers.errors import WorkerErrors
 
 
 class RelayBounds(msgspec.Struct, frozen=True):
-    # Events published per pass at most.
+    # Events of one partition published per pass at most (a pass takes up
+    # to this many from each partition, so no partition waits behind
+    # another's backlog).
     batch_max: int = 1000
     # With nothing to publish, look again this often even if not woken.
     idle_s: float = 1.0
@@ -44,12 +53,12 @@ class RelayBounds(msgspec.Struct, frozen=True):
     retry_s: float = 0.5
     # After publishing, wait this long so that the next query takes the
     # events of many commits at once: a pass is two bridged round trips
-    # (PostgreSQL, Redis) per partition, which at 0.02 s cost about a tenth
-    # of a node's CPU at 150 payments/s; events are never on a payment's
-    # path, so 0.1 s more before a webhook is the cheaper side.
+    # (PostgreSQL, Redis), each 0.2-0.5 ms of a node's CPU; events are
+    # never on a payment's path, so 0.1 s more before a webhook is the
+    # cheaper side.
     gather_s: float = 0.1
-    # The published cursor is for operators (restarts use the ingest's),
-    # so it is written at most this often.
+    # The published cursors are for operators (restarts use the ingest's),
+    # so they are written at most this often.
     cursor_every_s: float = 1.0
 
 
@@ -58,19 +67,27 @@ class TrimBounds(msgspec.Struct, frozen=True):
 
 
 class OutboxRelay:
-    """One partition's relay; its actor calls `wake` after a commit that
-    wrote events."""
+    """The relay of a node's partitions; their actors call `wake` after a
+    commit that wrote events."""
 
     def __init__(
-        self, store: Store, redis: RedisLink, partition: int, bounds: RelayBounds, errors: WorkerErrors, metrics: Metrics | None = None
+        self,
+        store: Store,
+        redis: RedisLink,
+        partitions: list[int],
+        bounds: RelayBounds,
+        errors: WorkerErrors,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.redis = redis
-        self.partition = partition
+        self.partitions = partitions
         self.bounds = bounds
         self.errors = errors
-        self._cursor_written_at = float("-inf")
+        # Published cursors not yet written to PostgreSQL, by partition.
+        self._unwritten: dict[int, tuple[int, int]] = {}
+        self._cursors_written_at = float("-inf")
         self.published_total = 0
         self._wake = trio.Event()
 
@@ -78,54 +95,66 @@ class OutboxRelay:
         self._wake.set()
 
     async def serve(self) -> None:
-        cursor: tuple[int, int] | None = None
+        cursors: dict[int, tuple[int, int]] | None = None
         while True:
             try:
-                if cursor is None:
-                    cursor = await self.store.events.queued_cursor(self.partition)
-                cursor = await self._publish_after(cursor)
+                if cursors is None:
+                    cursors = await self.store.events.queued_cursors(self.partitions)
+                await self._publish_after(cursors)
+                await self._write_cursors()
             except (StoreUnavailable, RedisUnavailable) as error:
-                self.errors.record("outbox_relay_waiting", partition=self.partition, waiting_for=error.service, error=str(error))
-                cursor = None
+                self.errors.record("outbox_relay_waiting", waiting_for=error.service, error=str(error))
+                cursors = None
                 await trio.sleep(self.bounds.retry_s)
 
-    async def _publish_after(self, cursor: tuple[int, int]) -> tuple[int, int]:
-        """Publish what follows `cursor`, or wait to be woken when nothing does."""
+    async def _publish_after(self, cursors: dict[int, tuple[int, int]]) -> None:
+        """Publish what follows each partition's cursor and move `cursors`
+        past it, or wait to be woken when nothing follows any."""
         bounds = self.bounds
         self._wake = trio.Event()
-        rows = await self.store.events.outbox_after(self.partition, cursor, bounds.batch_max)
+        rows = await self.store.events.outbox_after(cursors, bounds.batch_max)
         if not rows:
             with trio.move_on_after(bounds.idle_s):
                 await self._wake.wait()
-            return cursor
-        await self.redis.publish_events(self.partition, rows)
+            return
+        await self.redis.publish_events(rows)
         if self.metrics is not None:
             self.metrics.outbox_published.inc(len(rows))
-            self.metrics.outbox_lag.set(max(0.0, time.time() - rows[0].created_s))
-        cursor = (rows[-1].seq, rows[-1].idx)
-        if trio.current_time() - self._cursor_written_at >= bounds.cursor_every_s:
-            await self.store.events.move_outbox_cursor(self.partition, cursor)
-            self._cursor_written_at = trio.current_time()
+            self.metrics.outbox_lag.set(max(0.0, time.time() - min(row.created_s for row in rows)))
+        # Rows come in (partition, seq, idx) order: each partition's last is its new cursor.
+        moved = {row.partition: (row.seq, row.idx) for row in rows}
+        cursors.update(moved)
+        for partition, cursor in moved.items():
+            # After an error the relay starts again behind what it published.
+            self._unwritten[partition] = max(self._unwritten.get(partition, cursor), cursor)
         self.published_total += len(rows)
-        if len(rows) < bounds.batch_max:
+        if max(Counter(row.partition for row in rows).values()) < bounds.batch_max:
             await trio.sleep(bounds.gather_s)
-        return cursor
+
+    async def _write_cursors(self) -> None:
+        """Write the published cursors that moved, when `cursor_every_s`
+        has passed since the last write."""
+        if not self._unwritten or trio.current_time() - self._cursors_written_at < self.bounds.cursor_every_s:
+            return
+        await self.store.events.move_outbox_cursors(self._unwritten)
+        self._unwritten = {}
+        self._cursors_written_at = trio.current_time()
 
 
 async def run_outbox_relay(
     store: Store,
     redis: RedisLink,
-    partition: int,
+    partitions: list[int],
     bounds: RelayBounds = RelayBounds(),
     *,
     errors: WorkerErrors | None = None,
     metrics: Metrics | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Relay one partition's outbox until cancelled; the relay (to wake) is
-    passed to `task_status.started`. A database or Redis error is logged and
-    counted, and the relay starts again from the ingest's cursor."""
-    relay = OutboxRelay(store, redis, partition, bounds, errors or WorkerErrors("outbox_relay"), metrics)
+    """Relay the outbox of `partitions` until cancelled; the relay (to wake)
+    is passed to `task_status.started`. A database or Redis error is logged
+    and counted, and the relay starts again from the ingest's cursors."""
+    relay = OutboxRelay(store, redis, partitions, bounds, errors or WorkerErrors("outbox_relay"), metrics)
     task_status.started(relay)
     await relay.serve()
 
