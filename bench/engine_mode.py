@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 import trio
+import trio_asyncio
 
 from bench.arrivals import Arrival
 from bench.histograms import Outcome, Recorder, Steps
@@ -192,83 +193,84 @@ async def _settle(node: Any) -> int:
 
 async def _worker(connection: Any, config: WorkerConfig) -> dict[str, Any]:
 
-    store = await Store.open(config.database_url, connections_max=min(20, len(config.owned_partitions) + 4))
-    try:
-        network = CardNetwork(
-            seed=config.load.seed * 1000 + config.index,
-            latency_ms=config.network_latency_ms,
-            faults=faults.parse(config.faults),
-            # Latencies rounded up to whole milliseconds, so that calls
-            # due together share one timer: the simulator runs in the
-            # worker, and its cost should not be charged to the engine.
-            latency_ticks=True,
-        )
-        node_config = NodeConfig(partitions=config.partitions, owned_partitions=config.owned_partitions)
-        measured: dict[str, Any] = {}
-        async with trio.open_nursery() as nursery:
-            node = await nursery.start(run_node, store, Vault(config.card_key), network, node_config)
-            # The node stops routing to its actors when they stop; their
-            # final states are checked after that.
-            actors = list(node.shards.values())
-            await nursery.start(run_node_workers, node)
-            try:
-                exp_year = time.gmtime().tm_year + 3
-                methods = {}
-                for name, number in CARDS.items():
-                    row = await node.create_payment_method(config.merchant_id, False, number, 12, exp_year, cards.brand_of(number))
-                    methods[name] = row.id
-                connection.send(("ready", config.index))
-                message = await trio.to_thread.run_sync(connection.recv)
-                assert message[0] == "go", message
-                start = trio.current_time() + (message[1] - time.time())
-                recorder = Recorder(start)
-                driver = EngineDriver(node, network, config.merchant_id, methods)
-                await trio.sleep_until(start)
-                gc_watch = GcWatch()
-                gc.callbacks.append(gc_watch)
-                cpu_before, _ = own_usage()
-                commits_before = sum(shard.commits_total for shard in node.shards.values())
-                commands_before = sum(shard.commands_total for shard in node.shards.values())
-                async with trio.open_nursery() as reporting:
+    async with trio_asyncio.open_loop():
+        store = await Store.open(config.database_url, connections_max=min(20, len(config.owned_partitions) + 4))
+        try:
+            network = CardNetwork(
+                seed=config.load.seed * 1000 + config.index,
+                latency_ms=config.network_latency_ms,
+                faults=faults.parse(config.faults),
+                # Latencies rounded up to whole milliseconds, so that calls
+                # due together share one timer: the simulator runs in the
+                # worker, and its cost should not be charged to the engine.
+                latency_ticks=True,
+            )
+            node_config = NodeConfig(partitions=config.partitions, owned_partitions=config.owned_partitions)
+            measured: dict[str, Any] = {}
+            async with trio.open_nursery() as nursery:
+                node = await nursery.start(run_node, store, Vault(config.card_key), network, node_config)
+                # The node stops routing to its actors when they stop; their
+                # final states are checked after that.
+                actors = list(node.shards.values())
+                await nursery.start(run_node_workers, node)
+                try:
+                    exp_year = time.gmtime().tm_year + 3
+                    methods = {}
+                    for name, number in CARDS.items():
+                        row = await node.create_payment_method(config.merchant_id, False, number, 12, exp_year, cards.brand_of(number))
+                        methods[name] = row.id
+                    connection.send(("ready", config.index))
+                    message = await trio.to_thread.run_sync(connection.recv)
+                    assert message[0] == "go", message
+                    start = trio.current_time() + (message[1] - time.time())
+                    recorder = Recorder(start)
+                    driver = EngineDriver(node, network, config.merchant_id, methods)
+                    await trio.sleep_until(start)
+                    gc_watch = GcWatch()
+                    gc.callbacks.append(gc_watch)
+                    cpu_before, _ = own_usage()
+                    commits_before = sum(shard.commits_total for shard in node.shards.values())
+                    commands_before = sum(shard.commands_total for shard in node.shards.values())
+                    async with trio.open_nursery() as reporting:
 
-                    async def report_progress() -> None:
-                        while True:
-                            await trio.sleep(PROGRESS_EVERY_S)
-                            connection.send(("progress", config.index, recorder.progress()))
+                        async def report_progress() -> None:
+                            while True:
+                                await trio.sleep(PROGRESS_EVERY_S)
+                                connection.send(("progress", config.index, recorder.progress()))
 
-                    reporting.start_soon(report_progress)
-                    await generate(driver, config.load, recorder, share=config.index, shares=config.processes)
-                    reporting.cancel_scope.cancel()
-                wall_s = trio.current_time() - start
-                cpu_after, _ = own_usage()
-                gc.callbacks.remove(gc_watch)
-                measured = {
-                    "wall_s": wall_s,
-                    "cpu_s": cpu_after - cpu_before,
-                    "commits": sum(shard.commits_total for shard in node.shards.values()) - commits_before,
-                    "commands": sum(shard.commands_total for shard in node.shards.values()) - commands_before,
-                    "gc": gc_watch.summary(),
-                    "unknown_left": await _settle(node),
-                    "recorder": recorder.export(),
-                }
-            finally:
-                node.stop_accepting()
-        states = [shard.state for shard in actors]
-        operations = [msgspec.structs.asdict(operation) for operation in network.operations()]
-        report = checks.check(states, (), operations)
-        measured["network_check"] = {
-            "ok": report.ok,
-            "checked": report.checked,
-            "violations": [msgspec.structs.asdict(v) for v in report.violations[:50]],
-            "violations_total": len(report.violations),
-            "network_operations": len(operations),
-        }
-        measured["final_statuses"] = dict(Counter(str(intent.status) for state in states for intent in state.intents.values()))
-        measured["peak_rss_mb"] = own_usage()[1]
-        measured["partitions"] = list(config.owned_partitions)
-        return measured
-    finally:
-        await store.close()
+                        reporting.start_soon(report_progress)
+                        await generate(driver, config.load, recorder, share=config.index, shares=config.processes)
+                        reporting.cancel_scope.cancel()
+                    wall_s = trio.current_time() - start
+                    cpu_after, _ = own_usage()
+                    gc.callbacks.remove(gc_watch)
+                    measured = {
+                        "wall_s": wall_s,
+                        "cpu_s": cpu_after - cpu_before,
+                        "commits": sum(shard.commits_total for shard in node.shards.values()) - commits_before,
+                        "commands": sum(shard.commands_total for shard in node.shards.values()) - commands_before,
+                        "gc": gc_watch.summary(),
+                        "unknown_left": await _settle(node),
+                        "recorder": recorder.export(),
+                    }
+                finally:
+                    node.stop_accepting()
+            states = [shard.state for shard in actors]
+            operations = [msgspec.structs.asdict(operation) for operation in network.operations()]
+            report = checks.check(states, (), operations)
+            measured["network_check"] = {
+                "ok": report.ok,
+                "checked": report.checked,
+                "violations": [msgspec.structs.asdict(v) for v in report.violations[:50]],
+                "violations_total": len(report.violations),
+                "network_operations": len(operations),
+            }
+            measured["final_statuses"] = dict(Counter(str(intent.status) for state in states for intent in state.intents.values()))
+            measured["peak_rss_mb"] = own_usage()[1]
+            measured["partitions"] = list(config.owned_partitions)
+            return measured
+        finally:
+            await store.close()
 
 
 def worker_main(connection: Any, encoded: bytes) -> None:

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 import trio
+import trio_asyncio
 
 from bench.arrivals import Arrival
 from bench.histograms import Outcome, Recorder, Steps
@@ -329,22 +330,23 @@ async def wait_partitions_spread(database_url: str, nodes: int, timeout_s: float
     few heartbeats, a node forwards by the view its last heartbeat read, and
     meanwhile a request for a partition on the move answers 503. False past
     the bound."""
-    store = await Store.open(database_url, connections_max=1)
-    try:
-        with trio.move_on_after(timeout_s):
-            spread_at = None
-            while True:
-                view = await store.leases.view()
-                now = trio.current_time()
-                if not spread_evenly(view, nodes):
-                    spread_at = None
-                elif spread_at is None:
-                    spread_at = now
-                elif all(member.silent_s < now - spread_at for member in view.members):
-                    return True
-                await trio.sleep(SPREAD_POLL_S)
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database_url, connections_max=1)
+        try:
+            with trio.move_on_after(timeout_s):
+                spread_at = None
+                while True:
+                    view = await store.leases.view()
+                    now = trio.current_time()
+                    if not spread_evenly(view, nodes):
+                        spread_at = None
+                    elif spread_at is None:
+                        spread_at = now
+                    elif all(member.silent_s < now - spread_at for member in view.members):
+                        return True
+                    await trio.sleep(SPREAD_POLL_S)
+        finally:
+            await store.close()
     return False
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
+import trio_asyncio
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
@@ -107,25 +108,27 @@ def _answers(url: str, port_default: int) -> bool:
 async def _prepare(url: str, partitions: int) -> Any:
     """Schema and the merchant the load runs as."""
 
-    store = await Store.open(url, connections_max=2)
-    try:
-        await store.migrate(partitions)
-        terms = MerchantTerms(rate_limit_per_s=RATE_LIMIT_PER_S, rate_limit_burst=RATE_LIMIT_BURST)
-        return await create_merchant(store, "Bench merchant", terms=terms)
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(url, connections_max=2)
+        try:
+            await store.migrate(partitions)
+            terms = MerchantTerms(rate_limit_per_s=RATE_LIMIT_PER_S, rate_limit_burst=RATE_LIMIT_BURST)
+            return await create_merchant(store, "Bench merchant", terms=terms)
+        finally:
+            await store.close()
 
 
 async def _check(url: str, operations: list[dict[str, Any]] | None) -> dict[str, Any]:
     """I1 to I6 over the whole database, replayed as a node recovers it (and
     against the simulator's record when the caller has it)."""
 
-    store = await Store.open(url, connections_max=2)
-    try:
-        states = await load_states(store)
-        idempotency = await store.idempotency.records()
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(url, connections_max=2)
+        try:
+            states = await load_states(store)
+            idempotency = await store.idempotency.records()
+        finally:
+            await store.close()
     checked = checks.check(states, idempotency, operations)
     return {
         "ok": checked.ok,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio_asyncio
 
 from gateway.logs import configure_logging
 from payments.arguments import DEFAULT_DATA_DIR, bounded_int
@@ -123,11 +124,12 @@ def _archive(arguments: argparse.Namespace) -> Any:
 
 async def _with_store(database_url: str, action: Any) -> Any:
 
-    store = await Store.open(database_url, connections_max=2)
-    try:
-        return await action(store)
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database_url, connections_max=2)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
 
 
 def _run(action: Any, *args: Any) -> tuple[int, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import trio
+import trio_asyncio
 
 from bench.cli import register as register_bench
 from engine import ids
@@ -163,11 +164,12 @@ def _events_commands(commands: Any, data_dir_option: Callable[[argparse.Argument
 
 
 async def _with_store(data_dir: Path, action):  # type: ignore[no-untyped-def]
-    store = await Store.open(database_url(data_dir), connections_max=2)
-    try:
-        return await action(store)
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database_url(data_dir), connections_max=2)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
 
 
 def command_migrate(arguments: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 import msgspec
 import trio
+import trio_asyncio
 
 from payments import embedded
 from payments.arguments import bounded_float, bounded_int, database_url, embedded_default, listener_options, redis_url
@@ -93,11 +94,12 @@ def missing_servers() -> list[str]:
 
 
 async def _view(data_dir: Path) -> ClusterView:
-    store = await Store.open(database_url(data_dir), connections_max=1)
-    try:
-        return await store.leases.view()
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database_url(data_dir), connections_max=1)
+        try:
+            return await store.leases.view()
+        finally:
+            await store.close()
 
 
 def status_table(view: ClusterView) -> str:
@@ -206,26 +208,28 @@ def _simulator_command(arguments: argparse.Namespace) -> list[str]:
 
 
 async def _prepare(database: str, data_dir: Path, partitions: int | None) -> tuple[int, Any]:
-    store = await Store.open(database, connections_max=1)
-    try:
-        count = await store.migrate(partitions or 16)
-        return count, await test_merchant(store, data_dir, Vault.from_config(data_dir))
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database, connections_max=1)
+        try:
+            count = await store.migrate(partitions or 16)
+            return count, await test_merchant(store, data_dir, Vault.from_config(data_dir))
+        finally:
+            await store.close()
 
 
 async def _wait_for_spread(database: str, nodes: int, timeout_s: float) -> bool:
     """Until every partition has a live owner that said where it listens
     and each node holds its share (the first requests are not refused)."""
-    store = await Store.open(database, connections_max=1)
-    try:
-        with trio.move_on_after(timeout_s):
-            while not spread(await store.leases.view(), nodes):
-                await trio.sleep(0.25)
-            return True
-        return False
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database, connections_max=1)
+        try:
+            with trio.move_on_after(timeout_s):
+                while not spread(await store.leases.view(), nodes):
+                    await trio.sleep(0.25)
+                return True
+            return False
+        finally:
+            await store.close()
 
 
 def spread(view: ClusterView, nodes: int) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio_asyncio
 
 from engine import ids
 from payments.arguments import DEFAULT_DATA_DIR, database_url
@@ -75,15 +76,16 @@ def command_trace(arguments: argparse.Namespace) -> int:
 
 
 async def _trace(url: str, wanted: str) -> list[str]:
-    store = await Store.open(url, connections_max=2)
-    try:
-        intents = [wanted] if wanted.startswith("pi_") else await store.trace.entities_of_request(wanted)
-        lines: list[str] = []
-        for intent_id in intents:
-            lines += await _story(store, intent_id, wanted if wanted.startswith("req_") else None)
-        return lines
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(url, connections_max=2)
+        try:
+            intents = [wanted] if wanted.startswith("pi_") else await store.trace.entities_of_request(wanted)
+            lines: list[str] = []
+            for intent_id in intents:
+                lines += await _story(store, intent_id, wanted if wanted.startswith("req_") else None)
+            return lines
+        finally:
+            await store.close()
 
 
 async def _story(store: Store, intent_id: str, request_id: str | None) -> list[str]:

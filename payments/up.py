@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 import structlog
 import trio
+import trio_asyncio
 from cryptography.exceptions import InvalidTag
 from hypercorn.config import Config as HypercornConfig
 
@@ -215,20 +216,21 @@ def node_id_default(data_dir: Path) -> str:
 
 
 async def run_up(settings: UpSettings) -> None:
-    store = await Store.open(settings.database_url, connections_max=settings.database_connections)
-    redis = await RedisLink.open(settings.redis_url, prefix=settings.redis_prefix)
-    try:
-        partitions = await _prepare(store, redis, settings)
-        vault = Vault.from_config(settings.data_dir)
-        # A wrong master key stops the node here, before it takes any partition.
-        await open_card_keys(store, vault)
-        keys = await test_merchant(store, settings.data_dir, vault) if settings.test_merchant else None
-        await idempotency.rekey_legacy_fingerprints(store, vault)
-        async with open_network(settings) as network:
-            await _serve(settings, store, redis, vault, network, partitions, keys)
-    finally:
-        await store.close()
-        await redis.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(settings.database_url, connections_max=settings.database_connections)
+        redis = await RedisLink.open(settings.redis_url, prefix=settings.redis_prefix)
+        try:
+            partitions = await _prepare(store, redis, settings)
+            vault = Vault.from_config(settings.data_dir)
+            # A wrong master key stops the node here, before it takes any partition.
+            await open_card_keys(store, vault)
+            keys = await test_merchant(store, settings.data_dir, vault) if settings.test_merchant else None
+            await idempotency.rekey_legacy_fingerprints(store, vault)
+            async with open_network(settings) as network:
+                await _serve(settings, store, redis, vault, network, partitions, keys)
+        finally:
+            await store.close()
+            await redis.close()
 
 
 async def _serve(

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 import trio
+import trio_asyncio
 
 from payments.arguments import database_url
 from shards.vault import LIVE_VERSIONS_MAX, REFRESH_S_DEFAULT, CardKeys, Vault
@@ -64,14 +65,15 @@ def register(commands: Any, data_dir_option: Callable[[argparse.ArgumentParser],
 
 
 async def _with_versions(data_dir: Path, action):  # type: ignore[no-untyped-def]
-    store = await Store.open(database_url(data_dir), connections_max=1)
-    try:
-        versions = VaultKeys(store.database)
-        if not await versions.ready():
-            raise NotMigrated("the database has no card key versions yet: run `payments migrate` or start a node first")
-        return await action(versions)
-    finally:
-        await store.close()
+    async with trio_asyncio.open_loop():
+        store = await Store.open(database_url(data_dir), connections_max=1)
+        try:
+            versions = VaultKeys(store.database)
+            if not await versions.ready():
+                raise NotMigrated("the database has no card key versions yet: run `payments migrate` or start a node first")
+            return await action(versions)
+        finally:
+            await store.close()
 
 
 def command_rotate_key(arguments: argparse.Namespace) -> int:
