@@ -1,11 +1,10 @@
-"""The adapter for asyncpg: the only module that knows asyncpg exists.
+"""The one asyncio bridge for asyncpg: the only module that knows asyncio exists.
 
 Everything here is called from trio. `Database.call` runs one query function
 `query(connection, *args)` on the asyncio side, on one pooled connection, in
-one bridged call (store/bridge.py: asyncpg's own event loop, on its own
-thread): a function does all of its round trips there, because a bridged
-call costs far more than a native await (DESIGN section 3: bridge per
-batch, not per row). The domain modules
+one bridged call through trio-asyncio: a function does all of its round
+trips there, because a bridged call costs far more than a native await
+(DESIGN section 3: bridge per batch, not per row). The domain modules
 (journal, merchants, idempotency, events, webhooks, audit, purge) are plain
 `async def` query functions over a connection, each public method one call.
 
@@ -23,8 +22,8 @@ from typing import Any, TypeVar, TypeVarTuple
 
 import asyncpg
 import structlog
+import trio_asyncio
 
-from store import bridge
 from store.errors import JournalConflict, StoreUnavailable
 
 log = structlog.get_logger("store.database")
@@ -64,6 +63,16 @@ def rows_affected(status: str) -> int:
     return int(status.split()[-1])
 
 
+def _log_unretrieved_error(loop: Any, context: dict[str, Any]) -> None:
+    error = context.get("exception")
+    log.error(
+        "asyncio_error_unhandled",
+        message=str(context.get("message", ""))[:500],
+        error=type(error).__name__ if error is not None else None,
+        detail=str(error)[:500] if error is not None else None,
+    )
+
+
 async def _no_reset(connection: asyncpg.Connection) -> None:
     return None
 
@@ -71,14 +80,22 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
 class Database:
     """A pool of connections to one database, used from trio."""
 
-    def __init__(self, pool: asyncpg.Pool, thread: bridge.AsyncioThread) -> None:
+    def __init__(self, pool: asyncpg.Pool, loop: Any) -> None:
         self._pool = pool
-        self._thread = thread
+        self._loop = loop
 
     @classmethod
     async def open(cls, dsn: str, *, connections_max: int = 20) -> Database:
-        """Connect; StoreUnavailable when the database cannot be reached."""
-        thread = bridge.shared()
+        """Connect. Must be called inside `trio_asyncio.open_loop()`; raises
+        RuntimeError outside one, StoreUnavailable when the database cannot
+        be reached."""
+        loop = trio_asyncio.current_loop.get()
+        if loop is None:
+            raise RuntimeError("the store needs a running trio_asyncio loop")
+        # An exception on a future nobody awaited (asyncpg's connection set-up
+        # leaves some behind) reaches the loop's exception handler, which
+        # trio-asyncio makes fatal to the whole process. Log those instead.
+        loop.set_exception_handler(_log_unretrieved_error)
         create = functools.partial(
             asyncpg.create_pool,
             dsn,
@@ -95,10 +112,10 @@ class Database:
             reset=_no_reset,
         )
         try:
-            pool = await thread.run(create)
+            pool = await trio_asyncio.aio_as_trio(create, loop=loop)()
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"cannot connect to the database: {type(error).__name__}") from error
-        return cls(pool, thread)
+        return cls(pool, loop)
 
     async def close(self) -> None:
         """Close every connection; StoreUnavailable if that fails."""
@@ -133,7 +150,7 @@ class Database:
 
     async def _bridge(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
-            return await self._thread.run(function, *args)
+            return await trio_asyncio.aio_as_trio(function, loop=self._loop)(*args)
         except asyncpg.exceptions.UniqueViolationError as error:
             if error.table_name in _JOURNAL_TABLES:
                 raise JournalConflict(str(error)) from error

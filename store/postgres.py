@@ -42,7 +42,8 @@ class Store:
 
     @classmethod
     async def open(cls, dsn: str, *, connections_max: int = 20) -> Store:
-        """Connect; StoreUnavailable when the database cannot be reached."""
+        """Connect. Must be called inside `trio_asyncio.open_loop()`; raises
+        StoreUnavailable when the database cannot be reached."""
         return cls(await Database.open(dsn, connections_max=connections_max))
 
     async def close(self) -> None:

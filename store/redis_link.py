@@ -1,5 +1,5 @@
-"""The Redis link: the one module that knows redis-py (an asyncio library)
-exists; it runs on the bridge's loop (store/bridge.py).
+"""The Redis link: the other asyncio bridge, and the one module that knows
+redis-py (an asyncio library) exists.
 
 Redis (or Valkey) holds what may be lost without harm to money: rate-limit
 buckets, the nonces of signed requests, and the event streams (one per
@@ -18,8 +18,8 @@ from typing import Any
 import msgspec
 import redis.asyncio
 import redis.exceptions
+import trio_asyncio
 
-from store import bridge
 from store.errors import RedisUnavailable
 from store.rows import EventRow
 
@@ -80,23 +80,24 @@ _event_decoder = msgspec.msgpack.Decoder(EventRow)
 
 
 class RedisLink:
-    def __init__(self, client: Any, thread: bridge.AsyncioThread, prefix: str) -> None:
+    def __init__(self, client: Any, loop: Any, prefix: str) -> None:
         self._client = client
-        self._thread = thread
+        self._loop = loop
         self._prefix = prefix
         self._bucket_script = client.register_script(TOKEN_BUCKET)
 
     @classmethod
     async def open(cls, url: str, *, prefix: str = "payments:", timeout_s: float = 0.5) -> RedisLink:
-        """Connect lazily (the first call connects)."""
+        """Connect lazily; must be called inside `trio_asyncio.open_loop()`."""
+        loop = trio_asyncio.current_loop.get()
         client = redis.asyncio.Redis.from_url(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, max_connections=64
         )
-        return cls(client, bridge.shared(), prefix)
+        return cls(client, loop, prefix)
 
     async def _call(self, function: Any, *args: Any) -> Any:
         try:
-            return await self._thread.run(function, *args)
+            return await trio_asyncio.aio_as_trio(function, loop=self._loop)(*args)
         except (OSError, TimeoutError, redis.exceptions.RedisError) as error:
             raise RedisUnavailable(f"redis unavailable: {type(error).__name__}") from error
 
