@@ -38,14 +38,11 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from gateway.door import AT_CAPACITY, BODY_HELD_MAX, Door, split
+from gateway.door import AT_CAPACITY, Door, split
 
 log = structlog.get_logger("gateway.listener")
 
 GUARD_KEY = "payments.connection_guard"
-# How long a refused request's body may take to arrive before the refusal
-# closes the connection instead of reading it (`_body_dropped`).
-REFUSED_BODY_WAIT_S = 0.5
 
 REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -171,12 +168,9 @@ def guarded_app(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[
 
 def admitting_app(app: Callable[..., Awaitable[None]], door: Door) -> Callable[..., Awaitable[None]]:
     """`app`, counting the requests in it on `door` and answering 503 with
-    Retry-After at once those the door refuses (gateway/door.py). A refused
-    request's body, when small and already on its way, is read and dropped
-    so that the connection stays open for the next request (a client that
-    must reconnect after every refusal costs the node an accept, a new
-    hypercorn connection and a close each); otherwise the refusal closes
-    the connection."""
+    Retry-After at once those the door refuses (gateway/door.py). The
+    refusal closes the connection when the request has a body, which is
+    left unread."""
 
     async def asgi(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], send: Callable[..., Awaitable[None]]) -> None:
         if scope["type"] != "http":
@@ -185,7 +179,7 @@ def admitting_app(app: Callable[..., Awaitable[None]], door: Door) -> Callable[.
         kind = door.refuses(scope.get("method", ""), scope.get("path", ""))
         if kind is not None:
             door.refused(kind)
-            await _refuse_at_capacity(scope, receive, send)
+            await _refuse_at_capacity(scope, send)
             return
         door.in_flight += 1
         try:
@@ -196,43 +190,17 @@ def admitting_app(app: Callable[..., Awaitable[None]], door: Door) -> Callable[.
     return asgi
 
 
-async def _refuse_at_capacity(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], send: Callable[..., Awaitable[None]]) -> None:
+async def _refuse_at_capacity(scope: dict[str, Any], send: Callable[..., Awaitable[None]]) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(AT_CAPACITY)).encode()),
         (b"retry-after", b"1"),
         (b"request-id", ("req_" + secrets.token_urlsafe(12)).encode()),
     ]
-    if not await _body_dropped(scope, receive):
+    if any((name == b"content-length" and value != b"0") or name == b"transfer-encoding" for name, value in scope.get("headers", ())):
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": AT_CAPACITY})
-
-
-async def _body_dropped(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]]) -> bool:
-    """Read a refused request's body to its end and drop it, when it is at
-    most BODY_HELD_MAX bytes long and arrives within REFUSED_BODY_WAIT_S;
-    whether the connection can serve another request after it."""
-    length = 0
-    for name, value in scope.get("headers", ()):
-        if name == b"transfer-encoding":
-            return False
-        if name == b"content-length":
-            if not value.isdigit():
-                return False
-            length = int(value)
-    if length == 0:
-        return True
-    if length > BODY_HELD_MAX:
-        return False
-    with trio.move_on_after(REFUSED_BODY_WAIT_S):
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return False
-            if not message.get("more_body", False):
-                return True
-    return False
 
 
 async def serve_guarded(

@@ -3,13 +3,9 @@ or hands to hypercorn."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import h11
-import trio
 
-from gateway.door import AT_CAPACITY, BODY_HELD_MAX, Door, split
-from gateway.listener import admitting_app
+from gateway.door import AT_CAPACITY, Door, split
 
 BODY = b"amount=100&currency=usd"
 CREATE = b"POST /v1/payment_intents HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY)
@@ -94,43 +90,3 @@ def test_a_refused_request_asking_to_close_closes_the_connection() -> None:
     taken = split(door, closing + CREATE)
     assert len(taken.answers) == 1 and taken.close
     assert parsed(taken.answers[0])[1][b"connection"] == b"close"
-
-
-async def _refused_through_the_app(headers: list[tuple[bytes, bytes]], parts: list[bytes], arrives_s: float = 0.0) -> tuple[dict, int]:
-    """What admitting_app answers a new payment while the door is full:
-    the response head it sends, and how many body parts it read."""
-    door = Door(requests_max=4)
-    door.in_flight = 4
-    read = 0
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        nonlocal read
-        await trio.sleep(arrives_s)
-        read += 1
-        return {"type": "http.request", "body": parts[read - 1], "more_body": read < len(parts)}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    async def never_called(scope: dict, receive: Any, send: Any) -> None:
-        raise AssertionError("a refused request reached the app")
-
-    scope = {"type": "http", "method": "POST", "path": "/v1/payment_intents", "headers": headers}
-    await admitting_app(never_called, door)(scope, receive, send)
-    return sent[0], read
-
-
-async def test_a_refused_request_with_a_small_body_keeps_its_connection() -> None:
-    start, read = await _refused_through_the_app([(b"content-length", b"20")], [b"amount=100&", b"currency=usd"])
-    assert start["status"] == 503 and read == 2
-    assert (b"connection", b"close") not in start["headers"]
-
-
-async def test_a_refused_request_whose_body_is_slow_large_or_chunked_closes_its_connection(autojump_clock: Any) -> None:
-    slow, _ = await _refused_through_the_app([(b"content-length", b"20")], [b"amount=100&currency=usd"], arrives_s=5)
-    large, large_read = await _refused_through_the_app([(b"content-length", b"%d" % (BODY_HELD_MAX + 1))], [b"x"])
-    chunked, _ = await _refused_through_the_app([(b"transfer-encoding", b"chunked")], [b"x"])
-    for start in (slow, large, chunked):
-        assert start["status"] == 503 and (b"connection", b"close") in start["headers"]
-    assert large_read == 0, "a body too large to drop is never read"
