@@ -131,12 +131,19 @@ class GuardedConnection(TCPServer):
             self._connection_scope.cancel()
 
     def _between_requests(self) -> bool:
-        """Whether hypercorn holds nothing of a request on this connection."""
+        """Whether hypercorn holds nothing of a request on this connection:
+        idle, or done with the last one (every byte of its answer already
+        handed to `protocol_send`, whose lock keeps the door's answers
+        after them) and not yet ready for the next. A client that sends
+        its next request as soon as it has read an answer usually finds
+        the connection in the second state on a busy node."""
         protocol = getattr(self.protocol, "protocol", None)
         connection = getattr(protocol, "connection", None)
-        if not isinstance(connection, h11.Connection) or protocol.stream is not None:
+        if not isinstance(connection, h11.Connection) or connection.trailing_data[0]:
             return False
-        return connection.their_state is h11.IDLE and connection.our_state is h11.IDLE and not connection.trailing_data[0]
+        if connection.their_state is h11.DONE and connection.our_state is h11.DONE:
+            return True
+        return connection.their_state is h11.IDLE and connection.our_state is h11.IDLE and protocol.stream is None
 
 
 def guarded_app(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:

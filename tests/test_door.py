@@ -3,9 +3,12 @@ or hands to hypercorn."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import h11
 
 from gateway.door import AT_CAPACITY, Door, split
+from gateway.listener import GuardedConnection
 
 BODY = b"amount=100&currency=usd"
 CREATE = b"POST /v1/payment_intents HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY)
@@ -90,3 +93,32 @@ def test_a_refused_request_asking_to_close_closes_the_connection() -> None:
     taken = split(door, closing + CREATE)
     assert len(taken.answers) == 1 and taken.close
     assert parsed(taken.answers[0])[1][b"connection"] == b"close"
+
+
+def _connection_in(states: str) -> GuardedConnection:
+    """A listener connection (no socket) whose hypercorn h11 state is
+    `idle`, `answering` (a response's body under way) or `done` (answered,
+    not yet recycled)."""
+    h11_connection = h11.Connection(h11.SERVER)
+    stream = None
+    if states != "idle":
+        stream = object()
+        h11_connection.receive_data(CONFIRM)
+        while not isinstance(h11_connection.next_event(), h11.EndOfMessage):
+            pass
+        h11_connection.send(h11.Response(status_code=200, headers=[("content-length", "2")]))
+        if states == "done":
+            h11_connection.send(h11.Data(data=b"{}"))
+            h11_connection.send(h11.EndOfMessage())
+    connection = GuardedConnection.__new__(GuardedConnection)
+    connection.protocol = SimpleNamespace(protocol=SimpleNamespace(connection=h11_connection, stream=stream))
+    return connection
+
+
+def test_the_door_answers_between_requests_and_after_an_answer_but_never_during_one() -> None:
+    assert _connection_in("idle")._between_requests()
+    assert _connection_in("done")._between_requests(), "answered, not yet recycled by hypercorn"
+    assert not _connection_in("answering")._between_requests()
+    pipelined = _connection_in("done")
+    pipelined.protocol.protocol.connection.receive_data(CREATE)
+    assert not pipelined._between_requests(), "bytes hypercorn holds already go first"
