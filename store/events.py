@@ -66,8 +66,13 @@ async def _cursors(connection: asyncpg.Connection, table: str, partitions: list[
     return {partition: found.get(partition, (0, -1)) for partition in partitions}
 
 
+def _cursor_columns(cursors: dict[int, tuple[int, int]]) -> list[list[int]]:
+    """(partitions, seqs, idxs) of cursors by partition, as unnest takes them."""
+    return columns([(partition, *cursor) for partition, cursor in cursors.items()], 3)
+
+
 async def _move_outbox_cursors(connection: asyncpg.Connection, cursors: dict[int, tuple[int, int]]) -> None:
-    partitions, seqs, idxs = columns([(partition, *cursor) for partition, cursor in cursors.items()], 3)
+    partitions, seqs, idxs = _cursor_columns(cursors)
     await connection.execute(
         "INSERT INTO outbox_cursor (partition, seq, idx)"
         " SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::smallint[])"
@@ -80,7 +85,7 @@ async def _move_outbox_cursors(connection: asyncpg.Connection, cursors: dict[int
 
 
 async def _outbox_after(connection: asyncpg.Connection, cursors: dict[int, tuple[int, int]], rows_max: int) -> list[EventRow]:
-    partitions, seqs, idxs = columns([(partition, *cursor) for partition, cursor in cursors.items()], 3)
+    partitions, seqs, idxs = _cursor_columns(cursors)
     return [EventRow(*row) for row in await connection.fetch(OUTBOX_SQL, partitions, seqs, idxs, rows_max)]
 
 

@@ -129,13 +129,14 @@ class RedisLink:
 
     async def publish_events(self, rows: Sequence[EventRow]) -> None:
         """Append events, of any partitions, each to its partition's stream
-        in the order given, in one round trip. The intent snapshot stays in
-        PostgreSQL: entries stay small."""
+        in the order given, in one round trip. Rows come as the outbox reads
+        them, without the intent snapshot (it stays in PostgreSQL): entries
+        stay small."""
 
         async def run() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
                 for row in rows:
-                    pipe.xadd(self.stream_key(row.partition), {b"e": _event_encoder.encode(msgspec.structs.replace(row, intent=b""))})
+                    pipe.xadd(self.stream_key(row.partition), {b"e": _event_encoder.encode(row)})
                 await pipe.execute()
 
         await self._call(run)
