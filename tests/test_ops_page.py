@@ -328,13 +328,20 @@ def test_the_page_shows_the_partitions_of_two_nodes_and_their_owners(
 
     wait_for(browser, lambda: sorted((owner, len(depths)) for owner, depths in owners().items()) == [("node-a", 8), ("node-b", 8)],
              "eight partitions owned by each node", timeout_s=40)
-    spread = owners()
+    # Read again through wait_for: the page redraws its tables every 3 s.
+    spread = wait_for(browser, owners, "the partitions table")
     # The mailbox depths are this node's: its own partitions have one, the others are served elsewhere.
     assert all(depth.isdigit() for depth in spread["node-a"]) and set(spread["node-b"]) == {"elsewhere"}
     wait_for(browser, lambda: number(browser, "partitions-served") == 8, "eight partitions served here")
-    nodes = [row.find_element(By.TAG_NAME, "td").text for row in browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")]
+    nodes = wait_for(
+        browser, lambda: [row.find_element(By.TAG_NAME, "td").text for row in browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")], "the nodes table"
+    )
     assert nodes == ["node-a", "node-b"]
-    epochs = [row.find_elements(By.TAG_NAME, "td")[2].text for row in browser.find_elements(By.CSS_SELECTOR, "#partitions tbody tr")]
+    epochs = wait_for(
+        browser,
+        lambda: [row.find_elements(By.TAG_NAME, "td")[2].text for row in browser.find_elements(By.CSS_SELECTOR, "#partitions tbody tr")],
+        "the partitions table",
+    )
     assert all(epoch.isdigit() and int(epoch) >= 1 for epoch in epochs), epochs
 
 
