@@ -17,6 +17,13 @@ answered from a prepared 503 and never reaches hypercorn. Anything it does
 not take for certain (a chunked body, an `Expect` header, HTTP/1.0, a head
 it cannot split, a request the door lets in) goes to hypercorn as usual,
 with everything after it, in order.
+
+A request the door lets in is counted in flight there and then, as its head
+is read, not when the app starts on it: the app runs a moment later, and
+meanwhile every connection would find the door still open. Counted late,
+a burst of heads read in one turn of the event loop all passed the door,
+and the app then refused most of them the dear way (hypercorn's parsing,
+the app's 503, and a closed connection the client had to open again).
 """
 
 from __future__ import annotations
@@ -78,21 +85,25 @@ def refusal(close: bool) -> bytes:
 class Split(msgspec.Struct):
     """What the door made of the bytes a connection read: the answers to send
     (`answers`), the bytes to hand to hypercorn (`passed`), the bytes held
-    back until the rest of a request arrives (`held`), and whether the
-    connection is to be closed after the answers (`close`)."""
+    back until the rest of a request arrives (`held`), whether the
+    connection is to be closed after the answers (`close`), and whether
+    `passed` starts with a request the door let in and already counted in
+    flight (`admitted`: the app must not count it again)."""
 
     answers: list[bytes]
     passed: bytes
     held: bytes
     close: bool = False
+    admitted: bool = False
 
 
 def split(door: Door, data: bytes) -> Split:
     """Answer the complete requests at the front of `data` that the door
-    refuses; see the module's doc."""
+    refuses, and count in flight the first one it lets in; see the
+    module's doc."""
     answers: list[bytes] = []
     position = 0
-    while door.crowded() and position < len(data):
+    while position < len(data):
         end = data.find(b"\r\n\r\n", position, position + HEAD_MAX)
         if end < 0:
             if len(data) - position < HEAD_MAX:
@@ -103,7 +114,10 @@ def split(door: Door, data: bytes) -> Split:
             break
         method, path, length, close = parsed
         kind = door.refuses(method, path)
-        if kind is None or length > BODY_HELD_MAX:
+        if kind is None:
+            door.in_flight += 1
+            return Split(answers, data[position:], b"", admitted=True)
+        if length > BODY_HELD_MAX:
             break
         total = end + 4 + length - position
         if len(data) - position < total:

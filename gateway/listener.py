@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -77,6 +78,9 @@ class ConnectionGuard:
         self.scope = scope
         self.limits = limits
         self.requests = 0
+        # The door let in this connection's next request and counted it in
+        # flight; the app takes it over (gateway/door.py).
+        self.admitted = False
 
     def request_started(self) -> None:
         self.requests += 1
@@ -102,20 +106,26 @@ class GuardedConnection(TCPServer):
         self._guard = guard
 
     async def _read_data(self) -> None:
+        door, guard = self._door, self._guard
         try:
             held = b""
             while True:
                 try:
-                    with trio.fail_after(self.config.read_timeout or math.inf):
-                        data = await self.stream.receive_some(MAX_RECV)
+                    data = await self._receive()
                 except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
                     break
-                if data and (held or (self._door.crowded() and self._between_requests())):
-                    taken = split(self._door, held + bytes(data))
+                if data and door.requests_max and (held or self._between_requests()):
+                    if guard.admitted:
+                        # hypercorn answered the request the door let in
+                        # without the app (a malformed one, say).
+                        guard.admitted = False
+                        door.in_flight -= 1
+                    taken = split(door, held + bytes(data))
                     held = taken.held
+                    guard.admitted = taken.admitted
                     if taken.answers:
-                        self._guard.request_started()
-                        await self.protocol_send(RawData(b"".join(taken.answers)))
+                        guard.request_started()
+                        await self._send_now(b"".join(taken.answers))
                     if taken.close:
                         break
                     data = taken.passed
@@ -126,9 +136,35 @@ class GuardedConnection(TCPServer):
                     break
             await self.protocol.handle(Closed())
         finally:
+            if guard.admitted:
+                guard.admitted = False
+                door.in_flight -= 1
             # The client closed or went silent past the read timeout; hypercorn
             # has already told the app. Nothing is left to serve.
             self._connection_scope.cancel()
+
+    async def _receive(self) -> bytes:
+        if self.config.read_timeout is None:
+            # No timeout: no cancel scope to make and close at every read.
+            return await self.stream.receive_some(MAX_RECV)
+        with trio.fail_after(self.config.read_timeout):
+            return await self.stream.receive_some(MAX_RECV)
+
+    async def _send_now(self, answer: bytes) -> None:
+        """Send the door's answers: straight into the socket's buffer when
+        nothing else is being sent on it (a small 503 nearly always fits),
+        else, or for what did not fit, after the answers before it, through
+        hypercorn's send (its lock keeps the order)."""
+        if not self.send_lock.locked():
+            try:
+                answer = answer[os.write(self.stream.socket.fileno(), answer) :]
+            except BlockingIOError:
+                pass
+            except OSError:
+                # The client is gone; the next read says so.
+                return
+        if answer:
+            await self.protocol_send(RawData(answer))
 
     def _between_requests(self) -> bool:
         """Whether hypercorn holds nothing of a request on this connection:
@@ -183,12 +219,17 @@ def admitting_app(app: Callable[..., Awaitable[None]], door: Door) -> Callable[.
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        kind = door.refuses(scope.get("method", ""), scope.get("path", ""))
-        if kind is not None:
-            door.refused(kind)
-            await _refuse_at_capacity(scope, send)
-            return
-        door.in_flight += 1
+        guard = scope.get("state", {}).get(GUARD_KEY)
+        if guard is not None and guard.admitted:
+            # Let in and counted by the door as its head was read.
+            guard.admitted = False
+        else:
+            kind = door.refuses(scope.get("method", ""), scope.get("path", ""))
+            if kind is not None:
+                door.refused(kind)
+                await _refuse_at_capacity(scope, send)
+                return
+            door.in_flight += 1
         try:
             await app(scope, receive, send)
         finally:

@@ -87,6 +87,21 @@ def test_health_and_metrics_always_pass_and_an_open_door_takes_nothing() -> None
     assert kinds == []
 
 
+def test_the_request_it_lets_in_is_counted_as_its_head_is_read() -> None:
+    door, kinds = crowded(46)
+    first = split(door, CREATE + CREATE)
+    assert first.admitted and first.passed == CREATE + CREATE and door.in_flight == 47, "only the first is counted here"
+    second = split(door, CREATE)
+    assert second.admitted and door.in_flight == 48
+    third = split(door, CREATE)
+    assert not third.admitted and len(third.answers) == 1 and door.in_flight == 48 and kinds == ["new_payment"]
+    head_only = split(door, CREATE[:30])
+    assert not head_only.admitted and head_only.held == CREATE[:30] and door.in_flight == 48, "nothing counted before the head is whole"
+    chunked = b"POST /v1/payment_intents HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+    door.in_flight = 0
+    assert not split(door, chunked).admitted and door.in_flight == 0, "what it cannot frame the app counts"
+
+
 def test_a_refused_request_asking_to_close_closes_the_connection() -> None:
     door, _ = crowded()
     closing = CREATE.replace(b"host: x\r\n", b"host: x\r\nconnection: close\r\n")

@@ -189,3 +189,115 @@ async def test_requests_past_the_in_flight_bound_are_refused_at_the_door() -> No
     assert entered == 3, "the refused request never reached the app"
     assert health.status_code == 200
     assert [answer.text for answer in answers] == ["done", "done"] and after.text == "done"
+
+
+async def _exchange(stream: trio.SocketStream) -> bytes:
+    """Read one whole answer (head and Content-Length body) from `stream`."""
+    data = b""
+    with trio.fail_after(10):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")))
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+    return head
+
+
+async def test_a_burst_of_new_payments_is_counted_as_its_heads_are_read() -> None:
+    """Eight new payments arrive at once at a node that takes three: the door
+    counts each one it lets in as its head is read, so exactly three reach
+    the app and the door refuses the other five itself, keeping their
+    connections (the app's refusal would close them); once the three finish,
+    each connection in turn is let in again, so nothing stayed counted."""
+    app = QuartTrio("burst")
+    release = trio.Event()
+    entered = 0
+
+    @app.post("/v1/payment_intents")
+    async def create_intent() -> str:
+        nonlocal entered
+        entered += 1
+        await release.wait()
+        return "made"
+
+    request = b"POST /v1/payment_intents HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
+    refused: list[str] = []
+    limits = ConnectionLimits(requests_in_flight_max=4)
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        binds = await nursery.start(
+            functools.partial(serve_guarded, app, hypercorn_config("127.0.0.1", 0), limits, shutdown_trigger=stop.wait, refused=refused.append)
+        )
+        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
+        streams = [await trio.open_tcp_stream(host, int(port)) for _ in range(8)]
+        await trio.sleep(0.2)  # every connection accepted and waiting to read
+        heads: dict[int, bytes] = {}
+
+        async def pay(index: int) -> None:
+            await streams[index].send_all(request)
+            heads[index] = await _exchange(streams[index])
+
+        async with trio.open_nursery() as paying:
+            for index in range(8):
+                paying.start_soon(pay, index)
+            with trio.fail_after(10):
+                while len(heads) < 5:
+                    await trio.sleep(0.01)
+            assert entered == 3 and refused == ["new_payment"] * 5
+            release.set()
+        assert sum(head.startswith(b"HTTP/1.1 200") for head in heads.values()) == 3
+        door_refusals = [head for head in heads.values() if head.startswith(b"HTTP/1.1 503")]
+        assert len(door_refusals) == 5 and not any(b"connection: close" in head.lower() for head in door_refusals)
+        heads.clear()
+        await trio.sleep(0.2)  # the three apps return after their answers went out
+        for index in range(8):
+            await pay(index)
+        assert all(head.startswith(b"HTTP/1.1 200") for head in heads.values()) and entered == 11, heads
+        for stream in streams:
+            await stream.aclose()
+        stop.set()
+
+
+async def test_a_request_the_door_let_in_but_hypercorn_refused_is_not_left_counted() -> None:
+    """A head the door can split but h11 refuses (a space in a header name)
+    is answered 400 by hypercorn without the app; the door's count of it is
+    given back, so the bound still lets in as many requests as before."""
+    app = QuartTrio("malformed")
+    release = trio.Event()
+    entered = 0
+
+    @app.get("/slow")
+    async def slow() -> str:
+        nonlocal entered
+        entered += 1
+        await release.wait()
+        return "done"
+
+    limits = ConnectionLimits(requests_in_flight_max=2)
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        binds = await nursery.start(functools.partial(serve_guarded, app, hypercorn_config("127.0.0.1", 0), limits, shutdown_trigger=stop.wait))
+        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
+        for _ in range(3):
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\nbad name: 1\r\n\r\n")
+            assert (await _exchange(stream)).startswith(b"HTTP/1.1 400")
+            await stream.aclose()
+        async with httpx.AsyncClient(base_url=binds[0], timeout=10) as http:
+            answers: list[httpx.Response] = []
+
+            async def call() -> None:
+                answers.append(await http.get("/slow"))
+
+            nursery.start_soon(call)
+            nursery.start_soon(call)
+            with trio.fail_after(10):
+                while entered < 2:
+                    await trio.sleep(0.01)
+            release.set()
+            with trio.fail_after(10):
+                while len(answers) < 2:
+                    await trio.sleep(0.01)
+        stop.set()
+    assert entered == 2 and [answer.status_code for answer in answers] == [200, 200]
