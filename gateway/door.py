@@ -34,6 +34,8 @@ from collections.abc import Callable
 import msgspec
 
 EXEMPT_PATHS = frozenset({"/healthz", "/metrics"})
+# What `Door.refuses` may answer.
+REFUSAL_KINDS = ("new_payment", "other")
 NEW_PAYMENT = ("POST", "/v1/payment_intents")
 
 # The answer to a request refused at the door: Stripe's shape, no state.

@@ -33,7 +33,7 @@ import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, RawData, Updated
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
@@ -72,30 +72,49 @@ class ConnectionLimits(msgspec.Struct, frozen=True):
 
 
 class ConnectionGuard:
-    """One connection's deadline, moved by the app as requests come and go."""
+    """One connection's deadline, moved as requests come and go: the first
+    request's head within `header_timeout_s`, none while a request is
+    served, `keep_alive_s` while idle between requests (hypercorn's
+    keep-alive timer, which would start a task after every request), a
+    short linger once an answer asked to close. While the server stops,
+    an idle connection closes at once."""
 
-    def __init__(self, scope: trio.CancelScope, limits: ConnectionLimits) -> None:
+    def __init__(self, scope: trio.CancelScope, limits: ConnectionLimits, keep_alive_s: float, stopping: trio.Event) -> None:
         self.scope = scope
         self.limits = limits
-        self.requests = 0
+        self.keep_alive_s = keep_alive_s
+        self.stopping = stopping
+        self.idle = True
+        self.closing = False
         # The door let in this connection's next request and counted it in
         # flight; the app takes it over (gateway/door.py).
         self.admitted = False
 
     def request_started(self) -> None:
-        self.requests += 1
-        # From here hypercorn's own keep-alive timer bounds the connection.
-        self.scope.deadline = math.inf
+        self.set_idle(False)
+
+    def set_idle(self, idle: bool) -> None:
+        if self.closing:
+            return
+        self.idle = idle
+        if not idle:
+            self.scope.deadline = math.inf
+        elif self.stopping.is_set():
+            self.scope.cancel()
+        else:
+            self.scope.deadline = trio.current_time() + self.keep_alive_s
 
     def close_soon(self) -> None:
+        self.closing = True
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + self.limits.close_linger_s)
 
 
 class GuardedConnection(TCPServer):
     """hypercorn's connection, ended as soon as its client's side is done
     (hypercorn itself would keep it, and its place under the client's cap,
-    until its keep-alive timer runs out), and answering the requests the
-    door refuses without handing them to hypercorn (gateway/door.py)."""
+    until its keep-alive timer runs out), answering the requests the door
+    refuses without handing them to hypercorn (gateway/door.py), and timed
+    out by its guard's deadline instead of hypercorn's idle task."""
 
     def __init__(
         self, app: Any, config: HypercornConfig, context: WorkerContext, state: Any, stream: Any, scope: trio.CancelScope, door: Door, guard: ConnectionGuard
@@ -124,7 +143,7 @@ class GuardedConnection(TCPServer):
                     held = taken.held
                     guard.admitted = taken.admitted
                     if taken.answers:
-                        guard.request_started()
+                        guard.set_idle(True)
                         await self._send_now(b"".join(taken.answers))
                     if taken.close:
                         break
@@ -142,6 +161,16 @@ class GuardedConnection(TCPServer):
             # The client closed or went silent past the read timeout; hypercorn
             # has already told the app. Nothing is left to serve.
             self._connection_scope.cancel()
+
+    async def protocol_send(self, event: Any) -> None:
+        if isinstance(event, Updated):
+            self._guard.set_idle(event.idle)
+        else:
+            await super().protocol_send(event)
+
+    async def _idle_timeout(self) -> None:
+        """hypercorn's keep-alive task: nothing to do, the guard's deadline
+        times the connection out."""
 
     async def _receive(self) -> bytes:
         if self.config.read_timeout is None:
@@ -269,6 +298,8 @@ async def serve_guarded(
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
     held: dict[str, int] = {}
+    guards: set[ConnectionGuard] = set()
+    stopping = trio.Event()
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
@@ -285,10 +316,12 @@ async def serve_guarded(
         held[client] = held.get(client, 0) + 1
         try:
             with trio.CancelScope(deadline=trio.current_time() + limits.header_timeout_s) as scope:
-                guard = ConnectionGuard(scope, limits)
+                guard = ConnectionGuard(scope, limits, config.keep_alive_timeout, stopping)
+                guards.add(guard)
                 state = ConnectionState({**lifespan_state, GUARD_KEY: guard})
                 await GuardedConnection(wrapped, config, context, state, stream, scope, door, guard)
         finally:
+            guards.discard(guard)
             held[client] -= 1
             if not held[client]:
                 del held[client]
@@ -313,6 +346,10 @@ async def serve_guarded(
             # Idle keep-alive connections close at once; busy ones get the
             # graceful timeout to finish their request.
             await context.terminated.set()
+            stopping.set()
+            for guard in list(guards):
+                if guard.idle:
+                    guard.scope.cancel()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()

@@ -29,6 +29,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from gateway import checkout, operations, ops_page
 from gateway.app import create_app
+from gateway.door import REFUSAL_KINDS
 from gateway.listener import ConnectionLimits, hypercorn_config, serve_guarded
 from gateway.objects import render_event
 from shards.merchants import MerchantKeys, create_merchant
@@ -171,8 +172,10 @@ async def _archive(store: Store, settings: UpSettings, scope: trio.CancelScope) 
 
 async def _serve_http(app: Any, config: HypercornConfig, limits: ConnectionLimits, stop: trio.Event, node: Node, *, task_status: Any) -> None:
     try:
-        refused = node.metrics.refused_at_door
-        await serve_guarded(app, config, limits, shutdown_trigger=stop.wait, refused=lambda kind: refused.labels(kind).inc(), task_status=task_status)
+        # One labelled counter per kind, looked up once (a refusal is made
+        # thousands of times a second past capacity).
+        counters = {kind: node.metrics.refused_at_door.labels(kind) for kind in REFUSAL_KINDS}
+        await serve_guarded(app, config, limits, shutdown_trigger=stop.wait, refused=lambda kind: counters[kind].inc(), task_status=task_status)
     finally:
         node.stop_accepting()
 

@@ -301,3 +301,50 @@ async def test_a_request_the_door_let_in_but_hypercorn_refused_is_not_left_count
                     await trio.sleep(0.01)
         stop.set()
     assert entered == 2 and [answer.status_code for answer in answers] == [200, 200]
+
+
+async def test_idle_connections_close_after_the_keep_alive_timeout_and_at_once_when_the_server_stops() -> None:
+    """Between requests a connection is bounded by the keep-alive timeout,
+    also after a request the door refused; when the server stops, an idle
+    connection closes at once, not after the graceful timeout."""
+    app = QuartTrio("idle")
+
+    @app.get("/ok")
+    async def ok() -> str:
+        return "ok"
+
+    config = hypercorn_config("127.0.0.1", 0)
+    config.keep_alive_timeout = 0.5
+    config.graceful_timeout = 30
+    # Every new payment is refused at the door (three quarters of 1 is 0).
+    limits = ConnectionLimits(requests_in_flight_max=1)
+    refused_create = b"POST /v1/payment_intents HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+
+    async def closed_after(stream: trio.SocketStream, started: float) -> float:
+        with trio.fail_after(10):
+            assert await stream.receive_some(65536) == b""
+        return trio.current_time() - started
+
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        binds = await nursery.start(functools.partial(serve_guarded, app, config, limits, shutdown_trigger=stop.wait))
+        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
+        served, refused, kept = [await trio.open_tcp_stream(host, int(port)) for _ in range(3)]
+        await served.send_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (await _exchange(served)).startswith(b"HTTP/1.1 200")
+        await refused.send_all(refused_create)
+        assert (await _exchange(refused)).startswith(b"HTTP/1.1 503")
+        answered_at = trio.current_time()
+        assert 0.3 < await closed_after(served, answered_at) < 5
+        assert 0.3 < await closed_after(refused, answered_at) < 5
+        config.keep_alive_timeout = 60  # for the connections made from here
+        await kept.aclose()
+        kept = await trio.open_tcp_stream(host, int(port))
+        await kept.send_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (await _exchange(kept)).startswith(b"HTTP/1.1 200")
+        stopped_at = trio.current_time()
+        stop.set()
+        assert await closed_after(kept, stopped_at) < 5
+    assert trio.current_time() - stopped_at < 5, "the server did not wait out its graceful timeout for an idle connection"
+    for stream in (served, refused, kept):
+        await stream.aclose()
