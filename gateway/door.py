@@ -28,6 +28,7 @@ the app's 503, and a closed connection the client had to open again).
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable
 
@@ -42,6 +43,9 @@ NEW_PAYMENT = ("POST", "/v1/payment_intents")
 AT_CAPACITY = msgspec.json.encode(
     {"error": {"type": "api_error", "code": "service_unavailable", "message": "The node is at capacity. Retry shortly."}}
 )
+# The end of a request head as h11 finds it, and a header name (a token).
+_HEAD_END = re.compile(rb"\n\r?\n")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A head larger than this is left to hypercorn (which bounds heads itself).
 HEAD_MAX = 16 * 1024
 # A refused request's body is read and dropped up to this size; a larger
@@ -106,10 +110,14 @@ def split(door: Door, data: bytes) -> Split:
     answers: list[bytes] = []
     position = 0
     while position < len(data):
-        end = data.find(b"\r\n\r\n", position, position + HEAD_MAX)
-        if end < 0:
+        # Where h11 ends a head: a blank line, bare line feeds allowed.
+        found = _HEAD_END.search(data, position, position + HEAD_MAX)
+        if found is None:
             if len(data) - position < HEAD_MAX:
                 return Split(answers, b"", data[position:])
+            break
+        end = found.start() - 1
+        if found.group() != b"\n\r\n" or data[end : end + 1] != b"\r":
             break
         parsed = _head(data[position:end])
         if parsed is None:
@@ -134,7 +142,13 @@ def split(door: Door, data: bytes) -> Split:
 
 def _head(head: bytes) -> tuple[str, str, int, bool] | None:
     """(method, path, body length, connection: close) of a plain HTTP/1.1
-    request head, or None for anything else (left to hypercorn)."""
+    request head, or None for anything else (left to hypercorn). Where h11
+    could read the head's lines or names otherwise (a bare CR or LF, a
+    folded line, a space before a colon), the door leaves it to hypercorn:
+    framing a refused request differently from h11 would let the bytes
+    after it be read as another request."""
+    if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
+        return None
     lines = head.split(b"\r\n")
     request_line = lines[0].split(b" ")
     if len(request_line) != 3 or request_line[2] != b"HTTP/1.1":
@@ -145,9 +159,9 @@ def _head(head: bytes) -> tuple[str, str, int, bool] | None:
     length, close, seen_length = 0, False, False
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon:
+        if not colon or not _TOKEN.fullmatch(name):
             return None
-        name = name.strip().lower()
+        name = name.lower()
         if name == b"content-length":
             # Framing must be beyond doubt: one length, digits only.
             if not value.strip().isdigit() or seen_length:

@@ -77,6 +77,27 @@ def test_what_it_cannot_frame_for_certain_goes_to_hypercorn() -> None:
     assert kinds == []
 
 
+def test_a_head_h11_could_read_otherwise_goes_to_hypercorn() -> None:
+    """Bare line feeds, a folded line, a space before a colon: h11 might
+    frame these differently (a hidden Content-Length, say), so the door
+    neither answers them nor holds them, crowded or not."""
+    door, kinds = crowded(64)
+    heads = (
+        b"POST /v1/payment_intents HTTP/1.1\nhost: x\ncontent-length: 0\n\n",
+        b"POST /v1/payment_intents HTTP/1.1\r\nx-a: 1\ncontent-length: 2\r\n\r\n{}",
+        b"POST /v1/payment_intents HTTP/1.1\r\nx-a: 1\rcontent-length: 2\r\n\r\n{}",
+        b"POST /v1/payment_intents HTTP/1.1\r\nx-a: 1\r\n content-length: 2\r\n\r\n{}",
+        b"POST /v1/payment_intents HTTP/1.1\r\ncontent-length : 2\r\n\r\n{}",
+    )
+    for in_flight in (64, 0):
+        door.in_flight = in_flight
+        for data in heads:
+            taken = split(door, data)
+            assert taken.answers == [] and taken.passed == data and taken.held == b"" and not taken.admitted, data
+            assert door.in_flight == in_flight
+    assert kinds == []
+
+
 def test_health_and_metrics_always_pass_and_an_open_door_takes_nothing() -> None:
     door, kinds = crowded(64)
     for path in (b"/healthz", b"/metrics"):

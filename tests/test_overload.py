@@ -348,3 +348,24 @@ async def test_idle_connections_close_after_the_keep_alive_timeout_and_at_once_w
     assert trio.current_time() - stopped_at < 5, "the server did not wait out its graceful timeout for an idle connection"
     for stream in (served, refused, kept):
         await stream.aclose()
+
+
+async def test_a_request_head_with_bare_line_feeds_is_served() -> None:
+    """h11 reads a head whose lines end in a bare line feed; the door, which
+    reads every head on a connection between requests, leaves such a head
+    to hypercorn at once rather than wait for a CRLF that never comes."""
+    app = QuartTrio("bare")
+
+    @app.get("/ok")
+    async def ok() -> str:
+        return "ok"
+
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        binds = await nursery.start(functools.partial(serve_guarded, app, hypercorn_config("127.0.0.1", 0), ConnectionLimits(), shutdown_trigger=stop.wait))
+        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(b"GET /ok HTTP/1.1\nhost: x\n\n")
+        assert (await _exchange(stream)).startswith(b"HTTP/1.1 200")
+        await stream.aclose()
+        stop.set()
