@@ -10,9 +10,10 @@ Refusing through the HTTP stack costs about as much as a small request
 (hypercorn's parsing, the ASGI scope, the response events): measured, one
 node spent half a millisecond of CPU on each refusal, so at 3,000 requests
 a second offered it did nothing but refuse, and the payments it had let in
-stopped finishing. So while the door is full, a connection that is between
-requests (nothing of a request handed to hypercorn yet) reads the next
-requests' heads itself: each complete request the door would refuse is
+stopped finishing. So a connection that is between requests (nothing of a
+request handed to hypercorn yet) reads the next requests' heads itself
+(while the door is open it only counts the one it lets in, below): each
+complete request the door would refuse is
 answered from a prepared 503 and never reaches hypercorn. Anything it does
 not take for certain (a chunked body, an `Expect` header, HTTP/1.0, a head
 it cannot split, a request the door lets in) goes to hypercorn as usual,
@@ -61,10 +62,6 @@ class Door:
         self.new_payments_max = requests_max * 3 // 4
         self.in_flight = 0
         self.refused = refused
-
-    def crowded(self) -> bool:
-        """Whether some request would be refused now."""
-        return bool(self.requests_max) and self.in_flight >= self.new_payments_max
 
     def refuses(self, method: str, path: str) -> str | None:
         """The kind of refusal (`new_payment`, `other`) for this request
