@@ -134,11 +134,9 @@ class GuardedConnection(TCPServer):
                 except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
                     break
                 if data and door.requests_max and (held or self._between_requests()):
-                    if guard.admitted:
-                        # hypercorn answered the request the door let in
-                        # without the app (a malformed one, say).
-                        guard.admitted = False
-                        door.in_flight -= 1
+                    # hypercorn may have answered the request the door let
+                    # in without the app (a malformed one, say).
+                    self._give_back_admitted()
                     taken = split(door, held + bytes(data))
                     held = taken.held
                     guard.admitted = taken.admitted
@@ -155,12 +153,16 @@ class GuardedConnection(TCPServer):
                     break
             await self.protocol.handle(Closed())
         finally:
-            if guard.admitted:
-                guard.admitted = False
-                door.in_flight -= 1
+            self._give_back_admitted()
             # The client closed or went silent past the read timeout; hypercorn
             # has already told the app. Nothing is left to serve.
             self._connection_scope.cancel()
+
+    def _give_back_admitted(self) -> None:
+        """Uncount a request the door let in that the app never took over."""
+        if self._guard.admitted:
+            self._guard.admitted = False
+            self._door.in_flight -= 1
 
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, Updated):
@@ -186,12 +188,13 @@ class GuardedConnection(TCPServer):
         hypercorn's send (its lock keeps the order)."""
         if not self.send_lock.locked():
             try:
-                answer = answer[os.write(self.stream.socket.fileno(), answer) :]
+                sent = os.write(self.stream.socket.fileno(), answer)
             except BlockingIOError:
-                pass
+                sent = 0  # the buffer is full: hypercorn's send waits for room
             except OSError:
                 # The client is gone; the next read says so.
                 return
+            answer = answer[sent:]
         if answer:
             await self.protocol_send(RawData(answer))
 

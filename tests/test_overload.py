@@ -141,20 +141,49 @@ async def test_a_saturated_partition_refuses_a_new_payment_before_any_work(datab
     assert len(listed["data"]) == 1, "nothing was created"
 
 
+class Held:
+    """A route that holds every request until `release` is set, counting
+    those that reached it in `entered`."""
+
+    def __init__(self, app: QuartTrio, method: str, path: str, answer: str) -> None:
+        self.release = trio.Event()
+        self.entered = 0
+
+        async def held() -> str:
+            self.entered += 1
+            await self.release.wait()
+            return answer
+
+        app.add_url_rule(path, "held", held, methods=[method])
+
+    async def two_calls(self, nursery: trio.Nursery, http: httpx.AsyncClient) -> list[httpx.Response]:
+        """Start two GETs of the route; returns once both are held, with the
+        list their answers will go to."""
+        answers: list[httpx.Response] = []
+
+        async def call() -> None:
+            answers.append(await http.get("/slow"))
+
+        nursery.start_soon(call)
+        nursery.start_soon(call)
+        with trio.fail_after(10):
+            while self.entered < 2:
+                await trio.sleep(0.01)
+        return answers
+
+
+async def _connect(bind: str) -> trio.SocketStream:
+    """A raw connection to the listener at `bind` (http://host:port)."""
+    host, port = bind.removeprefix("http://").rsplit(":", 1)
+    return await trio.open_tcp_stream(host, int(port))
+
+
 async def test_requests_past_the_in_flight_bound_are_refused_at_the_door() -> None:
     """A node at capacity answers the next request 503 at once, before any
     routing or authentication, and takes requests again as soon as one
     finishes; health checks always pass."""
     app = QuartTrio("busy")
-    release = trio.Event()
-    entered = 0
-
-    @app.get("/slow")
-    async def slow() -> str:
-        nonlocal entered
-        entered += 1
-        await release.wait()
-        return "done"
+    slow = Held(app, "GET", "/slow", "done")
 
     @app.get("/healthz")
     async def healthz() -> str:
@@ -165,19 +194,10 @@ async def test_requests_past_the_in_flight_bound_are_refused_at_the_door() -> No
         stop = trio.Event()
         binds = await nursery.start(functools.partial(serve_guarded, app, hypercorn_config("127.0.0.1", 0), limits, shutdown_trigger=stop.wait))
         async with httpx.AsyncClient(base_url=binds[0], timeout=10) as http:
-            answers: list[httpx.Response] = []
-
-            async def call() -> None:
-                answers.append(await http.get("/slow"))
-
-            nursery.start_soon(call)
-            nursery.start_soon(call)
-            with trio.fail_after(10):
-                while entered < 2:
-                    await trio.sleep(0.01)
+            answers = await slow.two_calls(nursery, http)
             refused = await http.get("/slow")
             health = await http.get("/healthz")
-            release.set()
+            slow.release.set()
             with trio.fail_after(10):
                 while len(answers) < 2:
                     await trio.sleep(0.01)
@@ -186,7 +206,7 @@ async def test_requests_past_the_in_flight_bound_are_refused_at_the_door() -> No
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert refused.json() == {"error": {"type": "api_error", "code": "service_unavailable", "message": "The node is at capacity. Retry shortly."}}
     assert refused.headers["Request-Id"].startswith("req_") and refused.headers["Content-Length"] == str(len(refused.content))
-    assert entered == 3, "the refused request never reached the app"
+    assert slow.entered == 3, "the refused request never reached the app"
     assert health.status_code == 200
     assert [answer.text for answer in answers] == ["done", "done"] and after.text == "done"
 
@@ -211,15 +231,7 @@ async def test_a_burst_of_new_payments_is_counted_as_its_heads_are_read() -> Non
     connections (the app's refusal would close them); once the three finish,
     each connection in turn is let in again, so nothing stayed counted."""
     app = QuartTrio("burst")
-    release = trio.Event()
-    entered = 0
-
-    @app.post("/v1/payment_intents")
-    async def create_intent() -> str:
-        nonlocal entered
-        entered += 1
-        await release.wait()
-        return "made"
+    create_intent = Held(app, "POST", "/v1/payment_intents", "made")
 
     request = b"POST /v1/payment_intents HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
     refused: list[str] = []
@@ -229,8 +241,7 @@ async def test_a_burst_of_new_payments_is_counted_as_its_heads_are_read() -> Non
         binds = await nursery.start(
             functools.partial(serve_guarded, app, hypercorn_config("127.0.0.1", 0), limits, shutdown_trigger=stop.wait, refused=refused.append)
         )
-        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
-        streams = [await trio.open_tcp_stream(host, int(port)) for _ in range(8)]
+        streams = [await _connect(binds[0]) for _ in range(8)]
         await trio.sleep(0.2)  # every connection accepted and waiting to read
         heads: dict[int, bytes] = {}
 
@@ -244,8 +255,8 @@ async def test_a_burst_of_new_payments_is_counted_as_its_heads_are_read() -> Non
             with trio.fail_after(10):
                 while len(heads) < 5:
                     await trio.sleep(0.01)
-            assert entered == 3 and refused == ["new_payment"] * 5
-            release.set()
+            assert create_intent.entered == 3 and refused == ["new_payment"] * 5
+            create_intent.release.set()
         assert sum(head.startswith(b"HTTP/1.1 200") for head in heads.values()) == 3
         door_refusals = [head for head in heads.values() if head.startswith(b"HTTP/1.1 503")]
         assert len(door_refusals) == 5 and not any(b"connection: close" in head.lower() for head in door_refusals)
@@ -253,7 +264,7 @@ async def test_a_burst_of_new_payments_is_counted_as_its_heads_are_read() -> Non
         await trio.sleep(0.2)  # the three apps return after their answers went out
         for index in range(8):
             await pay(index)
-        assert all(head.startswith(b"HTTP/1.1 200") for head in heads.values()) and entered == 11, heads
+        assert all(head.startswith(b"HTTP/1.1 200") for head in heads.values()) and create_intent.entered == 11, heads
         for stream in streams:
             await stream.aclose()
         stop.set()
@@ -264,43 +275,25 @@ async def test_a_request_the_door_let_in_but_hypercorn_refused_is_not_left_count
     is answered 400 by hypercorn without the app; the door's count of it is
     given back, so the bound still lets in as many requests as before."""
     app = QuartTrio("malformed")
-    release = trio.Event()
-    entered = 0
-
-    @app.get("/slow")
-    async def slow() -> str:
-        nonlocal entered
-        entered += 1
-        await release.wait()
-        return "done"
+    slow = Held(app, "GET", "/slow", "done")
 
     limits = ConnectionLimits(requests_in_flight_max=2)
     async with trio.open_nursery() as nursery:
         stop = trio.Event()
         binds = await nursery.start(functools.partial(serve_guarded, app, hypercorn_config("127.0.0.1", 0), limits, shutdown_trigger=stop.wait))
-        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
         for _ in range(3):
-            stream = await trio.open_tcp_stream(host, int(port))
+            stream = await _connect(binds[0])
             await stream.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\nbad name: 1\r\n\r\n")
             assert (await _exchange(stream)).startswith(b"HTTP/1.1 400")
             await stream.aclose()
         async with httpx.AsyncClient(base_url=binds[0], timeout=10) as http:
-            answers: list[httpx.Response] = []
-
-            async def call() -> None:
-                answers.append(await http.get("/slow"))
-
-            nursery.start_soon(call)
-            nursery.start_soon(call)
-            with trio.fail_after(10):
-                while entered < 2:
-                    await trio.sleep(0.01)
-            release.set()
+            answers = await slow.two_calls(nursery, http)
+            slow.release.set()
             with trio.fail_after(10):
                 while len(answers) < 2:
                     await trio.sleep(0.01)
         stop.set()
-    assert entered == 2 and [answer.status_code for answer in answers] == [200, 200]
+    assert slow.entered == 2 and [answer.status_code for answer in answers] == [200, 200]
 
 
 async def test_idle_connections_close_after_the_keep_alive_timeout_and_at_once_when_the_server_stops() -> None:
@@ -328,8 +321,7 @@ async def test_idle_connections_close_after_the_keep_alive_timeout_and_at_once_w
     async with trio.open_nursery() as nursery:
         stop = trio.Event()
         binds = await nursery.start(functools.partial(serve_guarded, app, config, limits, shutdown_trigger=stop.wait))
-        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
-        served, refused, kept = [await trio.open_tcp_stream(host, int(port)) for _ in range(3)]
+        served, refused, kept = [await _connect(binds[0]) for _ in range(3)]
         await served.send_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
         assert (await _exchange(served)).startswith(b"HTTP/1.1 200")
         await refused.send_all(refused_create)
@@ -339,7 +331,7 @@ async def test_idle_connections_close_after_the_keep_alive_timeout_and_at_once_w
         assert 0.3 < await closed_after(refused, answered_at) < 5
         config.keep_alive_timeout = 60  # for the connections made from here
         await kept.aclose()
-        kept = await trio.open_tcp_stream(host, int(port))
+        kept = await _connect(binds[0])
         await kept.send_all(b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n")
         assert (await _exchange(kept)).startswith(b"HTTP/1.1 200")
         stopped_at = trio.current_time()
@@ -363,8 +355,7 @@ async def test_a_request_head_with_bare_line_feeds_is_served() -> None:
     async with trio.open_nursery() as nursery:
         stop = trio.Event()
         binds = await nursery.start(functools.partial(serve_guarded, app, hypercorn_config("127.0.0.1", 0), ConnectionLimits(), shutdown_trigger=stop.wait))
-        host, port = binds[0].removeprefix("http://").rsplit(":", 1)
-        stream = await trio.open_tcp_stream(host, int(port))
+        stream = await _connect(binds[0])
         await stream.send_all(b"GET /ok HTTP/1.1\nhost: x\n\n")
         assert (await _exchange(stream)).startswith(b"HTTP/1.1 200")
         await stream.aclose()
