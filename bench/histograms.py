@@ -50,6 +50,8 @@ class Outcome(enum.StrEnum):
     failed = "failed"
 
 
+# The kind of error of a payment refused for overload at create.
+SHED_AT_CREATE_KIND = "overloaded"
 # The counts of payments that did not finish; each is also kept per second.
 UNFINISHED = ("shed", "timed_out", "failed")
 # Their totals, and the shed payments split by where and why they stopped.
@@ -166,6 +168,17 @@ class Recorder:
         self.scenario_e2e_us[scenario].append(latency_us)
         self.completed_at.append(now - self.start)
         self.completed += 1
+
+    def shed_at_create(self, now: float) -> None:
+        """The same counts as `error(SHED_AT_CREATE_KIND, now, Outcome.shed,
+        "create")`, in a fraction of its time: past capacity most arrivals
+        end here, and the generator shares its core with the engine."""
+        self.errors[SHED_AT_CREATE_KIND] += 1
+        self.error_outcomes[SHED_AT_CREATE_KIND] = "shed"
+        self.unfinished_per_s["shed"][int(now - self.start) if now > self.start else 0] += 1
+        outcomes = self.outcomes
+        outcomes["shed"] += 1
+        outcomes["shed_at_create"] += 1
 
     def error(self, kind: str, now: float, outcome: Outcome = Outcome.failed, operation: str = "") -> None:
         """A payment that did not finish: `kind` says why, `outcome` which

@@ -114,13 +114,14 @@ async def generate(driver: Driver, settings: LoadSettings, recorder: Recorder, *
             now = trio.current_time()
             if now < due:
                 await trio.sleep_until(due)
+                now = trio.current_time()
             recorder.arrival(arrival.at, arrival.scenario)
             if recorder.in_flight >= settings.in_flight_max:
-                recorder.error("not_sent_in_flight_max", trio.current_time(), Outcome.timed_out)
+                recorder.error("not_sent_in_flight_max", now, Outcome.timed_out)
                 continue
             if driver.refuses_now():
                 recorder.requests += 1
-                recorder.error("overloaded", trio.current_time(), Outcome.shed, "create")
+                recorder.shed_at_create(now)
                 continue
             recorder.in_flight += 1
             nursery.start_soon(_run_one, driver, arrival, due, recorder)

@@ -30,19 +30,39 @@ PARTITIONS_MAX = 1 << PARTITION_BITS
 # Two characters for every 10-bit value: an id is written ten bits at a
 # time (a 4-bit head and 14 pairs), twice as fast as five bits at a time.
 _PAIRS = tuple(first + second for first in ALPHABET for second in ALPHABET)
-_PAIR_SHIFTS = tuple(range(BODY_CHARS * 5 - 15, -1, -10))
+# The 64 bits of time and partition make the first 13 characters (a 4-bit
+# head and six pairs), the 80 random bits the last 16 (eight pairs). Ids are
+# made many at a time in the same millisecond on the same partition, so the
+# first part of the last one made is kept.
+_last_head: tuple[int, str] = (-1, "")
+
+
+def _head(time_and_partition: int) -> str:
+    value, pairs = time_and_partition, _PAIRS
+    return (
+        ALPHABET[value >> 60] + pairs[(value >> 50) & 1023] + pairs[(value >> 40) & 1023] + pairs[(value >> 30) & 1023]
+        + pairs[(value >> 20) & 1023] + pairs[(value >> 10) & 1023] + pairs[value & 1023]
+    )
 
 
 def make_id(prefix: str, partition: int, now_ms: int, random_bytes: bytes) -> str:
     """Build an id. `random_bytes` must be 10 fresh bytes from a CSPRNG."""
+    global _last_head
     assert prefix in PREFIXES, prefix
     assert 0 <= partition < PARTITIONS_MAX, partition
     assert 0 <= now_ms < (1 << TIME_BITS), now_ms
     assert len(random_bytes) == RANDOM_BYTES
-    value = (now_ms << (PARTITION_BITS + RANDOM_BITS)) | (partition << RANDOM_BITS)
-    value |= int.from_bytes(random_bytes, "big")
-    pairs = _PAIRS
-    return prefix + "_" + ALPHABET[value >> (BODY_CHARS * 5 - 5)] + "".join([pairs[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
+    time_and_partition = (now_ms << PARTITION_BITS) | partition
+    made, head = _last_head
+    if made != time_and_partition:
+        head = _head(time_and_partition)
+        _last_head = (time_and_partition, head)
+    value, pairs = int.from_bytes(random_bytes, "big"), _PAIRS
+    return (
+        prefix + "_" + head + pairs[value >> 70] + pairs[(value >> 60) & 1023] + pairs[(value >> 50) & 1023]
+        + pairs[(value >> 40) & 1023] + pairs[(value >> 30) & 1023] + pairs[(value >> 20) & 1023]
+        + pairs[(value >> 10) & 1023] + pairs[value & 1023]
+    )
 
 
 def parse_id(text: str, prefix: str) -> tuple[int, int] | None:

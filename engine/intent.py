@@ -178,7 +178,7 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             return_url=event.return_url if event.return_url is not None else intent.return_url,
             setup_future_usage=event.setup_future_usage if event.setup_future_usage is not None else intent.setup_future_usage,
         )
-    if isinstance(event, AttemptApproved | AttemptDeclined) and is_increment_answer(intent, event):
+    if isinstance(event, (AttemptApproved, AttemptDeclined)) and is_increment_answer(intent, event):
         return evolve_increment_answer(intent, event)
     if isinstance(event, AttemptApproved) and _is_void(intent, event.attempt_id):
         # A void only closes itself: the intent was settled when it was asked

@@ -214,7 +214,7 @@ class ShardState:
             self.references[event.dispute.id] = event.intent_id
         elif isinstance(event, machine.AttemptOutcomeUnknown):
             self.unknown.add((event.intent_id, event.attempt_id))
-        elif isinstance(event, machine.AttemptApproved | machine.AttemptDeclined):
+        elif isinstance(event, (machine.AttemptApproved, machine.AttemptDeclined)):
             self.unknown.discard((event.intent_id, event.attempt_id))
         elif isinstance(event, machine.RefundUpdated):
             if event.outcome_unknown:
