@@ -231,32 +231,6 @@ CREATE TABLE IF NOT EXISTS customer_payment_methods (
     detached_s bigint
 );
 CREATE INDEX IF NOT EXISTS customer_payment_methods_customer ON customer_payment_methods (customer_id) WHERE detached_s IS NULL;
--- The rows of a journal append (store/journal.py), one array of each per
--- statement: a driver encodes an array of rows for a fraction of what the
--- same rows cost as one array per column. Types of their own, not the
--- tables' row types, so adding a column to a table leaves the appends of
--- nodes still running the older code as they are. A type is never altered:
--- a new shape is a new type.
-DO $$ BEGIN
-    CREATE TYPE journal_append_v1 AS (
-        partition smallint, seq bigint, entity_id text, kind text, body text, request_id text);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE TYPE posting_append_v1 AS (
-        id text, partition smallint, journal_seq bigint, intent_id text, debit_account_id text,
-        credit_account_id text, amount bigint, currency text, kind text, code text, pending_id text,
-        created_s bigint, available_on_s bigint);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE TYPE event_append_v1 AS (
-        id text, partition smallint, seq bigint, idx smallint, merchant_id text, livemode boolean, type text,
-        intent_id text, object_id text, created_s bigint, intent bytea, request_id text);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN
-    CREATE TYPE idempotency_append_v1 AS (
-        merchant_id text, key text, fingerprint bytea, status_code smallint, body bytea, object_id text,
-        expires_at_s bigint);
-EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 """
 
 # Tables of the audit archive (workers/audit/), created with the rest.
