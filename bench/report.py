@@ -107,6 +107,7 @@ def build(
         "processes": processes,
         **({"nodes_total": nodes_total} if nodes_total is not None else {}),
         "machine_cost": cost,
+        "cpu_ms_per_payment": _cpu_per_payment(cost, processes, merged.completed),
         "invariants": invariants,
         "invariants_ok": bool(invariants["ok"]),
     }
@@ -314,12 +315,31 @@ def headline_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             (f"CPU {total['name']}", f"{total['cpu_s']:.1f} s", f"{total['cpu_fraction']:.0%} of a core over {total['nodes']} nodes, peaks summed {total['peak_rss_mb']:.0f} MiB")
         )
+    per_payment = report.get("cpu_ms_per_payment")
+    if per_payment:
+        detail = ", ".join(f"{name} {value:.2f} ms" for name, value in per_payment.items() if name != "machine" and value is not None)
+        rows.append(("CPU per finished payment", f"{per_payment['machine']:.2f} ms", detail))
     cost = report["machine_cost"]
     rows.append(
         ("machine busy", f"{cost['machine_busy_fraction']:.0%}", f"PostgreSQL CPU {_seconds(cost['postgres_cpu_s'])}, other processes {_seconds(cost.get('other_cpu_s'))}")
     )
     rows.append(("invariants I1-I6", "ok" if report["invariants_ok"] else "VIOLATED", report["invariants"].get("summary", "")))
     return rows
+
+
+def _cpu_per_payment(cost: dict[str, Any], processes: list[dict[str, Any]], completed: int) -> dict[str, float | None]:
+    """CPU (ms) the run cost per finished payment: the whole machine's, and
+    PostgreSQL's and each of the bench's processes' part of it. A steadier
+    yardstick for a change than throughput on a noisy machine: compare runs
+    offered the same load. Refused payments cost CPU too and are in it."""
+    if not completed:
+        return {}
+    per = {"machine": round(cost["machine_busy_cpu_s"] * 1000 / completed, 3)}
+    postgres = cost.get("postgres_cpu_s")
+    per["PostgreSQL"] = None if postgres is None else round(postgres * 1000 / completed, 3)
+    for process in processes:
+        per[process["name"]] = round(process["cpu_s"] * 1000 / completed, 3)
+    return per
 
 
 def heading(report: dict[str, Any]) -> str:

@@ -107,6 +107,12 @@ def test_engine_mode_run_writes_a_sane_report(tmp_path: Path, processes: int) ->
     report = check_report(tmp_path, "engine", tolerance=0.8)
     assert len(report["processes"]) == processes
     assert report["mean_batch_commands"] >= 1
+    # CPU per finished payment: the machine's, and each process's share of it.
+    per_payment = report["cpu_ms_per_payment"]
+    for process in report["processes"]:
+        assert per_payment[process["name"]] == pytest.approx(process["cpu_s"] * 1000 / report["payments_completed"], abs=0.001)
+    assert per_payment["machine"] >= sum(per_payment[process["name"]] for process in report["processes"]) > 0
+    assert "CPU per finished payment" in (tmp_path / "report.md").read_text()
     # Each worker checked its partitions against its own simulator's record.
     assert len(report["invariants"]["workers"]) == processes
     assert all(worker["network_operations"] > 0 for worker in report["invariants"]["workers"])
