@@ -256,6 +256,15 @@ def test_partitions_are_split_statically_and_disjointly() -> None:
     assert split[0] == (0, 3, 6, 9, 12, 15)
 
 
+@pytest.mark.parametrize("now", [99.0, 100.0, 100.7, 103.2])
+def test_a_shed_at_create_counts_as_the_general_error_would(now: float) -> None:
+    quick, general = Recorder(start=100.0), Recorder(start=100.0)
+    quick.shed_at_create(now)
+    general.error("overloaded", now, Outcome.shed, "create")
+    assert quick.export() == general.export()
+    assert quick.outcomes["shed_at_create"] == 1
+
+
 def test_recordings_of_processes_merge() -> None:
     merged = Merged()
     for offset in (0.0, 0.5):

@@ -63,6 +63,25 @@ def test_text_order_follows_creation_time(times, partition_pair, random_pair):
     assert earlier < later
 
 
+def _make_digit_by_digit(prefix: str, partition: int, now_ms: int, random_bytes: bytes) -> str:
+    value = (now_ms << (ids.PARTITION_BITS + ids.RANDOM_BITS)) | (partition << ids.RANDOM_BITS) | int.from_bytes(random_bytes, "big")
+    return prefix + "_" + "".join(ids.ALPHABET[(value >> (5 * shift)) & 31] for shift in range(ids.BODY_CHARS - 1, -1, -1))
+
+
+# Few distinct times and partitions, so that calls in a row share the part
+# make_id keeps from the last id as often as they change it.
+@given(
+    calls=st.lists(
+        st.tuples(prefixes, st.sampled_from([0, 1, PARTITION_MAX]), st.sampled_from([0, 1, 1_700_000_000_000, TIME_MS_MAX]), randoms),
+        min_size=2,
+        max_size=20,
+    )
+)
+def test_make_agrees_with_writing_digit_by_digit_whatever_came_before(calls):
+    for prefix, partition, now_ms, random_bytes in calls:
+        assert make_id(prefix, partition, now_ms, random_bytes) == _make_digit_by_digit(prefix, partition, now_ms, random_bytes)
+
+
 def test_ids_with_fresh_random_bytes_are_distinct():
     made = {make_id("pi", 7, 1_700_000_000_000, secrets.token_bytes(ids.RANDOM_BYTES)) for _ in range(10_000)}
     assert len(made) == 10_000
