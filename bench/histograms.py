@@ -50,8 +50,8 @@ class Outcome(enum.StrEnum):
     failed = "failed"
 
 
-# The kind of error of a payment refused for overload at create.
-SHED_AT_CREATE_KIND = "overloaded"
+# The count (one of UNFINISHED) each outcome goes to.
+_COUNT_OF = {outcome: "shed" if outcome is Outcome.rate_limited else str(outcome) for outcome in Outcome}
 # The counts of payments that did not finish; each is also kept per second.
 UNFINISHED = ("shed", "timed_out", "failed")
 # Their totals, and the shed payments split by where and why they stopped.
@@ -169,30 +169,22 @@ class Recorder:
         self.completed_at.append(now - self.start)
         self.completed += 1
 
-    def shed_at_create(self, now: float) -> None:
-        """The same counts as `error(SHED_AT_CREATE_KIND, now, Outcome.shed,
-        "create")`, in a fraction of its time: past capacity most arrivals
-        end here, and the generator shares its core with the engine."""
-        self.errors[SHED_AT_CREATE_KIND] += 1
-        self.error_outcomes[SHED_AT_CREATE_KIND] = "shed"
-        self.unfinished_per_s["shed"][int(now - self.start) if now > self.start else 0] += 1
-        outcomes = self.outcomes
-        outcomes["shed"] += 1
-        outcomes["shed_at_create"] += 1
-
     def error(self, kind: str, now: float, outcome: Outcome = Outcome.failed, operation: str = "") -> None:
         """A payment that did not finish: `kind` says why, `outcome` which
-        count it goes to, `operation` the step it stopped at."""
+        count it goes to, `operation` the step it stopped at. Past capacity
+        most arrivals end here, and the generator shares its core with the
+        engine: kept cheap."""
         kind = kind[:80]
-        count = "shed" if outcome is Outcome.rate_limited else str(outcome)
+        count = _COUNT_OF[outcome]
         self.errors[kind] += 1
         self.error_outcomes[kind] = count
-        self.unfinished_per_s[count][int(max(0.0, now - self.start))] += 1
-        self.outcomes[count] += 1
-        if count == "shed" and operation == "create":
-            self.outcomes["shed_at_create"] += 1
+        self.unfinished_per_s[count][int(now - self.start) if now > self.start else 0] += 1
+        outcomes = self.outcomes
+        outcomes[count] += 1
+        if operation == "create" and count == "shed":
+            outcomes["shed_at_create"] += 1
         if outcome is Outcome.rate_limited:
-            self.outcomes["shed_rate_limited"] += 1
+            outcomes["shed_rate_limited"] += 1
 
     def progress(self) -> dict[str, Any]:
         """Counts so far and the p99 of payments finished since the last call."""

@@ -121,7 +121,7 @@ async def generate(driver: Driver, settings: LoadSettings, recorder: Recorder, *
                 continue
             if driver.refuses_now():
                 recorder.requests += 1
-                recorder.shed_at_create(now)
+                recorder.error("overloaded", now, Outcome.shed, "create")
                 continue
             recorder.in_flight += 1
             nursery.start_soon(_run_one, driver, arrival, due, recorder)

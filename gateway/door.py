@@ -114,8 +114,8 @@ def split(door: Door, data: bytes) -> Split:
                 return Split(answers, b"", data[position:])
             break
         end = found.start() - 1
-        if found.group() != b"\n\r\n" or data[end : end + 1] != b"\r":
-            break
+        if end < position or data[end : found.end()] != b"\r\n\r\n":
+            break  # a head ended by bare line feeds: hypercorn's to read
         parsed = _head(data[position:end])
         if parsed is None:
             break

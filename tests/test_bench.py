@@ -256,13 +256,13 @@ def test_partitions_are_split_statically_and_disjointly() -> None:
     assert split[0] == (0, 3, 6, 9, 12, 15)
 
 
-@pytest.mark.parametrize("now", [99.0, 100.0, 100.7, 103.2])
-def test_a_shed_at_create_counts_as_the_general_error_would(now: float) -> None:
-    quick, general = Recorder(start=100.0), Recorder(start=100.0)
-    quick.shed_at_create(now)
-    general.error("overloaded", now, Outcome.shed, "create")
-    assert quick.export() == general.export()
-    assert quick.outcomes["shed_at_create"] == 1
+@pytest.mark.parametrize(("now", "second"), [(99.0, 0), (100.0, 0), (100.7, 0), (103.2, 3)])
+def test_a_shed_at_create_is_counted_once_in_its_second(now: float, second: int) -> None:
+    recorder = Recorder(start=100.0)
+    recorder.error("overloaded", now, Outcome.shed, "create")
+    assert recorder.outcomes["shed_at_create"] == 1 and recorder.outcomes["shed"] == 1
+    assert dict(recorder.unfinished_per_s["shed"]) == {second: 1}
+    assert recorder.error_outcomes == {"overloaded": "shed"}
 
 
 def test_recordings_of_processes_merge() -> None:
