@@ -94,6 +94,9 @@ class EngineDriver:
         # here spares parsing it back out of each new id.
         self._partitions = itertools.cycle(node.config.served_partitions())
         self._next_partition = next(self._partitions)
+        # What the caller of each finished payment was told last, checked
+        # against the journal at the end (I4).
+        self.acknowledged: dict[str, checks.Acknowledged] = {}
 
     def refuses_now(self) -> bool:
         """The gateway's check before any work (Node.saturated) on the
@@ -142,6 +145,7 @@ class EngineDriver:
         expect_status("create", outcome.intent.status, "requires_confirmation")
 
         attempt_id = node.new_id("att", partition)
+        refund_id = None
         started = now
         outcome = await self._submit(machine.ConfirmIntent(**common, attempt_id=attempt_id, at_s=int(time.time())), steps, "confirm")
         now = trio.current_time()
@@ -178,6 +182,10 @@ class EngineDriver:
                 now = trio.current_time()
                 recorder.operation("refund", now - started)
                 expect_status("refund", outcome.intent.refund(refund_id).status, "succeeded")
+        # After 3-D Secure the payment ends as the node shows it (what the
+        # cardholder's return to the merchant reads), else as the last reply said.
+        final = node.intent(intent_id) if scenario == "3ds" else outcome.intent
+        self.acknowledged[intent_id] = checks.Acknowledged(str(final.status), refund_id)
         recorder.finished(scenario, due, now, steps)
 
 
@@ -252,6 +260,7 @@ async def _worker(connection: Any, config: WorkerConfig) -> dict[str, Any]:
                         "gc": gc_watch.summary(),
                         "unknown_left": await _settle(node),
                         "recorder": recorder.export(),
+                        "acknowledged": driver.acknowledged,
                     }
                 finally:
                     node.stop_accepting()

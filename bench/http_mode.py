@@ -48,6 +48,7 @@ from bench.http_client import TIMED_OUT, HttpFailed, Pool, Templates
 from bench.machine import child_processes, own_usage, process_usage
 from bench.engine_mode import PROGRESS_EVERY_S
 from bench.load import CARD_OF_SCENARIO, CARDS, CHALLENGE_POLL_S, LoadSettings, PaymentFailed, challenge_wait, expect_status, generate
+from shards import checks
 from store.leases import ClusterView
 from store.postgres import Store
 
@@ -399,6 +400,9 @@ class HttpDriver:
         self._turn = 0
         # Intents that a fault left `processing`, to wait for at the end.
         self.unsettled: list[str] = []
+        # What the caller of each finished payment was told last, checked
+        # against the journal at the end (I4).
+        self.acknowledged: dict[str, checks.Acknowledged] = {}
 
     async def _request(self, pool: Pool, request: bytes, steps: Steps, operation: str) -> tuple[int, bytes]:
         steps.sent()
@@ -450,11 +454,13 @@ class HttpDriver:
             declined = _error.decode(response).error.payment_intent
             recorder.operation("confirm", now - started)
             expect_status("confirm", declined.status if declined is not None else "none", "requires_payment_method")
+            self.acknowledged[intent.id] = checks.Acknowledged("requires_payment_method")
             recorder.finished(scenario, due, now, steps)
             return
         if status != 200:
             raise _failed("confirm", status, response)
         intent = _intent.decode(response)
+        refund_id = None
         recorder.operation("confirm", now - started)
         if intent.status == "processing":
             self.unsettled.append(intent.id)
@@ -491,7 +497,10 @@ class HttpDriver:
                 if status != 200:
                     raise _failed("refund", status, response)
                 recorder.operation("refund", now - started)
-                expect_status("refund", _refund.decode(response).status, "succeeded")
+                refund = _refund.decode(response)
+                expect_status("refund", refund.status, "succeeded")
+                refund_id = refund.id
+        self.acknowledged[intent.id] = checks.Acknowledged(intent.status, refund_id)
         recorder.finished(scenario, due, now, steps)
 
     async def settle(self) -> int:
@@ -587,6 +596,7 @@ async def drive(
             "usage": usage,
             "unknown_left": unsettled,
             "recorder": recorder.export(),
+            "acknowledged": driver.acknowledged,
         }
     finally:
         for route in routes + ([simulator] if simulator is not None else []):

@@ -118,9 +118,10 @@ async def _prepare(url: str, partitions: int) -> Any:
             await store.close()
 
 
-async def _check(url: str, operations: list[dict[str, Any]] | None) -> dict[str, Any]:
+async def _check(url: str, operations: list[dict[str, Any]] | None, acknowledged: dict[str, checks.Acknowledged]) -> dict[str, Any]:
     """I1 to I6 over the whole database, replayed as a node recovers it (and
-    against the simulator's record when the caller has it)."""
+    against the simulator's record when the caller has it, and what the
+    callers of finished payments were told)."""
 
     async with trio_asyncio.open_loop():
         store = await Store.open(url, connections_max=2)
@@ -129,7 +130,7 @@ async def _check(url: str, operations: list[dict[str, Any]] | None) -> dict[str,
             idempotency = await store.idempotency.records()
         finally:
             await store.close()
-    checked = checks.check(states, idempotency, operations)
+    checked = checks.check(states, idempotency, operations, acknowledged)
     return {
         "ok": checked.ok,
         "checked": checked.checked,
@@ -204,6 +205,8 @@ class _LoadOutcome:
     operations: list[dict[str, Any]] | None = None
     # Http mode with several nodes: their processes' figures summed.
     nodes_total: dict[str, Any] | None = None
+    # What the caller of each finished payment was told last (I4).
+    acknowledged: dict[str, checks.Acknowledged] = dataclasses.field(default_factory=dict)
 
 
 def _run(arguments: argparse.Namespace, command: str, url: str, console: Console) -> int:
@@ -221,7 +224,7 @@ def _run(arguments: argparse.Namespace, command: str, url: str, console: Console
     cost = _cost(before, outcome.after, outcome.processes)
     journal = database.journal_figures(url)
     say(console, "bench: checking invariants I1 to I6 over the whole database")
-    invariants = _invariants(url, outcome.operations, outcome.worker_checks)
+    invariants = _invariants(url, outcome.operations, outcome.worker_checks, outcome.acknowledged)
     measured_baselines = _baselines(arguments, url, console)
     built = report.build(
         settings=settings,
@@ -286,9 +289,11 @@ def _drive_engine(
     after = MachineSample()
     worker_checks: list[dict[str, Any]] = []
     processes = []
+    acknowledged: dict[str, checks.Acknowledged] = {}
     for index, result in enumerate(results):
         merged.add(result["recorder"])
         worker_checks.append(result["network_check"])
+        acknowledged.update(result["acknowledged"])
         processes.append(
             {
                 "name": f"worker {index} (node + load, partitions {','.join(map(str, result['partitions']))})",
@@ -300,7 +305,7 @@ def _drive_engine(
             }
         )
     return _LoadOutcome(
-        after=after, processes=processes, worker_checks=worker_checks, engine_counters=_engine_counters(results, merged)
+        after=after, processes=processes, worker_checks=worker_checks, engine_counters=_engine_counters(results, merged), acknowledged=acknowledged
     )
 
 
@@ -354,7 +359,7 @@ def _drive_http(
         nodes_total = _process_figures("nodes in total", sum(usage["cpu_s"] for usage in nodes), sum(usage["peak_rss_mb"] for usage in nodes), wall_s)
         nodes_total |= {"nodes": len(nodes), "unknown_outcomes_left": result["unknown_left"]}
     processes.append(_process_figures("load generator", result["cpu_s"], result["peak_rss_mb"], wall_s))
-    return _LoadOutcome(after=after, processes=processes, operations=operations, nodes_total=nodes_total)
+    return _LoadOutcome(after=after, processes=processes, operations=operations, nodes_total=nodes_total, acknowledged=result["acknowledged"])
 
 
 def _process_figures(name: str, cpu_s: float, peak_rss_mb: float, wall_s: float) -> dict[str, Any]:
@@ -388,9 +393,12 @@ def _cost(before: MachineSample, after: MachineSample, processes: list[dict[str,
     return cost
 
 
-def _invariants(url: str, operations: list[dict[str, Any]] | None, worker_checks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The checks over the whole database, joined with the workers' own."""
-    invariants = trio.run(_check, url, operations)
+def _invariants(
+    url: str, operations: list[dict[str, Any]] | None, worker_checks: list[dict[str, Any]], acknowledged: dict[str, checks.Acknowledged]
+) -> dict[str, Any]:
+    """The checks over the whole database (with what callers were told),
+    joined with the workers' own."""
+    invariants = trio.run(_check, url, operations, acknowledged)
     invariants["workers"] = worker_checks
     invariants["ok"] = invariants["ok"] and all(check["ok"] for check in worker_checks)
     invariants["network_checked"] = invariants["network_checked"] or bool(worker_checks)

@@ -10,7 +10,7 @@ for the in-process simulator and the HTTP service.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -25,7 +25,7 @@ INVARIANTS = {
     "I1": "at most one successful authorization per intent at the network",
     "I2": "captured <= authorized <= amount; refunded <= captured",
     "I3": "every network operation maps to an attempt and both agree; none unknown",
-    "I4": "every stored response names an object that is in the journal",
+    "I4": "every acknowledged response is durable: stored responses and the payments callers saw finish are in the journal",
     "I5": "the ledger balances and each account equals the sum of its transfers",
     "I6": "one idempotency key, one stored first response",
 }
@@ -37,6 +37,14 @@ class Violation(msgspec.Struct, frozen=True):
     invariant: str
     subject: str
     detail: str
+
+
+class Acknowledged(msgspec.Struct, frozen=True, array_like=True):
+    """What a caller was told when its payment finished: the intent's
+    status, and the refund it made (if any), which was told `succeeded`."""
+
+    status: str
+    refund_id: str | None = None
 
 
 class Report(msgspec.Struct):
@@ -67,7 +75,10 @@ def check(
     states: Sequence[ShardState],
     idempotency: Iterable[IdempotencyRow] = (),
     network_operations: Sequence[dict[str, Any]] | None = None,
+    acknowledged: Mapping[str, Acknowledged] | None = None,
 ) -> Report:
+    """I1 to I6 over the replayed `states`; `acknowledged` (intent id ->
+    what its caller was told last) is checked against them as part of I4."""
     intents = [intent for state in states for intent in state.intents.values()]
     violations: list[Violation] = []
     checked: Counter[str] = Counter()
@@ -87,6 +98,9 @@ def check(
         if row.object_id is not None and row.object_id.startswith("pi_") and row.object_id not in known:
             violations.append(Violation("I4", row.object_id, "a stored response names an intent the journal does not have"))
     violations += [Violation("I6", f"{merchant}/{key}", f"{count} records") for (merchant, key), count in keys.items() if count > 1]
+    if acknowledged:
+        checked["I4"] += len(acknowledged)
+        violations += _check_acknowledged({intent.id: intent for intent in intents}, acknowledged)
     if network_operations is not None:
         violations += _check_network(intents, network_operations, checked)
     return Report(checked=dict(checked), violations=violations, network_checked=network_operations is not None)
@@ -109,6 +123,27 @@ def _check_intent(intent: PaymentIntent) -> list[Violation]:
     for refund in intent.refunds:
         if refund.outcome_unknown:
             found.append(Violation("I3", refund.id, "refund outcome unknown"))
+    return found
+
+
+def _check_acknowledged(intents: Mapping[str, PaymentIntent], acknowledged: Mapping[str, Acknowledged]) -> list[Violation]:
+    """Each payment a caller saw finish, as the journal has it. Whoever
+    acknowledges must change nothing after a payment finishes (the bench
+    does not), so the journal must show exactly the status the caller was
+    told, not merely a later one."""
+    found = []
+    for intent_id, told in acknowledged.items():
+        intent = intents.get(intent_id)
+        if intent is None:
+            found.append(Violation("I4", intent_id, f"the caller was told {told.status}; the journal has no such intent"))
+            continue
+        if str(intent.status) != told.status:
+            found.append(Violation("I4", intent_id, f"the caller was told {told.status}; the journal says {intent.status}"))
+        if told.refund_id is not None:
+            refund = intent.refund(told.refund_id)
+            if refund is None or refund.status is not RefundStatus.succeeded:
+                said = "no such refund" if refund is None else f"the refund {refund.status}"
+                found.append(Violation("I4", told.refund_id, f"the caller was told the refund succeeded; the journal has {said}"))
     return found
 
 

@@ -22,6 +22,10 @@ import pytest
 
 from bench import arrivals, engine_mode, http_mode
 from bench.histograms import Merged, Outcome, Recorder, Steps
+from engine import intent as machine
+from engine import records
+from shards import checks
+from shards.actor import ShardState
 from tests import conftest
 
 RUN_TIMEOUT_S = 180
@@ -82,6 +86,8 @@ def check_report(directory: Path, mode: str, tolerance: float, operations: tuple
         assert done["operations"][operation]["count"] > 0, operation
     statuses = done["invariants"]["final_statuses"]
     assert statuses.get("succeeded", 0) > 0 and statuses.get("requires_payment_method", 0) > 0
+    # Every finished payment was looked up in the journal as its caller was told (I4).
+    assert done["invariants"]["checked"]["I4"] >= done["payments_completed"] > 0
     for name in ("throughput.png", "latency_over_time.png", "latency_cdf.png", "report.md"):
         assert (directory / name).stat().st_size > 0, name
     assert (directory / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -306,3 +312,40 @@ def test_recordings_of_processes_merge() -> None:
 def test_http_answers_that_refuse_for_overload_are_shed(status: int, body: bytes, kind: str, outcome: Outcome) -> None:
     failure = http_mode._failed("create", status, body)
     assert (failure.kind, failure.outcome, failure.operation) == (kind, outcome, "create")
+
+
+def _intent(intent_id: str, status: machine.Status, refunds: tuple[records.Refund, ...] = ()) -> records.PaymentIntent:
+    return records.PaymentIntent(
+        id=intent_id, merchant_id="acct_1", livemode=False, amount=1000, currency="usd",
+        capture_method=machine.CaptureMethod.automatic, status=status, created_s=0, client_secret="s", refunds=refunds,
+    )
+
+
+def test_a_finished_payment_the_journal_lost_or_shows_otherwise_violates_i4() -> None:
+    """What the bench's callers were told is checked against the journal's
+    replay: a lost payment, another status, a lost or failed refund."""
+    refund = records.Refund(id="re_1", intent_id="pi_refunded", amount=500, status=records.RefundStatus.succeeded, created_s=0)
+    failed = records.Refund(id="re_2", intent_id="pi_refund_failed", amount=500, status=records.RefundStatus.failed, created_s=0)
+    state = ShardState(0)
+    for intent in (
+        _intent("pi_ok", machine.Status.succeeded),
+        _intent("pi_other", machine.Status.requires_capture),
+        _intent("pi_refunded", machine.Status.succeeded, (refund,)),
+        _intent("pi_refund_failed", machine.Status.succeeded, (failed,)),
+        _intent("pi_no_refund", machine.Status.succeeded),
+    ):
+        state.put(intent)
+    told = {
+        "pi_ok": checks.Acknowledged("succeeded"),
+        "pi_refunded": checks.Acknowledged("succeeded", "re_1"),
+        "pi_lost": checks.Acknowledged("succeeded"),
+        "pi_other": checks.Acknowledged("succeeded"),
+        "pi_refund_failed": checks.Acknowledged("succeeded", "re_2"),
+        "pi_no_refund": checks.Acknowledged("succeeded", "re_3"),
+    }
+    report = checks.check([state], (), None, told)
+    assert report.checked["I4"] == len(told)
+    # (These bare intents break I2 too: no authorization behind a refund.)
+    assert sorted(v.subject for v in report.violations if v.invariant == "I4") == ["pi_lost", "pi_other", "re_2", "re_3"]
+    kept = checks.check([state], (), None, {key: told[key] for key in ("pi_ok", "pi_refunded")})
+    assert kept.checked["I4"] == 2 and not [v for v in kept.violations if v.invariant == "I4"]
