@@ -97,11 +97,17 @@ class Router:
         False when the actor no longer takes messages (shutting down), or
         the partition is not served here any more (handed off or lost
         since the caller looked)."""
+        await trio.lowlevel.checkpoint()
+        return self.send_nowait(intent_id, command)
+
+    def send_nowait(self, intent_id: str, command: Command) -> bool:
+        """`send` without a checkpoint: an actor's mailbox takes internal
+        commands without bound, so this never waits."""
         shard = self.shards.get(self.partition_of_intent(intent_id))
         if shard is None:
             return False
         try:
-            await shard.mailbox_send.send(Message(command, None))
+            shard.mailbox_send.send_nowait(Message(command, None))
         except trio.ClosedResourceError:
             return False
         return True

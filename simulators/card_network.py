@@ -381,13 +381,9 @@ class CardNetwork:
         # cancellation can never drop a notice already taken off the queue.
         await trio.lowlevel.checkpoint()
         while True:
-            self._apply_due_failures()
-            for index, notice in enumerate(self._notices_due):
-                partition = notice.partition()
-                # One that names no partition goes to whoever asks.
-                if partitions is None or partition is None or partition in partitions:
-                    del self._notices_due[index]
-                    return notice
+            notice = self.take_notice_nowait(partitions)
+            if notice is not None:
+                return notice
             deadline = self._failures_pending[0][0] if self._failures_pending else math.inf
             if self._disputes_pending:
                 deadline = min(deadline, self._disputes_pending[0][0])
@@ -398,6 +394,19 @@ class CardNetwork:
             # its scheduling wakes us to look again.
             with trio.move_on_at(deadline):
                 await self._notice_scheduled.wait()
+
+    def take_notice_nowait(self, partitions: Collection[int] | None = None) -> NetworkNotice | None:
+        """The next notice due (as `next_notice` picks it), or None when none
+        is due now: a caller that took one drains the rest without a
+        scheduler pass for each."""
+        self._apply_due_failures()
+        for index, notice in enumerate(self._notices_due):
+            partition = notice.partition()
+            # One that names no partition goes to whoever asks.
+            if partitions is None or partition is None or partition in partitions:
+                del self._notices_due[index]
+                return notice
+        return None
 
     def notices_outstanding(self) -> int:
         """Notices not yet taken by the engine, and refund failures still to
