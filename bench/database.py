@@ -64,13 +64,16 @@ def drop_database(admin: str, name: str) -> None:
 
 
 def journal_figures(url: str) -> dict[str, Any]:
-    """Rows and commits in the journal. Every row of one transaction carries
-    its transaction's start time (now()), so distinct (partition,
-    recorded_at) pairs count commits that wrote journal rows."""
+    """Rows, commits and transactions in the journal. Every row of one
+    transaction carries its transaction's start time (now()), so distinct
+    (partition, recorded_at) pairs count the partitions' commits (actor turns
+    that wrote journal rows), and distinct recorded_at the database
+    transactions, which a node's group commit shares among its partitions."""
     journal, postings, version = asyncio.run(
         _execute(
             url,
             "SELECT count(*) AS rows, count(DISTINCT (partition, recorded_at)) AS commits,"
+            " count(DISTINCT recorded_at) AS transactions,"
             " extract(epoch FROM max(recorded_at) - min(recorded_at)) AS span_s FROM journal",
             "SELECT count(*) AS rows FROM postings",
             "SHOW server_version",
@@ -80,6 +83,7 @@ def journal_figures(url: str) -> dict[str, Any]:
     return {
         "journal_rows": row["rows"],
         "journal_commits": row["commits"],
+        "journal_transactions": row["transactions"],
         "journal_span_s": float(row["span_s"] or 0.0),
         "posting_rows": postings[0]["rows"],
         "server_version": version[0][0],

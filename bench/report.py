@@ -103,6 +103,8 @@ def build(
             "rows_per_commit": round(journal["journal_rows"] / journal["journal_commits"], 2) if journal["journal_commits"] else 0.0,
             "rows_per_s": round(journal["journal_rows"] / measured_s, 1),
             "commits_per_s": round(journal["journal_commits"] / measured_s, 1),
+            "transactions_per_s": round(journal["journal_transactions"] / measured_s, 1),
+            "rows_per_transaction": round(journal["journal_rows"] / journal["journal_transactions"], 2) if journal["journal_transactions"] else 0.0,
         },
         "processes": processes,
         **({"nodes_total": nodes_total} if nodes_total is not None else {}),
@@ -305,7 +307,9 @@ def headline_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         against = ", ".join(f"{name[3:-4]} x{value:,.1f}" for name, value in ratios[key].items() if value is not None)
         rows.append((f"end-to-end {label} (ms)", _number(report[key]), f"over one baseline step: {against or '-'}"))
     rows.append(("end-to-end max (ms)", _number(report["max_ms"]), ""))
-    rows.append(("commits/s", _number(report["commits_per_s"]), f"journal rows/commit {_number(report['journal']['rows_per_commit'])}"))
+    journal = report["journal"]
+    rows.append(("commits/s", _number(report["commits_per_s"]), f"journal rows/commit {_number(journal['rows_per_commit'])} (a partition's turn)"))
+    rows.append(("database transactions/s", _number(journal["transactions_per_s"]), f"journal rows/transaction {_number(journal['rows_per_transaction'])} (the group commit's writes)"))
     if report.get("mean_batch_commands") is not None:
         rows.append(("mean batch (commands/commit)", _number(report["mean_batch_commands"]), ""))
     for process in report["processes"]:

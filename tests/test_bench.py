@@ -82,6 +82,9 @@ def check_report(directory: Path, mode: str, tolerance: float, operations: tuple
     assert done["baselines"]["actor"]["round_trips_per_s"] > 0
     assert done["ratios"]["achieved_payments_per_s"]["vs_ingest"] > 0
     assert done["journal"]["journal_rows"] > 0 and done["commits_per_s"] > 0
+    # A group-commit transaction carries one or more partitions' commits.
+    assert 0 < done["journal"]["journal_transactions"] <= done["journal"]["journal_commits"]
+    assert done["journal"]["rows_per_transaction"] >= done["journal"]["rows_per_commit"]
     for operation in operations:
         assert done["operations"][operation]["count"] > 0, operation
     statuses = done["invariants"]["final_statuses"]
