@@ -253,6 +253,13 @@ def evolve(intent: PaymentIntent | None, event: Event) -> PaymentIntent:
             customer_id=event.customer_id,
             setup_future_usage=event.setup_future_usage,
         )
+    return _evolve_attached(intent, event)
+
+
+def _evolve_attached(intent: PaymentIntent, event: Event) -> PaymentIntent:
+    """Apply an event about what hangs off an intent (its refunds,
+    disputes, an increment's request, a charge's details), not its status."""
+    replace = msgspec.structs.replace
     if isinstance(event, RefundCreated):
         return replace(intent, refunds=(*intent.refunds, event.refund))
     if isinstance(event, DisputeOpened):

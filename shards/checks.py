@@ -39,7 +39,7 @@ class Violation(msgspec.Struct, frozen=True):
     detail: str
 
 
-class Acknowledged(msgspec.Struct, frozen=True, array_like=True):
+class Acknowledged(msgspec.Struct, frozen=True):
     """What a caller was told when its payment finished: the intent's
     status, and the refund it made (if any), which was told `succeeded`."""
 
@@ -89,18 +89,18 @@ def check(
     for state in states:
         checked["I5"] += len(state.ledger.transfers())
         violations += [Violation("I5", f"partition {state.partition}", problem) for problem in state.ledger.verify()]
-    known = {intent.id for intent in intents}
+    by_id = {intent.id: intent for intent in intents}
     keys: Counter[tuple[str, str]] = Counter()
     for row in idempotency:
         checked["I4"] += 1
         checked["I6"] += 1
         keys[(row.merchant_id, row.key)] += 1
-        if row.object_id is not None and row.object_id.startswith("pi_") and row.object_id not in known:
+        if row.object_id is not None and row.object_id.startswith("pi_") and row.object_id not in by_id:
             violations.append(Violation("I4", row.object_id, "a stored response names an intent the journal does not have"))
     violations += [Violation("I6", f"{merchant}/{key}", f"{count} records") for (merchant, key), count in keys.items() if count > 1]
     if acknowledged:
         checked["I4"] += len(acknowledged)
-        violations += _check_acknowledged({intent.id: intent for intent in intents}, acknowledged)
+        violations += _check_acknowledged(by_id, acknowledged)
     if network_operations is not None:
         violations += _check_network(intents, network_operations, checked)
     return Report(checked=dict(checked), violations=violations, network_checked=network_operations is not None)
