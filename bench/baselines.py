@@ -8,6 +8,10 @@ headline figure can be given as a ratio to what the layer under it can do:
   bounded mailbox in batches and setting one reply per request, as
   ShardActor does, with nothing decided and nothing written; round trips
   per second.
+- bridge: the client CPU one database round trip costs (`SELECT 1`, one
+  at a time), from plain asyncio on asyncpg and from trio through the
+  store's one adapter (trio-asyncio); the difference is what the bridge
+  adds to every call the node makes, whatever the call carries.
 - http (http mode): a bare quart-trio JSON endpoint on the node's hypercorn
   settings, in a process of its own, driven closed-loop by the bench's own
   client over the same number of connections; requests per second.
@@ -22,15 +26,19 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import trio
+import trio_asyncio
 
 from bench.histograms import histogram_of, summary_ms
 from bench.http_client import HttpFailed, Pool, Templates
 from bench.machine import process_usage
 from engine import intent as machine
 from shards.actor import Reply
+from store.database import Database
 
 INGEST_BATCH_ROWS = 256
 INGEST_WRITERS_MAX = 8
@@ -38,6 +46,7 @@ ACTOR_CLIENTS = 256
 ACTOR_BATCH_MAX = 512
 SCRATCH_TABLE = "bench_scratch_journal"
 BARE_START_TIMEOUT_S = 30
+BRIDGE_WARM_UP_CALLS = 50
 
 
 def journal_bodies() -> list[tuple[str, str]]:
@@ -69,8 +78,6 @@ def journal_bodies() -> list[tuple[str, str]]:
 
 
 async def _ingest(url: str, seconds: float, writers: int) -> dict[str, Any]:
-    import asyncpg
-
     bodies = journal_bodies()
     pool = await asyncpg.create_pool(url, min_size=writers, max_size=writers)
     try:
@@ -126,6 +133,54 @@ async def _ingest(url: str, seconds: float, writers: int) -> dict[str, Any]:
 
 def ingest(url: str, seconds: float, partitions: int) -> dict[str, Any]:
     return asyncio.run(_ingest(url, seconds, max(1, min(partitions, INGEST_WRITERS_MAX))))
+
+
+async def _select_one(connection: asyncpg.Connection) -> int:
+    return await connection.fetchval("SELECT 1")
+
+
+async def _timed_calls(call: Callable[[], Awaitable[Any]], seconds: float) -> tuple[int, float, float]:
+    """(calls, CPU seconds, wall seconds) of `call` made one after another
+    for `seconds`, after a few unmeasured ones."""
+    for _ in range(BRIDGE_WARM_UP_CALLS):
+        await call()
+    calls = 0
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
+    deadline = wall_before + seconds
+    while time.perf_counter() < deadline:
+        await call()
+        calls += 1
+    return calls, time.process_time() - cpu_before, time.perf_counter() - wall_before
+
+
+async def _plain_round_trips(url: str, seconds: float) -> tuple[int, float, float]:
+    connection = await asyncpg.connect(url)
+    try:
+        return await _timed_calls(lambda: _select_one(connection), seconds)
+    finally:
+        await connection.close()
+
+
+async def _bridged_round_trips(url: str, seconds: float) -> tuple[int, float, float]:
+    async with trio_asyncio.open_loop():
+        database = await Database.open(url, connections_max=1)
+        try:
+            return await _timed_calls(lambda: database.call(_select_one), seconds)
+        finally:
+            await database.close()
+
+
+def bridge(url: str, seconds: float) -> dict[str, Any]:
+    """Half the time each way, one after the other, in this process."""
+    figures: dict[str, Any] = {}
+    plain = asyncio.run(_plain_round_trips(url, seconds / 2))
+    bridged = trio.run(_bridged_round_trips, url, seconds / 2)
+    for name, (calls, cpu_s, wall_s) in (("plain", plain), ("bridged", bridged)):
+        figures[f"{name}_cpu_us_per_call"] = round(cpu_s / max(calls, 1) * 1_000_000, 1)
+        figures[f"{name}_calls_per_s"] = round(calls / wall_s, 1)
+    figures["bridge_cpu_us_per_call"] = round(figures["bridged_cpu_us_per_call"] - figures["plain_cpu_us_per_call"], 1)
+    figures["seconds"] = round(seconds, 2)
+    return figures
 
 
 async def _actor(seconds: float) -> dict[str, Any]:

@@ -375,8 +375,8 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     baselines.add_column("figure", justify="right")
     baselines.add_column("payments/s equivalent", justify="right")
     for name, values in report["baselines"].items():
-        figure = values.get("rows_per_s") or values.get("round_trips_per_s") or values.get("requests_per_s") or values.get("error", "-")
-        unit = {"ingest": " rows/s", "actor": " round trips/s", "http": " requests/s"}.get(name, "")
+        figure = next((values[key] for key in _BASELINE_FIGURES if key in values), values.get("error", "-"))
+        unit = {"ingest": " rows/s", "actor": " round trips/s", "http": " requests/s", "bridge": " us CPU a bridged call"}.get(name, "")
         baselines.add_row(name, f"{_number(figure)}{unit}", _number(values.get("payments_per_s_equivalent")))
     console.print(baselines)
     if report["errors"]:
@@ -387,6 +387,10 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         for kind, count in list(report["errors"].items())[:20]:
             errors.add_row(kind, f"{count:,}", _counted_as(report, kind))
         console.print(errors)
+
+
+# The figure the console shows for each baseline, by the key it is under.
+_BASELINE_FIGURES = ("rows_per_s", "round_trips_per_s", "requests_per_s", "bridged_cpu_us_per_call")
 
 
 def _counted_as(report: dict[str, Any], kind: str) -> str:

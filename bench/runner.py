@@ -414,6 +414,7 @@ def _baselines(arguments: argparse.Namespace, url: str, console: Console) -> dic
         say(console, f"bench: baselines, {arguments.baseline_seconds:g} s each")
         measured_baselines["ingest"] = baseline_runs.ingest(url, arguments.baseline_seconds, arguments.partitions)
         measured_baselines["actor"] = baseline_runs.actor(arguments.baseline_seconds)
+        measured_baselines["bridge"] = baseline_runs.bridge(url, arguments.baseline_seconds)
         if arguments.mode == "http":
             measured_baselines["http"] = baseline_runs.bare_http(arguments.connections, arguments.baseline_seconds)
     return measured_baselines

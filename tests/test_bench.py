@@ -80,6 +80,12 @@ def check_report(directory: Path, mode: str, tolerance: float, operations: tuple
     assert done["machine"]["cores"] >= 1 and done["command"].startswith("payments bench ")
     assert done["baselines"]["ingest"]["rows_per_s"] > 0
     assert done["baselines"]["actor"]["round_trips_per_s"] > 0
+    # What a database round trip costs the client, plain and through the bridge.
+    bridge = done["baselines"]["bridge"]
+    assert bridge["plain_calls_per_s"] > 0 and bridge["bridged_calls_per_s"] > 0
+    assert bridge["plain_cpu_us_per_call"] > 0 and bridge["bridged_cpu_us_per_call"] > 0
+    assert bridge["bridge_cpu_us_per_call"] == round(bridge["bridged_cpu_us_per_call"] - bridge["plain_cpu_us_per_call"], 1)
+    assert "| bridge | plain_cpu_us_per_call " in (directory / "report.md").read_text()
     assert done["ratios"]["achieved_payments_per_s"]["vs_ingest"] > 0
     assert done["journal"]["journal_rows"] > 0 and done["commits_per_s"] > 0
     # A group-commit transaction carries one or more partitions' commits.
