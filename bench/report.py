@@ -22,6 +22,13 @@ from bench.histograms import OPERATIONS, Merged, cdf_points_ms, summary_ms
 
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
+# The figure the console shows for each baseline: its key, and its unit.
+BASELINE_FIGURES = {
+    "ingest": ("rows_per_s", " rows/s"),
+    "actor": ("round_trips_per_s", " round trips/s"),
+    "bridge": ("bridged_cpu_us_per_call", " us CPU a bridged call"),
+    "http": ("requests_per_s", " requests/s"),
+}
 PLOTS = {
     "throughput": "throughput.png",
     "latency_over_time": "latency_over_time.png",
@@ -375,8 +382,8 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     baselines.add_column("figure", justify="right")
     baselines.add_column("payments/s equivalent", justify="right")
     for name, values in report["baselines"].items():
-        figure = next((values[key] for key in _BASELINE_FIGURES if key in values), values.get("error", "-"))
-        unit = {"ingest": " rows/s", "actor": " round trips/s", "http": " requests/s", "bridge": " us CPU a bridged call"}.get(name, "")
+        key, unit = BASELINE_FIGURES.get(name, ("error", ""))
+        figure = values.get(key, values.get("error", "-"))
         baselines.add_row(name, f"{_number(figure)}{unit}", _number(values.get("payments_per_s_equivalent")))
     console.print(baselines)
     if report["errors"]:
@@ -387,10 +394,6 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         for kind, count in list(report["errors"].items())[:20]:
             errors.add_row(kind, f"{count:,}", _counted_as(report, kind))
         console.print(errors)
-
-
-# The figure the console shows for each baseline, by the key it is under.
-_BASELINE_FIGURES = ("rows_per_s", "round_trips_per_s", "requests_per_s", "bridged_cpu_us_per_call")
 
 
 def _counted_as(report: dict[str, Any], kind: str) -> str:
